@@ -1,19 +1,33 @@
 """Configuration: Sensu-style JSON files, merged and validated once.
 
-Files are read in order; a directory means every ``*.json`` in it, sorted.
-Documents are deep-merged in order, as Sensu merges ``conf.d``. Only the
-``hipchat``, ``hipchatd`` and ``contacts`` scopes are read; every other scope
-is ignored, so hipchatd can be pointed at an existing Sensu ``conf.d``.
+Files are read in order; a directory means every ``*.json`` directly in it,
+sorted by name. Documents are deep-merged in order, as Sensu merges
+``conf.d``: objects merge key by key, and any other value from a later file
+replaces the earlier one. (Sensu itself concatenates two lists; hipchatd
+replaces them, so that a later file can narrow ``room`` or ``severities``.)
+Only the ``hipchat``, ``hipchatd`` and ``contacts`` scopes are read; every
+other scope is ignored, so hipchatd can be pointed at an existing Sensu
+``conf.d``.
+
+Each scope is described by a table (key -> ``_Rule``: a converter and the
+expected value in words), so a new setting is one line in a table and one
+field in a dataclass. Every problem line names the file that supplied the
+value, the key path, the value (never the token's) and what is expected.
 
 The result is a tree of frozen dataclasses. Nothing downstream re-validates.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import difflib
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from types import MappingProxyType
+from typing import Any, Literal, get_args
+from urllib.parse import urlsplit
 
 from hipchatd.errors import ConfigError
 
@@ -52,6 +66,15 @@ DEFAULT_MAX_CONNECTIONS = 1024
 DEFAULT_QUEUE_SIZE = 10_000
 #: Concurrent HipChat requests (also the HTTP pool size).
 DEFAULT_CONCURRENCY = 16
+#: Loopback unless told otherwise: events are unauthenticated, and Sensu is usually local.
+DEFAULT_HOST = "127.0.0.1"
+#: Bytes: a smaller frame could not hold even a minimal Sensu event.
+MIN_MAX_FRAME_BYTES = 1024
+
+#: Environment variable holding the HipChat API token.
+TOKEN_ENV = "HIPCHAT_API_TOKEN"
+#: File name of the token in ``$CREDENTIALS_DIRECTORY`` (systemd ``LoadCredential=``).
+TOKEN_CREDENTIAL = "hipchat_api_token"
 
 
 class Secret:
@@ -121,8 +144,8 @@ class HipChatSettings:
 class DaemonSettings:
     """The ``hipchatd`` scope: the daemon's own settings."""
 
-    tcp: Listen | None = Listen("127.0.0.1", DEFAULT_PORT)
-    udp: Listen | None = Listen("127.0.0.1", DEFAULT_PORT)
+    tcp: Listen | None = Listen(DEFAULT_HOST, DEFAULT_PORT)
+    udp: Listen | None = Listen(DEFAULT_HOST, DEFAULT_PORT)
     framing: Framing = "auto"
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
@@ -159,11 +182,516 @@ def load_config(
 ) -> LoadResult:
     """Read, merge and validate configuration files.
 
-    ``env`` supplies ``HIPCHAT_API_TOKEN`` and ``CREDENTIALS_DIRECTORY`` (the
-    file ``hipchat_api_token`` there) when the files name no ``api_token``.
-    With ``require_token=False`` a missing token is allowed (the emulator
-    mode supplies its own) and ``api_token`` is an empty ``Secret``.
+    Each path is a file, or a directory meaning every ``*.json`` in it,
+    sorted by name; an empty directory is fine. ``env`` supplies
+    ``HIPCHAT_API_TOKEN`` and ``CREDENTIALS_DIRECTORY``.
 
-    Raises ConfigError listing every problem found, one line each.
+    The API token is taken from the first of these that has one:
+
+    1. ``hipchat.api_token`` in the files: Sensu Enterprise keeps it there,
+       so an existing ``conf.d`` works unchanged;
+    2. ``$CREDENTIALS_DIRECTORY/hipchat_api_token`` (trailing newline
+       stripped): systemd ``LoadCredential=`` is the most deliberate
+       choice of the two, and is invisible to other processes;
+    3. ``HIPCHAT_API_TOKEN`` (an empty value counts as unset).
+
+    A shadowed source gets a warning naming which one is used. With
+    ``require_token=False`` a missing token is allowed (the emulator mode
+    supplies its own) and ``api_token`` is an empty ``Secret``. A missing
+    token is not reported when some file could not be read or parsed.
+
+    Raises ConfigError listing every problem found, one line each, followed
+    by the warnings (an unknown key is often the cause, e.g. ``api_tokne``).
+    No line ever contains the token.
     """
-    raise NotImplementedError
+    problems: list[str] = []
+    merged: dict[str, Any] = {}
+    origin: dict[tuple[str, ...], str] = {}
+    sources: list[str] = []
+    for file in _expand(paths, problems):
+        document = _read_document(file, problems)
+        if document is None:
+            continue
+        sources.append(str(file))
+        for scope in _SCOPES:
+            if scope in document:
+                _merge(merged, {scope: document[scope]}, str(file), origin)
+
+    # A file that could not be read may hold the token: then "missing" would mislead.
+    token_required = require_token and not problems
+    check = _Checker(origin, problems)
+    hipchat_raw = merged.get("hipchat", {})
+    hipchat = check.scope(merged, "hipchat", _HIPCHAT)
+    daemon = check.scope(merged, "hipchatd", _HIPCHATD)
+    contacts = check.contacts(merged)
+
+    file_token = hipchat.pop("api_token", None)
+    token_given = isinstance(hipchat_raw, dict) and "api_token" in hipchat_raw
+    token = check.token(file_token, token_given, env, token_required, sources)
+    settings = HipChatSettings(api_token=token, **hipchat)
+    daemon_settings = DaemonSettings(**daemon)
+    check.cross(settings, daemon_settings, contacts)
+
+    if problems:
+        raise ConfigError([*problems, *check.warnings])
+    config = Config(
+        hipchat=settings,
+        daemon=daemon_settings,
+        contacts=MappingProxyType(contacts),
+        sources=tuple(sources),
+    )
+    return LoadResult(config=config, warnings=tuple(check.warnings))
+
+
+# -- reading and merging -------------------------------------------------------
+
+_SCOPES = ("hipchat", "hipchatd", "contacts")
+_Path = tuple[str, ...]
+
+
+def _expand(paths: Sequence[str | Path], problems: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for given in paths:
+        path = Path(given)
+        if not path.is_dir():
+            files.append(path)  # a missing or unreadable file is reported when read
+            continue
+        try:
+            found = [p for p in path.iterdir() if p.name.endswith(".json") and not p.is_dir()]
+        except OSError as exc:
+            problems.append(f"{path}: cannot list directory: {exc.strerror or exc}")
+            continue
+        files.extend(sorted(found, key=lambda p: p.name))
+    return files
+
+
+def _read_document(path: Path, problems: list[str]) -> dict[str, Any] | None:
+    try:
+        # utf-8-sig: Sensu strips a byte-order mark too (sensu-settings read_config_file).
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        problems.append(f"{path}: no such file or directory")
+        return None
+    except OSError as exc:
+        problems.append(f"{path}: cannot read: {exc.strerror or exc}")
+        return None
+    except UnicodeDecodeError as exc:
+        problems.append(f"{path}: not UTF-8 text (bad byte at offset {exc.start})")
+        return None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        problems.append(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}")
+        return None
+    if not isinstance(document, dict):
+        problems.append(f"{path}: got {_a(document)} at the top level; expected a JSON object")
+        return None
+    return document
+
+
+def _merge(
+    into: dict[str, Any],
+    document: Mapping[str, Any],
+    source: str,
+    origin: dict[_Path, str],
+    path: _Path = (),
+) -> None:
+    """Deep-merge ``document`` into ``into``, recording in ``origin`` who set each key."""
+    for key, value in document.items():
+        at = (*path, key)
+        earlier = into.get(key)
+        if isinstance(earlier, dict) and isinstance(value, dict):
+            _merge(earlier, value, source, origin, at)
+            continue
+        into[key] = value
+        for stale in [p for p in origin if p[: len(at)] == at]:
+            del origin[stale]
+        origin[at] = source
+
+
+# -- describing values without leaking them ----------------------------------------
+
+#: Characters of a bad value quoted in a problem line: room for a long path, not a pasted PEM.
+_MAX_SHOWN = 200
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "list"
+    return "object"
+
+
+def _a(value: object) -> str:
+    """The value's JSON type with an article ("a string", "an object", "null"); never the value."""
+    name = _type_name(value)
+    if name == "null":
+        return name
+    return f"an {name}" if name[0] in "aeiou" else f"a {name}"
+
+
+def _describe(value: object) -> str:
+    """``"ten" (string)``: the value as JSON, cut short, and its type."""
+    text = json.dumps(value, ensure_ascii=False)
+    if len(text) > _MAX_SHOWN:
+        text = text[: _MAX_SHOWN - 1] + "…"
+    return text if value is None else f"{text} ({_type_name(value)})"
+
+
+def _dotted(path: _Path) -> str:
+    return ".".join(path)
+
+
+# -- converters: return the typed value or raise _Reject ------------------------------
+
+
+class _Reject(ValueError):
+    """A value does not fit its rule; the message, if any, says why beyond "expected ..."."""
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise _Reject
+    return value
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _Reject
+    return value
+
+
+def _seconds(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Reject
+    if not (math.isfinite(value) and value > 0):
+        raise _Reject
+    return float(value)
+
+
+def _integer(low: int, high: int | None = None) -> Callable[[object], int]:
+    def convert(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Reject
+        if value < low or (high is not None and value > high):
+            raise _Reject
+        return value
+
+    return convert
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[object], str]:
+    def convert(value: object) -> str:
+        if value not in choices:
+            raise _Reject
+        return str(value)
+
+    return convert
+
+
+def _quoted(choices: tuple[str, ...]) -> str:
+    return ", ".join(f'"{c}"' for c in choices)
+
+
+def _rooms(value: object) -> tuple[str, ...]:
+    if isinstance(value, str) and value:
+        return (value,)
+    if isinstance(value, list) and value and all(isinstance(r, str) and r for r in value):
+        return tuple(value)
+    raise _Reject
+
+
+def _severities(value: object) -> frozenset[str]:
+    if isinstance(value, list) and all(v in _SEVERITIES for v in value):
+        return frozenset(value)
+    raise _Reject
+
+
+def _server_url(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Reject
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 -- raises ValueError for a port out of range
+    except ValueError as exc:
+        raise _Reject(str(exc)) from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise _Reject
+    if parts.query or parts.fragment:
+        raise _Reject("a query or fragment cannot prefix API paths")
+    return value.rstrip("/")
+
+
+def _readable_file(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise _Reject
+    path = Path(value)
+    try:
+        if not path.is_file():
+            raise _Reject("not a regular file" if path.exists() else "no such file")
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise _Reject(f"cannot read: {exc.strerror or exc}") from None
+    return value
+
+
+def _listen(values: Mapping[str, Any]) -> Listen:
+    return Listen(values.get("host", DEFAULT_HOST), values.get("port", DEFAULT_PORT))
+
+
+# -- the schema: one line per key ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    """How to read one key: ``convert`` raises _Reject unless the value is ``expected``."""
+
+    convert: Callable[[Any], Any]
+    expected: str
+    #: the value is quoted in no message, only its type.
+    secret: bool = False
+    #: JSON null is accepted as None.
+    nullable: bool = False
+    #: an object whose keys are read with these rules; ``convert`` gets the results.
+    fields: Mapping[str, _Rule] | None = None
+
+
+def _choice(literal: Any) -> _Rule:
+    """A rule accepting exactly the strings of a ``Literal`` type."""
+    choices: tuple[str, ...] = get_args(literal)
+    return _Rule(_one_of(choices), f"one of {_quoted(choices)}")
+
+
+def _at_least(low: int) -> _Rule:
+    return _Rule(_integer(low), f"an integer >= {low}")
+
+
+_SEVERITIES: tuple[str, ...] = get_args(Severity)
+_SECONDS = _Rule(_seconds, "a number of seconds > 0")
+_BOOLEAN = _Rule(_boolean, "true or false")
+_NAME = _Rule(_string, "a non-empty string")
+
+_HIPCHAT: Mapping[str, _Rule] = {
+    "api_token": _Rule(_string, "a non-empty string", secret=True),
+    "server_url": _Rule(
+        _server_url, 'an http(s) URL with a host, e.g. "https://hipchat.example.com"'
+    ),
+    "api_version": _choice(ApiVersion),
+    "username": _NAME,
+    "room": _Rule(_rooms, "a room name or a non-empty list of room names"),
+    "notify": _BOOLEAN,
+    "timeout": _SECONDS,
+    "message_format": _choice(MessageFormat),
+    "severities": _Rule(_severities, f"a list of {_quoted(_SEVERITIES)}"),
+    "handle_silenced": _BOOLEAN,
+    "user": _Rule(_string, "a non-empty string: a user id, e-mail or @mention name"),
+    "ca_file": _Rule(_readable_file, "the path of a readable PEM file"),
+}
+
+_LISTEN: Mapping[str, _Rule] = {
+    "host": _Rule(_string, "a non-empty string: a host name or IP address"),
+    "port": _Rule(_integer(0, 65535), "an integer from 0 to 65535"),
+}
+_LISTEN_RULE = _Rule(
+    _listen,
+    'an object {"host": string, "port": integer}, or null to disable',
+    nullable=True,
+    fields=_LISTEN,
+)
+
+_HIPCHATD: Mapping[str, _Rule] = {
+    "tcp": _LISTEN_RULE,
+    "udp": _LISTEN_RULE,
+    "framing": _choice(Framing),
+    "max_frame_bytes": _at_least(MIN_MAX_FRAME_BYTES),
+    "idle_timeout": _SECONDS,
+    "max_connections": _at_least(1),
+    "queue_size": _at_least(1),
+    "concurrency": _at_least(1),
+}
+
+#: A contact's ``hipchat`` object (Sensu Enterprise contact routing).
+_CONTACT_HIPCHAT: Mapping[str, _Rule] = {
+    "room": _HIPCHAT["room"],
+    "notify": _HIPCHAT["notify"],
+    "username": _HIPCHAT["username"],
+    "message_format": _HIPCHAT["message_format"],
+}
+
+#: Keys of the community plugin's ``hipchat`` scope (sensu-plugins-hipchat), and ours.
+_RENAMED = {"apikey": "api_token", "apiversion": "api_version", "from": "username"}
+
+
+# -- validation ------------------------------------------------------------------
+
+
+class _Checker:
+    """Validates the merged scopes, collecting problems and warnings, each naming its file."""
+
+    def __init__(self, origin: Mapping[_Path, str], problems: list[str]) -> None:
+        self.origin = origin
+        self.problems = problems
+        self.warnings: list[str] = []
+
+    def source(self, path: _Path) -> str:
+        for end in range(len(path), 0, -1):
+            if path[:end] in self.origin:
+                return self.origin[path[:end]]
+        return "(defaults)"
+
+    def problem(self, path: _Path, message: str) -> None:
+        self.problems.append(f"{self.source(path)}: {_dotted(path)}: {message}")
+
+    def reject(self, path: _Path, value: object, rule: _Rule, why: str = "") -> None:
+        got = f"{_a(value)} (value hidden)" if rule.secret else _describe(value)
+        self.problem(path, f"got {got}{': ' + why if why else ''}; expected {rule.expected}")
+
+    def read(
+        self, obj: Mapping[str, Any], rules: Mapping[str, _Rule], path: _Path
+    ) -> dict[str, Any]:
+        """Convert every known key of ``obj``; warn about the others."""
+        values: dict[str, Any] = {}
+        for key, value in obj.items():
+            at = (*path, key)
+            rule = rules.get(key)
+            if rule is None:
+                self.unknown(at, rules)
+                continue
+            if value is None and rule.nullable:
+                values[key] = None
+                continue
+            if rule.fields is not None:
+                if not isinstance(value, dict):
+                    self.reject(at, value, rule)
+                    continue
+                value = self.read(value, rule.fields, at)
+            try:
+                values[key] = rule.convert(value)
+            except _Reject as exc:
+                self.reject(at, value, rule, str(exc))
+        return values
+
+    def unknown(self, path: _Path, rules: Mapping[str, _Rule]) -> None:
+        key = path[-1]
+        guess = _RENAMED.get(key.lower()) if rules is _HIPCHAT else None
+        if guess is None:
+            close = difflib.get_close_matches(key, list(rules), n=1)
+            guess = close[0] if close else None
+        hint = f'did you mean "{guess}"?' if guess else "ignored"
+        self.warnings.append(f"{self.source(path)}: {_dotted(path)}: unknown key; {hint}")
+
+    def scope(
+        self, merged: Mapping[str, Any], name: str, rules: Mapping[str, _Rule]
+    ) -> dict[str, Any]:
+        obj = merged.get(name, {})
+        if not isinstance(obj, dict):
+            # The type only: a misplaced scope may well hold the token.
+            self.problem((name,), f"got {_a(obj)}; expected an object")
+            return {}
+        return self.read(obj, rules, (name,))
+
+    def contacts(self, merged: Mapping[str, Any]) -> dict[str, Overrides]:
+        """Each contact's ``hipchat`` object; other integrations' objects are not ours to check."""
+        scope = merged.get("contacts", {})
+        if not isinstance(scope, dict):
+            self.problem(("contacts",), f"got {_describe(scope)}; expected an object of contacts")
+            return {}
+        contacts: dict[str, Overrides] = {}
+        for name, contact in scope.items():
+            at = ("contacts", name)
+            if not isinstance(contact, dict):
+                expected = "an object of per-integration settings"
+                self.problem(at, f"got {_describe(contact)}; expected {expected}")
+                continue
+            hipchat = contact.get("hipchat", {})
+            if not isinstance(hipchat, dict):
+                expected = "an object with room, notify, username or message_format"
+                self.problem((*at, "hipchat"), f"got {_describe(hipchat)}; expected {expected}")
+                continue
+            contacts[name] = Overrides(**self.read(hipchat, _CONTACT_HIPCHAT, (*at, "hipchat")))
+        return contacts
+
+    def token(
+        self,
+        from_files: str | None,
+        given_in_files: bool,
+        env: Mapping[str, str],
+        required: bool,
+        sources: Sequence[str],
+    ) -> Secret:
+        """The token from the first source that has one (see load_config)."""
+        credential = _credential_path(env)
+        from_env = env.get(TOKEN_ENV) or None
+        if given_in_files:
+            used = f"hipchat.api_token from {self.source(('hipchat', 'api_token'))}"
+            shadowed = [str(credential)] if credential is not None else []
+            shadowed += [TOKEN_ENV] if from_env else []
+            for other in shadowed:
+                self.warnings.append(f"{other}: ignored; using {used}")
+            return Secret(from_files or "")
+        if credential is not None:
+            if from_env:
+                self.warnings.append(f"{TOKEN_ENV}: ignored; using {credential}")
+            return Secret(self.read_credential(credential))
+        if from_env:
+            return Secret(from_env)
+        if required:
+            files = ", ".join(sources) or "(no configuration files)"
+            self.problems.append(
+                f"{files}: hipchat.api_token: missing; expected a string in the hipchat scope,"
+                f" or {TOKEN_ENV}, or $CREDENTIALS_DIRECTORY/{TOKEN_CREDENTIAL}"
+            )
+        return Secret("")
+
+    def read_credential(self, path: Path) -> str:
+        try:
+            token = path.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            self.problems.append(f"{path}: cannot read: {exc.strerror or exc}")
+            return ""
+        except UnicodeDecodeError:
+            self.problems.append(f"{path}: not UTF-8 text; expected the HipChat API token")
+            return ""
+        if not token:
+            self.problems.append(f"{path}: empty; expected the HipChat API token")
+        return token
+
+    def cross(
+        self, settings: HipChatSettings, daemon: DaemonSettings, contacts: Mapping[str, Overrides]
+    ) -> None:
+        """Rules that involve more than one key."""
+        if settings.server_url.lower().startswith("http://"):
+            self.warnings.append(
+                f"{self.source(('hipchat', 'server_url'))}: hipchat.server_url: plain http://;"
+                " the API token would travel in clear text, use https://"
+            )
+        if settings.api_version == "v1":
+            v1 = f'with api_version "v1" from {self.source(("hipchat", "api_version"))}'
+            if settings.user is not None:
+                self.problem(
+                    ("hipchat", "user"),
+                    f'got {_describe(settings.user)} {v1}; expected api_version "v2",'
+                    " the only API that can message a user",
+                )
+        if daemon.tcp is None and daemon.udp is None:
+            files = sorted({self.source(("hipchatd", "tcp")), self.source(("hipchatd", "udp"))})
+            self.problems.append(
+                f"{', '.join(files)}: hipchatd.tcp, hipchatd.udp: both null;"
+                " expected at least one listener"
+            )
+
+
+def _credential_path(env: Mapping[str, str]) -> Path | None:
+    directory = env.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return None
+    path = Path(directory) / TOKEN_CREDENTIAL
+    return path if path.exists() else None

@@ -3,23 +3,76 @@
 Pure and synchronous: no I/O, no trio. The shape decides the flavour:
 Classic has top-level ``client`` and ``action``; Go has ``entity`` and
 ``check.metadata.name`` and no ``action``.
+
+What is required and what is lenient:
+
+- Required, with a precise EventError naming the key path when missing or of
+  the wrong type: Classic ``client`` (object), ``client.name``, ``check``
+  (object), ``check.name``, ``check.status`` (integer), ``action``; Go
+  ``entity`` (object), ``entity.metadata.name``, ``check`` (object),
+  ``check.metadata.name``, ``check.status`` (integer).
+- Everything else is optional: missing, null or of the wrong type means the
+  default. HipChat attributes carried by an event are event data, not
+  configuration, so a bad value is ignored rather than rejected.
+
+Where Classic-style attributes come from (``handle``, ``handle_when``,
+``hipchat``, ``hipchat_room``, ``contact``/``contacts``, ``notification``,
+``playbook``):
+
+- Classic: the ``check`` and ``client`` objects themselves.
+- Go: the check (entity) object, updated with the JSON object held in its
+  ``sensu.io.json_attributes`` annotation, as sensu-translator writes it and
+  sensu-plugin's ``map_go_event_into_ruby`` reads it. Then the hipchat plugin
+  annotations ``sensu.io/plugins/hipchat/config/<key>`` win key by key:
+  ``room``, ``notify``, ``username``, ``message_format``, ``contacts`` on the
+  check and the entity; ``handle_when``, ``notification``, ``playbook`` on the
+  check. ``playbook`` also reads a plain ``playbook`` check annotation first.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Final, Literal, TypeGuard
 
-from hipchatd.config import Overrides
+from hipchatd.config import MessageFormat, Overrides
 from hipchatd.errors import EventError
 
-__all__ = ["Event", "EventError", "HandleWhen", "parse_event"]
+__all__ = [
+    "ANNOTATION_PREFIX",
+    "JSON_ATTRIBUTES_ANNOTATION",
+    "Action",
+    "Event",
+    "EventError",
+    "HandleWhen",
+    "parse_event",
+]
 
 Action = Literal["create", "resolve", "flapping"]
 
 #: Enterprise ``handle_when`` defaults: notify from the first occurrence, remind every 30 min.
 DEFAULT_HANDLE_WHEN_OCCURRENCES = 1
 DEFAULT_HANDLE_WHEN_RESET = 1800
+
+#: sensu-plugin-sdk's override keyspace, ``sensu.io/plugins/<plugin>/config/<option>``.
+ANNOTATION_PREFIX: Final = "sensu.io/plugins/hipchat/config/"
+#: Where sensu-translator stores a Classic check's custom attributes (a JSON string).
+JSON_ATTRIBUTES_ANNOTATION: Final = "sensu.io.json_attributes"
+#: Sensu maps any status it does not know to "unknown"; 3 is that status.
+UNKNOWN_STATUS: Final = 3
+
+_CLASSIC: Final = "Sensu Classic"
+_GO: Final = "Sensu Go"
+_ACTIONS: Final[tuple[Action, ...]] = ("create", "resolve", "flapping")
+_FORMATS: Final[tuple[MessageFormat, ...]] = ("html", "text")
+#: Classic history entries are strings such as "2"; anything else is not a status.
+_NUMERIC = re.compile(r"\s*[+-]?[0-9]+\s*")
+#: Top-level keys listed in the "not a Sensu event" message; the rest are elided.
+_MAX_KEYS_SHOWN = 12
+_MISSING: Final = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +87,7 @@ class HandleWhen:
 class Event:
     """One Sensu event, whichever version sent it."""
 
+    #: the event ``id`` as sent; "" when absent (Go omits an empty id). Not an incident key.
     id: str
     flavor: Literal["classic", "go"]
     #: proxy ``check.source`` / ``check.proxy_entity_name`` if set, else client/entity name.
@@ -46,6 +100,7 @@ class Event:
     action: Action
     #: consecutive results with this status (Classic top-level, Go ``check.occurrences``).
     occurrences: int
+    #: the highest ``occurrences`` of the incident; never below ``occurrences``.
     occurrences_watermark: int
     #: ``check.interval`` in seconds; None for cron checks or when absent.
     interval: int | None
@@ -54,8 +109,9 @@ class Event:
     history: tuple[int, ...]
     #: Go namespace (``metadata.namespace`` or the entity's); None for Classic.
     namespace: str | None
+    #: epoch seconds: the event's ``timestamp``, else ``check.executed``, else 0.0.
     timestamp: float
-    #: ``check.handle`` (Classic); False means "never handle".
+    #: ``check.handle`` (Go: the check or its json_attributes); False means "never handle".
     handle: bool
     handle_when: HandleWhen
     #: HipChat attributes named by the check (``check.hipchat``, ``hipchat_room``, annotations).
@@ -75,6 +131,430 @@ def parse_event(document: Any) -> Event:
     """Build an Event from a decoded JSON document.
 
     Raises EventError with a specific message (what is missing or of the
-    wrong type, at which key) when the document is not a Sensu event.
+    wrong type, at which key) when the document is not a Sensu event. No
+    other exception escapes for any JSON-decodable input.
     """
-    raise NotImplementedError
+    if not isinstance(document, Mapping):
+        raise EventError(f"not a Sensu event: expected a JSON object, got {_json_type(document)}")
+    if "client" in document and "action" in document:
+        return _parse_classic(document)
+    if "entity" in document:
+        return _parse_go(document)
+    hint = ' ("client" is present but "action" is missing)' if "client" in document else ""
+    raise EventError(
+        'not a Sensu event: expected "client"+"action" (Sensu Classic) or '
+        f'"entity"+"check.metadata.name" (Sensu Go); top-level keys: {_keys(document)}{hint}'
+    )
+
+
+# --- Sensu Classic ---------------------------------------------------------------------------
+
+
+def _parse_classic(doc: Mapping[str, Any]) -> Event:
+    client = _required_object(doc, "client", "client", _CLASSIC)
+    check = _required_object(doc, "check", "check", _CLASSIC)
+    client_name = _required_name(client, "name", "client.name", _CLASSIC)
+    check_name = _required_name(check, "name", "check.name", _CLASSIC)
+    status = _required_int(check, "status", "check.status", _CLASSIC)
+    action = _classic_action(doc.get("action"))
+    occurrences = _count(doc.get("occurrences"))
+    return Event(
+        id=_string(doc.get("id")),
+        flavor="classic",
+        source=_text(check.get("source")) or client_name,
+        check=check_name,
+        status=status,
+        output=_string(check.get("output")),
+        notification=_text(check.get("notification")),
+        playbook=_text(check.get("playbook")),
+        action=action,
+        occurrences=occurrences,
+        occurrences_watermark=_watermark(doc.get("occurrences_watermark"), occurrences),
+        interval=_interval(check.get("interval")),
+        silenced=doc.get("silenced") is True,
+        history=_classic_history(check.get("history")),
+        namespace=None,
+        timestamp=_timestamp(doc.get("timestamp"), check.get("executed")),
+        handle=_handle(check),
+        handle_when=_handle_when(check.get("handle_when")),
+        check_overrides=_attribute_overrides(check),
+        client_overrides=_attribute_overrides(client),
+        contacts=_unique(
+            [*_attribute_contacts(check), *_attribute_contacts(client)],
+        ),
+    )
+
+
+def _classic_action(value: object) -> Action:
+    for action in _ACTIONS:
+        if value == action:
+            return action
+    # Cut a long value: the message is logged, and the document is not ours to echo.
+    got = json.dumps(value[:40]) if isinstance(value, str) else _json_type(value)
+    raise EventError(
+        f'{_CLASSIC} event: action: expected one of "create", "resolve", "flapping", got {got}'
+    )
+
+
+def _classic_history(value: object) -> tuple[int, ...]:
+    """Classic history is a list of status strings; a non-number is unknown (3)."""
+    if not isinstance(value, list):
+        return ()
+    statuses: list[int] = []
+    for entry in value:
+        if _is_int(entry):
+            statuses.append(entry)
+        elif isinstance(entry, str) and _NUMERIC.fullmatch(entry):
+            statuses.append(int(entry))
+        else:
+            statuses.append(UNKNOWN_STATUS)
+    return tuple(statuses)
+
+
+# --- Sensu Go --------------------------------------------------------------------------------
+
+
+def _parse_go(doc: Mapping[str, Any]) -> Event:
+    entity = _required_object(doc, "entity", "entity", _GO)
+    entity_meta = _required_object(entity, "metadata", "entity.metadata", _GO)
+    entity_name = _required_name(entity_meta, "name", "entity.metadata.name", _GO)
+    if doc.get("check") is None:
+        kind = " (metrics-only event)" if doc.get("metrics") is not None else ""
+        raise EventError(f'{_GO} event for entity "{entity_name}" has no check{kind}')
+    check = _required_object(doc, "check", "check", _GO)
+    check_meta = _required_object(check, "metadata", "check.metadata", _GO)
+    check_name = _required_name(check_meta, "name", "check.metadata.name", _GO)
+    status = _required_int(check, "status", "check.status", _GO)
+    history = _go_history(check.get("history"))
+    occurrences = _count(check.get("occurrences"))
+
+    check_ann = _annotations(check_meta)
+    entity_ann = _annotations(entity_meta)
+    check_attrs = _with_json_attributes(check, check_ann)
+    entity_attrs = _with_json_attributes(entity, entity_ann)
+
+    silenced_ids = check.get("silenced")
+    return Event(
+        id=_string(doc.get("id")),
+        flavor="go",
+        source=_text(check.get("proxy_entity_name")) or entity_name,
+        check=check_name,
+        status=status,
+        output=_string(check.get("output")),
+        notification=_first_text(
+            _annotation(check_ann, "notification"), check_attrs.get("notification")
+        ),
+        playbook=_first_text(
+            check_ann.get("playbook"),
+            _annotation(check_ann, "playbook"),
+            check_attrs.get("playbook"),
+        ),
+        action=_go_action(check.get("state"), status, history),
+        occurrences=occurrences,
+        occurrences_watermark=_watermark(check.get("occurrences_watermark"), occurrences),
+        interval=_interval(check.get("interval")),
+        silenced=check.get("is_silenced") is True
+        or (isinstance(silenced_ids, list) and len(silenced_ids) > 0),
+        history=history,
+        namespace=_go_namespace(doc, entity_meta, check_meta),
+        timestamp=_timestamp(doc.get("timestamp"), check.get("executed")),
+        handle=_handle(check_attrs),
+        handle_when=_handle_when(
+            _json_value(_annotation(check_ann, "handle_when")),
+            check_attrs.get("handle_when"),
+        ),
+        check_overrides=_annotation_overrides(check_ann, _attribute_overrides(check_attrs)),
+        client_overrides=_annotation_overrides(entity_ann, _attribute_overrides(entity_attrs)),
+        contacts=_unique(
+            [
+                *_annotation_contacts(check_ann),
+                *_attribute_contacts(check_attrs),
+                *_annotation_contacts(entity_ann),
+                *_attribute_contacts(entity_attrs),
+            ]
+        ),
+    )
+
+
+def _go_history(value: object) -> tuple[int, ...]:
+    """Go history is a list of ``{status, executed}``; a malformed entry is unknown (3)."""
+    if not isinstance(value, list):
+        return ()
+    statuses: list[int] = []
+    for entry in value:
+        status = entry.get("status") if isinstance(entry, Mapping) else None
+        if _is_int(status):
+            statuses.append(status)
+        else:
+            statuses.append(UNKNOWN_STATUS)
+    return tuple(statuses)
+
+
+def _go_action(state: object, status: int, history: tuple[int, ...]) -> Action:
+    """Derive the Classic action the way Sensu Go's filter helpers do (core ``v2/event.go``).
+
+    ``state == "passing"`` is not a resolution: every OK result passes. A
+    resolution is an OK whose previous result (``history[-2]``; the current
+    result is already ``history[-1]``) was not OK. Any other OK stays
+    ``create`` with status 0, for the filters to drop.
+    """
+    if state == "flapping":
+        return "flapping"
+    if status == 0 and len(history) >= 2 and history[-2] != 0:
+        return "resolve"
+    return "create"
+
+
+def _go_namespace(
+    doc: Mapping[str, Any], entity_meta: Mapping[str, Any], check_meta: Mapping[str, Any]
+) -> str:
+    # Old Go versions send ``metadata: {}``; the entity and check carry it too.
+    top = doc.get("metadata")
+    for candidate in (
+        top.get("namespace") if isinstance(top, Mapping) else None,
+        entity_meta.get("namespace"),
+        check_meta.get("namespace"),
+    ):
+        if text := _text(candidate):
+            return text
+    return "default"
+
+
+def _annotations(metadata: Mapping[str, Any]) -> Mapping[str, str]:
+    """The string-valued annotations of one ``metadata``; empty values count as absent."""
+    annotations = metadata.get("annotations")
+    if not isinstance(annotations, Mapping):
+        return {}
+    return {
+        key: value
+        for key, value in annotations.items()
+        if isinstance(key, str) and isinstance(value, str) and value
+    }
+
+
+def _annotation(annotations: Mapping[str, str], option: str) -> str | None:
+    """The hipchat plugin annotation for ``option``: lowercased key first, then as written.
+
+    This is sensu-plugin-sdk's lookup order (``SetAnnotationValue``).
+    """
+    key = ANNOTATION_PREFIX + option
+    for candidate in (key.lower(), key):
+        if candidate in annotations:
+            return annotations[candidate]
+    return None
+
+
+def _with_json_attributes(
+    obj: Mapping[str, Any], annotations: Mapping[str, str]
+) -> Mapping[str, Any]:
+    """``obj`` updated with its ``sensu.io.json_attributes`` object, as sensu-plugin merges it."""
+    extra = _json_value(annotations.get(JSON_ATTRIBUTES_ANNOTATION))
+    if not isinstance(extra, Mapping):
+        return obj
+    return {**obj, **extra}
+
+
+def _annotation_overrides(annotations: Mapping[str, str], base: Overrides) -> Overrides:
+    """``base`` with each key an annotation names (and that parses) replaced."""
+    room = _annotation(annotations, "room")
+    notify = _json_value(_annotation(annotations, "notify"))
+    username = _annotation(annotations, "username")
+    message_format = _message_format(_annotation(annotations, "message_format"))
+    rooms = _strings(_list_value(room)) if room is not None else None
+    return Overrides(
+        room=rooms if rooms is not None else base.room,
+        notify=notify if isinstance(notify, bool) else base.notify,
+        username=_text(username) or base.username,
+        message_format=message_format or base.message_format,
+    )
+
+
+def _annotation_contacts(annotations: Mapping[str, str]) -> tuple[str, ...]:
+    raw = _annotation(annotations, "contacts")
+    return (_strings(_list_value(raw)) or ()) if raw is not None else ()
+
+
+def _list_value(raw: str) -> object:
+    """A list option's annotation: a JSON array is a list, anything else one string."""
+    value = _json_value(raw)
+    return value if isinstance(value, list) else raw
+
+
+def _json_value(raw: str | None) -> object:
+    """``raw`` decoded as JSON, or None when absent or not JSON."""
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+# --- Classic-style attributes (both flavours) ------------------------------------------------
+
+
+def _attribute_overrides(attrs: Mapping[str, Any]) -> Overrides:
+    """The ``hipchat`` object, with the community plugin's ``hipchat_room`` as a room fallback."""
+    hipchat = attrs.get("hipchat")
+    settings: Mapping[str, Any] = hipchat if isinstance(hipchat, Mapping) else {}
+    notify = settings.get("notify")
+    room = _strings(settings.get("room"))
+    return Overrides(
+        room=room if room is not None else _strings(attrs.get("hipchat_room")),
+        notify=notify if isinstance(notify, bool) else None,
+        username=_text(settings.get("username")),
+        message_format=_message_format(settings.get("message_format")),
+    )
+
+
+def _attribute_contacts(attrs: Mapping[str, Any]) -> tuple[str, ...]:
+    return (*(_strings(attrs.get("contact")) or ()), *(_strings(attrs.get("contacts")) or ()))
+
+
+def _handle(attrs: Mapping[str, Any]) -> bool:
+    return attrs.get("handle") is not False
+
+
+def _handle_when(*candidates: object) -> HandleWhen:
+    """The first candidate that is an object, read key by key; bad keys keep their default."""
+    for candidate in candidates:
+        if isinstance(candidate, Mapping):
+            occurrences = candidate.get("occurrences")
+            reset = candidate.get("reset")
+            return HandleWhen(
+                occurrences=occurrences
+                if _is_int(occurrences) and occurrences >= 1
+                else DEFAULT_HANDLE_WHEN_OCCURRENCES,
+                reset=reset if _is_int(reset) and reset >= 0 else DEFAULT_HANDLE_WHEN_RESET,
+            )
+    return HandleWhen()
+
+
+def _message_format(value: object) -> MessageFormat | None:
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        for fmt in _FORMATS:
+            if lowered == fmt:
+                return fmt
+    return None
+
+
+def _strings(value: object) -> tuple[str, ...] | None:
+    """A string or a list of strings, stripped and deduplicated; None if it names nothing.
+
+    Integers are accepted as strings: HipChat room ids are numbers.
+    """
+    items = value if isinstance(value, list) else [value]
+    names = [str(item).strip() for item in items if isinstance(item, str) or _is_int(item)]
+    unique = _unique(name for name in names if name)
+    return unique or None
+
+
+# --- small readers ---------------------------------------------------------------------------
+
+
+def _required_object(
+    parent: Mapping[str, Any], key: str, path: str, flavor: str
+) -> Mapping[str, Any]:
+    value = parent.get(key, _MISSING)
+    if not isinstance(value, Mapping):
+        raise _wrong(flavor, path, "an object", value)
+    return value
+
+
+def _required_name(parent: Mapping[str, Any], key: str, path: str, flavor: str) -> str:
+    value = parent.get(key, _MISSING)
+    if not isinstance(value, str) or not value:
+        raise _wrong(flavor, path, "a non-empty string", value)
+    return value
+
+
+def _required_int(parent: Mapping[str, Any], key: str, path: str, flavor: str) -> int:
+    value = parent.get(key, _MISSING)
+    if not _is_int(value):
+        raise _wrong(flavor, path, "an integer", value)
+    return value
+
+
+def _wrong(flavor: str, path: str, expected: str, value: object) -> EventError:
+    if value is _MISSING:
+        return EventError(f"{flavor} event: {path} is missing (expected {expected})")
+    got = "an empty string" if value == "" else _json_type(value)
+    return EventError(f"{flavor} event: {path}: expected {expected}, got {got}")
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    """A JSON integer: ``bool`` is an ``int`` subclass in Python, and not one."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _count(value: object) -> int:
+    """An occurrence count: a non-negative integer, else 1 (sensu-plugin's default)."""
+    return value if _is_int(value) and value >= 0 else 1
+
+
+def _watermark(value: object, occurrences: int) -> int:
+    # Go before 5.9 sent a broken watermark (0); it can never be below the current run.
+    if _is_int(value):
+        return max(value, occurrences)
+    return occurrences
+
+
+def _interval(value: object) -> int | None:
+    return value if _is_int(value) and value > 0 else None
+
+
+def _timestamp(*candidates: object) -> float:
+    for value in candidates:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            number = float(value)
+            if math.isfinite(number):
+                return number
+    return 0.0
+
+
+def _string(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _text(value: object) -> str | None:
+    """A non-empty string, else None."""
+    return value if isinstance(value, str) and value else None
+
+
+def _first_text(*values: object) -> str | None:
+    for value in values:
+        if text := _text(value):
+            return text
+    return None
+
+
+def _unique(items: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+def _json_type(value: object) -> str:
+    """The JSON name of a decoded value's type, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "array"
+    if isinstance(value, Mapping):
+        return "object"
+    return type(value).__name__
+
+
+def _keys(document: Mapping[Any, Any]) -> str:
+    keys = sorted(str(key) for key in document)
+    if not keys:
+        return "(none)"
+    shown = ", ".join(keys[:_MAX_KEYS_SHOWN])
+    if len(keys) > _MAX_KEYS_SHOWN:
+        shown += f", … ({len(keys) - _MAX_KEYS_SHOWN} more)"
+    return shown

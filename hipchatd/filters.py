@@ -1,13 +1,130 @@
-"""Which events are notified: the Sensu Enterprise integration's semantics. Pure."""
+"""Which events are notified: the Sensu Enterprise integration's semantics. Pure.
+
+The rules run in this order and the first that applies names the reason:
+
+1. ``handle_disabled``: the check says ``handle: false``.
+2. ``status_ok``: status 0 that is not a resolve. Sensu Go sends every OK
+   result, and Classic sends ``type: metric`` results whatever their status.
+3. ``severity``: the handler's ``severities`` (Sensu 1.9 ``filter.rb``). A
+   resolve is judged by the severities seen since the last OK.
+4. ``silenced``: a silenced event, unless ``handle_silenced`` is set.
+5. ``handle_when`` (the Enterprise default filter), with the open
+   ``occurrences`` filter extension's arithmetic: ``below_occurrences``,
+   ``repeat_suppressed``, or for a resolve ``not_announced``.
+"""
 
 from __future__ import annotations
 
-from hipchatd.config import HipChatSettings
-from hipchatd.events import Event
+from collections.abc import Set
+from typing import Final
 
-__all__ = ["skip_reason"]
+from hipchatd.config import HipChatSettings
+from hipchatd.events import Action, Event
+
+__all__ = ["DEFAULT_INTERVAL", "SKIP_REASONS", "handle_when_reason", "severity", "skip_reason"]
+
+#: Seconds assumed between results when a check has no interval (cron checks, or absent):
+#: the ``occurrences`` filter extension's default.
+DEFAULT_INTERVAL: Final = 60
+
+#: Every reason ``skip_reason`` returns, in rule order (e.g. to pre-create counters at 0).
+SKIP_REASONS: Final = (
+    "handle_disabled",
+    "status_ok",
+    "severity",
+    "silenced",
+    "below_occurrences",
+    "repeat_suppressed",
+    "not_announced",
+)
+
+_SEVERITIES: Final = {0: "ok", 1: "warning", 2: "critical"}
+
+
+def severity(status: int) -> str:
+    """Sensu's severity name of a status: 0 ok, 1 warning, 2 critical, anything else unknown."""
+    return _SEVERITIES.get(status, "unknown")
 
 
 def skip_reason(event: Event, settings: HipChatSettings) -> str | None:
-    """Return why ``event`` is not notified (a short snake_case reason), or None to notify."""
-    raise NotImplementedError
+    """Return why ``event`` is not notified (a short snake_case reason), or None to notify.
+
+    The reasons are those of SKIP_REASONS; see the module docstring for the order.
+    """
+    if not event.handle:
+        return "handle_disabled"
+    if event.status == 0 and event.action != "resolve":
+        return "status_ok"
+    if not _severity_listed(event, settings.severities):
+        return "severity"
+    if event.silenced and not settings.handle_silenced:
+        return "silenced"
+    return handle_when_reason(
+        action=event.action,
+        occurrences=event.occurrences,
+        watermark=event.occurrences_watermark,
+        threshold=event.handle_when.occurrences,
+        reset=event.handle_when.reset,
+        interval=event.interval,
+    )
+
+
+def _severity_listed(event: Event, severities: Set[str]) -> bool:
+    """Sensu 1.9's ``severities`` rule.
+
+    A non-resolve passes when the current status's severity is listed. A
+    resolve walks the history backwards from the entry *before* the current
+    one, stopping at the first 0, and passes when any status on that walk
+    has a listed severity ("any severity since the last OK").
+
+    Deviation: with fewer than two history entries there is nothing to walk
+    and Sensu would drop the resolve; hipchatd passes it, because it cannot
+    tell, and a lost resolve leaves a room believing an incident is open.
+    """
+    if event.action != "resolve":
+        return severity(event.status) in severities
+    if len(event.history) < 2:
+        return True
+    for status in reversed(event.history[:-1]):
+        if status == 0:
+            return False
+        if severity(status) in severities:
+            return True
+    return False
+
+
+def handle_when_reason(
+    *,
+    action: Action,
+    occurrences: int,
+    watermark: int,
+    threshold: int,
+    reset: int,
+    interval: int | None,
+) -> str | None:
+    """The ``handle_when`` decision: a skip reason, or None to notify.
+
+    Sensu Enterprise does not publish its arithmetic; this is that of the open
+    ``occurrences`` filter extension (sensu-extensions-occurrences) with
+    ``R = reset``. With ``N = threshold``, ``n = occurrences``, ``w =
+    watermark``, ``I = interval`` (DEFAULT_INTERVAL when None) and
+    ``k = R // I``:
+
+    - a resolve notifies only if the incident was announced, ``w >= N``,
+      else ``not_announced``;
+    - ``create`` / ``flapping`` with ``n < N``: ``below_occurrences``;
+    - with ``n > N``: notify only when ``k == 0`` or ``(n - N) % k == 0``,
+      else ``repeat_suppressed``; so ``reset`` shorter than the interval
+      (``k == 0``) notifies every result.
+
+    Worked example (N=3, I=60, R=1800, so k=30): notifications go out at
+    n = 3, 33, 63, …, and the resolve is sent only if the incident reached 3.
+    """
+    if action == "resolve":
+        return None if watermark >= threshold else "not_announced"
+    if occurrences < threshold:
+        return "below_occurrences"
+    period = reset // (interval if interval is not None and interval > 0 else DEFAULT_INTERVAL)
+    if occurrences > threshold and period != 0 and (occurrences - threshold) % period != 0:
+        return "repeat_suppressed"
+    return None

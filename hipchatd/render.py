@@ -1,17 +1,88 @@
-"""Event -> HipChat message text, colour and sender. Pure."""
+"""Event -> HipChat message text, colour and sender. Pure.
+
+One message per event and target. The layout (html; text is the same
+without tags, with real newlines)::
+
+    <b>CRITICAL</b> web-01/check-disk: DISK CRITICAL - / at 97%<br>
+    more output lines...<br>
+    occurrences: 3 · <a href="https://wiki/disk">Playbook</a> · namespace: prod
+
+The first line stays scannable in a chat room: status word, ``source/check``
+and the first line of the notification or output. The last line (only when
+there is something to say) carries the occurrence count (> 1), the playbook
+and, for Sensu Go, a non-default namespace.
+
+Every event-derived string is HTML-escaped in html mode: unescaped event
+output once let content be injected into HipChat rooms (travis-ci/travis-ci#5422).
+The length limit is applied to the final text, after escaping and ``<br>``
+conversion, because that conversion alone has pushed other notifiers over
+HipChat's limit (YelpArchive/elastalert#1636, prometheus/alertmanager#1495).
+"""
 
 from __future__ import annotations
 
+import html
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
-from hipchatd.config import ApiVersion, MessageFormat
+from hipchatd.config import ApiVersion, MessageFormat, Severity
 from hipchatd.events import Event
 from hipchatd.routing import Target
 
-__all__ = ["MAX_MESSAGE_CHARS", "Message", "render", "sender_name"]
+__all__ = [
+    "MAX_MESSAGE_CHARS",
+    "Message",
+    "color",
+    "render",
+    "sender_name",
+    "severity_name",
+    "status_word",
+]
 
 #: HipChat rejects longer messages with 400 (v1 and v2).
 MAX_MESSAGE_CHARS = 10_000
+
+#: v1 ``from``: the server's own error says "between 1 and 15 characters" (hipchat-api.md §11 q2).
+V1_SENDER_MAX_CHARS = 15
+#: v2 ``from``: 0-64 characters in the later API documentation (0-25 in 2015).
+V2_SENDER_MAX_CHARS = 64
+#: v1 ``from`` may hold letters, digits, ``-``, ``_`` and spaces (hipchat-api.md §3.1).
+_V1_SENDER_DROP = re.compile(r"[^A-Za-z0-9 _-]+")
+#: the integration's default ``username``; used when nothing printable is left for v1.
+DEFAULT_SENDER = "sensu"
+
+#: Rendered characters for each of source, check and namespace. Sensu names are
+#: short; this only bounds pathological ones so the output always keeps most of the room.
+_MAX_NAME_CHARS = 500
+#: Rendered characters for the playbook (about the longest URL browsers handle everywhere).
+_MAX_PLAYBOOK_CHARS = 2_000
+#: Rendered characters for the occurrence count (a 64-bit counter has at most 20 digits).
+_MAX_COUNT_CHARS = 20
+
+_ELLIPSIS = "…"
+_SEPARATOR = " · "
+_HTML_BREAK = "<br>"
+
+_STATUS_WORDS: dict[Severity, str] = {
+    "ok": "OK",
+    "warning": "WARNING",
+    "critical": "CRITICAL",
+    "unknown": "UNKNOWN",
+}
+#: Colours as the community handlers use them, with unknown gray like the
+#: in-process extension (sensu.md §7); HipChat accepts lowercase names only.
+_SEVERITY_COLORS: dict[Severity, str] = {
+    "ok": "green",
+    "warning": "yellow",
+    "critical": "red",
+    "unknown": "gray",
+}
+
+#: Rendered width of each character html mode changes; every other character is 1.
+_HTML_WIDTHS: dict[str, int] = {ch: len(html.escape(ch, quote=True)) for ch in "&<>\"'"}
+_HTML_WIDTHS["\n"] = len(_HTML_BREAK)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,11 +97,174 @@ class Message:
     sender: str
 
 
+def severity_name(status: int) -> Severity:
+    """Sensu's severity for a check status: 0 ok, 1 warning, 2 critical, anything else unknown."""
+    if status == 0:
+        return "ok"
+    if status == 1:
+        return "warning"
+    if status == 2:
+        return "critical"
+    return "unknown"
+
+
+def status_word(event: Event) -> str:
+    """The message's leading word: RESOLVED, FLAPPING, or OK/WARNING/CRITICAL/UNKNOWN."""
+    if event.action == "resolve":
+        return "RESOLVED"
+    if event.action == "flapping":
+        return "FLAPPING"
+    return _STATUS_WORDS[severity_name(event.status)]
+
+
+def color(event: Event) -> str:
+    """HipChat colour: resolve green, flapping purple (whatever the status), else by severity."""
+    if event.action == "resolve":
+        return "green"
+    if event.action == "flapping":
+        return "purple"
+    return _SEVERITY_COLORS[severity_name(event.status)]
+
+
 def sender_name(username: str, api_version: ApiVersion) -> str:
-    """v1: 1-15 characters of ``[A-Za-z0-9 _-]``; v2: cut to 64 characters."""
-    raise NotImplementedError
+    """Reduce ``username`` to a ``from`` value the API version accepts.
+
+    v1: keep only ``[A-Za-z0-9 _-]``, strip, cut to 15 characters; "sensu"
+    if nothing is left (v1 requires 1-15 characters). v2: cut to 64
+    characters (not bytes), the limit of the later API documentation.
+    """
+    if api_version == "v1":
+        kept = _V1_SENDER_DROP.sub("", username).strip()[:V1_SENDER_MAX_CHARS].rstrip()
+        return kept or DEFAULT_SENDER
+    return username[:V2_SENDER_MAX_CHARS]
 
 
 def render(event: Event, target: Target, api_version: ApiVersion) -> Message:
-    """Render one event for one target, never longer than MAX_MESSAGE_CHARS."""
-    raise NotImplementedError
+    """Render one event for one target, never longer than MAX_MESSAGE_CHARS.
+
+    The body (notification, else output) is cut first, with a visible
+    "… [output truncated: N more characters]" marker; pathological source,
+    check, namespace or playbook values are cut to fixed caps so the limit
+    always holds. Cuts fall between source characters, so never inside an
+    HTML entity or a ``<br>``.
+    """
+    as_html = target.message_format == "html"
+    esc: Callable[[str], str] = _escape_html if as_html else _plain
+
+    word = status_word(event)
+    source = _clip(_one_line(event.source), _MAX_NAME_CHARS, as_html)
+    check = _clip(_one_line(event.check), _MAX_NAME_CHARS, as_html)
+    head = f"<b>{word}</b> " if as_html else f"{word} "
+    head += f"{source}/{check}"
+
+    details: list[str] = []
+    if event.occurrences > 1:
+        details.append(f"occurrences: {_clip(str(event.occurrences), _MAX_COUNT_CHARS, as_html)}")
+    if event.playbook and event.playbook.strip():
+        details.append(_playbook(event.playbook.strip(), as_html))
+    if event.flavor == "go" and event.namespace and event.namespace != "default":
+        namespace = _clip(_one_line(event.namespace), _MAX_NAME_CHARS, as_html)
+        details.append(f"namespace: {namespace}")
+    newline = _HTML_BREAK if as_html else "\n"
+    tail = newline + _SEPARATOR.join(details) if details else ""
+
+    if event.notification and event.notification.strip():
+        kind, body = "notification", event.notification
+    else:
+        kind, body = "output", event.output
+    body = _normalize_newlines(body).rstrip().lstrip("\n")
+    if not body:
+        return _message(head + tail, event, target, api_version)
+
+    head += ": "
+    room = MAX_MESSAGE_CHARS - len(head) - len(tail)
+    if _rendered_len_at_least(body, room + 1, as_html):
+        # Reserve the longest marker this body could need; the real one is never longer.
+        marker_room = len(_truncation_marker(kind, len(body)))
+        keep = _fit_prefix(body, room - marker_room, as_html)
+        rendered = esc(body[:keep]) + _truncation_marker(kind, len(body) - keep)
+    else:
+        rendered = esc(body)
+    return _message(head + rendered + tail, event, target, api_version)
+
+
+def _message(text: str, event: Event, target: Target, api_version: ApiVersion) -> Message:
+    return Message(
+        text=text,
+        color=color(event),
+        notify=target.notify,
+        message_format=target.message_format,
+        sender=sender_name(target.username, api_version),
+    )
+
+
+def _playbook(playbook: str, as_html: bool) -> str:
+    if as_html and _is_web_url(playbook):
+        href = html.escape(playbook, quote=True)
+        # A cut URL is a broken link: past the cap it is shown as clipped text instead.
+        if len(href) <= _MAX_PLAYBOOK_CHARS:
+            return f'<a href="{href}">Playbook</a>'
+    return "Playbook: " + _clip(_one_line(playbook), _MAX_PLAYBOOK_CHARS, as_html)
+
+
+def _is_web_url(value: str) -> bool:
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.netloc) and value.isprintable()
+
+
+def _truncation_marker(kind: str, dropped: int) -> str:
+    return f"{_ELLIPSIS} [{kind} truncated: {dropped} more characters]"
+
+
+def _normalize_newlines(value: str) -> str:
+    return value.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _one_line(value: str) -> str:
+    """Header fields stay on the first line: newlines become spaces."""
+    return _normalize_newlines(value).replace("\n", " ")
+
+
+def _escape_html(value: str) -> str:
+    return html.escape(value, quote=True).replace("\n", _HTML_BREAK)
+
+
+def _plain(value: str) -> str:
+    return value
+
+
+def _rendered_len_at_least(value: str, limit: int, as_html: bool) -> bool:
+    """Whether ``value`` renders to ``limit`` characters or more, looking at most ``limit``."""
+    if len(value) >= limit:
+        return True  # every character renders to at least one
+    return len(_escape_html(value) if as_html else value) >= limit
+
+
+def _fit_prefix(value: str, budget: int, as_html: bool) -> int:
+    """Length of the longest prefix of ``value`` whose rendering fits ``budget``.
+
+    Reads at most ``budget`` characters, since each renders to at least one,
+    so a megabyte of output costs no more than a short one.
+    """
+    if budget <= 0:
+        return 0
+    if not as_html:
+        return min(len(value), budget)
+    used = 0
+    window = value[:budget]
+    for index, ch in enumerate(window):
+        used += _HTML_WIDTHS.get(ch, 1)
+        if used > budget:
+            return index
+    return len(window)
+
+
+def _clip(value: str, cap: int, as_html: bool) -> str:
+    """Render ``value``, cut with an ellipsis so the result is at most ``cap`` characters."""
+    if not _rendered_len_at_least(value, cap + 1, as_html):
+        return _escape_html(value) if as_html else value
+    keep = _fit_prefix(value, cap - len(_ELLIPSIS), as_html)
+    return (_escape_html(value[:keep]) if as_html else value[:keep]) + _ELLIPSIS

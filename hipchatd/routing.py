@@ -1,15 +1,37 @@
-"""Which rooms (or user) an event goes to, with which per-target settings. Pure."""
+"""Which rooms (or user) an event goes to, with which per-target settings. Pure.
+
+Rooms come from the most specific source that names one, and only that source:
+
+1. the check (``check.hipchat.room``, ``check.hipchat_room``, or the Go
+   check annotation ``sensu.io/plugins/hipchat/config/room``);
+2. the client / entity, likewise;
+3. the event's contacts (Enterprise contact routing): the rooms of every
+   named contact whose ``hipchat`` overrides name one, in contact order;
+4. the integration's ``room`` setting.
+
+The check comes before the client, as Enterprise ranks check attributes and
+sensu-plugin-sdk ranks check annotations; the community plugin did the
+opposite for ``hipchat_room``.
+
+Each other key (``notify``, ``username``, ``message_format``) is resolved per
+target from the most specific source that names it: the check, the client,
+then, for a room a contact supplied, that contact, then the settings.
+
+When ``user`` is set (an API v2 setting; the configuration rejects it for
+v1), the one target is that user and no room is notified, as in the
+Enterprise integration.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from hipchatd.config import HipChatSettings, MessageFormat, Overrides
 from hipchatd.events import Event
 
-__all__ = ["Target", "route"]
+__all__ = ["Target", "route", "unknown_contacts"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,5 +49,60 @@ class Target:
 def route(
     event: Event, settings: HipChatSettings, contacts: Mapping[str, Overrides]
 ) -> tuple[Target, ...]:
-    """Return the targets for ``event``, deduplicated, in a stable order."""
-    raise NotImplementedError
+    """Return the targets for ``event``, deduplicated, in a stable order.
+
+    Rooms are deduplicated by exact name, first occurrence wins (with its
+    overrides). Contact names ``contacts`` does not define are ignored; see
+    ``unknown_contacts``. Empty only when the settings name no room.
+    """
+    layers = (event.check_overrides, event.client_overrides)
+    if settings.user:
+        return (_target("user", settings.user, layers, settings),)
+    for overrides in layers:
+        if overrides.room:
+            return _rooms(((room, layers) for room in overrides.room), settings)
+    contact_rooms = [
+        (room, (*layers, contact))
+        for contact in _known(event, contacts)
+        for room in contact.room or ()
+    ]
+    if contact_rooms:
+        return _rooms(contact_rooms, settings)
+    return _rooms(((room, layers) for room in settings.room), settings)
+
+
+def unknown_contacts(event: Event, contacts: Mapping[str, Overrides]) -> tuple[str, ...]:
+    """The contact names ``event`` gives that ``contacts`` lacks, for the caller to log."""
+    return tuple(name for name in event.contacts if name not in contacts)
+
+
+def _known(event: Event, contacts: Mapping[str, Overrides]) -> list[Overrides]:
+    return [contacts[name] for name in event.contacts if name in contacts]
+
+
+def _rooms(
+    candidates: Iterable[tuple[str, Sequence[Overrides]]], settings: HipChatSettings
+) -> tuple[Target, ...]:
+    targets: dict[str, Target] = {}
+    for room, layers in candidates:
+        if room not in targets:
+            targets[room] = _target("room", room, layers, settings)
+    return tuple(targets.values())
+
+
+def _target(
+    kind: Literal["room", "user"],
+    name: str,
+    layers: Sequence[Overrides],
+    settings: HipChatSettings,
+) -> Target:
+    """A target whose keys come from the first layer that names them, else the settings."""
+    notify = next((o.notify for o in layers if o.notify is not None), settings.notify)
+    username = next((o.username for o in layers if o.username is not None), settings.username)
+    message_format = next(
+        (o.message_format for o in layers if o.message_format is not None),
+        settings.message_format,
+    )
+    return Target(
+        kind=kind, name=name, notify=notify, username=username, message_format=message_format
+    )

@@ -1,0 +1,123 @@
+"""structlog setup and secret redaction.
+
+Configured once, before ``trio.run``: JSON lines when stdout is not a TTY,
+console rendering on a TTY. Library modules only call
+``structlog.get_logger()``. Every registered secret is replaced by
+``[REDACTED]`` in every value of every log line, exception text included,
+before a renderer sees it; httpx and httpcore's stdlib logs go through the
+same chain at WARNING.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+__all__ = ["REDACTED", "configure", "redact", "redact_secrets", "register_secret"]
+
+REDACTED = "[REDACTED]"
+
+#: Secrets shorter than this are not scrubbed: replacing "a" everywhere would
+#: mangle every line, and no real HipChat token is that short.
+_MIN_SECRET_LENGTH = 4
+
+_secrets: set[str] = set()
+
+
+def register_secret(value: str) -> None:
+    """Make ``value`` unprintable in every log line from now on."""
+    if len(value) >= _MIN_SECRET_LENGTH:
+        _secrets.add(value)
+
+
+def redact(text: str) -> str:
+    """Return ``text`` with every registered secret replaced."""
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_scrub(v) for v in value)
+    if isinstance(value, bytes | bytearray):
+        return redact(bytes(value).decode("utf-8", "backslashreplace"))
+    if isinstance(value, int | float | bool) or value is None:
+        return value
+    # Anything else is rendered with str()/repr() later; scrub that text now.
+    return redact(str(value))
+
+
+def redact_secrets(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: scrub registered secrets from every value."""
+    if not _secrets:
+        return event_dict
+    for key, value in event_dict.items():
+        event_dict[key] = _scrub(value)
+    return event_dict
+
+
+def _shared_processors() -> list[Any]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+        structlog.processors.format_exc_info,
+        redact_secrets,
+    ]
+
+
+def configure(
+    level: str = "info",
+    *,
+    json: bool | None = None,
+    stream: TextIO | None = None,
+    cache: bool = True,
+) -> None:
+    """Configure structlog (and stdlib logging for httpx/httpcore) once.
+
+    ``json=None`` picks JSON lines unless ``stream`` is a TTY. ``cache=False``
+    keeps loggers reconfigurable (tests).
+    """
+    out = stream if stream is not None else sys.stdout
+    if json is None:
+        json = not out.isatty()
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if json
+        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+    )
+    numeric = logging.getLevelNamesMapping()[level.upper()]
+    structlog.configure(
+        processors=[*_shared_processors(), renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=cache,
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_logger_name,
+                *_shared_processors(),
+            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(numeric, logging.WARNING))
+    for name in ("httpx", "httpcore", "hpack"):
+        logging.getLogger(name).setLevel(max(numeric, logging.WARNING))

@@ -1,0 +1,196 @@
+"""TCP and UDP listeners: bytes from Sensu in, documents out to a sink.
+
+The server never writes to a socket and never waits on HipChat: each
+decoded document is handed to a synchronous sink, which only queues work.
+Bad input is logged with the peer, byte count, reason and a preview, and
+counted; it never affects another frame or connection.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+import trio
+
+from hipchatd.config import DaemonSettings, Framing
+from hipchatd.errors import FrameTooLarge
+from hipchatd.framing import Decoder, Document, Rejected
+from hipchatd.metrics import Metrics
+
+__all__ = ["Sink", "serve_tcp", "serve_udp"]
+
+log = structlog.get_logger()
+
+#: sink(document, peer, transport): queue the document; must not block.
+Sink = Callable[[Document, str, str], None]
+
+#: Bytes per receive: one call takes a typical 1-5 KB event whole.
+_RECEIVE_SIZE = 65536
+#: The largest UDP payload IPv4 can carry.
+_DATAGRAM_SIZE = 65535
+
+_conn_ids = itertools.count(1)
+
+
+def _peer_name(address: Any) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(address) or "unknown"
+
+
+def _reason_key(reason: str) -> str:
+    if reason.startswith("not UTF-8"):
+        return "not_utf8"
+    if reason.startswith(("truncated", "incomplete", "empty")):
+        return "truncated"
+    return "invalid_json"
+
+
+def _handle_frames(
+    frames: Sequence[Document | Rejected],
+    sink: Sink,
+    metrics: Metrics,
+    peer: str,
+    transport: str,
+) -> None:
+    for frame in frames:
+        metrics.events_received.labels(transport=transport).inc()
+        if isinstance(frame, Document):
+            sink(frame, peer, transport)
+        else:
+            metrics.events_rejected.labels(reason=_reason_key(frame.reason)).inc()
+            log.warning(
+                "input.rejected",
+                peer=peer,
+                transport=transport,
+                nbytes=frame.nbytes,
+                reason=frame.reason,
+                preview=frame.preview,
+            )
+
+
+class _StreamHandler:
+    def __init__(self, settings: DaemonSettings, sink: Sink, metrics: Metrics) -> None:
+        self.settings = settings
+        self.sink = sink
+        self.metrics = metrics
+        self.active = 0
+
+    async def __call__(self, stream: trio.SocketStream) -> None:
+        conn_id = next(_conn_ids)
+        try:
+            peer = _peer_name(stream.socket.getpeername())
+        except OSError:
+            peer = "unknown"
+        if self.active >= self.settings.max_connections:
+            self.metrics.events_rejected.labels(reason="too_many_connections").inc()
+            log.warning(
+                "connection.refused",
+                peer=peer,
+                conn_id=conn_id,
+                reason="too many connections",
+                max_connections=self.settings.max_connections,
+            )
+            await stream.aclose()
+            return
+        self.active += 1
+        self.metrics.connections_open.inc()
+        try:
+            await self._read(stream, peer, conn_id)
+        finally:
+            self.active -= 1
+            self.metrics.connections_open.dec()
+            await stream.aclose()
+
+    async def _read(self, stream: trio.SocketStream, peer: str, conn_id: int) -> None:
+        settings = self.settings
+        decoder = Decoder(settings.framing, settings.max_frame_bytes)
+        received = 0
+        # The deadline moves on each completed frame: a peer that trickles
+        # bytes without ever completing an event is closed like an idle one.
+        with trio.CancelScope(deadline=trio.current_time() + settings.idle_timeout) as scope:
+            try:
+                while True:
+                    data = await stream.receive_some(_RECEIVE_SIZE)
+                    if not data:
+                        _handle_frames(decoder.close(), self.sink, self.metrics, peer, "tcp")
+                        return
+                    received += len(data)
+                    frames = decoder.feed(data)
+                    if frames:
+                        scope.deadline = trio.current_time() + settings.idle_timeout
+                        _handle_frames(frames, self.sink, self.metrics, peer, "tcp")
+            except FrameTooLarge as exc:
+                self.metrics.events_rejected.labels(reason="frame_too_large").inc()
+                log.warning(
+                    "input.rejected",
+                    peer=peer,
+                    conn_id=conn_id,
+                    transport="tcp",
+                    nbytes=exc.size,
+                    reason=str(exc),
+                    action="connection closed",
+                )
+                return
+            except trio.BrokenResourceError as exc:
+                log.info("connection.reset", peer=peer, conn_id=conn_id, error=str(exc))
+                return
+        if scope.cancelled_caught:
+            self.metrics.events_rejected.labels(reason="idle_timeout").inc()
+            log.warning(
+                "connection.timed_out",
+                peer=peer,
+                conn_id=conn_id,
+                idle_timeout=settings.idle_timeout,
+                nbytes=received,
+                reason="no complete event within idle_timeout",
+            )
+
+
+async def serve_tcp(
+    listeners: Sequence[trio.SocketListener],
+    settings: DaemonSettings,
+    sink: Sink,
+    metrics: Metrics,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept Sensu connections on ``listeners`` until cancelled.
+
+    ``trio.serve_listeners`` provides the accept loop and its EMFILE back-off.
+    """
+    handler = _StreamHandler(settings, sink, metrics)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, handler, list(listeners))
+        task_status.started()
+
+
+async def serve_udp(
+    sock: trio.socket.SocketType,
+    settings: DaemonSettings,
+    sink: Sink,
+    metrics: Metrics,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Read datagrams from a bound UDP socket until cancelled: each is one event or NDJSON."""
+    mode: Framing = "newline" if settings.framing == "newline" else "auto"
+    task_status.started()
+    while True:
+        data, address = await sock.recvfrom(_DATAGRAM_SIZE)
+        peer = _peer_name(address)
+        decoder = Decoder(mode, settings.max_frame_bytes)
+        try:
+            frames = [*decoder.feed(data), *decoder.close()]
+        except FrameTooLarge as exc:
+            metrics.events_received.labels(transport="udp").inc()
+            metrics.events_rejected.labels(reason="frame_too_large").inc()
+            log.warning(
+                "input.rejected", peer=peer, transport="udp", nbytes=len(data), reason=str(exc)
+            )
+            continue
+        _handle_frames(frames, sink, metrics, peer, "udp")

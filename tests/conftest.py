@@ -1,0 +1,108 @@
+"""Shared fixtures: a real emulator and a real daemon on loopback, and ways to talk to them."""
+
+from __future__ import annotations
+
+import copy
+import json
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from hipchatd import app as app_module
+from hipchatd.config import Config, DaemonSettings, HipChatSettings, Listen, Secret
+from hipchatd.emulator import Emulator
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TOKEN = "s3cr3t-hipchat-token-0123456789abcdef"
+
+
+def load_fixture(name: str) -> dict[str, Any]:
+    """A sample Sensu event from tests/fixtures, as a fresh dict."""
+    data: dict[str, Any] = json.loads((FIXTURES / name).read_text())
+    return copy.deepcopy(data)
+
+
+def classic_event(**check: Any) -> dict[str, Any]:
+    """The Classic critical sample, with ``check`` attributes overridden."""
+    event = load_fixture("classic-critical.json")
+    event["check"].update(check)
+    return event
+
+
+def make_config(emulator_url: str, **hipchat: Any) -> Config:
+    """A config for a daemon on ephemeral loopback ports, delivering to ``emulator_url``."""
+    daemon_keys = {k: hipchat.pop(k) for k in list(hipchat) if k in DaemonSettings.__slots__}
+    settings = HipChatSettings(
+        api_token=Secret(hipchat.pop("api_token", TOKEN)), server_url=emulator_url, **hipchat
+    )
+    daemon = DaemonSettings(tcp=Listen("127.0.0.1", 0), udp=Listen("127.0.0.1", 0), **daemon_keys)
+    return Config(hipchat=settings, daemon=daemon)
+
+
+@pytest.fixture
+async def emulator(nursery: trio.Nursery) -> Emulator:
+    """A real HipChat emulator on a loopback port, knowing TOKEN and a few rooms."""
+    emu = Emulator(tokens=[TOKEN], rooms=["sensu", "ops", "dev"], auto_create_rooms=True)
+    await nursery.start(emu.serve, "127.0.0.1", 0)
+    return emu
+
+
+StartDaemon = Callable[..., Awaitable[app_module.App]]
+
+
+@pytest.fixture
+def start_daemon(nursery: trio.Nursery, emulator: Emulator) -> StartDaemon:
+    """Start the real daemon (app.run) against the emulator; keyword args go to make_config."""
+
+    async def start(**hipchat: Any) -> app_module.App:
+        config = make_config(emulator.url, **hipchat)
+        started: app_module.App = await nursery.start(app_module.run, config)
+        return started
+
+    return start
+
+
+async def send_tcp(address: tuple[str, int], payload: bytes) -> None:
+    """What Sensu does: connect, one write, close."""
+    stream = await trio.open_tcp_stream(*address)
+    async with stream:
+        await stream.send_all(payload)
+
+
+async def send_udp(address: tuple[str, int], payload: bytes) -> None:
+    """One datagram."""
+    with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as sock:
+        await sock.sendto(payload, address)
+
+
+def length_prefixed(documents: Iterable[dict[str, Any]]) -> bytes:
+    """4-byte big-endian length + JSON, per document."""
+    out = bytearray()
+    for doc in documents:
+        body = json.dumps(doc).encode()
+        out += struct.pack(">I", len(body)) + body
+    return bytes(out)
+
+
+def ndjson(documents: Iterable[dict[str, Any]]) -> bytes:
+    return b"".join(json.dumps(doc).encode() + b"\n" for doc in documents)
+
+
+@pytest.fixture
+async def tcp_stream_factory() -> AsyncIterator[
+    Callable[[tuple[str, int]], Awaitable[trio.SocketStream]]
+]:
+    streams: list[trio.SocketStream] = []
+
+    async def open_stream(address: tuple[str, int]) -> trio.SocketStream:
+        stream = await trio.open_tcp_stream(*address)
+        streams.append(stream)
+        return stream
+
+    yield open_stream
+    for stream in streams:
+        await stream.aclose()

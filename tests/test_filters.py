@@ -1,0 +1,346 @@
+"""skip_reason: the Sensu Enterprise integration's filters, in order."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hipchatd.config import HipChatSettings, Overrides, Secret
+from hipchatd.events import Action, Event, HandleWhen, parse_event
+from hipchatd.filters import (
+    DEFAULT_INTERVAL,
+    SKIP_REASONS,
+    handle_when_reason,
+    severity,
+    skip_reason,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+BASE = Event(
+    id="",
+    flavor="classic",
+    source="web-01",
+    check="check_http",
+    status=2,
+    output="down",
+    notification=None,
+    playbook=None,
+    action="create",
+    occurrences=1,
+    occurrences_watermark=1,
+    interval=60,
+    silenced=False,
+    history=(0, 2),
+    namespace=None,
+    timestamp=1700000000.0,
+    handle=True,
+    handle_when=HandleWhen(),
+    check_overrides=Overrides(),
+    client_overrides=Overrides(),
+    contacts=(),
+)
+
+
+def event(**changes: Any) -> Event:
+    return dataclasses.replace(BASE, **changes)
+
+
+def settings(**changes: Any) -> HipChatSettings:
+    return HipChatSettings(api_token=Secret("t"), **changes)
+
+
+def fixture(name: str) -> Event:
+    return parse_event(json.loads((FIXTURES / name).read_text(encoding="utf-8")))
+
+
+ALL = frozenset({"ok", "warning", "critical", "unknown"})
+
+
+def test_a_fresh_critical_is_notified() -> None:
+    assert skip_reason(BASE, settings()) is None
+
+
+# --- 1. handle -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"status": 0},
+        {"silenced": True},
+        {"occurrences": 2},
+        {"action": "resolve", "status": 0, "history": (2, 0)},
+    ],
+)
+def test_handle_false_wins_over_everything(changes: dict[str, Any]) -> None:
+    assert skip_reason(event(handle=False, **changes), settings()) == "handle_disabled"
+
+
+# --- 2. status 0 -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("action", "expected"),
+    [("create", "status_ok"), ("flapping", "status_ok"), ("resolve", None)],
+)
+def test_status_ok_unless_resolve(action: Action, expected: str | None) -> None:
+    ok = event(status=0, action=action, history=(2, 0))
+    assert skip_reason(ok, settings(severities=ALL)) == expected
+
+
+def test_status_ok_comes_before_severity() -> None:
+    # Even a handler that lists "ok" does not get non-resolve OKs.
+    assert skip_reason(event(status=0), settings(severities=frozenset({"ok"}))) == "status_ok"
+
+
+# --- 3. severities ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "name"),
+    [(0, "ok"), (1, "warning"), (2, "critical"), (3, "unknown"), (127, "unknown"), (-1, "unknown")],
+)
+def test_severity_names(status: int, name: str) -> None:
+    assert severity(status) == name
+
+
+@pytest.mark.parametrize(
+    ("status", "severities", "expected"),
+    [
+        (1, {"warning", "critical", "unknown"}, None),
+        (2, {"warning", "critical", "unknown"}, None),
+        (3, {"warning", "critical", "unknown"}, None),
+        (127, {"warning", "critical", "unknown"}, None),
+        (1, {"critical"}, "severity"),
+        (2, {"critical"}, None),
+        (3, {"critical"}, "severity"),
+        (2, {"warning"}, "severity"),
+        (1, set(), "severity"),
+    ],
+)
+def test_severity_of_current_status(
+    status: int, severities: set[str], expected: str | None
+) -> None:
+    s = settings(severities=frozenset(severities))
+    assert skip_reason(event(status=status, history=(0, status)), s) == expected
+    assert skip_reason(event(status=status, action="flapping"), s) == expected
+
+
+@pytest.mark.parametrize(
+    ("history", "severities", "expected"),
+    [
+        # The walk starts before the current entry and stops at the first 0: it sees only 1.
+        ((2, 0, 1, 0), {"critical"}, "severity"),
+        ((2, 0, 1, 0), {"warning"}, None),
+        ((1, 2, 2, 0), {"critical"}, None),
+        ((1, 2, 2, 0), {"warning"}, None),  # any severity since the last OK
+        ((1, 2, 2, 0), {"unknown"}, "severity"),
+        ((0, 3, 3, 0), {"unknown"}, None),
+        ((2, 1, 0), {"ok"}, "severity"),
+        ((0, 0), {"warning", "critical", "unknown"}, "severity"),  # previous result was OK
+        ((0,), {"critical"}, None),  # nothing to walk: pass rather than lose the resolve
+        ((), {"critical"}, None),
+    ],
+)
+def test_resolve_severity_walk(
+    history: tuple[int, ...], severities: set[str], expected: str | None
+) -> None:
+    resolve = event(action="resolve", status=0, history=history, occurrences_watermark=1)
+    assert skip_reason(resolve, settings(severities=frozenset(severities))) == expected
+
+
+def test_default_severities_pass_resolves_of_warnings() -> None:
+    resolve = event(action="resolve", status=0, history=(0, 1, 1, 0))
+    assert skip_reason(resolve, settings()) is None
+
+
+# --- 4. silenced -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("silenced", "handle_silenced", "expected"),
+    [(True, False, "silenced"), (True, True, None), (False, False, None), (False, True, None)],
+)
+def test_silenced(silenced: bool, handle_silenced: bool, expected: str | None) -> None:
+    s = settings(handle_silenced=handle_silenced)
+    assert skip_reason(event(silenced=silenced), s) == expected
+
+
+def test_severity_comes_before_silenced() -> None:
+    s = settings(severities=frozenset({"critical"}))
+    assert skip_reason(event(silenced=True, status=1), s) == "severity"
+
+
+def test_silenced_comes_before_handle_when() -> None:
+    quiet = event(silenced=True, handle_when=HandleWhen(occurrences=3), occurrences=1)
+    assert skip_reason(quiet, settings()) == "silenced"
+
+
+# --- 5. handle_when arithmetic ---------------------------------------------------------------
+
+
+def _notified(
+    action: Action, threshold: int, reset: int, interval: int | None, upto: int = 70
+) -> list[int]:
+    return [
+        n
+        for n in range(1, upto + 1)
+        if handle_when_reason(
+            action=action,
+            occurrences=n,
+            watermark=n,
+            threshold=threshold,
+            reset=reset,
+            interval=interval,
+        )
+        is None
+    ]
+
+
+@pytest.mark.parametrize("action", ["create", "flapping"])
+def test_worked_example_notifies_at_3_33_63(action: Action) -> None:
+    """N=3, I=60, R=1800 (k=30): notifications at n = 3, 33, 63."""
+    assert _notified(action, threshold=3, reset=1800, interval=60) == [3, 33, 63]
+
+
+def test_worked_example_through_skip_reason() -> None:
+    reasons = [
+        skip_reason(
+            event(occurrences=n, occurrences_watermark=n, handle_when=HandleWhen(3, 1800)),
+            settings(),
+        )
+        for n in range(1, 70 + 1)
+    ]
+    assert [n for n, reason in enumerate(reasons, start=1) if reason is None] == [3, 33, 63]
+    assert reasons[:2] == ["below_occurrences", "below_occurrences"]
+    assert set(reasons[3:32]) == {"repeat_suppressed"}
+
+
+def test_missing_interval_defaults_to_60() -> None:
+    assert DEFAULT_INTERVAL == 60
+    assert _notified("create", threshold=3, reset=1800, interval=None) == [3, 33, 63]
+
+
+@pytest.mark.parametrize(
+    ("threshold", "reset", "interval", "expected"),
+    [
+        (1, 1800, 60, [1, 31, 61]),
+        (1, 300, 60, list(range(1, 71, 5))),  # k = 5
+        (2, 100, 30, list(range(2, 71, 3))),  # k = floor(100 / 30) = 3
+        (3, 30, 60, list(range(3, 71))),  # k = 0: every result from N on
+        (1, 0, 60, list(range(1, 71))),  # reset 0: k = 0
+        (5, 1800, 600, list(range(5, 71, 3))),  # k = 3
+        (71, 1800, 60, []),  # the threshold is never reached
+    ],
+)
+def test_repeat_arithmetic(threshold: int, reset: int, interval: int, expected: list[int]) -> None:
+    assert _notified("create", threshold=threshold, reset=reset, interval=interval) == expected
+
+
+@pytest.mark.parametrize(
+    ("occurrences", "watermark", "threshold", "expected"),
+    [
+        (3, 3, 3, None),
+        (1, 5, 3, None),  # Go: n counts OK results on a resolve; w carries the incident
+        (1, 2, 3, "not_announced"),
+        (5, 2, 3, "not_announced"),
+        (1, 1, 1, None),
+        (33, 33, 3, None),  # a resolve is never a "repeat"
+    ],
+)
+def test_resolve_needs_the_incident_to_have_been_announced(
+    occurrences: int, watermark: int, threshold: int, expected: str | None
+) -> None:
+    reason = handle_when_reason(
+        action="resolve",
+        occurrences=occurrences,
+        watermark=watermark,
+        threshold=threshold,
+        reset=1800,
+        interval=60,
+    )
+    assert reason == expected
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"occurrences": 1, "handle_when": HandleWhen(2, 1800)}, "below_occurrences"),
+        ({"occurrences": 2, "handle_when": HandleWhen(2, 1800)}, None),
+        ({"occurrences": 3, "handle_when": HandleWhen(2, 1800)}, "repeat_suppressed"),
+        ({"occurrences": 32, "handle_when": HandleWhen(2, 1800)}, None),
+        ({"occurrences": 7, "interval": 600, "handle_when": HandleWhen(1, 1800)}, None),
+        (
+            {"occurrences": 8, "interval": 600, "handle_when": HandleWhen(1, 1800)},
+            "repeat_suppressed",
+        ),
+        (
+            {
+                "action": "resolve",
+                "status": 0,
+                "history": (2, 2, 0),
+                "occurrences": 2,
+                "occurrences_watermark": 2,
+                "handle_when": HandleWhen(3, 1800),
+            },
+            "not_announced",
+        ),
+    ],
+)
+def test_handle_when_through_skip_reason(changes: dict[str, Any], expected: str | None) -> None:
+    assert skip_reason(event(**changes), settings()) == expected
+
+
+# --- the fixtures, end to end ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("classic-critical.json", None),
+        ("classic-resolve.json", None),
+        ("classic-flapping.json", None),
+        ("classic-hipchat.json", None),  # n = N = 3
+        ("classic-proxy.json", "repeat_suppressed"),  # n = 2, N = 1, k = 30
+        ("classic-metric-ok.json", "status_ok"),
+        ("go-warning.json", "repeat_suppressed"),  # n = 423, N = 1, k = 180: 422 % 180 != 0
+        ("go-critical.json", "repeat_suppressed"),  # n = 3
+        ("go-resolution.json", None),  # n = 1, w = 5
+        ("go-flapping.json", None),
+        ("go-keepalive.json", "repeat_suppressed"),  # n = 2, k = 1800 // 20 = 90
+        ("go-annotations.json", None),  # handle_when annotation: N = 2, n = 2
+        ("go-namespace.json", "silenced"),
+    ],
+)
+def test_fixtures(name: str, expected: str | None) -> None:
+    assert skip_reason(fixture(name), settings()) == expected
+
+
+def test_go_failing_with_status_zero_is_status_ok() -> None:
+    document = json.loads((FIXTURES / "go-critical.json").read_text(encoding="utf-8"))
+    document["check"]["status"] = 0
+    document["check"]["history"][-1]["status"] = 0
+    document["check"]["history"][-2]["status"] = 0
+    parsed = parse_event(document)
+    assert (parsed.action, parsed.status) == ("create", 0)
+    assert skip_reason(parsed, settings()) == "status_ok"
+
+
+def test_every_reason_is_listed() -> None:
+    cases = [
+        event(handle=False),
+        event(status=0),
+        event(status=1, history=(0, 1)),
+        event(silenced=True),
+        event(handle_when=HandleWhen(occurrences=2)),
+        event(occurrences=2, occurrences_watermark=2),
+        event(action="resolve", status=0, history=(2, 0), handle_when=HandleWhen(occurrences=2)),
+    ]
+    s = settings(severities=frozenset({"critical"}))
+    assert tuple(skip_reason(case, s) for case in cases) == SKIP_REASONS
