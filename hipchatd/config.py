@@ -66,6 +66,20 @@ DEFAULT_MAX_CONNECTIONS = 1024
 DEFAULT_QUEUE_SIZE = 10_000
 #: Concurrent HipChat requests (also the HTTP pool size).
 DEFAULT_CONCURRENCY = 16
+#: The spool's home; the systemd unit's ``StateDirectory=hipchatd``.
+DEFAULT_STATE_DIR = "/var/lib/hipchatd"
+#: Events kept pending at most; past it new events are refused, the oldest kept.
+DEFAULT_MAX_SPOOL_EVENTS = 100_000
+#: Seconds an event may wait for delivery before it is dead-lettered as expired.
+DEFAULT_MAX_AGE = 3600.0
+#: Seconds SIGTERM leaves open connections and in-flight deliveries to finish.
+DEFAULT_SHUTDOWN_GRACE = 5.0
+#: Requests per 5 minutes assumed before HipChat reports its own (HipChat Server user tokens).
+DEFAULT_RATE_LIMIT = 100
+#: Messages per minute per room (HipChat's flood control).
+DEFAULT_FLOOD_LIMIT = 30
+#: Prometheus exposition port when ``metrics`` names no port.
+DEFAULT_METRICS_PORT = 9533
 #: Loopback unless told otherwise: events are unauthenticated, and Sensu is usually local.
 DEFAULT_HOST = "127.0.0.1"
 #: Bytes: a smaller frame could not hold even a minimal Sensu event.
@@ -138,6 +152,8 @@ class HipChatSettings:
     handle_silenced: bool = False
     user: str | None = None
     ca_file: str | None = None
+    rate_limit: int = DEFAULT_RATE_LIMIT
+    flood_limit: int = DEFAULT_FLOOD_LIMIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +168,11 @@ class DaemonSettings:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     queue_size: int = DEFAULT_QUEUE_SIZE
     concurrency: int = DEFAULT_CONCURRENCY
+    state_dir: str = DEFAULT_STATE_DIR
+    max_spool_events: int = DEFAULT_MAX_SPOOL_EVENTS
+    max_age: float = DEFAULT_MAX_AGE
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    metrics: Listen | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -447,6 +468,10 @@ def _listen(values: Mapping[str, Any]) -> Listen:
     return Listen(values.get("host", DEFAULT_HOST), values.get("port", DEFAULT_PORT))
 
 
+def _metrics_listen(values: Mapping[str, Any]) -> Listen:
+    return Listen(values.get("host", DEFAULT_HOST), values.get("port", DEFAULT_METRICS_PORT))
+
+
 # -- the schema: one line per key ---------------------------------------------
 
 
@@ -494,6 +519,8 @@ _HIPCHAT: Mapping[str, _Rule] = {
     "handle_silenced": _BOOLEAN,
     "user": _Rule(_string, "a non-empty string: a user id, e-mail or @mention name"),
     "ca_file": _Rule(_readable_file, "the path of a readable PEM file"),
+    "rate_limit": _at_least(1),
+    "flood_limit": _at_least(1),
 }
 
 _LISTEN: Mapping[str, _Rule] = {
@@ -516,6 +543,16 @@ _HIPCHATD: Mapping[str, _Rule] = {
     "max_connections": _at_least(1),
     "queue_size": _at_least(1),
     "concurrency": _at_least(1),
+    "state_dir": _Rule(_string, 'a directory path, or ":memory:" for a spool that is not kept'),
+    "max_spool_events": _at_least(1),
+    "max_age": _SECONDS,
+    "shutdown_grace": _SECONDS,
+    "metrics": _Rule(
+        _metrics_listen,
+        'an object {"host": string, "port": integer}, or null to disable',
+        nullable=True,
+        fields=_LISTEN,
+    ),
 }
 
 #: A contact's ``hipchat`` object (Sensu Enterprise contact routing).
