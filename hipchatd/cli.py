@@ -46,16 +46,16 @@ def _parser() -> argparse.ArgumentParser:
         prog="hipchatd", description="Sensu socket handler that notifies HipChat rooms."
     )
     parser.add_argument("--version", action="version", version=f"hipchatd {__version__}")
-    parser.add_argument(
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="listen for Sensu events and notify HipChat")
+    _add_config_argument(serve)
+    serve.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
         help="lowest level logged (default info)",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    serve = sub.add_parser("serve", help="listen for Sensu events and notify HipChat")
-    _add_config_argument(serve)
     serve.add_argument(
         "--emulator",
         action="store_true",
