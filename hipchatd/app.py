@@ -3,10 +3,18 @@
 ::
 
     run
-    ├── emulator.serve         (only with --emulator)
-    ├── dispatcher.run         delivery tasks, one per accepted event
-    ├── server.serve_tcp       accept loop + one task per connection
-    └── server.serve_udp       datagram loop
+    ├── emulator.serve            (only with --emulator)
+    └── services
+        ├── spool.run             group commits; hands committed entries to the lanes
+        ├── dispatcher.run        one lane per room or user
+        ├── connections           one task per Sensu connection (outlives accepting)
+        └── ingest scope
+            ├── server.serve_tcp  accept loops
+            └── server.serve_udp  datagram loop
+
+An event is accepted once the spool has committed it. ``App.stop`` is the
+graceful half of shutdown: stop accepting, let open connections finish and
+in-flight deliveries complete; what is left stays in the spool.
 """
 
 from __future__ import annotations
@@ -14,42 +22,59 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import structlog
 import trio
 
 from hipchatd import logconfig
+from hipchatd.budget import RateBudget
+from hipchatd.clock import unix_now
 from hipchatd.config import Config, Listen
-from hipchatd.dispatch import Dispatcher, Job
+from hipchatd.dispatch import Dispatcher, Ticket
 from hipchatd.errors import EventError
-from hipchatd.events import parse_event
+from hipchatd.events import Event, parse_event
 from hipchatd.filters import skip_reason
 from hipchatd.framing import Document, preview
 from hipchatd.hipchat import HipChatClient, make_http_client
 from hipchatd.metrics import Metrics
 from hipchatd.routing import route
-from hipchatd.server import serve_tcp, serve_udp
+from hipchatd.server import ConnectionHandler, serve_tcp, serve_udp
+from hipchatd.spool import Entry, Spool
 
 __all__ = ["App", "run"]
 
 log = structlog.get_logger()
 
 
-@dataclass
+@dataclass(slots=True, eq=False)
+class _Submitted:
+    ticket: Ticket
+    event: Event
+    entries_left: int
+
+
+@dataclass(eq=False)
 class App:
     """A running daemon, as handed to ``nursery.start(run, ...)`` callers."""
 
     config: Config
     metrics: Metrics
     client: HipChatClient
+    spool: Spool
     dispatcher: Dispatcher
+    connections: ConnectionHandler
     tcp_addresses: list[tuple[str, int]] = field(default_factory=list)
     udp_address: tuple[str, int] | None = None
     emulator_url: str | None = None
+    _ingest: trio.CancelScope = field(default_factory=trio.CancelScope)
+    _submitted: deque[_Submitted] = field(default_factory=deque)
 
     def accept(self, document: Document, peer: str, transport: str) -> None:
-        """Sink for the listeners: parse, filter, route, queue. Never blocks."""
+        """Sink for the listeners: parse, filter, route, spool. Never blocks."""
         try:
             event = parse_event(document.value)
         except EventError as exc:
@@ -78,7 +103,73 @@ class App:
             )
             return
         targets = route(event, settings, self.config.contacts)
-        self.dispatcher.submit(Job(event, targets, trio.current_time()))
+        accepted_at = unix_now()
+        text = json.dumps(document.value, ensure_ascii=False, separators=(",", ":"))
+        if not self.spool.submit(event, text, targets, accepted_at):
+            if self.spool.closed:
+                log.warning("event.refused", event_id=event.id, reason="shutting down")
+                return
+            self.metrics.events_rejected.labels(reason="spool_full").inc()
+            log.error(
+                "event.refused",
+                event_id=event.id,
+                source=event.source,
+                check=event.check,
+                peer=peer,
+                reason="spool full",
+                max_spool_events=self.config.daemon.max_spool_events,
+            )
+            return
+        ticket = Ticket(event.id, event.source, event.check, accepted_at, len(targets))
+        self._submitted.append(_Submitted(ticket, event, len(targets)))
+
+    def _committed(self, entries: Sequence[Entry]) -> None:
+        """The spool committed ``entries``: they are accepted; hand them to the lanes."""
+        batch: list[tuple[Entry, Ticket, Event | None]] = []
+        self.metrics.events_accepted.inc(len(entries))
+        for entry in entries:
+            head = self._submitted[0] if self._submitted else None
+            if head is not None and entry.requeued is False:
+                batch.append((entry, head.ticket, head.event))
+                head.entries_left -= 1
+                if not head.entries_left:
+                    self._submitted.popleft()
+            else:
+                # Re-queued from the dead-letter table by ``hipchatd spool retry``.
+                batch.append((entry, _ticket_for(entry), None))
+        self.dispatcher.enqueue(batch)
+
+    def recover(self, entries: Sequence[Entry]) -> None:
+        """Queue what a previous run left pending, in acceptance order."""
+        tickets: dict[tuple[float, str, str], Ticket] = {}
+        batch: list[tuple[Entry, Ticket, Event | None]] = []
+        for entry in entries:
+            key = (entry.accepted_at, entry.source, entry.check)
+            ticket = tickets.get(key)
+            if ticket is None:
+                ticket = tickets[key] = _ticket_for(entry, remaining=0)
+            ticket.remaining += 1
+            batch.append((entry, ticket, None))
+        self.dispatcher.enqueue(batch)
+        if entries:
+            log.info("spool.recovered", entries=len(entries), events=len(tickets))
+
+    async def stop(self) -> None:
+        """Stop accepting; wait for open connections, then for in-flight deliveries.
+
+        The caller bounds this with ``shutdown_grace`` and then cancels ``run``.
+        """
+        self._ingest.cancel()
+        await self.connections.wait_idle()
+        await self.dispatcher.drain()
+
+
+def _spool_count(spool: Spool, state: str) -> float:
+    return spool.counts()[state]
+
+
+def _ticket_for(entry: Entry, remaining: int = 1) -> Ticket:
+    return Ticket("", entry.source, entry.check, entry.accepted_at, remaining)
 
 
 async def _bind_udp(listen: Listen) -> trio.socket.SocketType:
@@ -93,6 +184,12 @@ async def _bind_udp(listen: Listen) -> trio.socket.SocketType:
     return sock
 
 
+async def _open_nursery(*, task_status: trio.TaskStatus[trio.Nursery]) -> None:
+    async with trio.open_nursery() as nursery:
+        task_status.started(nursery)
+        await trio.sleep_forever()
+
+
 async def run(
     config: Config,
     *,
@@ -102,50 +199,94 @@ async def run(
     """Run the daemon until cancelled; ``task_status.started(app)`` once listeners serve.
 
     ``with_emulator`` starts an in-process HipChat emulator on loopback and
-    points the client at it, creating the configured rooms on demand.
+    points the client at it, creating rooms on demand.
     """
     logconfig.register_secret(config.hipchat.api_token.reveal())
-    async with trio.open_nursery() as nursery:
+    async with trio.open_nursery() as root:
         emulator_url = None
         if with_emulator:
-            config = await _start_emulator(nursery, config)
+            config = await _start_emulator(root, config)
             emulator_url = config.hipchat.server_url
         daemon = config.daemon
+        hipchat = config.hipchat
         metrics = Metrics()
-        async with make_http_client(config.hipchat, daemon.concurrency) as http:
-            client = HipChatClient(config.hipchat, http)
-            app: App
-            dispatcher = Dispatcher(
-                lambda: app.config.hipchat,
-                lambda: app.client,
-                metrics,
-                queue_size=daemon.queue_size,
-                concurrency=daemon.concurrency,
-            )
-            app = App(config, metrics, client, dispatcher, emulator_url=emulator_url)
-            async with trio.open_nursery() as inner:
-                await inner.start(dispatcher.run)
+        spool = await Spool.open(daemon.state_dir, max_events=daemon.max_spool_events)
+        try:
+            async with make_http_client(hipchat, daemon.concurrency) as http:
+                app: App
+                budget = RateBudget(rate_limit=hipchat.rate_limit, flood_limit=hipchat.flood_limit)
+                dispatcher = Dispatcher(
+                    lambda: app.config.hipchat,
+                    lambda: app.client,
+                    spool,
+                    budget,
+                    metrics,
+                    concurrency=daemon.concurrency,
+                    max_age=daemon.max_age,
+                    memory_events=daemon.queue_size,
+                )
+                connections = ConnectionHandler(daemon, lambda *a: app.accept(*a), metrics)
+                app = App(
+                    config,
+                    metrics,
+                    HipChatClient(hipchat, http),
+                    spool,
+                    dispatcher,
+                    connections,
+                    emulator_url=emulator_url,
+                )
+                for state in ("pending", "dead"):
+                    metrics.spool_events.labels(state=state).set_function(
+                        partial(_spool_count, spool, state)
+                    )
+                async with trio.open_nursery() as services:
+                    await services.start(dispatcher.run)
+                    app.recover(await spool.load_pending())
+                    await services.start(spool.run, app._committed)
+                    conns = await services.start(_open_nursery)
+                    await _start_ingest(services, app, conns)
+                    log.info(
+                        "daemon.started",
+                        tcp=[f"{h}:{p}" for h, p in app.tcp_addresses],
+                        udp=f"{app.udp_address[0]}:{app.udp_address[1]}"
+                        if app.udp_address
+                        else None,
+                        server_url=hipchat.server_url,
+                        api_version=hipchat.api_version,
+                        rooms=list(hipchat.room),
+                        state_dir=daemon.state_dir,
+                    )
+                    task_status.started(app)
+        finally:
+            with trio.move_on_after(2, shield=True):
+                await spool.aclose()
+        root.cancel_scope.cancel()
+
+
+async def _start_ingest(services: trio.Nursery, app: App, conns: trio.Nursery) -> None:
+    daemon = app.config.daemon
+
+    async def ingest(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with app._ingest:
+            async with trio.open_nursery() as nursery:
                 if daemon.tcp is not None:
                     listeners = await trio.open_tcp_listeners(daemon.tcp.port, host=daemon.tcp.host)
-                    await inner.start(serve_tcp, listeners, daemon, app.accept, metrics)
                     for listener in listeners:
                         host, port = listener.socket.getsockname()[:2]
                         app.tcp_addresses.append((host, port))
+                    await nursery.start(
+                        lambda **kw: serve_tcp(
+                            listeners, app.connections, handler_nursery=conns, **kw
+                        )
+                    )
                 if daemon.udp is not None:
                     sock = await _bind_udp(daemon.udp)
-                    inner.start_soon(_serve_udp_owned, sock, app)
                     host, port = sock.getsockname()[:2]
                     app.udp_address = (host, port)
-                log.info(
-                    "daemon.started",
-                    tcp=[f"{h}:{p}" for h, p in app.tcp_addresses],
-                    udp=f"{app.udp_address[0]}:{app.udp_address[1]}" if app.udp_address else None,
-                    server_url=config.hipchat.server_url,
-                    api_version=config.hipchat.api_version,
-                    rooms=list(config.hipchat.room),
-                )
-                task_status.started(app)
-        nursery.cancel_scope.cancel()
+                    nursery.start_soon(_serve_udp_owned, sock, app)
+                task_status.started()
+
+    await services.start(ingest)
 
 
 async def _serve_udp_owned(sock: trio.socket.SocketType, app: App) -> None:

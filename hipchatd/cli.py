@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 import trio
 
 from hipchatd import __version__, logconfig
-from hipchatd.config import Config, LoadResult, load_config
+from hipchatd.config import DEFAULT_STATE_DIR, Config, LoadResult, load_config
 from hipchatd.errors import ConfigError
+from hipchatd.spool import SpoolError
+
+if TYPE_CHECKING:
+    from hipchatd.app import App
 
 __all__ = ["main"]
 
@@ -22,6 +29,7 @@ __all__ = ["main"]
 DEFAULT_CONFIG_DIR = Path("/etc/hipchatd")
 
 EXIT_OK = 0
+EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 
 log = structlog.get_logger()
@@ -40,7 +48,7 @@ def _add_config_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from hipchatd import emulator
+    from hipchatd import emulator, spool
 
     parser = argparse.ArgumentParser(
         prog="hipchatd", description="Sensu socket handler that notifies HipChat rooms."
@@ -57,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
         help="lowest level logged (default info)",
     )
     serve.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="where the spool lives (default: hipchatd.state_dir, else $STATE_DIRECTORY, "
+        f'else {DEFAULT_STATE_DIR}; ":memory:" with --emulator)',
+    )
+    serve.add_argument(
         "--emulator",
         action="store_true",
         help="deliver to an in-process HipChat emulator on loopback and print its messages",
@@ -64,6 +78,14 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate the configuration and exit")
     _add_config_argument(check)
+
+    where = argparse.ArgumentParser(add_help=False)
+    _add_config_argument(where)
+    where.add_argument("--state-dir", metavar="DIR", help="the spool's directory")
+    spool_parser = sub.add_parser(
+        "spool", help="list, retry or purge spooled events (safe while the daemon runs)"
+    )
+    spool.add_arguments(spool_parser, parents=[where])
 
     emu = sub.add_parser("emulator", help="run the HipChat API emulator")
     emulator.add_arguments(emu)
@@ -93,16 +115,34 @@ def _check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _stop_gracefully(running: App, grace: float, scope: trio.CancelScope) -> None:
+    with trio.move_on_after(grace) as waited:
+        await running.stop()
+    if waited.cancelled_caught:
+        log.warning("daemon.grace_expired", shutdown_grace=grace)
+    scope.cancel()
+
+
 async def _serve_until_signalled(config: Config, with_emulator: bool) -> None:
     from hipchatd import app
 
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(lambda **kw: app.run(config, with_emulator=with_emulator, **kw))
+            running: App = await nursery.start(
+                partial(app.run, config, with_emulator=with_emulator)
+            )
+            stopping = False
             async for signum in signals:
-                log.info("daemon.stopping", signal=signal.Signals(signum).name)
-                nursery.cancel_scope.cancel()
-                break
+                name = signal.Signals(signum).name
+                if not stopping:
+                    stopping = True
+                    grace = config.daemon.shutdown_grace
+                    log.info("daemon.stopping", signal=name, shutdown_grace=grace)
+                    nursery.start_soon(_stop_gracefully, running, grace, nursery.cancel_scope)
+                else:
+                    # A second signal: stop now. The spool is consistent at any point.
+                    log.warning("daemon.stopping_now", signal=name)
+                    nursery.cancel_scope.cancel()
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -112,13 +152,56 @@ def _serve(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             log.error("config.invalid", problem=problem)
         return EXIT_CONFIG
-    token = result.config.hipchat.api_token.reveal()
-    logconfig.register_secret(token)
+    config = result.config
+    logconfig.register_secret(config.hipchat.api_token.reveal())
     for warning in result.warnings:
         log.warning("config.warning", warning=warning)
-    trio.run(_serve_until_signalled, result.config, args.emulator)
+    state_dir = _state_dir(args, config, os.environ)
+    if state_dir != config.daemon.state_dir:
+        config = dataclasses.replace(
+            config, daemon=dataclasses.replace(config.daemon, state_dir=state_dir)
+        )
+    failures: list[str] = []
+    try:
+        trio.run(_serve_until_signalled, config, args.emulator)
+    except* SpoolError as group:
+        failures = [str(exc) for exc in group.exceptions]
+    if failures:
+        for failure in failures:
+            log.error("spool.unavailable", error=failure)
+        return EXIT_FAILURE
     log.info("daemon.stopped")
     return EXIT_OK
+
+
+def _spool(args: argparse.Namespace) -> int:
+    from hipchatd import spool
+
+    args.emulator = False
+    try:
+        config = _load(args.config, require_token=False).config
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    return spool.run(args, _state_dir(args, config, os.environ))
+
+
+def _state_dir(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -> str:
+    """--state-dir, else the configured one; an unconfigured one follows systemd or --emulator.
+
+    systemd's ``StateDirectory=`` passes its path in ``$STATE_DIRECTORY``;
+    ``serve --emulator`` (a trial run) keeps its spool in memory.
+    """
+    if args.state_dir:
+        return str(args.state_dir)
+    if config.daemon.state_dir != DEFAULT_STATE_DIR:
+        return config.daemon.state_dir
+    if env.get("STATE_DIRECTORY"):
+        return env["STATE_DIRECTORY"].split(":")[0]
+    if args.emulator:
+        return ":memory:"
+    return config.daemon.state_dir
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,5 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return emulator.run(args)
     if args.command == "check-config":
         return _check_config(args)
+    if args.command == "spool":
+        return _spool(args)
     logconfig.configure(args.log_level)
     return _serve(args)

@@ -1,143 +1,385 @@
-"""Fan-out: each accepted event becomes a task, one delivery per target.
+"""Delivery: one lane per target, durable, paced by HipChat's budget, coalescing.
 
-``submit`` is synchronous and never waits, so the socket side never waits on
-HipChat. Every attempt runs inside ``trio.move_on_after(timeout)``: the
-integration's hard stop. A CapacityLimiter bounds concurrent requests (and
-matches the HTTP pool).
+Every accepted event is in the spool, one entry per target. Entries wait in
+the lane of their target (a room, or a user), in acceptance order. A lane
+has at most one message in flight; while it cannot send (its previous
+message is in flight, the rate budget says wait, or a retry is due later),
+its entries accumulate, and when it can send again they go out together in
+the fewest messages (:mod:`hipchatd.coalesce`). So per target, messages go
+out in acceptance order and a resolve never overtakes the alert it
+resolves.
+
+Outcomes: a 2xx removes the entries from the spool. A transient failure
+(rate limit, 5xx, transport error, timeout) retries the lane after the time
+HipChat named, or after an exponential backoff with full jitter. A
+permanent failure (400, 401, 403, 404) moves the entries to the
+dead-letter table at once. Entries older than ``max_age`` are dead-lettered
+as ``expired``.
+
+Each attempt runs inside ``trio.move_on_after(timeout)``; a CapacityLimiter
+bounds concurrent requests (and matches the HTTP pool).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import json
+import random
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 import structlog
 import trio
 
+from hipchatd.budget import RateBudget
+from hipchatd.clock import unix_now
+from hipchatd.coalesce import render_batch
 from hipchatd.config import HipChatSettings
-from hipchatd.events import Event
+from hipchatd.errors import EventError
+from hipchatd.events import Event, parse_event
 from hipchatd.hipchat import HipChatClient, Outcome, OutcomeKind
 from hipchatd.metrics import Metrics
-from hipchatd.render import render
 from hipchatd.routing import Target
+from hipchatd.spool import Entry, Spool
 
-__all__ = ["Delivery", "Dispatcher", "Job"]
+__all__ = ["Dispatcher", "Ticket", "backoff_delay"]
 
 log = structlog.get_logger()
 
+#: Retry backoff: first delay up to 1 s, doubling, never more than 60 s (full jitter).
+BACKOFF_BASE = 1.0
+BACKOFF_FACTOR = 2.0
+BACKOFF_CAP = 60.0
+#: Entries rendered for one attempt at most: bounds the work of one send after a long outage.
+MAX_BATCH = 2000
 
-@dataclass(frozen=True, slots=True)
-class Job:
-    """One accepted event and where it goes."""
 
-    event: Event
-    targets: tuple[Target, ...]
-    #: trio time at acceptance.
+def backoff_delay(failures: int, rng: random.Random) -> float:
+    """Full-jitter exponential backoff for the ``failures``-th consecutive failure."""
+    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * BACKOFF_FACTOR ** max(0, failures - 1))
+    return rng.uniform(0.0, ceiling)
+
+
+@dataclass(slots=True, eq=False)
+class Ticket:
+    """One accepted event across its targets, for its one summary line."""
+
+    event_id: str
+    source: str
+    check: str
     accepted_at: float
+    remaining: int
+    rooms: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    attempts: int = 1
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """The result for one target."""
+@dataclass(slots=True, eq=False)
+class _Pending:
+    id: int
+    accepted_at: float
+    ticket: Ticket
+    #: None once spilled: read back from the spool when its turn comes.
+    event: Event | None
+    attempts: int = 0
+    last_error: str | None = None
 
+
+@dataclass(slots=True, eq=False)
+class _Lane:
     target: Target
-    outcome: Outcome
+    items: deque[_Pending] = field(default_factory=deque)
+    wake: trio.Event = field(default_factory=trio.Event)
+    failures: int = 0
+    #: Unix time before which the lane does not send (a retry is due then).
+    retry_at: float = 0.0
+
+
+def _target_key(target: Target) -> str:
+    return target.name if target.kind == "room" else f"user:{target.name}"
 
 
 class Dispatcher:
-    """Owns the delivery nursery; ``submit`` from any task of the same run."""
+    """Owns the lanes; ``enqueue`` committed entries from any task of the same run."""
 
     def __init__(
         self,
         settings: Callable[[], HipChatSettings],
         client: Callable[[], HipChatClient],
+        spool: Spool,
+        budget: RateBudget,
         metrics: Metrics,
         *,
-        queue_size: int,
         concurrency: int,
+        max_age: float,
+        memory_events: int,
+        rng: random.Random | None = None,
     ) -> None:
         self._settings = settings
         self._client = client
+        self._spool = spool
+        self._budget = budget
         self._metrics = metrics
-        self._queue_size = queue_size
+        self._max_age = max_age
+        self._memory_events = memory_events
+        self._rng = rng if rng is not None else random.Random()
         self._limiter = trio.CapacityLimiter(concurrency)
+        self._lanes: dict[Target, _Lane] = {}
         self._nursery: trio.Nursery | None = None
-        self.pending = 0
+        self._in_memory = 0
+        self._in_flight = 0
+        self._stopping = False
+        self._idle = trio.Event()
+
+    @property
+    def pending(self) -> int:
+        """Entries waiting in the lanes."""
+        return sum(len(lane.items) for lane in self._lanes.values())
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run deliveries until cancelled; cancelling abandons in-flight attempts."""
+        """Run the lanes until cancelled; cancelling leaves undelivered entries in the spool."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
             await trio.sleep_forever()
 
-    def submit(self, job: Job) -> bool:
-        """Queue ``job``; False (and an ERROR log) when ``queue_size`` events are pending."""
-        if self._nursery is None:
-            raise RuntimeError("dispatcher is not running")
-        if self.pending >= self._queue_size:
-            self._metrics.events_rejected.labels(reason="queue_full").inc()
-            log.error(
-                "event.refused",
-                event_id=job.event.id,
-                source=job.event.source,
-                check=job.event.check,
-                reason="delivery queue full",
-                queue_size=self._queue_size,
+    def enqueue(self, entries: Iterable[tuple[Entry, Ticket, Event | None]]) -> None:
+        """Hand committed spool entries to their lanes. Never blocks."""
+        for entry, ticket, event in entries:
+            if event is not None and self._in_memory >= self._memory_events:
+                event = None
+            if event is not None:
+                self._in_memory += 1
+            pending = _Pending(
+                entry.id, entry.accepted_at, ticket, event, entry.attempts, entry.last_error
             )
-            return False
-        self.pending += 1
-        self._metrics.events_accepted.inc()
-        self._nursery.start_soon(self._deliver_event, job)
-        return True
+            lane = self._lane(entry.target)
+            lane.items.append(pending)
+            lane.wake.set()
 
-    async def _deliver_event(self, job: Job) -> None:
-        results: list[Delivery] = []
-        try:
-            async with trio.open_nursery() as nursery:
-                for target in job.targets:
-                    nursery.start_soon(self._deliver_one, job, target, results)
-        finally:
-            self.pending -= 1
-        failed = [d for d in results if d.outcome.kind is not OutcomeKind.SENT]
-        ms = round((trio.current_time() - job.accepted_at) * 1000, 1)
-        summary = log.info if not failed else log.error
-        summary(
-            "event.delivered" if not failed else "event.failed",
-            event_id=job.event.id,
-            source=job.event.source,
-            check=job.event.check,
-            rooms=[d.target.name for d in results],
-            outcome="sent"
-            if not failed
-            else ",".join(sorted({d.outcome.kind.value for d in failed})),
-            ms=ms,
-        )
+    async def drain(self) -> None:
+        """Start no new attempt; return once no attempt is in flight.
 
-    async def _deliver_one(self, job: Job, target: Target, results: list[Delivery]) -> None:
+        The caller bounds this with its shutdown grace; what is not delivered
+        stays in the spool.
+        """
+        self._stopping = True
+        for lane in self._lanes.values():
+            lane.wake.set()
+        if self._in_flight:
+            await self._idle.wait()
+
+    def _lane(self, target: Target) -> _Lane:
+        # One lane per distinct target (room plus its settings), so a batch is
+        # rendered with the settings of every event in it; the budget is
+        # shared per room or user.
+        lane = self._lanes.get(target)
+        if lane is None:
+            if self._nursery is None:
+                raise RuntimeError("dispatcher is not running")
+            lane = self._lanes[target] = _Lane(target)
+            self._nursery.start_soon(self._run_lane, _target_key(target), lane)
+        return lane
+
+    async def _run_lane(self, key: str, lane: _Lane) -> None:
+        while True:
+            while not lane.items or self._stopping:
+                lane.wake = trio.Event()
+                await lane.wake.wait()
+            delay = lane.retry_at - unix_now()
+            if delay > 0:
+                # New events keep arriving meanwhile; they go out with the retry.
+                await trio.sleep(delay)
+            self._expire(lane)
+            if not lane.items:
+                continue
+            await self._budget.acquire(key)
+            if self._stopping:
+                self._budget.abandon(key)
+                continue
+            self._in_flight += 1
+            try:
+                await self._attempt(key, lane)
+            finally:
+                self._in_flight -= 1
+                if self._stopping and not self._in_flight:
+                    self._idle.set()
+
+    async def _attempt(self, key: str, lane: _Lane) -> None:
         settings = self._settings()
-        message = render(job.event, target, settings.api_version)
-        client = self._client()
-        async with self._limiter:
-            with trio.move_on_after(settings.timeout) as scope:
-                outcome = await client.send(target, message)
-            if scope.cancelled_caught:
-                outcome = Outcome(
-                    OutcomeKind.TIMEOUT, error=f"no answer within timeout={settings.timeout:g} s"
-                )
-        results.append(Delivery(target, outcome))
-        if outcome.kind is OutcomeKind.SENT:
-            self._metrics.notifications.labels(api_version=settings.api_version).inc()
-            self._metrics.notification_latency.observe(trio.current_time() - job.accepted_at)
+        batch = [lane.items[i] for i in range(min(len(lane.items), MAX_BATCH))]
+        events = await self._events_for(batch)
+        usable = [(p, e) for p, e in zip(batch, events, strict=True) if e is not None]
+        if len(usable) < len(batch):
+            # A spool entry that no longer parses cannot be rendered: dead-letter it.
+            broken = [p for p, e in zip(batch, events, strict=True) if e is None]
+            self._dead(lane, broken, "unreadable", "spooled event no longer parses")
+            self._budget.abandon(key)
+            return
+        messages = render_batch([e for _, e in usable], lane.target, settings.api_version)
+        message, span = messages[0]
+        covered = batch[span.start : span.stop]
+        started = trio.current_time()
+        outcome: Outcome | None = None
+        try:
+            async with self._limiter:
+                with trio.move_on_after(settings.timeout) as scope:
+                    outcome = await self._client().send(lane.target, message)
+                if scope.cancelled_caught:
+                    outcome = Outcome.timeout(settings.timeout)
+        finally:
+            self._budget.release(
+                key, outcome or Outcome(OutcomeKind.TRANSPORT_ERROR, error="cancelled")
+            )
+        assert outcome is not None
+        ms = round((trio.current_time() - started) * 1000, 1)
+        self._settle(lane, covered, outcome, settings, ms)
+
+    async def _events_for(self, batch: Sequence[_Pending]) -> list[Event | None]:
+        spilled = [p.id for p in batch if p.event is None]
+        documents = await self._spool.load_documents(spilled) if spilled else {}
+        events: list[Event | None] = []
+        for p in batch:
+            if p.event is not None:
+                events.append(p.event)
+                continue
+            try:
+                events.append(parse_event(json.loads(documents[p.id])))
+            except (KeyError, ValueError, EventError):
+                events.append(None)
+        return events
+
+    def _forget(self, lane: _Lane, done: Sequence[_Pending]) -> None:
+        # ``done`` is a prefix of the lane except for unreadable entries.
+        items = lane.items
+        if all(items[i] is p for i, p in enumerate(done)):
+            for _ in done:
+                items.popleft()
         else:
-            self._metrics.notifications_failed.labels(reason=outcome.kind.value).inc()
+            ids = {p.id for p in done}
+            lane.items = deque(p for p in items if p.id not in ids)
+        self._in_memory -= sum(1 for p in done if p.event is not None)
+
+    def _settle(
+        self,
+        lane: _Lane,
+        covered: Sequence[_Pending],
+        outcome: Outcome,
+        settings: HipChatSettings,
+        ms: float,
+    ) -> None:
+        ids = [p.id for p in covered]
+        if outcome.rate is not None and outcome.rate.remaining is not None:
+            self._metrics.ratelimit_remaining.set(outcome.rate.remaining)
+        if outcome.kind is OutcomeKind.SENT:
+            self._spool.mark_delivered(ids)
+            self._forget(lane, covered)
+            lane.failures = 0
+            lane.retry_at = 0.0
+            now = unix_now()
+            self._metrics.notifications.labels(api_version=settings.api_version).inc()
+            for p in covered:
+                self._metrics.notification_latency.observe(max(0.0, now - p.accepted_at))
+                self._finish(p, lane.target, None, p.attempts + 1)
+            if len(covered) > 1:
+                log.info(
+                    "delivery.coalesced",
+                    room=lane.target.name,
+                    events=len(covered),
+                    ms=ms,
+                )
+            return
+        self._metrics.notifications_failed.labels(reason=outcome.kind.value).inc()
+        if outcome.kind.transient:
+            lane.failures += 1
+            now = unix_now()
+            if outcome.retry_at is not None and outcome.retry_at > now:
+                delay = outcome.retry_at - now
+            else:
+                delay = backoff_delay(lane.failures, self._rng)
+            lane.retry_at = now + delay
+            error = outcome.error or outcome.kind.value
+            self._spool.mark_attempt(ids, error)
+            for p in covered:
+                p.attempts += 1
+                p.last_error = error
             log.warning(
                 "delivery.failed",
-                event_id=job.event.id,
-                room=target.name,
+                room=lane.target.name,
                 outcome=outcome.kind.value,
                 status=outcome.status,
                 error=outcome.error,
+                events=len(covered),
+                event_id=covered[0].ticket.event_id,
+                retry_in=round(delay, 3),
+                ms=ms,
             )
-        if outcome.rate is not None and outcome.rate.remaining is not None:
-            self._metrics.ratelimit_remaining.set(outcome.rate.remaining)
+            return
+        error = outcome.error or outcome.kind.value
+        log.error(
+            "delivery.dead_lettered",
+            room=lane.target.name,
+            outcome=outcome.kind.value,
+            status=outcome.status,
+            error=outcome.error,
+            events=len(covered),
+            event_ids=[p.ticket.event_id for p in covered[:20]],
+            reason="permanent",
+        )
+        self._dead(lane, covered, "permanent", error, outcome=outcome.kind.value)
+
+    def _dead(
+        self,
+        lane: _Lane,
+        items: Sequence[_Pending],
+        reason: str,
+        error: str | None,
+        *,
+        outcome: str | None = None,
+    ) -> None:
+        self._spool.mark_dead([p.id for p in items], reason, error)
+        self._forget(lane, items)
+        for p in items:
+            self._finish(p, lane.target, outcome or reason, p.attempts + 1)
+
+    def _expire(self, lane: _Lane) -> None:
+        cutoff = unix_now() - self._max_age
+        expired: list[_Pending] = []
+        for p in lane.items:
+            if p.accepted_at >= cutoff:
+                break
+            expired.append(p)
+        if expired:
+            log.error(
+                "delivery.dead_lettered",
+                room=lane.target.name,
+                reason="expired",
+                max_age=self._max_age,
+                events=len(expired),
+                event_ids=[p.ticket.event_id for p in expired[:20]],
+                error=expired[-1].last_error,
+            )
+            self._dead(lane, expired, "expired", expired[-1].last_error)
+
+    def _finish(self, p: _Pending, target: Target, failure: str | None, attempts: int) -> None:
+        ticket = p.ticket
+        ticket.rooms.append(target.name)
+        ticket.attempts = max(ticket.attempts, attempts)
+        if failure is not None:
+            ticket.failures.append(failure)
+        ticket.remaining -= 1
+        if ticket.remaining > 0:
+            return
+        fields: dict[str, object] = {
+            "event_id": ticket.event_id,
+            "source": ticket.source,
+            "check": ticket.check,
+            "rooms": ticket.rooms,
+            "ms": round((unix_now() - ticket.accepted_at) * 1000, 1),
+        }
+        if ticket.attempts > 1:
+            fields["attempts"] = ticket.attempts
+        if ticket.failures:
+            log.error("event.failed", outcome=",".join(sorted(set(ticket.failures))), **fields)
+        else:
+            log.info("event.delivered", outcome="sent", **fields)

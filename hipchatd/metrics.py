@@ -22,7 +22,7 @@ REJECT_REASONS = (
     "frame_too_large",
     "idle_timeout",
     "too_many_connections",
-    "queue_full",
+    "spool_full",
 )
 FAILURE_REASONS = (
     "rate_limited",
@@ -71,6 +71,9 @@ class Metrics:
         )
         self.ratelimit_remaining = Gauge(
             "hipchatd_ratelimit_remaining", "HipChat's last X-Ratelimit-Remaining", registry=r
+        )
+        self.spool_events = Gauge(
+            "hipchatd_spool_events", "Spooled deliveries, by state", ["state"], registry=r
         )
         for transport in TRANSPORTS:
             self.events_received.labels(transport=transport)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import structlog
@@ -20,7 +21,7 @@ from hipchatd.errors import FrameTooLarge
 from hipchatd.framing import Decoder, Document, Rejected
 from hipchatd.metrics import Metrics
 
-__all__ = ["Sink", "serve_tcp", "serve_udp"]
+__all__ = ["ConnectionHandler", "Sink", "serve_tcp", "serve_udp"]
 
 log = structlog.get_logger()
 
@@ -73,12 +74,20 @@ def _handle_frames(
             )
 
 
-class _StreamHandler:
+class ConnectionHandler:
+    """Reads one Sensu connection to its end; counts and bounds open connections."""
+
     def __init__(self, settings: DaemonSettings, sink: Sink, metrics: Metrics) -> None:
         self.settings = settings
         self.sink = sink
         self.metrics = metrics
         self.active = 0
+        self._idle = trio.Event()
+        self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no connection is being read."""
+        await self._idle.wait()
 
     async def __call__(self, stream: trio.SocketStream) -> None:
         conn_id = next(_conn_ids)
@@ -98,11 +107,15 @@ class _StreamHandler:
             await stream.aclose()
             return
         self.active += 1
+        if self._idle.is_set():
+            self._idle = trio.Event()
         self.metrics.connections_open.inc()
         try:
             await self._read(stream, peer, conn_id)
         finally:
             self.active -= 1
+            if not self.active:
+                self._idle.set()
             self.metrics.connections_open.dec()
             await stream.aclose()
 
@@ -153,19 +166,24 @@ class _StreamHandler:
 
 async def serve_tcp(
     listeners: Sequence[trio.SocketListener],
-    settings: DaemonSettings,
-    sink: Sink,
-    metrics: Metrics,
+    handler: ConnectionHandler,
     *,
+    handler_nursery: trio.Nursery | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept Sensu connections on ``listeners`` until cancelled.
 
     ``trio.serve_listeners`` provides the accept loop and its EMFILE back-off.
+    With ``handler_nursery``, connections live there: cancelling this task
+    stops accepting (and closes the listeners) while open connections are
+    still read to their end.
     """
-    handler = _StreamHandler(settings, sink, metrics)
     async with trio.open_nursery() as nursery:
-        await nursery.start(trio.serve_listeners, handler, list(listeners))
+        await nursery.start(
+            partial(trio.serve_listeners, handler_nursery=handler_nursery),
+            handler,
+            list(listeners),
+        )
         task_status.started()
 
 

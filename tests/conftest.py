@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from hipchatd import app as app_module
 from hipchatd.config import Config, DaemonSettings, HipChatSettings, Listen, Secret
@@ -36,11 +38,25 @@ def classic_event(**check: Any) -> dict[str, Any]:
 def make_config(emulator_url: str, **hipchat: Any) -> Config:
     """A config for a daemon on ephemeral loopback ports, delivering to ``emulator_url``."""
     daemon_keys = {k: hipchat.pop(k) for k in list(hipchat) if k in DaemonSettings.__slots__}
+    if isinstance(hipchat.get("room"), str):
+        hipchat["room"] = (hipchat["room"],)
     settings = HipChatSettings(
         api_token=Secret(hipchat.pop("api_token", TOKEN)), server_url=emulator_url, **hipchat
     )
+    daemon_keys.setdefault("state_dir", ":memory:")
     daemon = DaemonSettings(tcp=Listen("127.0.0.1", 0), udp=Listen("127.0.0.1", 0), **daemon_keys)
     return Config(hipchat=settings, daemon=daemon)
+
+
+@pytest.fixture
+def autojump_clock() -> trio.testing.MockClock:
+    """trio's mock clock, jumping only after 20 ms of real idleness.
+
+    The spool runs SQLite in a worker thread, and a task waiting on a thread
+    looks idle: with a threshold of 0 the clock would leap ahead while a
+    commit is still running.
+    """
+    return trio.testing.MockClock(autojump_threshold=0.02)
 
 
 @pytest.fixture
@@ -106,3 +122,20 @@ async def tcp_stream_factory() -> AsyncIterator[
     yield open_stream
     for stream in streams:
         await stream.aclose()
+
+
+def represented(emulator: Emulator, room: str | None = None) -> int:
+    """Events the delivered messages stand for: a storm message's header counts, else one."""
+    total = 0
+    for message in emulator.messages:
+        if room is not None and message.room != room:
+            continue
+        match = re.match(r"(?:<b>)?(\d+) events:", message.message)
+        total += int(match.group(1)) if match else 1
+    return total
+
+
+async def wait_until(predicate: Callable[[], bool], step: float = 0.05) -> None:
+    """Poll ``predicate`` on trio's clock (for state with no event to wait on)."""
+    while not predicate():
+        await trio.sleep(step)

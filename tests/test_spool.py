@@ -1,0 +1,665 @@
+"""hipchatd.spool: the SQLite spool, its group commit, durability and the operator commands.
+
+Real SQLite throughout (a file under tmp_path, or ``":memory:"``). Tests about
+time run on ``thread_clock``, a MockClock that autojumps only after a short
+real idle: SQLite runs on a worker thread, and with the usual threshold of 0
+trio would count the waiting task as blocked and jump the clock while the
+thread works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+import trio
+from structlog.testing import capture_logs
+from trio.testing import MockClock
+
+import hipchatd.spool as spool_module
+from hipchatd.events import Event, parse_event
+from hipchatd.routing import Target
+from hipchatd.spool import (
+    BATCH,
+    RETRY_POLL,
+    SCHEMA_VERSION,
+    SHUTDOWN_FLUSH,
+    SPOOL_FILE,
+    WRITE_RETRY,
+    Entry,
+    Spool,
+    SpoolError,
+    add_arguments,
+    format_age,
+)
+from tests.conftest import load_fixture
+
+OPS = Target(kind="room", name="ops", notify=True, username="sensu", message_format="html")
+DEV = Target(kind="room", name="dev", notify=False, username="bot", message_format="text")
+ONCALL = Target(
+    kind="user", name="oncall@example.com", notify=False, username="sensu", message_format="text"
+)
+DOCUMENT = json.dumps(load_fixture("classic-critical.json"))
+EVENT = parse_event(json.loads(DOCUMENT))
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def other_event(check: str) -> tuple[Event, str]:
+    document = load_fixture("classic-critical.json")
+    document["check"]["name"] = check
+    return parse_event(document), json.dumps(document)
+
+
+@pytest.fixture(params=["file", "memory"])
+def state_dir(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A spool directory under tmp_path, or the in-memory spool: same code, same behaviour."""
+    return str(tmp_path / "state") if request.param == "file" else ":memory:"
+
+
+@pytest.fixture
+def thread_clock() -> MockClock:
+    """Autojump after 50 ms of real idleness, so the clock never jumps over SQLite's work."""
+    return MockClock(autojump_threshold=0.05)
+
+
+class Committed:
+    """The ``on_committed`` callback: records each call, lets a test wait for a count."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Entry]] = []
+        self._changed = trio.Event()
+
+    def __call__(self, entries: list[Entry]) -> None:
+        self.batches.append(entries)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    @property
+    def entries(self) -> list[Entry]:
+        return [entry for batch in self.batches for entry in batch]
+
+    async def wait_for(self, count: int) -> list[Entry]:
+        while len(self.entries) < count:
+            await self._changed.wait()
+        return self.entries
+
+
+@asynccontextmanager
+async def running(spool: Spool) -> AsyncIterator[Committed]:
+    """``spool.run`` in a nursery; leaving cancels it, which flushes and closes the spool."""
+    committed = Committed()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(spool.run, committed)
+        yield committed
+        nursery.cancel_scope.cancel()
+
+
+class Ran(NamedTuple):
+    code: int
+    out: str
+    err: str
+
+
+def spool_cli(capsys: pytest.CaptureFixture[str], state_dir: str, *argv: str) -> Ran:
+    """``hipchatd spool ARGV`` as the CLI runs it; only the command's own output is returned."""
+    parser = argparse.ArgumentParser(prog="hipchatd spool")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    capsys.readouterr()
+    code = spool_module.run(args, state_dir)
+    out, err = capsys.readouterr()
+    return Ran(code, out, err)
+
+
+# --- the daemon's side -----------------------------------------------------------------------
+
+
+async def test_committed_entries_come_back_in_acceptance_order(state_dir: str) -> None:
+    with trio.fail_after(10):
+        spool = await Spool.open(state_dir, max_events=100)
+        second, second_doc = other_event("disk")
+        async with running(spool) as committed:
+            assert spool.submit(EVENT, DOCUMENT, [OPS, DEV], 1000.0)
+            assert spool.submit(second, second_doc, [ONCALL], 1001.0)
+            entries = await committed.wait_for(3)
+        assert [e.id for e in entries] == [1, 2, 3]
+        assert [(e.check, e.target, e.accepted_at) for e in entries] == [
+            ("testing", OPS, 1000.0),
+            ("testing", DEV, 1000.0),
+            ("disk", ONCALL, 1001.0),
+        ]
+        assert entries[2].document == second_doc
+        assert entries[0].source == "sensu.test.local"
+        assert (entries[0].attempts, entries[0].last_error) == (0, None)
+        assert spool.counts() == {"pending": 3, "dead": 0}
+
+
+async def test_submits_of_one_tick_are_one_transaction(state_dir: str) -> None:
+    with trio.fail_after(10):
+        spool = await Spool.open(state_dir, max_events=10_000)
+        async with running(spool) as committed:
+            for i in range(500):
+                assert spool.submit(EVENT, DOCUMENT, [OPS], float(i))
+            entries = await committed.wait_for(500)
+            assert spool.transactions == 1
+            assert len(committed.batches) == 1
+            assert [e.id for e in entries] == list(range(1, 501))
+
+
+async def test_a_burst_commits_in_batch_sized_transactions(state_dir: str) -> None:
+    count = 2 * BATCH + 10
+    with trio.fail_after(20):
+        spool = await Spool.open(state_dir, max_events=10_000)
+        async with running(spool) as committed:
+            for _ in range(count):
+                spool.submit(EVENT, DOCUMENT, [OPS], 0.0)
+            entries = await committed.wait_for(count)
+            assert [len(b) for b in committed.batches] == [BATCH, BATCH, 10]
+            assert [e.id for e in entries] == list(range(1, count + 1))
+
+
+async def test_reopened_spool_loads_what_was_not_delivered(tmp_path: Path) -> None:
+    state_dir = str(tmp_path)
+    with trio.fail_after(10):
+        spool = await Spool.open(state_dir, max_events=100)
+        async with running(spool) as committed:
+            for i in range(5):
+                spool.submit(EVENT, DOCUMENT, [OPS if i % 2 else ONCALL], 1000.0 + i)
+            ids = [e.id for e in await committed.wait_for(5)]
+            spool.mark_attempt([ids[1], ids[3]], "HTTP 500: Internal Server Error")
+            spool.mark_attempt([ids[3]], "timed out after 10 s")
+            spool.mark_delivered([ids[0]])
+            spool.mark_dead([ids[2]], "permanent", "Room not found")
+        assert spool.closed
+
+        reopened = await Spool.open(state_dir, max_events=100)
+        assert reopened.counts() == {"pending": 3, "dead": 1}
+        loaded = await reopened.load_pending()
+        await reopened.aclose()
+    assert [e.id for e in loaded] == [ids[1], ids[3], ids[4]]
+    assert [(e.attempts, e.last_error) for e in loaded] == [
+        (1, "HTTP 500: Internal Server Error"),
+        (2, "timed out after 10 s"),
+        (0, None),
+    ]
+    assert [e.target for e in loaded] == [OPS, OPS, ONCALL]
+    assert [e.accepted_at for e in loaded] == [1001.0, 1003.0, 1004.0]
+    assert all(e.document == DOCUMENT for e in loaded)
+
+
+async def test_ids_are_never_reused(tmp_path: Path) -> None:
+    with trio.fail_after(10):
+        spool = await Spool.open(str(tmp_path), max_events=100)
+        async with running(spool) as committed:
+            spool.submit(EVENT, DOCUMENT, [OPS, DEV], 0.0)
+            first = await committed.wait_for(2)
+            spool.mark_delivered([first[1].id])
+            spool.mark_dead([first[0].id], "expired", None)
+        reopened = await Spool.open(str(tmp_path), max_events=100)
+        assert await reopened.load_pending() == []
+        async with running(reopened) as committed:
+            reopened.submit(EVENT, DOCUMENT, [OPS], 0.0)
+            (again,) = await committed.wait_for(1)
+    assert again.id == 3
+
+
+async def test_mark_delivered_removes_entries(state_dir: str) -> None:
+    with trio.fail_after(10):
+        spool = await Spool.open(state_dir, max_events=100)
+        async with running(spool) as committed:
+            spool.submit(EVENT, DOCUMENT, [OPS, DEV, ONCALL], 0.0)
+            entries = await committed.wait_for(3)
+            spool.mark_delivered([entries[0].id, entries[2].id])
+            await spool.flush()
+            assert spool.counts() == {"pending": 1, "dead": 0}
+            assert await spool.load_documents([e.id for e in entries]) == {entries[1].id: DOCUMENT}
+
+
+async def test_mark_dead_moves_entries_with_reason_and_error(state_dir: str) -> None:
+    with trio.fail_after(10):
+        spool = await Spool.open(state_dir, max_events=100)
+        async with running(spool) as committed:
+            spool.submit(EVENT, DOCUMENT, [OPS, DEV, ONCALL], 1000.0)
+            ops, dev, _ = await committed.wait_for(3)
+            spool.mark_attempt([dev.id], "HTTP 503: Service Unavailable")
+            spool.mark_dead([ops.id], "permanent", "Room not found")
+            spool.mark_dead([dev.id], "expired", None)
+            await spool.flush()
+            assert spool.counts() == {"pending": 1, "dead": 2}
+            dead = await spool.list_dead()
+    assert [(d.id, d.target, d.reason, d.error, d.attempts) for d in dead] == [
+        (ops.id, OPS, "permanent", "Room not found", 0),
+        (dev.id, DEV, "expired", "HTTP 503: Service Unavailable", 1),
+    ]
+    assert all(d.accepted_at == 1000.0 and d.dead_at > 1000.0 for d in dead)
+    assert dead[0].check == "testing"
+
+
+async def test_a_full_spool_refuses_new_events_and_keeps_the_oldest(state_dir: str) -> None:
+    with trio.fail_after(10):
+        spool = await Spool.open(state_dir, max_events=10)
+        async with running(spool) as committed:
+            for i in range(10):
+                assert spool.submit(EVENT, DOCUMENT, [OPS], float(i))
+            kept = await committed.wait_for(10)
+            assert not spool.submit(EVENT, DOCUMENT, [OPS], 10.0)
+            await spool.flush()
+            assert spool.counts()["pending"] == 10
+            assert [e.accepted_at for e in await spool.load_pending()] == [
+                e.accepted_at for e in kept
+            ]
+
+            spool.mark_delivered([kept[0].id])
+            await spool.flush()
+            assert spool.submit(EVENT, DOCUMENT, [OPS], 11.0)
+
+
+async def test_the_cap_counts_entries_not_yet_committed(state_dir: str) -> None:
+    with trio.fail_after(10):
+        spool = await Spool.open(state_dir, max_events=10)
+        async with running(spool) as committed:
+            for _ in range(8):
+                assert spool.submit(EVENT, DOCUMENT, [OPS], 0.0)
+            assert spool.buffered == 8
+            # All or nothing: three targets do not fit in the two places left.
+            assert not spool.submit(EVENT, DOCUMENT, [OPS, DEV, ONCALL], 0.0)
+            assert spool.submit(EVENT, DOCUMENT, [OPS, DEV], 0.0)
+            assert not spool.submit(EVENT, DOCUMENT, [ONCALL], 0.0)
+            await committed.wait_for(10)
+        assert len(committed.entries) == 10
+        assert spool.counts()["pending"] == 10
+
+
+async def test_cancelling_run_commits_what_is_buffered(tmp_path: Path) -> None:
+    with trio.fail_after(10):
+        spool = await Spool.open(str(tmp_path), max_events=100)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(spool.run, Committed())
+            for i in range(3):
+                spool.submit(EVENT, DOCUMENT, [OPS], float(i))
+            nursery.cancel_scope.cancel()
+        assert not spool.submit(EVENT, DOCUMENT, [OPS], 9.0)
+        reopened = await Spool.open(str(tmp_path), max_events=100)
+        loaded = await reopened.load_pending()
+        await reopened.aclose()
+    assert [e.accepted_at for e in loaded] == [0.0, 1.0, 2.0]
+
+
+async def test_aclose_commits_what_is_buffered(tmp_path: Path) -> None:
+    with trio.fail_after(10):
+        spool = await Spool.open(str(tmp_path), max_events=100)
+        spool.submit(EVENT, DOCUMENT, [OPS, DEV], 0.0)
+        await spool.aclose()
+        await spool.aclose()
+        reopened = await Spool.open(str(tmp_path), max_events=100)
+        assert [e.target for e in await reopened.load_pending()] == [OPS, DEV]
+        await reopened.aclose()
+
+
+async def test_the_shutdown_flush_is_bounded(
+    tmp_path: Path, thread_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_batch = spool_module._write_batch
+    calls = 0
+    release = threading.Event()
+
+    def stuck_after_first(conn: sqlite3.Connection, batch: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            release.wait(10)
+        return write_batch(conn, batch)
+
+    monkeypatch.setattr(spool_module, "_write_batch", stuck_after_first)
+    try:
+        with trio.fail_after(60):
+            spool = await Spool.open(str(tmp_path), max_events=100)
+            with capture_logs() as logs:
+                async with running(spool) as committed:
+                    spool.submit(EVENT, DOCUMENT, [OPS], 0.0)
+                    await committed.wait_for(1)
+                    spool.submit(EVENT, DOCUMENT, [DEV], 1.0)
+                    cancelled_at = trio.current_time()
+            assert trio.current_time() - cancelled_at == pytest.approx(SHUTDOWN_FLUSH)
+            assert spool.closed
+            (incomplete,) = [e for e in logs if e["event"] == "spool.flush_incomplete"]
+            assert incomplete["entries"] == 1
+            assert incomplete["log_level"] == "error"
+    finally:
+        release.set()
+
+
+CRASH_SCRIPT = """
+import json, os, signal, sys
+import trio
+from hipchatd.events import parse_event
+from hipchatd.routing import Target
+from hipchatd.spool import Spool
+
+state_dir, count, document = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+event = parse_event(json.loads(document))
+target = Target("room", "ops", True, "sensu", "html")
+
+async def main():
+    spool = await Spool.open(state_dir, max_events=count)
+    seen = 0
+
+    def on_committed(entries):
+        nonlocal seen
+        seen += len(entries)
+        if seen == count:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(spool.run, on_committed)
+        for i in range(count):
+            spool.submit(event, document, [target], float(i))
+            if i % 50 == 0:
+                await trio.sleep(0.001)
+
+trio.run(main)
+"""
+
+
+async def test_committed_entries_survive_kill_9(tmp_path: Path) -> None:
+    count = 500
+    with trio.fail_after(30):
+        process = await trio.run_process(
+            [sys.executable, "-c", CRASH_SCRIPT, str(tmp_path), str(count), DOCUMENT],
+            check=False,
+            capture_stdout=True,
+            capture_stderr=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        assert process.returncode == -signal.SIGKILL, process.stderr.decode()
+        spool = await Spool.open(str(tmp_path), max_events=count)
+        loaded = await spool.load_pending()
+        await spool.aclose()
+    assert [e.id for e in loaded] == list(range(1, count + 1))
+    assert [e.accepted_at for e in loaded] == [float(i) for i in range(count)]
+
+
+async def test_a_failing_commit_is_retried_with_its_batch(
+    tmp_path: Path, thread_clock: MockClock
+) -> None:
+    with trio.fail_after(60):
+        spool = await Spool.open(str(tmp_path), max_events=100)
+        async with running(spool) as committed:
+            # A read-only connection: every write fails as on a read-only or full disk.
+            assert spool._conn is not None
+            spool._conn.execute("PRAGMA query_only = ON")
+            with capture_logs() as logs:
+                spool.submit(EVENT, DOCUMENT, [OPS, DEV], 0.0)
+                await trio.sleep(WRITE_RETRY / 2)
+                assert not spool.writable
+                assert committed.entries == []
+                spool.submit(EVENT, DOCUMENT, [ONCALL], 1.0)
+                await trio.sleep(WRITE_RETRY)
+                spool._conn.execute("PRAGMA query_only = OFF")
+                entries = await committed.wait_for(3)
+            assert spool.writable
+            assert [e.target for e in entries] == [OPS, DEV, ONCALL]
+            assert [e.id for e in entries] == [1, 2, 3]
+        failures = [entry for entry in logs if entry["event"] == "spool.write_failed"]
+        assert len(failures) >= 2
+        assert failures[0]["log_level"] == "error"
+        assert failures[0]["entries"] == 2
+        assert "readonly" in failures[0]["error"]
+        assert any(entry["event"] == "spool.write_recovered" for entry in logs)
+
+        reopened = await Spool.open(str(tmp_path), max_events=100)
+        assert [e.target for e in await reopened.load_pending()] == [OPS, DEV, ONCALL]
+        await reopened.aclose()
+
+
+async def test_the_memory_spool_is_not_kept(tmp_path: Path) -> None:
+    with trio.fail_after(10):
+        spool = await Spool.open(":memory:", max_events=10)
+        async with running(spool) as committed:
+            spool.submit(EVENT, DOCUMENT, [OPS], 0.0)
+            await committed.wait_for(1)
+        assert spool.path == ":memory:"
+        fresh = await Spool.open(":memory:", max_events=10)
+        assert await fresh.load_pending() == []
+        await fresh.aclose()
+    assert not any(tmp_path.iterdir())  # noqa: ASYNC240 (a tmp dir listing, after the run)
+
+
+async def test_a_new_spool_is_private(tmp_path: Path) -> None:
+    state_dir = tmp_path / "new" / "state"
+    with trio.fail_after(10):
+        spool = await Spool.open(str(state_dir), max_events=10)
+        await spool.aclose()
+    assert (state_dir.stat().st_mode & 0o777) == 0o700
+    assert ((state_dir / SPOOL_FILE).stat().st_mode & 0o777) == 0o600
+
+
+async def test_open_errors_name_the_path(tmp_path: Path) -> None:
+    a_file = tmp_path / "not-a-directory"
+    a_file.write_text("")
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / SPOOL_FILE).write_bytes(b"this is not an SQLite database, not even close" * 100)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    with sqlite3.connect(foreign / SPOOL_FILE) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    with sqlite3.connect(newer / SPOOL_FILE) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    cases = [
+        (a_file, "is not a directory"),
+        (garbage, "not a database"),
+        (foreign, "not a hipchatd spool"),
+        (newer, "newer hipchatd"),
+    ]
+    with trio.fail_after(10):
+        in_use = await Spool.open(str(tmp_path / "in-use"), max_events=10)
+        cases.append((tmp_path / "in-use", "another hipchatd process is using it"))
+        for state_dir, cause in cases:
+            with pytest.raises(SpoolError) as info:
+                await Spool.open(str(state_dir), max_events=10)
+            message = str(info.value)
+            assert str(state_dir) in message
+            assert cause in message
+            assert "state_dir" in message
+        await in_use.aclose()
+        reopened = await Spool.open(str(tmp_path / "in-use"), max_events=10)
+        await reopened.aclose()
+
+
+# --- operator commands -----------------------------------------------------------------------
+
+
+async def spool_with_history(state_dir: str) -> tuple[Spool, list[Entry]]:
+    """A closed spool file: one entry delivered, one retried, two dead, one waiting."""
+    now = time.time()
+    spool = await Spool.open(state_dir, max_events=100)
+    disk, disk_doc = other_event("check_disk")
+    async with running(spool) as committed:
+        spool.submit(EVENT, DOCUMENT, [OPS, DEV], now - 192.5)
+        spool.submit(disk, disk_doc, [ONCALL], now - 7300.5)
+        spool.submit(EVENT, DOCUMENT, [OPS], now - 5.5)
+        entries = await committed.wait_for(4)
+        spool.mark_attempt([entries[1].id], "HTTP 500: " + "x" * 200)
+        spool.mark_dead([entries[2].id], "permanent", "HTTP 404: Room not found")
+        spool.mark_dead([entries[3].id], "expired", None)
+        spool.mark_delivered([entries[0].id])
+    return spool, entries
+
+
+async def test_list_shows_pending_entries(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with trio.fail_after(10):
+        _, entries = await spool_with_history(str(tmp_path))
+    ran = spool_cli(capsys, str(tmp_path), "list")
+    assert ran.code == 0
+    lines = ran.out.splitlines()
+    assert re.split(r"\s{2,}", lines[0]) == [
+        "ID", "AGE", "SOURCE/CHECK", "TARGET", "ATTEMPTS", "LAST ERROR"
+    ]  # fmt: skip
+    assert len(lines) == 2
+    columns = re.split(r"\s{2,}", lines[1])
+    assert columns[:5] == [str(entries[1].id), "3m12s", "sensu.test.local/testing", "dev", "1"]
+    assert columns[5].startswith("HTTP 500: xxx")
+    assert columns[5].endswith("...")
+    assert len(columns[5]) <= 60
+
+
+async def test_list_dead_shows_reasons(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with trio.fail_after(10):
+        _, entries = await spool_with_history(str(tmp_path))
+    ran = spool_cli(capsys, str(tmp_path), "list", "--dead")
+    assert ran.code == 0
+    header, *rows = ran.out.splitlines()
+    assert re.split(r"\s{2,}", header) == [
+        "ID", "AGE", "SOURCE/CHECK", "TARGET", "ATTEMPTS", "REASON", "ERROR"
+    ]  # fmt: skip
+    assert [re.split(r"\s{2,}", row) for row in rows] == [
+        [
+            str(entries[2].id),
+            "2h01m",
+            "sensu.test.local/check_disk",
+            "user:oncall@example.com",
+            "0",
+            "permanent",
+            "HTTP 404: Room not found",
+        ],
+        [str(entries[3].id), "5s", "sensu.test.local/testing", "ops", "0", "expired", "-"],
+    ]
+    # Aligned: every column starts at the same offset on every line.
+    assert {row.index("sensu.test.local") for row in rows} == {header.index("SOURCE/CHECK")}
+
+
+async def test_list_of_an_empty_spool(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with trio.fail_after(10):
+        await (await Spool.open(str(tmp_path), max_events=10)).aclose()
+    assert spool_cli(capsys, str(tmp_path), "list") == (0, "no pending events\n", "")
+    assert spool_cli(capsys, str(tmp_path), "list", "--dead") == (
+        0,
+        "no dead-lettered events\n",
+        "",
+    )
+
+
+async def test_retry_is_picked_up_by_the_running_daemon(
+    tmp_path: Path, thread_clock: MockClock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with trio.fail_after(60):
+        spool = await Spool.open(str(tmp_path), max_events=100)
+        async with running(spool) as committed:
+            spool.submit(EVENT, DOCUMENT, [OPS], 1000.0)
+            (entry,) = await committed.wait_for(1)
+            spool.mark_attempt([entry.id], "HTTP 500")
+            spool.mark_dead([entry.id], "expired", None)
+            await spool.flush()
+            assert spool.counts() == {"pending": 0, "dead": 1}
+
+            ran = spool_cli(capsys, str(tmp_path), "retry", str(entry.id))
+            assert ran.code == 0
+            assert ran.out.startswith("re-queued 1 dead-lettered event ")
+            asked = trio.current_time()
+            with capture_logs() as logs:
+                _, retried = await committed.wait_for(2)
+            assert trio.current_time() - asked <= RETRY_POLL
+            assert retried.id == entry.id
+            assert (retried.target, retried.document) == (OPS, DOCUMENT)
+            assert (retried.attempts, retried.last_error) == (0, None)
+            assert retried.requeued
+            assert not entry.requeued
+            assert retried.accepted_at > 1000.0
+            assert spool.counts() == {"pending": 1, "dead": 0}
+            assert [e["event"] for e in logs] == ["spool.requeued"]
+
+            # Picked up once: the next polls hand out nothing more.
+            await trio.sleep(3 * RETRY_POLL)
+            assert len(committed.entries) == 2
+            loaded = await spool.load_pending()
+    assert [(e.id, e.attempts) for e in loaded] == [(entry.id, 0)]
+
+
+async def test_retry_while_the_daemon_is_down_is_loaded_at_start(
+    tmp_path: Path, thread_clock: MockClock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with trio.fail_after(60):
+        _, entries = await spool_with_history(str(tmp_path))
+        ran = spool_cli(capsys, str(tmp_path), "retry", "--all")
+        assert ran.code == 0
+        assert ran.out.startswith("re-queued 2 dead-lettered events ")
+        spool = await Spool.open(str(tmp_path), max_events=100)
+        assert spool.counts() == {"pending": 3, "dead": 0}
+        loaded = await spool.load_pending()
+        async with running(spool) as committed:
+            await trio.sleep(RETRY_POLL + 0.5)
+    assert [e.id for e in loaded] == [e.id for e in entries[1:]]
+    assert [(e.attempts, e.last_error) for e in loaded[1:]] == [(0, None), (0, None)]
+    assert not any(e.requeued for e in loaded)
+    assert committed.entries == []
+
+
+async def test_retry_of_an_unknown_id_changes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with trio.fail_after(10):
+        _, entries = await spool_with_history(str(tmp_path))
+    pending_id, dead_id = entries[1].id, entries[2].id
+    ran = spool_cli(capsys, str(tmp_path), "retry", str(dead_id), "999", str(pending_id))
+    assert ran.code == 1
+    err = ran.err
+    assert "no dead-lettered entry with id 999" in err
+    assert f"entry {pending_id} is pending, not dead-lettered" in err
+    assert len(spool_cli(capsys, str(tmp_path), "list", "--dead").out.splitlines()) == 3
+
+
+async def test_purge_deletes_dead_entries(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with trio.fail_after(10):
+        await spool_with_history(str(tmp_path))
+        assert spool_cli(capsys, str(tmp_path), "purge", "--dead") == (
+            0,
+            "purged 2 dead-lettered events from the dead-letter table\n",
+            "",
+        )
+        assert spool_cli(capsys, str(tmp_path), "retry", "--all") == (
+            0,
+            "no dead-lettered events\n",
+            "",
+        )
+        spool = await Spool.open(str(tmp_path), max_events=100)
+        assert spool.counts() == {"pending": 1, "dead": 0}
+        await spool.aclose()
+
+
+def test_commands_need_an_existing_spool_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ran = spool_cli(capsys, str(tmp_path / "nowhere"), "list")
+    assert ran.code == 1
+    assert f"no spool at {tmp_path / 'nowhere' / SPOOL_FILE}" in ran.err
+    assert not (tmp_path / "nowhere").exists()
+    ran = spool_cli(capsys, ":memory:", "list", "--dead")
+    assert ran.code == 1
+    assert "in memory" in ran.err
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(-3, "0s"), (0.9, "0s"), (59, "59s"), (192, "3m12s"), (3600, "1h00m"), (90061, "1d01h")],
+)
+def test_format_age(seconds: float, shown: str) -> None:
+    assert format_age(seconds) == shown
