@@ -33,7 +33,7 @@ import trio
 from hipchatd import logconfig
 from hipchatd.budget import RateBudget
 from hipchatd.clock import unix_now
-from hipchatd.config import Config, Listen
+from hipchatd.config import Config, DaemonSettings, Listen
 from hipchatd.dispatch import Dispatcher, Ticket
 from hipchatd.errors import EventError
 from hipchatd.events import Event, parse_event
@@ -44,6 +44,7 @@ from hipchatd.metrics import Metrics
 from hipchatd.routing import route
 from hipchatd.server import ConnectionHandler, serve_tcp, serve_udp
 from hipchatd.spool import Entry, Spool
+from hipchatd.systemd import InheritedSocket
 
 __all__ = ["App", "run"]
 
@@ -69,9 +70,57 @@ class App:
     connections: ConnectionHandler
     tcp_addresses: list[tuple[str, int]] = field(default_factory=list)
     udp_address: tuple[str, int] | None = None
+    metrics_addresses: list[str] = field(default_factory=list)
     emulator_url: str | None = None
+    stopping: bool = False
     _ingest: trio.CancelScope = field(default_factory=trio.CancelScope)
     _submitted: deque[_Submitted] = field(default_factory=deque)
+
+    def health(self) -> tuple[bool, str]:
+        """For ``/healthz``: listeners serving and the spool writable, else why not."""
+        if self.stopping:
+            return False, "stopping"
+        if self._ingest.cancel_called:
+            return False, "not listening"
+        if self.spool.closed:
+            return False, "spool closed"
+        if not self.spool.writable:
+            return False, f"spool not writable: {self.spool.path}"
+        return True, "ok"
+
+    def status_line(self) -> str:
+        """A short summary for systemd's STATUS=."""
+        m = self.metrics
+        sent = sum(m.value("hipchatd_notifications_total", api_version=v) for v in ("v1", "v2"))
+        counts = self.spool.counts()
+        return (
+            f"{counts['pending']} pending, {counts['dead']} dead-lettered, "
+            f"{int(sent)} messages sent"
+        )
+
+    def reload(self, new: Config) -> list[str]:
+        """Adopt ``new`` (rooms, token, filters, limits) without touching listeners or spool.
+
+        Returns the keys whose change needs a restart to take effect.
+        """
+        old = self.config
+        logconfig.register_secret(new.hipchat.api_token.reveal())
+        restart = [
+            f"hipchatd.{name}"
+            for name in _RESTART_KEYS
+            if getattr(old.daemon, name) != getattr(new.daemon, name)
+        ]
+        if old.hipchat.ca_file != new.hipchat.ca_file:
+            restart.append("hipchat.ca_file")
+        # Keys that need a restart keep their running values.
+        kept = dataclasses.replace(
+            new.daemon, **{name: getattr(old.daemon, name) for name in _RESTART_KEYS}
+        )
+        hipchat = dataclasses.replace(new.hipchat, ca_file=old.hipchat.ca_file)
+        self.config = dataclasses.replace(new, daemon=kept, hipchat=hipchat)
+        self.client = HipChatClient(hipchat, self.client.http)
+        self.dispatcher.reconfigure(max_age=kept.max_age)
+        return restart
 
     def accept(self, document: Document, peer: str, transport: str) -> None:
         """Sink for the listeners: parse, filter, route, spool. Never blocks."""
@@ -159,9 +208,26 @@ class App:
 
         The caller bounds this with ``shutdown_grace`` and then cancels ``run``.
         """
+        self.stopping = True
         self._ingest.cancel()
         await self.connections.wait_idle()
         await self.dispatcher.drain()
+
+
+#: Daemon settings read once at start: listeners, the spool, the pool.
+_RESTART_KEYS = (
+    "tcp",
+    "udp",
+    "metrics",
+    "state_dir",
+    "concurrency",
+    "max_connections",
+    "framing",
+    "max_frame_bytes",
+    "idle_timeout",
+    "max_spool_events",
+    "queue_size",
+)
 
 
 def _spool_count(spool: Spool, state: str) -> float:
@@ -194,12 +260,14 @@ async def run(
     config: Config,
     *,
     with_emulator: bool = False,
+    inherited: Sequence[InheritedSocket] = (),
     task_status: trio.TaskStatus[App] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the daemon until cancelled; ``task_status.started(app)`` once listeners serve.
 
     ``with_emulator`` starts an in-process HipChat emulator on loopback and
-    points the client at it, creating rooms on demand.
+    points the client at it, creating rooms on demand. ``inherited`` are
+    sockets passed by systemd: they replace the configured ``tcp``/``udp``.
     """
     logconfig.register_secret(config.hipchat.api_token.reveal())
     async with trio.open_nursery() as root:
@@ -244,7 +312,14 @@ async def run(
                     app.recover(await spool.load_pending())
                     await services.start(spool.run, app._committed)
                     conns = await services.start(_open_nursery)
-                    await _start_ingest(services, app, conns)
+                    await _start_ingest(services, app, conns, inherited)
+                    if daemon.metrics is not None:
+                        from hipchatd import httpapi
+
+                        http_listeners = await httpapi.open_http_listeners(daemon.metrics)
+                        app.metrics_addresses = await services.start(
+                            httpapi.serve_http, http_listeners, metrics, app.health
+                        )
                     log.info(
                         "daemon.started",
                         tcp=[f"{h}:{p}" for h, p in app.tcp_addresses],
@@ -263,26 +338,57 @@ async def run(
         root.cancel_scope.cancel()
 
 
-async def _start_ingest(services: trio.Nursery, app: App, conns: trio.Nursery) -> None:
-    daemon = app.config.daemon
+async def _open_sockets(
+    daemon: DaemonSettings, inherited: Sequence[InheritedSocket]
+) -> tuple[list[trio.SocketListener], list[trio.socket.SocketType]]:
+    if inherited:
+        streams = [
+            trio.SocketListener(trio.socket.from_stdlib_socket(s.sock))
+            for s in inherited
+            if s.kind == "stream"
+        ]
+        datagrams = [
+            trio.socket.from_stdlib_socket(s.sock) for s in inherited if s.kind == "datagram"
+        ]
+        log.info(
+            "systemd.sockets_adopted",
+            sockets=[f"{s.name}:{s.kind}:{_address(s.sock.getsockname())}" for s in inherited],
+        )
+        return streams, datagrams
+    streams = []
+    datagrams = []
+    if daemon.tcp is not None:
+        streams = await trio.open_tcp_listeners(daemon.tcp.port, host=daemon.tcp.host)
+    if daemon.udp is not None:
+        datagrams = [await _bind_udp(daemon.udp)]
+    return streams, datagrams
+
+
+def _address(sockname: object) -> str:
+    if isinstance(sockname, tuple):
+        return f"{sockname[0]}:{sockname[1]}"
+    return str(sockname)
+
+
+async def _start_ingest(
+    services: trio.Nursery, app: App, conns: trio.Nursery, inherited: Sequence[InheritedSocket]
+) -> None:
+    streams, datagrams = await _open_sockets(app.config.daemon, inherited)
 
     async def ingest(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with app._ingest:
             async with trio.open_nursery() as nursery:
-                if daemon.tcp is not None:
-                    listeners = await trio.open_tcp_listeners(daemon.tcp.port, host=daemon.tcp.host)
-                    for listener in listeners:
+                if streams:
+                    for listener in streams:
                         host, port = listener.socket.getsockname()[:2]
                         app.tcp_addresses.append((host, port))
                     await nursery.start(
-                        lambda **kw: serve_tcp(
-                            listeners, app.connections, handler_nursery=conns, **kw
-                        )
+                        partial(serve_tcp, streams, app.connections, handler_nursery=conns)
                     )
-                if daemon.udp is not None:
-                    sock = await _bind_udp(daemon.udp)
-                    host, port = sock.getsockname()[:2]
-                    app.udp_address = (host, port)
+                for sock in datagrams:
+                    if app.udp_address is None:
+                        host, port = sock.getsockname()[:2]
+                        app.udp_address = (host, port)
                     nursery.start_soon(_serve_udp_owned, sock, app)
                 task_status.started()
 

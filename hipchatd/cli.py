@@ -7,7 +7,7 @@ import dataclasses
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING
 import structlog
 import trio
 
-from hipchatd import __version__, logconfig
+from hipchatd import __version__, logconfig, systemd
 from hipchatd.config import DEFAULT_STATE_DIR, Config, LoadResult, load_config
 from hipchatd.errors import ConfigError
 from hipchatd.spool import SpoolError
+from hipchatd.systemd import InheritedSocket
 
 if TYPE_CHECKING:
     from hipchatd.app import App
@@ -78,6 +79,15 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate the configuration and exit")
     _add_config_argument(check)
+    check.add_argument(
+        "--online",
+        action="store_true",
+        help="also verify the token with HipChat (auth_test: no message is posted)",
+    )
+
+    test = sub.add_parser("send-test", help="post one marked test notification and report")
+    _add_config_argument(test)
+    test.add_argument("--room", metavar="NAME", help="this room instead of the configured ones")
 
     where = argparse.ArgumentParser(add_help=False)
     _add_config_argument(where)
@@ -103,6 +113,10 @@ def _load(paths: Sequence[str], *, require_token: bool) -> LoadResult:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    if args.online:
+        from hipchatd import tools
+
+        return _online(args, tools.check_online)
     try:
         result = _load(args.config, require_token=True)
     except ConfigError as exc:
@@ -123,20 +137,65 @@ async def _stop_gracefully(running: App, grace: float, scope: trio.CancelScope) 
     scope.cancel()
 
 
-async def _serve_until_signalled(config: Config, with_emulator: bool) -> None:
+#: Seconds between STATUS= updates to systemd.
+STATUS_INTERVAL = 30.0
+
+
+async def _report_status(running: App) -> None:
+    while True:
+        await trio.sleep(STATUS_INTERVAL)
+        systemd.status(running.status_line())
+
+
+async def _reload(running: App, load: Callable[[], Config]) -> None:
+    systemd.reloading()
+    try:
+        new = await trio.to_thread.run_sync(load)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log.error("config.reload_failed", problem=problem)
+        systemd.ready("reload failed, configuration unchanged; " + running.status_line())
+        return
+    restart = running.reload(new)
+    if restart:
+        log.warning("config.reload_needs_restart", keys=restart)
+    log.info(
+        "config.reloaded",
+        rooms=list(running.config.hipchat.room),
+        api_version=running.config.hipchat.api_version,
+        server_url=running.config.hipchat.server_url,
+    )
+    systemd.ready(running.status_line())
+
+
+async def _serve_until_signalled(
+    config: Config,
+    with_emulator: bool,
+    inherited: Sequence[InheritedSocket],
+    load: Callable[[], Config],
+) -> None:
     from hipchatd import app
 
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
+            # Pings start before recovery so a long spool recovery is not a hang.
+            await nursery.start(systemd.watchdog)
             running: App = await nursery.start(
-                partial(app.run, config, with_emulator=with_emulator)
+                partial(app.run, config, with_emulator=with_emulator, inherited=inherited)
             )
+            systemd.ready(running.status_line())
+            nursery.start_soon(_report_status, running)
             stopping = False
             async for signum in signals:
                 name = signal.Signals(signum).name
+                if signum == signal.SIGHUP:
+                    if not stopping:
+                        await _reload(running, load)
+                    continue
                 if not stopping:
                     stopping = True
                     grace = config.daemon.shutdown_grace
+                    systemd.stopping()
                     log.info("daemon.stopping", signal=name, shutdown_grace=grace)
                     nursery.start_soon(_stop_gracefully, running, grace, nursery.cancel_scope)
                 else:
@@ -156,14 +215,21 @@ def _serve(args: argparse.Namespace) -> int:
     logconfig.register_secret(config.hipchat.api_token.reveal())
     for warning in result.warnings:
         log.warning("config.warning", warning=warning)
-    state_dir = _state_dir(args, config, os.environ)
-    if state_dir != config.daemon.state_dir:
-        config = dataclasses.replace(
-            config, daemon=dataclasses.replace(config.daemon, state_dir=state_dir)
-        )
+    config = _with_state_dir(config, _state_dir(args, config, os.environ))
+    try:
+        inherited = systemd.listen_fds()
+    except systemd.SystemdError as exc:
+        log.error("systemd.unusable_socket", error=str(exc))
+        return EXIT_CONFIG
+    state_dir = config.daemon.state_dir
+
+    def load() -> Config:
+        reloaded = _load(args.config, require_token=not args.emulator).config
+        return _with_state_dir(reloaded, state_dir)
+
     failures: list[str] = []
     try:
-        trio.run(_serve_until_signalled, config, args.emulator)
+        trio.run(_serve_until_signalled, config, args.emulator, inherited, load)
     except* SpoolError as group:
         failures = [str(exc) for exc in group.exceptions]
     if failures:
@@ -172,6 +238,28 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     log.info("daemon.stopped")
     return EXIT_OK
+
+
+def _with_state_dir(config: Config, state_dir: str) -> Config:
+    if state_dir == config.daemon.state_dir:
+        return config
+    return dataclasses.replace(
+        config, daemon=dataclasses.replace(config.daemon, state_dir=state_dir)
+    )
+
+
+def _online(args: argparse.Namespace, check: Callable[..., Awaitable[int]], *extra: object) -> int:
+    try:
+        result = _load(args.config, require_token=True)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    logconfig.register_secret(result.config.hipchat.api_token.reveal())
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    code: int = trio.run(partial(check, result.config, *extra, sys.stdout))
+    return code
 
 
 def _spool(args: argparse.Namespace) -> int:
@@ -219,5 +307,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(args)
     if args.command == "spool":
         return _spool(args)
+    if args.command == "send-test":
+        from hipchatd import tools
+
+        return _online(args, tools.send_test, args.room)
     logconfig.configure(args.log_level)
     return _serve(args)

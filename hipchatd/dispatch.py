@@ -131,6 +131,10 @@ class Dispatcher:
         self._stopping = False
         self._idle = trio.Event()
 
+    def reconfigure(self, *, max_age: float) -> None:
+        """Apply a reloaded ``max_age``; settings and client are read per attempt."""
+        self._max_age = max_age
+
     @property
     def pending(self) -> int:
         """Entries waiting in the lanes."""

@@ -226,6 +226,11 @@ class HipChatClient:
         # slash: HipChat does not collapse "//" (reference §11 q10).
         self._prefix = base.raw_path.partition(b"?")[0].rstrip(b"/")
 
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The shared AsyncClient (a reloaded client reuses it)."""
+        return self._http
+
     async def send(self, target: Target, message: Message) -> Outcome:
         """Post ``message`` to ``target`` once and classify the answer.
 

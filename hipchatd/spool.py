@@ -472,7 +472,7 @@ class Spool:
                 "spool.write_failed",
                 path=self._path,
                 error=str(exc),
-                sqlite_error=exc.sqlite_errorname,
+                sqlite_error=getattr(exc, "sqlite_errorname", None),
                 entries=len(batch.entries),
                 items=len(batch),
                 retry_in=WRITE_RETRY,

@@ -1,0 +1,381 @@
+"""hipchatd as a systemd service: socket activation, sd_notify, reload, metrics, health.
+
+The daemon runs as a real process where systemd's side matters (inherited
+sockets, NOTIFY_SOCKET, SIGHUP); metrics and health run in-process against
+the real emulator.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from hipchatd import spool as spool_module
+from hipchatd.config import Listen
+from hipchatd.emulator import Emulator
+from tests.conftest import FIXTURES, StartDaemon, classic_event, send_tcp
+
+TOKEN = "service-token-0a1b2c3d4e5f"
+
+
+def _free_port() -> int:
+    """A port free for TCP and UDP alike (systemd-socket-activate cannot take port 0)."""
+    for _ in range(50):
+        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            tcp.bind(("127.0.0.1", 0))
+            port: int = tcp.getsockname()[1]
+            try:
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no port free for both TCP and UDP")
+
+
+class Process:
+    """A child process whose output lines are collected by a thread."""
+
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self.proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[str], bool], timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._cond:
+            while True:
+                for line in self.lines[seen:]:
+                    if predicate(line):
+                        return line
+                seen = len(self.lines)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError("not seen:\n" + "".join(self.lines[-40:]))
+                self._cond.wait(remaining)
+
+    def log(self, event: str, timeout: float = 30) -> dict[str, Any]:
+        line = self.wait_for(lambda text: f'"event": "{event}"' in text, timeout)
+        record: dict[str, Any] = json.loads(line)
+        return record
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        self._thread.join(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def emulator_process() -> Iterator[str]:
+    port = _free_port()
+    process = Process(
+        [
+            sys.executable, "-m", "hipchatd", "emulator", "--port", str(port),
+            "--token", TOKEN, "--auto-create-rooms",
+        ]
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(f"{url}/_emulator/requests", timeout=2)
+            break
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    try:
+        yield url
+    finally:
+        process.stop()
+
+
+def _messages(url: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = httpx.get(f"{url}/_emulator/messages", timeout=5).json()
+    return found
+
+
+def _wait_messages(url: str, *names: str, timeout: float = 30) -> list[dict[str, Any]]:
+    """Wait until every name appears in a delivered message (storms fold several into one)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = _messages(url)
+        text = " ".join(m["message"] for m in found)
+        if all(name in text for name in names):
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"expected {names} in messages, have {found}")
+        time.sleep(0.05)
+
+
+def _config(path: Path, url: str, room: str = "sensu", **daemon: Any) -> Path:
+    doc = {
+        "hipchat": {"api_token": TOKEN, "server_url": url, "room": room},
+        "hipchatd": {
+            "tcp": {"host": "127.0.0.1", "port": 0},
+            "udp": None,
+            "state_dir": str(path.parent / "state"),
+            **daemon,
+        },
+    }
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def _send(port: int, event: dict[str, Any]) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(json.dumps(event).encode())
+
+
+def _event(check: str) -> dict[str, Any]:
+    return classic_event(name=check, output=f"{check} failed")
+
+
+def test_socket_activation_tcp_and_udp(tmp_path: Path, emulator_process: str) -> None:
+    """systemd-socket-activate passes a TCP and a UDP socket; an event on each is delivered.
+
+    Each launcher listens on one kind of socket, so two are nested: the outer
+    passes its TCP socket through the inner, which adds the UDP one.
+    """
+    port = _free_port()
+    config = _config(tmp_path / "hipchatd.json", emulator_process)
+    daemon = Process(
+        [
+            "systemd-socket-activate", "-l", f"127.0.0.1:{port}", "--fdname=sensu", "--",
+            "systemd-socket-activate", "-d", "-l", f"127.0.0.1:{port}", "--fdname=sensu", "--",
+            sys.executable, "-m", "hipchatd", "serve", "--config", str(config),
+        ]
+    )  # fmt: skip
+    try:
+        daemon.wait_for(lambda line: "Listening on" in line)
+        # The first connection starts the daemon; the kernel queues it meanwhile.
+        _send(port, _event("over-tcp"))
+        adopted = daemon.log("systemd.sockets_adopted")
+        assert sorted(s.split(":")[1] for s in adopted["sockets"]) == ["datagram", "stream"]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.sendto(json.dumps(_event("over-udp")).encode(), ("127.0.0.1", port))
+        _wait_messages(emulator_process, "over-tcp", "over-udp")
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify"))
+    sock.settimeout(30)
+    yield sock
+    sock.close()
+
+
+def _notifications(sock: socket.socket, until: str) -> list[str]:
+    """Datagrams received until one contains ``until``."""
+    received = []
+    while True:
+        data = sock.recv(4096).decode()
+        received.append(data)
+        if until in data.splitlines():
+            return received
+
+
+def test_sd_notify_ready_watchdog_reload_stopping(
+    tmp_path: Path, emulator_process: str, notify_socket: socket.socket
+) -> None:
+    config = _config(tmp_path / "hipchatd.json", emulator_process)
+    daemon = Process(
+        [sys.executable, "-m", "hipchatd", "serve", "--config", str(config)],
+        env={"NOTIFY_SOCKET": notify_socket.getsockname(), "WATCHDOG_USEC": "1000000"},
+    )
+    try:
+        before_ready = _notifications(notify_socket, "READY=1")
+        # READY=1 only once the listeners serve: a connection now succeeds.
+        port = int(daemon.log("daemon.started")["tcp"][0].rsplit(":", 1)[1])
+        _send(port, _event("after-ready"))
+        assert any("WATCHDOG=1" in d for d in before_ready)
+        ready = before_ready[-1].splitlines()
+        assert ready[0] == "READY=1"
+        assert ready[1].startswith("STATUS=")
+        # The watchdog keeps pinging from the event loop.
+        assert _notifications(notify_socket, "WATCHDOG=1")
+        daemon.proc.send_signal(signal.SIGHUP)
+        reload = _notifications(notify_socket, "READY=1")
+        reloading = next(d for d in reload if d.startswith("RELOADING=1")).splitlines()
+        assert reloading[1].startswith("MONOTONIC_USEC=")
+        usec = int(reloading[1].partition("=")[2])
+        assert abs(usec - time.monotonic_ns() // 1000) < 30_000_000
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert _notifications(notify_socket, "STOPPING=1")
+        assert daemon.proc.wait(30) == 0
+    finally:
+        daemon.stop()
+
+
+def test_sighup_reloads_rooms_and_keeps_old_config_when_broken(
+    tmp_path: Path, emulator_process: str
+) -> None:
+    path = tmp_path / "hipchatd.json"
+    _config(path, emulator_process, room="before")
+    daemon = Process([sys.executable, "-m", "hipchatd", "serve", "--config", str(path)])
+    try:
+        port = int(daemon.log("daemon.started")["tcp"][0].rsplit(":", 1)[1])
+        _send(port, _event("one"))
+        _wait_messages(emulator_process, "/one")
+        _config(path, emulator_process, room="after")
+        daemon.proc.send_signal(signal.SIGHUP)
+        assert daemon.log("config.reloaded")["rooms"] == ["after"]
+        _send(port, _event("two"))
+        _wait_messages(emulator_process, "/two")
+        path.write_text('{"hipchat": {"room": 42')
+        daemon.proc.send_signal(signal.SIGHUP)
+        failed = daemon.log("config.reload_failed")
+        assert str(path) in failed["problem"]
+        _send(port, _event("three"))
+        messages = _wait_messages(emulator_process, "/three")
+    finally:
+        daemon.stop()
+    rooms = {
+        check: m["room"]
+        for m in messages
+        for check in ("one", "two", "three")
+        if f"/{check}:" in m["message"]
+    }
+    assert rooms == {"one": "before", "two": "after", "three": "after"}
+
+
+def _metrics(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+async def test_metrics_counters_move_by_the_right_amounts(
+    start_daemon: StartDaemon, emulator: Emulator
+) -> None:
+    with trio.fail_after(20):
+        app = await start_daemon(metrics=Listen("127.0.0.1", 0))
+        url = f"http://{app.metrics_addresses[0]}"
+        async with httpx.AsyncClient() as client:
+
+            async def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+                text = (await client.get(f"{url}/metrics")).text
+                return {
+                    (s.name, tuple(sorted(s.labels.items()))): s.value
+                    for family in text_string_to_metric_families(text)
+                    for s in family.samples
+                }
+
+            before = await scrape()
+            assert before[("hipchatd_events_received_total", (("transport", "tcp"),))] == 0
+            assert before[("hipchatd_events_rejected_total", (("reason", "invalid_json"),))] == 0
+            address = app.tcp_addresses[0]
+            await send_tcp(address, json.dumps(_event("m1")).encode())
+            await emulator.wait_for_messages(1)
+            await send_tcp(address, b"not json")
+            ok = classic_event(name="fine", status=0)
+            await send_tcp(address, json.dumps(ok).encode())
+            while (await scrape())[("hipchatd_events_received_total", (("transport", "tcp"),))] < 3:
+                await trio.sleep(0.01)
+            await app.spool.flush()
+            after = await scrape()
+            health = await client.get(f"{url}/healthz")
+    assert after[("hipchatd_events_received_total", (("transport", "tcp"),))] == 3
+    assert after[("hipchatd_events_rejected_total", (("reason", "invalid_json"),))] == 1
+    assert after[("hipchatd_events_skipped_total", (("reason", "status_ok"),))] == 1
+    assert after[("hipchatd_notifications_total", (("api_version", "v2"),))] == 1
+    assert after[("hipchatd_notification_latency_seconds_count", ())] == 1
+    assert after[("hipchatd_spool_events", (("state", "pending"),))] == 0
+    assert ("hipchatd_ratelimit_remaining", ()) in after
+    assert health.status_code == 200
+
+
+async def test_healthz_turns_503_when_the_spool_cannot_be_written(
+    start_daemon: StartDaemon, emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(conn: sqlite3.Connection, batch: Any) -> Any:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    with trio.fail_after(20):
+        app = await start_daemon(metrics=Listen("127.0.0.1", 0), state_dir=str(tmp_path))
+        url = f"http://{app.metrics_addresses[0]}"
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"{url}/healthz")).status_code == 200
+            monkeypatch.setattr(spool_module, "_write_batch", disk_full)
+            await send_tcp(app.tcp_addresses[0], json.dumps(_event("lost?")).encode())
+            while app.spool.writable:
+                await trio.sleep(0.01)
+            unhealthy = await client.get(f"{url}/healthz")
+            monkeypatch.undo()
+            # The batch was kept: once the disk has room the event is delivered.
+            await emulator.wait_for_messages(1)
+            while not app.spool.writable:
+                await trio.sleep(0.01)
+            healthy = await client.get(f"{url}/healthz")
+    assert unhealthy.status_code == 503
+    assert "spool not writable" in unhealthy.json()["reason"]
+    assert healthy.status_code == 200
+
+
+def test_check_config_online_and_send_test(tmp_path: Path, emulator_process: str) -> None:
+    config = _config(tmp_path / "hipchatd.json", emulator_process)
+    hipchatd = [sys.executable, "-m", "hipchatd"]
+    online = subprocess.run(
+        [*hipchatd, "check-config", "--online", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert online.returncode == 0, online.stdout + online.stderr
+    assert _messages(emulator_process) == []
+    sent = subprocess.run(
+        [*hipchatd, "send-test", "--room", "ops", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    [message] = _messages(emulator_process)
+    assert message["room"] == "ops"
+    assert "test notification" in message["message"]
+    bad = json.loads(config.read_text())
+    bad["hipchat"]["api_token"] = "wrong-token-value"
+    config.write_text(json.dumps(bad))
+    rejected = subprocess.run(
+        [*hipchatd, "check-config", "--online", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert rejected.returncode != 0
+    assert "401" in rejected.stdout
+    assert "wrong-token-value" not in rejected.stdout + rejected.stderr
+    assert FIXTURES.is_dir()
