@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import random
+import sqlite3
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -212,7 +213,16 @@ class Dispatcher:
     async def _attempt(self, key: str, lane: _Lane) -> None:
         settings = self._settings()
         batch = [lane.items[i] for i in range(min(len(lane.items), MAX_BATCH))]
-        events = await self._events_for(batch)
+        try:
+            events = await self._events_for(batch)
+        except sqlite3.DatabaseError as exc:
+            # The spool could not be read back: like a failed request, try later.
+            self._budget.abandon(key)
+            lane.failures += 1
+            delay = backoff_delay(lane.failures, self._rng)
+            lane.retry_at = unix_now() + delay
+            log.error("spool.read_failed", room=lane.target.name, error=str(exc), retry_in=delay)
+            return
         usable = [(p, e) for p, e in zip(batch, events, strict=True) if e is not None]
         if len(usable) < len(batch):
             # A spool entry that no longer parses cannot be rendered: dead-letter it.
@@ -248,9 +258,13 @@ class Dispatcher:
                 events.append(p.event)
                 continue
             try:
-                events.append(parse_event(json.loads(documents[p.id])))
+                event = parse_event(json.loads(documents[p.id]))
             except (KeyError, ValueError, EventError):
                 events.append(None)
+                continue
+            if not p.ticket.event_id:
+                p.ticket.event_id = event.id
+            events.append(event)
         return events
 
     def _forget(self, lane: _Lane, done: Sequence[_Pending]) -> None:
