@@ -1,0 +1,468 @@
+"""Durable delivery across real processes: ``kill -9``, SIGTERM, a second signal, the spool CLI.
+
+The daemon and the HipChat emulator run as separate ``python -m hipchatd``
+processes on loopback; the tests signal them as an init system or an
+operator would and read the daemon's JSON log lines, the emulator's
+``/_emulator/*`` endpoints and ``hipchatd spool`` output. Every wait has a
+wall-clock deadline; every child is killed at teardown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+
+from tests.conftest import classic_event
+
+REPO = Path(__file__).resolve().parent.parent
+HIPCHATD = [sys.executable, "-m", "hipchatd"]
+TOKEN = "process-token-9a8b7c6d5e4f"
+#: Seconds a child gets to start, and a log line or a delivery to show up (a loaded 2-core box).
+STARTUP = 30.0
+#: A storm message's header: "12 events: ..." (html wraps it in <b>).
+_STORM_HEADER = re.compile(r"(?:<b>)?(\d+) events:")
+
+T = TypeVar("T")
+
+
+def wait_for(what: str, probe: Callable[[], T], timeout: float, step: float = 0.05) -> T:
+    """Poll ``probe`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not within {timeout:g} s: {what} (last: {value!r})")
+        time.sleep(step)
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    # Settings that would otherwise leak in from the environment running the tests.
+    for name in ("HIPCHAT_API_TOKEN", "STATE_DIRECTORY", "CREDENTIALS_DIRECTORY"):
+        env.pop(name, None)
+    return env
+
+
+class Child:
+    """A ``python -m hipchatd`` child; a thread collects its output lines so it never blocks."""
+
+    def __init__(self, *args: str) -> None:
+        self.args = args
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self.popen = subprocess.Popen(
+            [*HIPCHATD, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            cwd=REPO,
+            env=_env(),
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+
+    @property
+    def output(self) -> str:
+        with self._changed:
+            return "".join(self.lines)
+
+    def wait_line(self, predicate: Callable[[str], bool], timeout: float = STARTUP) -> str:
+        """The first output line (seen so far or later) that satisfies ``predicate``."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._changed:
+            while True:
+                for line in self.lines[seen:]:
+                    if predicate(line):
+                        return line
+                seen = len(self.lines)
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.popen.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(
+                        f"no such line from hipchatd {' '.join(self.args)} within {timeout:g} s "
+                        f"(exit code {self.popen.poll()}):\n{''.join(self.lines)}"
+                    )
+                self._changed.wait(min(left, 0.2))
+
+    def logs(self) -> list[dict[str, Any]]:
+        """The JSON log lines so far, in order (other output is skipped)."""
+        records = []
+        for line in self.output.splitlines():
+            if line.startswith("{"):
+                records.append(json.loads(line))
+        return records
+
+    def logged(self, event: str) -> list[dict[str, Any]]:
+        return [record for record in self.logs() if record["event"] == event]
+
+    def wait_logged(self, event: str, timeout: float = STARTUP) -> dict[str, Any]:
+        line = self.wait_line(lambda text: f'"event": "{event}"' in text, timeout)
+        record: dict[str, Any] = json.loads(line)
+        return record
+
+    def wait_exit(self, timeout: float) -> int:
+        """The exit code; fails if the process is still running after ``timeout`` seconds."""
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"hipchatd {' '.join(self.args)} still running after {timeout:g} s:\n{self.output}"
+            ) from None
+
+    def close(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+        self.popen.wait(10)
+        self._reader.join(10)
+        assert self.popen.stdout is not None
+        self.popen.stdout.close()
+
+
+class Emulator:
+    """``hipchatd emulator`` in its own process, driven through ``/_emulator/*``."""
+
+    def __init__(self, child: Child) -> None:
+        self.child = child
+        line = child.wait_line(lambda text: "emulator listening on" in text)
+        match = re.search(r"listening on (http://[^;\s]+);", line)
+        assert match is not None, line
+        self.url = match.group(1)
+        self.port = int(self.url.rsplit(":", 1)[1])
+        wait_for("the emulator answers", self._answers, STARTUP)
+
+    def _answers(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/_emulator/requests", timeout=5).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def messages(self) -> list[dict[str, Any]]:
+        response = httpx.get(f"{self.url}/_emulator/messages", timeout=10)
+        response.raise_for_status()
+        messages: list[dict[str, Any]] = response.json()
+        return messages
+
+    def faults(self, **faults: object) -> dict[str, Any]:
+        response = httpx.post(f"{self.url}/_emulator/faults", json=faults, timeout=10)
+        response.raise_for_status()
+        state: dict[str, Any] = response.json()
+        return state
+
+    def checks_seen(self, prefix: str) -> set[str]:
+        """Check names starting with ``prefix`` in any delivered message (storms included)."""
+        text = "\n".join(m["message"] for m in self.messages())
+        return set(re.findall(rf"\b{re.escape(prefix)}\d\d\b", text))
+
+    def represented(self) -> int:
+        """Events the delivered messages stand for: a storm message's header count, else one."""
+        total = 0
+        for message in self.messages():
+            match = _STORM_HEADER.match(message["message"])
+            total += int(match.group(1)) if match else 1
+        return total
+
+
+class Daemon:
+    """``hipchatd serve`` in its own process, listening for Sensu on a loopback TCP port."""
+
+    def __init__(self, child: Child, state_dir: Path) -> None:
+        self.child = child
+        self.state_dir = state_dir
+        started = child.wait_logged("daemon.started")
+        host, port = started["tcp"][0].rsplit(":", 1)
+        self.address = (host, int(port))
+
+    def send(self, event: dict[str, Any]) -> None:
+        """What Sensu does: connect, write the event once, close."""
+        with socket.create_connection(self.address, timeout=10) as sock:
+            sock.sendall(json.dumps(event).encode())
+
+    def signal(self, signum: signal.Signals) -> None:
+        self.child.popen.send_signal(signum)
+
+
+class Cluster:
+    """Starts emulators, daemons and spool commands for one test; kills every child after it."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.state_dir = tmp_path / "state"
+        self.children: list[Child] = []
+
+    def start(self, *args: str) -> Child:
+        child = Child(*args)
+        self.children.append(child)
+        return child
+
+    def emulator(self, *args: str, port: int = 0) -> Emulator:
+        return Emulator(self.start("emulator", "--port", str(port), "--token", TOKEN, *args))
+
+    def daemon(self, emulator: Emulator, **settings: object) -> Daemon:
+        config = {
+            "hipchat": {"api_token": TOKEN, "server_url": emulator.url, "room": "sensu"},
+            "hipchatd": {
+                "tcp": {"host": "127.0.0.1", "port": 0},
+                "udp": None,
+                "state_dir": str(self.state_dir),
+                **settings,
+            },
+        }
+        path = self.tmp_path / f"hipchatd-{len(self.children)}.json"
+        path.write_text(json.dumps(config))
+        return Daemon(self.start("serve", "--config", str(path)), self.state_dir)
+
+    def spool(self, *args: str) -> str:
+        """``hipchatd spool ARGS --state-dir D``'s stdout; it must succeed."""
+        result = subprocess.run(
+            [*HIPCHATD, "spool", *args, "--state-dir", str(self.state_dir)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=_env(),
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    def spool_rows(self, *args: str) -> list[str]:
+        """The table rows of ``hipchatd spool list ARGS`` (no header); [] when it says none."""
+        out = self.spool("list", *args)
+        if out.startswith("no "):
+            return []
+        header, *rows = out.splitlines()
+        assert header.startswith("ID "), out
+        return rows
+
+    def pending_now(self) -> int:
+        """Pending entries, read straight from the spool file.
+
+        For tight polling while deliveries are in flight: the ``spool list``
+        command spends a whole interpreter start-up per look.
+        """
+        path = self.state_dir / "spool.sqlite3"
+        if not path.exists():
+            return 0
+        conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=5)
+        try:
+            count: int = conn.execute("SELECT count(*) FROM pending").fetchone()[0]
+        finally:
+            conn.close()
+        return count
+
+    def close(self) -> None:
+        for child in self.children:
+            child.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    running = Cluster(tmp_path)
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+def _event(check: str, room: str | None = None) -> dict[str, Any]:
+    attrs: dict[str, Any] = {"name": check, "output": f"{check} output"}
+    if room is not None:
+        attrs["hipchat"] = {"room": room}
+    event = classic_event(**attrs)
+    event["client"]["name"] = "web-1"
+    event["id"] = f"web-1-{check}"
+    return event
+
+
+def _checks(rows: list[str]) -> set[str]:
+    """Check names in ``spool list`` rows (the SOURCE/CHECK column is ``web-1/CHECK``)."""
+    return {m for row in rows for m in re.findall(r"web-1/(\S+)", row)}
+
+
+def _order(daemon: Daemon, *events: str) -> list[int]:
+    names = [record["event"] for record in daemon.child.logs()]
+    return [names.index(event) for event in events]
+
+
+def test_kill_9_mid_delivery_loses_nothing(cluster: Cluster) -> None:
+    """SIGKILL while messages are in flight; the restarted daemon delivers every accepted event."""
+    latency = 2.0
+    emulator = cluster.emulator("--latency", str(latency), "--auto-create-rooms")
+    daemon = cluster.daemon(emulator)
+    checks = {f"kill9-{i:02d}" for i in range(30)}
+    rooms = ["ops", "dev", "db"]
+    for i, check in enumerate(sorted(checks)):
+        daemon.send(_event(check, room=rooms[i % len(rooms)]))
+    wait_for("all 30 events accepted", lambda: cluster.pending_now() == 30, STARTUP)
+    # The first message of each room went out at its first commit; the emulator answers
+    # each after `latency` seconds, so none has come back yet.
+    assert emulator.messages() == []
+    daemon.signal(signal.SIGKILL)
+    assert daemon.child.wait_exit(10) == -signal.SIGKILL
+
+    # Nothing was confirmed to the daemon, so nothing left the spool.
+    assert _checks(cluster.spool_rows()) == checks
+    # The requests in flight at the kill still land (HipChat never heard the client left)...
+    wait_for("an in-flight request lands", emulator.messages, latency + 10)
+    time.sleep(0.5)
+    # ...but the events queued behind them were never sent.
+    assert 1 <= emulator.represented() < 30
+
+    restarted = cluster.daemon(emulator)
+    recovered = restarted.child.wait_logged("spool.recovered")
+    assert recovered["entries"] == 30
+    wait_for(
+        "every event delivered after the restart",
+        lambda: emulator.checks_seen("kill9-") == checks,
+        60,
+    )
+    wait_for("the spool emptied", lambda: cluster.spool_rows() == [], 15, step=0.2)
+    # At least once: the in-flight ones arrive twice, nothing is missing.
+    assert emulator.represented() >= 30
+
+
+def test_sigterm_drains_the_in_flight_message(cluster: Cluster) -> None:
+    """SIGTERM: stop accepting, let the message in flight finish, exit 0 within the grace."""
+    grace = 5.0
+    emulator = cluster.emulator("--latency", "2", "--auto-create-rooms")
+    daemon = cluster.daemon(emulator, shutdown_grace=grace)
+    daemon.send(_event("drain-00"))
+    wait_for("the event accepted", lambda: cluster.pending_now() == 1, STARTUP)
+    time.sleep(0.5)
+    assert emulator.messages() == []
+    stopping_at = time.monotonic()
+    daemon.signal(signal.SIGTERM)
+    assert daemon.child.wait_exit(grace + 10) == 0
+    took = time.monotonic() - stopping_at
+    assert took < grace + 2, daemon.child.output
+
+    assert emulator.checks_seen("drain-") == {"drain-00"}
+    stopping, delivered, stopped = _order(
+        daemon, "daemon.stopping", "event.delivered", "daemon.stopped"
+    )
+    # Delivered (and its spool entry deleted) after the signal, before the exit.
+    assert stopping < delivered < stopped
+    assert daemon.child.logged("daemon.stopping")[0]["signal"] == "SIGTERM"
+    assert daemon.child.logged("daemon.grace_expired") == []
+    assert daemon.child.logged("spool.closed")[0]["pending"] == 0
+    assert cluster.spool_rows() == []
+
+
+def test_sigterm_while_hipchat_is_down_keeps_the_events(cluster: Cluster) -> None:
+    """HipChat down: SIGTERM exits 0 promptly, the events stay spooled; a restart delivers."""
+    grace = 5.0
+    emulator = cluster.emulator("--auto-create-rooms")
+    daemon = cluster.daemon(emulator, shutdown_grace=grace)
+    emulator.faults(down_for=60)
+    wait_for("the emulator down", lambda: not emulator._answers(), 10)
+    checks = {"down-00", "down-01"}
+    for check in sorted(checks):
+        daemon.send(_event(check))
+    daemon.child.wait_logged("delivery.failed")
+    wait_for("both events accepted", lambda: cluster.pending_now() == 2, STARTUP)
+    stopping_at = time.monotonic()
+    daemon.signal(signal.SIGTERM)
+    assert daemon.child.wait_exit(grace + 10) == 0
+    assert time.monotonic() - stopping_at < grace + 2, daemon.child.output
+    assert daemon.child.logged("daemon.stopped")
+    assert daemon.child.logged("event.delivered") == []
+
+    rows = cluster.spool_rows()
+    assert _checks(rows) == checks
+    assert len(rows) == 2
+    # HipChat back: a fresh emulator on the same address.
+    emulator.child.close()
+    emulator = cluster.emulator("--auto-create-rooms", port=emulator.port)
+    cluster.daemon(emulator, shutdown_grace=grace)
+    wait_for(
+        "the spooled events delivered", lambda: emulator.checks_seen("down-") == checks, STARTUP
+    )
+    wait_for("the spool emptied", lambda: cluster.spool_rows() == [], 15, step=0.2)
+
+
+def test_second_signal_stops_at_once(cluster: Cluster) -> None:
+    """SIGTERM then SIGINT: exit within about 2 s, not the 20 s grace; the event stays spooled."""
+    emulator = cluster.emulator("--latency", "30", "--auto-create-rooms")
+    daemon = cluster.daemon(emulator, shutdown_grace=20)
+    daemon.send(_event("twice-00"))
+    wait_for("the event accepted", lambda: cluster.pending_now() == 1, STARTUP)
+    time.sleep(0.5)
+    daemon.signal(signal.SIGTERM)
+    daemon.child.wait_logged("daemon.stopping", timeout=10)
+    time.sleep(0.5)
+    now_at = time.monotonic()
+    daemon.signal(signal.SIGINT)
+    assert daemon.child.wait_exit(20) == 0
+    assert time.monotonic() - now_at < 3.0, daemon.child.output
+    [now] = daemon.child.logged("daemon.stopping_now")
+    assert now["signal"] == "SIGINT"
+    assert daemon.child.logged("event.delivered") == []
+
+    assert _checks(cluster.spool_rows()) == {"twice-00"}
+    emulator.faults(latency=0)
+    cluster.daemon(emulator)
+    # Well before the first attempt's 30 s answer could land: this is the restart's delivery.
+    wait_for(
+        "the event delivered after the restart",
+        lambda: emulator.checks_seen("twice-") == {"twice-00"},
+        15,
+    )
+    wait_for("the spool emptied", lambda: cluster.spool_rows() == [], 15, step=0.2)
+
+
+def test_spool_commands_on_a_live_daemon(cluster: Cluster) -> None:
+    """A dead letter is listed, re-queued with ``spool retry --all`` and delivered, live."""
+    emulator = cluster.emulator("--room", "sensu")
+    daemon = cluster.daemon(emulator)
+    daemon.send(_event("ghost-00", room="nope"))
+    dead = daemon.child.wait_logged("delivery.dead_lettered")
+    assert dead["room"] == "nope"
+    wait_for("the dead letter committed", lambda: cluster.spool_rows("--dead"), 15, step=0.2)
+    [row] = cluster.spool_rows("--dead")
+    assert "web-1/ghost-00" in row
+    assert "nope" in row
+    assert "permanent" in row
+    assert "Room nope not found" in row
+    assert cluster.spool_rows() == []
+
+    # The room exists now: HipChat restarted (same address) with it.
+    emulator.child.close()
+    emulator = cluster.emulator("--room", "sensu", "--room", "nope", port=emulator.port)
+    out = cluster.spool("retry", "--all")
+    assert out.startswith("re-queued 1 dead-lettered event "), out
+    requeued = daemon.child.wait_logged("spool.requeued", timeout=15)
+    assert requeued["entries"] == 1
+    wait_for(
+        "the re-queued event delivered",
+        lambda: [m["room"] for m in emulator.messages() if "ghost-00" in m["message"]] == ["nope"],
+        15,
+    )
+    wait_for("the spool emptied", lambda: cluster.spool_rows() == [], 15, step=0.2)
+    assert cluster.spool_rows("--dead") == []
+    assert cluster.spool("purge", "--dead").startswith("purged 0 dead-lettered events")
+    assert daemon.child.popen.poll() is None
