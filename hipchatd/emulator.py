@@ -66,7 +66,6 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from http import HTTPStatus
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote
 from xml.sax.saxutils import escape as xml_escape
@@ -76,6 +75,14 @@ import structlog
 import trio
 
 from hipchatd import __version__
+from hipchatd._http11 import (
+    RequestReader,
+    rejection_status,
+    send_events,
+    send_response,
+    start_next_cycle,
+    status_phrase,
+)
 from hipchatd.clock import unix_now
 
 __all__ = [
@@ -206,14 +213,6 @@ class ApiError:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-def status_phrase(status: int) -> str:
-    """The standard reason phrase, which HipChat also uses as the error ``type``."""
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
-
-
 def py2_repr(value: Json) -> str:
     """``repr`` as the Python 2 server printed JSON values: ``u'Red'``, ``True``, ``None``."""
     if isinstance(value, str):
@@ -234,6 +233,7 @@ def v2_json(obj: Json) -> bytes:
 def v2_error_body(error: ApiError) -> bytes:
     """``{"error": {"code", "message", "type", ...extra}}``, pretty and sorted (§4.3)."""
     inner = dict(error.extra)
+    # HipChat's error ``type`` is the status's standard reason phrase.
     inner.update(code=error.status, message=error.message, type=status_phrase(error.status))
     return v2_json({"error": inner})
 
@@ -944,9 +944,8 @@ class Emulator:
                     await _send_response(conn, stream, response, head=outcome.method == "HEAD")
                     if response.after_send is not None:
                         response.after_send()
-                    if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    if not start_next_cycle(conn):
                         return
-                    conn.start_next_cycle()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return  # the client went away, or set_down closed us
             finally:
@@ -959,28 +958,24 @@ class Emulator:
         started: h11.Request | None = None
         body = bytearray()
         with trio.move_on_after(KEEPALIVE_IDLE_TIMEOUT) as scope:
-            first_byte = False
+            reader = RequestReader(
+                conn, stream, scope, read_timeout=REQUEST_READ_TIMEOUT, chunk=RECEIVE_CHUNK
+            )
             while True:
                 try:
-                    event = conn.next_event()
+                    event = await reader.next_event()
                 except h11.RemoteProtocolError as exc:
                     response = _protocol_error(conn, exc)
                     if response is not None:
                         self._decorate(_Call("v2"), response)
                     return response
-                if event is h11.NEED_DATA:
-                    data = await stream.receive_some(RECEIVE_CHUNK)
-                    if data and not first_byte:
-                        first_byte = True
-                        scope.deadline = trio.current_time() + REQUEST_READ_TIMEOUT
-                    conn.receive_data(data)
-                elif isinstance(event, h11.Request):
+                if isinstance(event, h11.Request):
                     started = event
                     declared = _content_length(event)
                     if declared is not None and declared > MAX_BODY_BYTES:
                         return self._too_large(event)
                     if conn.they_are_waiting_for_100_continue:
-                        await _send_bytes(
+                        await send_events(
                             conn, stream, h11.InformationalResponse(status_code=100, headers=[])
                         )
                 elif isinstance(event, h11.Data):
@@ -1195,21 +1190,12 @@ class Emulator:
         if self.echo is not None:
             self.echo(echo_line(message))
 
-    # --- v2 handlers ---
-
-    def _v2_notification(self, call: _Call, request: Request, name: str) -> Response:
-        room = self._v2_room(name)
-        call.flood_key = ("room", str(room.id))
-        body = parse_v2_body(
-            request.headers.get("content-type", ""), request.body, parse_form=self.parse_form_v2
-        )
-        from_max = V2_FROM_MAX_STRICT if self.strict_from_25 else V2_FROM_MAX
-        note = validate_notification(body, from_max=from_max, lenient_notify=self.lenient_notify)
-        self._take_flood(call, ("room", str(room.id)))
+    def _deliver_notification(self, api: Api, room: _Room, note: Notification | V1Message) -> None:
+        """Deliver a room notification: a v2 notification or a v1 rooms/message."""
         self._deliver(
             ReceivedMessage(
                 kind="notification",
-                api_version="v2",
+                api_version=api,
                 room_id=room.id,
                 room=room.name,
                 user=None,
@@ -1222,6 +1208,19 @@ class Emulator:
                 id=str(uuid.uuid4()),
             )
         )
+
+    # --- v2 handlers ---
+
+    def _v2_notification(self, call: _Call, request: Request, name: str) -> Response:
+        room = self._v2_room(name)
+        call.flood_key = ("room", str(room.id))
+        body = parse_v2_body(
+            request.headers.get("content-type", ""), request.body, parse_form=self.parse_form_v2
+        )
+        from_max = V2_FROM_MAX_STRICT if self.strict_from_25 else V2_FROM_MAX
+        note = validate_notification(body, from_max=from_max, lenient_notify=self.lenient_notify)
+        self._take_flood(call, ("room", str(room.id)))
+        self._deliver_notification("v2", room, note)
         return Response(204)
 
     def _v2_room_message(self, call: _Call, request: Request, name: str) -> Response:
@@ -1368,22 +1367,7 @@ class Emulator:
         fields = validate_v1_message(params)
         room = self._v1_room_or_404(fields.room_id)
         self._take_flood(call, ("room", str(room.id)))
-        self._deliver(
-            ReceivedMessage(
-                kind="notification",
-                api_version="v1",
-                room_id=room.id,
-                room=room.name,
-                user=None,
-                sender=fields.sender,
-                message=fields.message,
-                color=fields.color,
-                notify=fields.notify,
-                message_format=fields.message_format,
-                date=unix_now(),
-                id=str(uuid.uuid4()),
-            )
-        )
+        self._deliver_notification("v1", room, fields)
         return self._v1_body(call, {"status": "sent"})
 
     def _v1_room(self, room: _Room) -> dict[str, Json]:
@@ -1559,21 +1543,14 @@ def _content_length(event: h11.Request) -> int | None:
 
 
 def _protocol_error(conn: h11.Connection, exc: h11.RemoteProtocolError) -> Response | None:
-    # h11 quotes the offending line, which may hold a token: keep only the kind.
-    reason = str(exc).partition(":")[0]
-    log.info("http.request_rejected", reason=reason, status=exc.error_status_hint)
-    if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+    status = rejection_status(conn, exc)
+    if status is None:
         return None
     # A raw space in a room name failed with 400 on HipChat too (S52, S54).
-    error = ApiError(exc.error_status_hint, status_phrase(exc.error_status_hint))
+    error = ApiError(status, status_phrase(status))
     response = _json_response(error.status, v2_error_body(error))
     response.close = True
     return response
-
-
-async def _send_bytes(conn: h11.Connection, stream: trio.SocketStream, *events: h11.Event) -> None:
-    data = b"".join(conn.send(event) or b"" for event in events)
-    await stream.send_all(data)
 
 
 async def _send_response(
@@ -1587,17 +1564,8 @@ async def _send_response(
     if response.close:
         headers.append(("Connection", "close"))
     headers.extend(response.headers)
-    events: list[h11.Event] = [
-        h11.Response(
-            status_code=response.status,
-            headers=headers,
-            reason=status_phrase(response.status).encode(),
-        )
-    ]
-    if response.body and not head and response.status != 204:
-        events.append(h11.Data(data=response.body))
-    events.append(h11.EndOfMessage())
-    await _send_bytes(conn, stream, *events)
+    body = b"" if head or response.status == 204 else response.body
+    await send_response(conn, stream, response.status, headers, body)
 
 
 def _rebind(family: int, address: Any) -> trio.SocketListener:

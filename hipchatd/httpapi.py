@@ -23,7 +23,6 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from http import HTTPStatus
 
 import h11
 import structlog
@@ -31,6 +30,13 @@ import trio
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from hipchatd import __version__
+from hipchatd._http11 import (
+    RequestReader,
+    rejection_status,
+    send_response,
+    start_next_cycle,
+    status_phrase,
+)
 from hipchatd.config import Listen
 from hipchatd.metrics import Metrics
 
@@ -156,9 +162,8 @@ class _Server:
                 path=request.path,
                 status=response.status,
             )
-            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+            if not start_next_cycle(conn):
                 return
-            conn.start_next_cycle()
 
     def _respond(self, request: _Request) -> _Response:
         if request.path not in ("/metrics", "/healthz"):
@@ -191,19 +196,15 @@ async def _read_request(
     started: h11.Request | None = None
     body_bytes = 0
     with trio.move_on_after(KEEPALIVE_IDLE_TIMEOUT) as scope:
-        first_byte = False
+        reader = RequestReader(
+            conn, stream, scope, read_timeout=REQUEST_READ_TIMEOUT, chunk=RECEIVE_CHUNK
+        )
         while True:
             try:
-                event = conn.next_event()
+                event = await reader.next_event()
             except h11.RemoteProtocolError as exc:
                 return _protocol_error(conn, exc)
-            if event is h11.NEED_DATA:
-                data = await stream.receive_some(RECEIVE_CHUNK)
-                if data and not first_byte:
-                    first_byte = True
-                    scope.deadline = trio.current_time() + REQUEST_READ_TIMEOUT
-                conn.receive_data(data)
-            elif isinstance(event, h11.Request):
+            if isinstance(event, h11.Request):
                 started = event
             elif isinstance(event, h11.Data):
                 body_bytes += len(event.data)
@@ -216,18 +217,15 @@ async def _read_request(
                 return _Request(method, target.partition("?")[0])
             else:  # ConnectionClosed
                 return None
-    log.debug("http.connection_closed", reason="idle" if not first_byte else "request too slow")
+    log.debug("http.connection_closed", reason="request too slow" if reader.started else "idle")
     return None
 
 
 def _protocol_error(conn: h11.Connection, exc: h11.RemoteProtocolError) -> _Response | None:
-    # h11 quotes the offending bytes; log only the kind of error.
-    reason = str(exc).partition(":")[0]
-    log.info("http.request_rejected", reason=reason, status=exc.error_status_hint)
-    if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+    status = rejection_status(conn, exc)
+    if status is None:
         return None
-    status = exc.error_status_hint
-    return _Response(status, f"{HTTPStatus(status).phrase}\n".encode(), close=True)
+    return _Response(status, f"{status_phrase(status)}\n".encode(), close=True)
 
 
 async def _send(
@@ -241,14 +239,4 @@ async def _send(
     ]
     if response.close:
         headers.append(("Connection", "close"))
-    events: list[h11.Event] = [
-        h11.Response(
-            status_code=response.status,
-            headers=headers,
-            reason=HTTPStatus(response.status).phrase.encode(),
-        )
-    ]
-    if response.body and not head:
-        events.append(h11.Data(data=response.body))
-    events.append(h11.EndOfMessage())
-    await stream.send_all(b"".join(conn.send(event) or b"" for event in events))
+    await send_response(conn, stream, response.status, headers, b"" if head else response.body)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
@@ -33,6 +34,20 @@ def classic_event(**check: Any) -> dict[str, Any]:
     event = load_fixture("classic-critical.json")
     event["check"].update(check)
     return event
+
+
+def free_port() -> int:
+    """A port free for TCP and UDP alike (systemd-socket-activate cannot take port 0)."""
+    for _ in range(50):
+        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            tcp.bind(("127.0.0.1", 0))
+            port: int = tcp.getsockname()[1]
+            try:
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no port free for both TCP and UDP")
 
 
 def make_config(emulator_url: str, **hipchat: Any) -> Config:

@@ -13,12 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hipchatd.coalesce import NAME_CHARS, SUMMARY_CHARS, render_batch
-from hipchatd.config import Overrides
-from hipchatd.events import Event, HandleWhen
+from hipchatd.events import Event
 from hipchatd.render import MAX_MESSAGE_CHARS, Message, render
 from hipchatd.routing import Target
+from tests import factories
 
-HTML = Target(kind="room", name="ops", notify=False, username="sensu", message_format="html")
+HTML = factories.make_target(notify=False)
 TEXT = replace(HTML, message_format="text")
 HEADER = re.compile(r"^(\d+) events: (.+)$")
 ENTITY = re.compile(r"&(?:amp|lt|gt|quot|#x27);")
@@ -27,30 +27,9 @@ OUR_TAG = re.compile(r"<b>|</b>|<br>")
 
 def make_event(**changes: Any) -> Event:
     """A Classic critical event of check web-01/check-disk."""
-    event = Event(
-        id="",
-        flavor="classic",
-        source="web-01",
-        check="check-disk",
-        status=2,
-        output="DISK CRITICAL - / at 97%",
-        notification=None,
-        playbook=None,
-        action="create",
-        occurrences=1,
-        occurrences_watermark=1,
-        interval=None,
-        silenced=False,
-        history=(2,),
-        namespace=None,
-        timestamp=1_700_000_000.0,
-        handle=True,
-        handle_when=HandleWhen(),
-        check_overrides=Overrides(),
-        client_overrides=Overrides(),
-        contacts=(),
+    return factories.make_event(
+        **{"check": "check-disk", "output": "DISK CRITICAL - / at 97%", **changes}
     )
-    return replace(event, **changes)
 
 
 def ev(check: str, status: int = 2, action: str = "create", **changes: Any) -> Event:

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from hipchatd.config import Overrides
-from hipchatd.events import Event, EventError, HandleWhen, parse_event
+from hipchatd.events import EventError, HandleWhen, parse_event
+from tests.factories import CLASSIC_CRITICAL
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ALL_FIXTURES = sorted(path.name for path in FIXTURES.glob("*.json"))
@@ -67,29 +68,7 @@ def go_annotated(
 
 def test_classic_critical_reference_sample() -> None:
     event = parse_event(load("classic-critical.json"))
-    assert event == Event(
-        id="f4a9453f-ac70-4e91-a601-a97ff31c589a",
-        flavor="classic",
-        source="sensu.test.local",
-        check="testing",
-        status=2,
-        output="THIS IS AN ERROR",
-        notification=None,
-        playbook=None,
-        action="create",
-        occurrences=1,
-        occurrences_watermark=1,
-        interval=None,
-        silenced=False,
-        history=(2,),
-        namespace=None,
-        timestamp=1539273720.0,
-        handle=True,
-        handle_when=HandleWhen(occurrences=1, reset=1800),
-        check_overrides=Overrides(),
-        client_overrides=Overrides(),
-        contacts=(),
-    )
+    assert event == CLASSIC_CRITICAL
     assert event.incident_key == ("", "sensu.test.local", "testing")
 
 

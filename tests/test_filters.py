@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from hipchatd.config import HipChatSettings, Overrides, Secret
 from hipchatd.events import Action, Event, HandleWhen, parse_event
 from hipchatd.filters import (
     DEFAULT_INTERVAL,
@@ -18,40 +16,9 @@ from hipchatd.filters import (
     severity,
     skip_reason,
 )
+from tests.factories import make_event, make_settings
 
 FIXTURES = Path(__file__).parent / "fixtures"
-
-BASE = Event(
-    id="",
-    flavor="classic",
-    source="web-01",
-    check="check_http",
-    status=2,
-    output="down",
-    notification=None,
-    playbook=None,
-    action="create",
-    occurrences=1,
-    occurrences_watermark=1,
-    interval=60,
-    silenced=False,
-    history=(0, 2),
-    namespace=None,
-    timestamp=1700000000.0,
-    handle=True,
-    handle_when=HandleWhen(),
-    check_overrides=Overrides(),
-    client_overrides=Overrides(),
-    contacts=(),
-)
-
-
-def event(**changes: Any) -> Event:
-    return dataclasses.replace(BASE, **changes)
-
-
-def settings(**changes: Any) -> HipChatSettings:
-    return HipChatSettings(api_token=Secret("t"), **changes)
 
 
 def fixture(name: str) -> Event:
@@ -62,7 +29,7 @@ ALL = frozenset({"ok", "warning", "critical", "unknown"})
 
 
 def test_a_fresh_critical_is_notified() -> None:
-    assert skip_reason(BASE, settings()) is None
+    assert skip_reason(make_event(), make_settings()) is None
 
 
 # --- 1. handle -------------------------------------------------------------------------------
@@ -79,7 +46,7 @@ def test_a_fresh_critical_is_notified() -> None:
     ],
 )
 def test_handle_false_wins_over_everything(changes: dict[str, Any]) -> None:
-    assert skip_reason(event(handle=False, **changes), settings()) == "handle_disabled"
+    assert skip_reason(make_event(handle=False, **changes), make_settings()) == "handle_disabled"
 
 
 # --- 2. status 0 -----------------------------------------------------------------------------
@@ -90,13 +57,16 @@ def test_handle_false_wins_over_everything(changes: dict[str, Any]) -> None:
     [("create", "status_ok"), ("flapping", "status_ok"), ("resolve", None)],
 )
 def test_status_ok_unless_resolve(action: Action, expected: str | None) -> None:
-    ok = event(status=0, action=action, history=(2, 0))
-    assert skip_reason(ok, settings(severities=ALL)) == expected
+    ok = make_event(status=0, action=action, history=(2, 0))
+    assert skip_reason(ok, make_settings(severities=ALL)) == expected
 
 
 def test_status_ok_comes_before_severity() -> None:
     # Even a handler that lists "ok" does not get non-resolve OKs.
-    assert skip_reason(event(status=0), settings(severities=frozenset({"ok"}))) == "status_ok"
+    assert (
+        skip_reason(make_event(status=0), make_settings(severities=frozenset({"ok"})))
+        == "status_ok"
+    )
 
 
 # --- 3. severities ---------------------------------------------------------------------------
@@ -127,9 +97,9 @@ def test_severity_names(status: int, name: str) -> None:
 def test_severity_of_current_status(
     status: int, severities: set[str], expected: str | None
 ) -> None:
-    s = settings(severities=frozenset(severities))
-    assert skip_reason(event(status=status, history=(0, status)), s) == expected
-    assert skip_reason(event(status=status, action="flapping"), s) == expected
+    s = make_settings(severities=frozenset(severities))
+    assert skip_reason(make_event(status=status, history=(0, status)), s) == expected
+    assert skip_reason(make_event(status=status, action="flapping"), s) == expected
 
 
 @pytest.mark.parametrize(
@@ -151,13 +121,13 @@ def test_severity_of_current_status(
 def test_resolve_severity_walk(
     history: tuple[int, ...], severities: set[str], expected: str | None
 ) -> None:
-    resolve = event(action="resolve", status=0, history=history, occurrences_watermark=1)
-    assert skip_reason(resolve, settings(severities=frozenset(severities))) == expected
+    resolve = make_event(action="resolve", status=0, history=history, occurrences_watermark=1)
+    assert skip_reason(resolve, make_settings(severities=frozenset(severities))) == expected
 
 
 def test_default_severities_pass_resolves_of_warnings() -> None:
-    resolve = event(action="resolve", status=0, history=(0, 1, 1, 0))
-    assert skip_reason(resolve, settings()) is None
+    resolve = make_event(action="resolve", status=0, history=(0, 1, 1, 0))
+    assert skip_reason(resolve, make_settings()) is None
 
 
 # --- 4. silenced -----------------------------------------------------------------------------
@@ -168,18 +138,18 @@ def test_default_severities_pass_resolves_of_warnings() -> None:
     [(True, False, "silenced"), (True, True, None), (False, False, None), (False, True, None)],
 )
 def test_silenced(silenced: bool, handle_silenced: bool, expected: str | None) -> None:
-    s = settings(handle_silenced=handle_silenced)
-    assert skip_reason(event(silenced=silenced), s) == expected
+    s = make_settings(handle_silenced=handle_silenced)
+    assert skip_reason(make_event(silenced=silenced), s) == expected
 
 
 def test_severity_comes_before_silenced() -> None:
-    s = settings(severities=frozenset({"critical"}))
-    assert skip_reason(event(silenced=True, status=1), s) == "severity"
+    s = make_settings(severities=frozenset({"critical"}))
+    assert skip_reason(make_event(silenced=True, status=1), s) == "severity"
 
 
 def test_silenced_comes_before_handle_when() -> None:
-    quiet = event(silenced=True, handle_when=HandleWhen(occurrences=3), occurrences=1)
-    assert skip_reason(quiet, settings()) == "silenced"
+    quiet = make_event(silenced=True, handle_when=HandleWhen(occurrences=3), occurrences=1)
+    assert skip_reason(quiet, make_settings()) == "silenced"
 
 
 # --- 5. handle_when arithmetic ---------------------------------------------------------------
@@ -212,8 +182,8 @@ def test_worked_example_notifies_at_3_33_63(action: Action) -> None:
 def test_worked_example_through_skip_reason() -> None:
     reasons = [
         skip_reason(
-            event(occurrences=n, occurrences_watermark=n, handle_when=HandleWhen(3, 1800)),
-            settings(),
+            make_event(occurrences=n, occurrences_watermark=n, handle_when=HandleWhen(3, 1800)),
+            make_settings(),
         )
         for n in range(1, 70 + 1)
     ]
@@ -294,7 +264,7 @@ def test_resolve_needs_the_incident_to_have_been_announced(
     ],
 )
 def test_handle_when_through_skip_reason(changes: dict[str, Any], expected: str | None) -> None:
-    assert skip_reason(event(**changes), settings()) == expected
+    assert skip_reason(make_event(**changes), make_settings()) == expected
 
 
 # --- the fixtures, end to end ----------------------------------------------------------------
@@ -319,7 +289,7 @@ def test_handle_when_through_skip_reason(changes: dict[str, Any], expected: str 
     ],
 )
 def test_fixtures(name: str, expected: str | None) -> None:
-    assert skip_reason(fixture(name), settings()) == expected
+    assert skip_reason(fixture(name), make_settings()) == expected
 
 
 def test_go_failing_with_status_zero_is_status_ok() -> None:
@@ -329,18 +299,20 @@ def test_go_failing_with_status_zero_is_status_ok() -> None:
     document["check"]["history"][-2]["status"] = 0
     parsed = parse_event(document)
     assert (parsed.action, parsed.status) == ("create", 0)
-    assert skip_reason(parsed, settings()) == "status_ok"
+    assert skip_reason(parsed, make_settings()) == "status_ok"
 
 
 def test_every_reason_is_listed() -> None:
     cases = [
-        event(handle=False),
-        event(status=0),
-        event(status=1, history=(0, 1)),
-        event(silenced=True),
-        event(handle_when=HandleWhen(occurrences=2)),
-        event(occurrences=2, occurrences_watermark=2),
-        event(action="resolve", status=0, history=(2, 0), handle_when=HandleWhen(occurrences=2)),
+        make_event(handle=False),
+        make_event(status=0),
+        make_event(status=1, history=(0, 1)),
+        make_event(silenced=True),
+        make_event(handle_when=HandleWhen(occurrences=2)),
+        make_event(occurrences=2, occurrences_watermark=2),
+        make_event(
+            action="resolve", status=0, history=(2, 0), handle_when=HandleWhen(occurrences=2)
+        ),
     ]
-    s = settings(severities=frozenset({"critical"}))
+    s = make_settings(severities=frozenset({"critical"}))
     assert tuple(skip_reason(case, s) for case in cases) == SKIP_REASONS

@@ -12,8 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hipchatd.config import Overrides
-from hipchatd.events import Event, HandleWhen
+from hipchatd.events import Event
 from hipchatd.render import (
     MAX_MESSAGE_CHARS,
     Message,
@@ -23,7 +22,7 @@ from hipchatd.render import (
     severity_name,
     status_word,
 )
-from hipchatd.routing import Target
+from tests.factories import make_target, sample_event
 
 #: what a correct html message may contain: our tags, escaped text, valid entities.
 ENTITY = re.compile(r"&(?:amp|lt|gt|quot|#x27);")
@@ -31,41 +30,8 @@ OUR_TAG = re.compile(r'<b>|</b>|<br>|<a href="[^"<>]*">|</a>')
 MARKER = re.compile(r"… \[(output|notification) truncated: (\d+) more characters\]")
 
 
-def make_event(**changes: Any) -> Event:
-    """The Classic critical sample event (reference events/classic-critical.json)."""
-    event = Event(
-        id="f4a9453f-ac70-4e91-a601-a97ff31c589a",
-        flavor="classic",
-        source="sensu.test.local",
-        check="testing",
-        status=2,
-        output="THIS IS AN ERROR",
-        notification=None,
-        playbook=None,
-        action="create",
-        occurrences=1,
-        occurrences_watermark=1,
-        interval=None,
-        silenced=False,
-        history=(2,),
-        namespace=None,
-        timestamp=1539273720.0,
-        handle=True,
-        handle_when=HandleWhen(),
-        check_overrides=Overrides(),
-        client_overrides=Overrides(),
-        contacts=(),
-    )
-    return replace(event, **changes)
-
-
 def make_go_event(**changes: Any) -> Event:
-    return make_event(**{"flavor": "go", "namespace": "default", **changes})
-
-
-def make_target(**changes: Any) -> Target:
-    target = Target(kind="room", name="ops", notify=True, username="sensu", message_format="html")
-    return replace(target, **changes)
+    return sample_event(**{"flavor": "go", "namespace": "default", **changes})
 
 
 TEXT = make_target(message_format="text")
@@ -132,7 +98,7 @@ def assert_well_formed_html(text: str) -> None:
     ],
 )
 def test_status_word_and_colour(action: str, status: int, word: str, colour: str) -> None:
-    event = make_event(action=action, status=status)
+    event = sample_event(action=action, status=status)
     assert status_word(event) == word
     assert color(event) == colour
     message = render(event, make_target(), "v2")
@@ -153,7 +119,7 @@ def test_severity_name(status: int, name: str) -> None:
 
 
 def test_classic_critical_layout() -> None:
-    event = make_event()
+    event = sample_event()
     assert html_of(event) == "<b>CRITICAL</b> sensu.test.local/testing: THIS IS AN ERROR"
     assert text_of(event) == "CRITICAL sensu.test.local/testing: THIS IS AN ERROR"
 
@@ -180,7 +146,7 @@ def test_full_layout_html_and_text() -> None:
 
 def test_message_carries_target_settings_and_sender() -> None:
     target = make_target(notify=False, username="Sensu Enterprise!", message_format="text")
-    message = render(make_event(), target, "v1")
+    message = render(sample_event(), target, "v1")
     assert message == Message(
         text="CRITICAL sensu.test.local/testing: THIS IS AN ERROR",
         color="red",
@@ -188,35 +154,35 @@ def test_message_carries_target_settings_and_sender() -> None:
         message_format="text",
         sender="Sensu Enterpris",
     )
-    assert render(make_event(), make_target(notify=True), "v2").notify is True
+    assert render(sample_event(), make_target(notify=True), "v2").notify is True
 
 
 def test_notification_replaces_output() -> None:
-    event = make_event(notification="Disk is nearly full", output="DISK CRITICAL")
+    event = sample_event(notification="Disk is nearly full", output="DISK CRITICAL")
     assert html_of(event) == "<b>CRITICAL</b> sensu.test.local/testing: Disk is nearly full"
     assert "DISK CRITICAL" not in text_of(event)
 
 
 @pytest.mark.parametrize("notification", [None, "", "  \n"])
 def test_empty_notification_falls_back_to_output(notification: str | None) -> None:
-    event = make_event(notification=notification, output="DISK CRITICAL")
+    event = sample_event(notification=notification, output="DISK CRITICAL")
     assert text_of(event) == "CRITICAL sensu.test.local/testing: DISK CRITICAL"
 
 
 def test_output_trailing_whitespace_stripped() -> None:
-    event = make_event(output="THIS IS AN ERROR \n\n\t ")
+    event = sample_event(output="THIS IS AN ERROR \n\n\t ")
     assert html_of(event) == "<b>CRITICAL</b> sensu.test.local/testing: THIS IS AN ERROR"
 
 
 def test_empty_output_has_no_colon() -> None:
-    event = make_event(output="", occurrences=2)
+    event = sample_event(output="", occurrences=2)
     assert html_of(event) == "<b>CRITICAL</b> sensu.test.local/testing<br>occurrences: 2"
-    assert text_of(make_event(output=" \n")) == "CRITICAL sensu.test.local/testing"
+    assert text_of(sample_event(output=" \n")) == "CRITICAL sensu.test.local/testing"
 
 
 @pytest.mark.parametrize(("occurrences", "shown"), [(0, False), (1, False), (2, True), (423, True)])
 def test_occurrences_only_above_one(occurrences: int, shown: bool) -> None:
-    text = text_of(make_event(occurrences=occurrences))
+    text = text_of(sample_event(occurrences=occurrences))
     assert (f"\noccurrences: {occurrences}" in text) is shown
     assert ("occurrences" in text) is shown
 
@@ -225,7 +191,7 @@ def test_occurrences_only_above_one(occurrences: int, shown: bool) -> None:
     "url", ["https://wiki.example.com/x", "http://wiki/x?a=1", "HTTPS://Wiki.Example.com/X"]
 )
 def test_playbook_url_is_a_link(url: str) -> None:
-    event = make_event(playbook=url)
+    event = sample_event(playbook=url)
     assert html_of(event).endswith(f'<br><a href="{url}">Playbook</a>')
     assert text_of(event).endswith(f"\nPlaybook: {url}")
 
@@ -235,7 +201,7 @@ def test_playbook_url_is_a_link(url: str) -> None:
     ["See the runbook in the ops binder", "javascript:alert(1)", "ftp://files/x", "https://", "/x"],
 )
 def test_playbook_not_a_web_url_is_text(playbook: str) -> None:
-    event = make_event(playbook=playbook)
+    event = sample_event(playbook=playbook)
     text = html_of(event)
     assert "<a" not in text
     assert text.endswith("<br>Playbook: " + html.escape(playbook))
@@ -244,12 +210,12 @@ def test_playbook_not_a_web_url_is_text(playbook: str) -> None:
 
 @pytest.mark.parametrize("playbook", [None, "", "   "])
 def test_no_playbook(playbook: str | None) -> None:
-    assert "Playbook" not in html_of(make_event(playbook=playbook))
+    assert "Playbook" not in html_of(sample_event(playbook=playbook))
 
 
 def test_playbook_url_attribute_escaped() -> None:
     url = "https://wiki/x?a=1&b=\"2\"&c='3'><script>alert(1)</script>"
-    text = html_of(make_event(playbook=url))
+    text = html_of(sample_event(playbook=url))
     assert text.endswith(
         '<a href="https://wiki/x?a=1&amp;b=&quot;2&quot;&amp;c=&#x27;3&#x27;&gt;'
         '&lt;script&gt;alert(1)&lt;/script&gt;">Playbook</a>'
@@ -270,7 +236,7 @@ def test_playbook_url_attribute_escaped() -> None:
     ],
 )
 def test_namespace_only_for_go_non_default(flavor: str, namespace: str | None, shown: bool) -> None:
-    text = text_of(make_event(flavor=flavor, namespace=namespace))
+    text = text_of(sample_event(flavor=flavor, namespace=namespace))
     assert ("namespace: prod" in text) is shown
     assert ("namespace" in text) is shown
 
@@ -283,7 +249,7 @@ NASTY_ESCAPED = "&lt;script&gt;alert(&#x27;x&#x27; &amp; &quot;y&quot;)&lt;/scri
 
 @pytest.mark.parametrize("field", ["source", "check", "output", "notification", "playbook"])
 def test_html_escapes_every_event_field(field: str) -> None:
-    text = html_of(make_event(**{field: NASTY}))
+    text = html_of(sample_event(**{field: NASTY}))
     assert NASTY_ESCAPED in text
     assert "<script>" not in text
     assert_well_formed_html(text)
@@ -306,7 +272,7 @@ def test_text_mode_does_not_escape() -> None:
 
 
 def test_output_newlines_become_br_after_escaping() -> None:
-    event = make_event(output="line <1>\r\nline 2\rline 3\n\nline 5")
+    event = sample_event(output="line <1>\r\nline 2\rline 3\n\nline 5")
     assert html_of(event) == (
         "<b>CRITICAL</b> sensu.test.local/testing: line &lt;1&gt;<br>line 2<br>line 3<br><br>line 5"
     )
@@ -314,7 +280,7 @@ def test_output_newlines_become_br_after_escaping() -> None:
 
 
 def test_header_fields_stay_on_the_first_line() -> None:
-    event = make_event(source="web\n01", check="disk\r\ncheck")
+    event = sample_event(source="web\n01", check="disk\r\ncheck")
     assert html_of(event) == "<b>CRITICAL</b> web 01/disk check: THIS IS AN ERROR"
     assert text_of(event).splitlines()[0] == "CRITICAL web 01/disk check: THIS IS AN ERROR"
 
@@ -344,7 +310,7 @@ def check_marker(text: str, body: str, *, as_html: bool = True, kind: str = "out
 
 @pytest.mark.parametrize("as_html", [True, False])
 def test_exactly_at_limit_is_not_cut(as_html: bool) -> None:
-    event = make_event(occurrences=5, playbook="https://wiki/x")
+    event = sample_event(occurrences=5, playbook="https://wiki/x")
     body = "y" * room_for_output(event, as_html)
     text = rendered(replace(event, output=body), as_html)
     assert len(text) == MAX_MESSAGE_CHARS
@@ -354,7 +320,7 @@ def test_exactly_at_limit_is_not_cut(as_html: bool) -> None:
 
 @pytest.mark.parametrize("as_html", [True, False])
 def test_one_over_limit_is_cut_with_marker(as_html: bool) -> None:
-    event = make_event(occurrences=5, playbook="https://wiki/x")
+    event = sample_event(occurrences=5, playbook="https://wiki/x")
     body = "y" * (room_for_output(event, as_html) + 1)
     text = rendered(replace(event, output=body), as_html)
     assert len(text) <= MAX_MESSAGE_CHARS
@@ -382,7 +348,7 @@ def test_one_megabyte_output() -> None:
 def test_output_that_expands_on_escaping(char: str) -> None:
     # 3,000 ampersands fit before escaping and are 15,000 characters after it
     body = "a" + char * 3_000 + "z"
-    text = html_of(make_event(output=body))
+    text = html_of(sample_event(output=body))
     assert len(text) <= MAX_MESSAGE_CHARS
     assert_well_formed_html(text)
     check_marker(text, body)
@@ -392,7 +358,7 @@ def test_output_that_expands_on_escaping(char: str) -> None:
 def test_cut_never_splits_an_entity(offset: int) -> None:
     # shift the cut point over every position inside "&amp;" and "<br>"
     body = "b" * offset + "&\n" * 5_000
-    text = html_of(make_event(output=body))
+    text = html_of(sample_event(output=body))
     assert len(text) <= MAX_MESSAGE_CHARS
     assert_well_formed_html(text)
     before_marker = text[: MARKER.search(text).start()]  # type: ignore[union-attr]
@@ -401,7 +367,7 @@ def test_cut_never_splits_an_entity(offset: int) -> None:
 
 def test_notification_cut_with_its_own_marker() -> None:
     body = "n" * 20_000
-    text = html_of(make_event(notification=body))
+    text = html_of(sample_event(notification=body))
     assert len(text) <= MAX_MESSAGE_CHARS
     check_marker(text, body, kind="notification")
 
@@ -430,7 +396,7 @@ def test_huge_header_fields_are_cut_too(as_html: bool) -> None:
 
 
 def test_huge_check_name_alone_leaves_room_for_output() -> None:
-    event = make_event(check="c" * 20_000, output="the actual error")
+    event = sample_event(check="c" * 20_000, output="the actual error")
     text = html_of(event)
     assert len(text) <= MAX_MESSAGE_CHARS
     assert text.endswith("c…: the actual error")
@@ -523,7 +489,7 @@ def test_property_limit_and_only_our_tags(
 @settings(max_examples=200, deadline=None)
 @given(output=any_text.filter(lambda s: s.strip()))
 def test_property_short_output_round_trips(output: str) -> None:
-    text = html_of(make_event(output=output))
+    text = html_of(sample_event(output=output))
     body = text.split(": ", 1)[1]
     expected = output.replace("\r\n", "\n").replace("\r", "\n").rstrip().lstrip("\n")
     assert html.unescape(body.replace("<br>", "\n")) == expected

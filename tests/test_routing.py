@@ -9,45 +9,14 @@ from typing import Any
 
 import pytest
 
-from hipchatd.config import HipChatSettings, MessageFormat, Overrides, Secret
-from hipchatd.events import Event, HandleWhen, parse_event
+from hipchatd.config import MessageFormat, Overrides
+from hipchatd.events import Event, parse_event
 from hipchatd.routing import Target, route, unknown_contacts
+from tests.factories import make_event, make_settings
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
-BASE = Event(
-    id="",
-    flavor="classic",
-    source="web-01",
-    check="check_http",
-    status=2,
-    output="down",
-    notification=None,
-    playbook=None,
-    action="create",
-    occurrences=1,
-    occurrences_watermark=1,
-    interval=60,
-    silenced=False,
-    history=(0, 2),
-    namespace=None,
-    timestamp=1700000000.0,
-    handle=True,
-    handle_when=HandleWhen(),
-    check_overrides=Overrides(),
-    client_overrides=Overrides(),
-    contacts=(),
-)
-
 NO_CONTACTS: dict[str, Overrides] = {}
-
-
-def event(**changes: Any) -> Event:
-    return dataclasses.replace(BASE, **changes)
-
-
-def settings(**changes: Any) -> HipChatSettings:
-    return HipChatSettings(api_token=Secret("t"), **changes)
 
 
 def room(
@@ -64,16 +33,16 @@ def names(targets: tuple[Target, ...]) -> list[str]:
 
 
 def test_default_room_from_settings() -> None:
-    assert route(BASE, settings(), NO_CONTACTS) == (room("sensu"),)
+    assert route(make_event(), make_settings(), NO_CONTACTS) == (room("sensu"),)
 
 
 def test_settings_rooms_in_order_deduplicated() -> None:
-    targets = route(BASE, settings(room=("ops", "web", "ops")), NO_CONTACTS)
+    targets = route(make_event(), make_settings(room=("ops", "web", "ops")), NO_CONTACTS)
     assert names(targets) == ["ops", "web"]
 
 
 def test_settings_without_rooms_route_nowhere() -> None:
-    assert route(BASE, settings(room=()), NO_CONTACTS) == ()
+    assert route(make_event(), make_settings(room=()), NO_CONTACTS) == ()
 
 
 CONTACTS = {
@@ -106,12 +75,12 @@ def test_room_precedence(
     contacts: tuple[str, ...],
     expected: list[str],
 ) -> None:
-    routed = event(
+    routed = make_event(
         check_overrides=Overrides(room=check_room),
         client_overrides=Overrides(room=client_room),
         contacts=contacts,
     )
-    targets = route(routed, settings(), CONTACTS)
+    targets = route(routed, make_settings(), CONTACTS)
     assert names(targets) == expected
     assert {target.kind for target in targets} == {"room"}
 
@@ -142,22 +111,22 @@ def test_per_key_precedence_check_then_client_then_settings(
     for room_source in ("check", "client", "settings"):
         check_room = ("r",) if room_source == "check" else None
         client_room = ("r",) if room_source == "client" else None
-        routed = event(
+        routed = make_event(
             check_overrides=dataclasses.replace(check, room=check_room),
             client_overrides=dataclasses.replace(client, room=client_room),
         )
-        (target,) = route(routed, settings(room=("r",)), NO_CONTACTS)
+        (target,) = route(routed, make_settings(room=("r",)), NO_CONTACTS)
         assert (target.notify, target.username, target.message_format) == expected
 
 
 def test_settings_values_are_the_fallback() -> None:
-    s = settings(notify=True, username="Sensu Enterprise", message_format="text")
-    assert route(BASE, s, NO_CONTACTS) == (room("sensu", True, "Sensu Enterprise", "text"),)
+    s = make_settings(notify=True, username="Sensu Enterprise", message_format="text")
+    assert route(make_event(), s, NO_CONTACTS) == (room("sensu", True, "Sensu Enterprise", "text"),)
 
 
 def test_contact_overrides_apply_to_that_contacts_rooms() -> None:
-    routed = event(contacts=("dba", "ops"))
-    assert route(routed, settings(), CONTACTS) == (
+    routed = make_event(contacts=("dba", "ops"))
+    assert route(routed, make_settings(), CONTACTS) == (
         room("db-oncall", notify=True, username="dba-bot"),
         room("ops", notify=True, username="dba-bot"),  # first named by dba: dba's overrides
         room("noc", fmt="text"),
@@ -165,25 +134,25 @@ def test_contact_overrides_apply_to_that_contacts_rooms() -> None:
 
 
 def test_check_and_client_keys_beat_contact_keys() -> None:
-    routed = event(
+    routed = make_event(
         contacts=("dba",),
         check_overrides=Overrides(notify=False),
         client_overrides=Overrides(username="client-bot", notify=True),
     )
-    assert route(routed, settings(), CONTACTS) == (
+    assert route(routed, make_settings(), CONTACTS) == (
         room("db-oncall", notify=False, username="client-bot"),
         room("ops", notify=False, username="client-bot"),
     )
 
 
 def test_contact_keys_do_not_apply_when_the_room_comes_from_elsewhere() -> None:
-    routed = event(contacts=("dba",), client_overrides=Overrides(room=("k",)))
-    assert route(routed, settings(), CONTACTS) == (room("k"),)
+    routed = make_event(contacts=("dba",), client_overrides=Overrides(room=("k",)))
+    assert route(routed, make_settings(), CONTACTS) == (room("k"),)
 
 
 def test_contacts_without_rooms_do_not_change_the_default_room() -> None:
-    routed = event(contacts=("quiet",))
-    assert route(routed, settings(notify=True), CONTACTS) == (room("sensu", notify=True),)
+    routed = make_event(contacts=("quiet",))
+    assert route(routed, make_settings(notify=True), CONTACTS) == (room("sensu", notify=True),)
 
 
 # --- user ------------------------------------------------------------------------------------
@@ -199,7 +168,7 @@ def test_contacts_without_rooms_do_not_change_the_default_room() -> None:
     ],
 )
 def test_user_replaces_every_room(changes: dict[str, Any]) -> None:
-    targets = route(event(**changes), settings(user="oncall@example.com"), CONTACTS)
+    targets = route(make_event(**changes), make_settings(user="oncall@example.com"), CONTACTS)
     assert targets == (
         Target(
             kind="user",
@@ -212,11 +181,11 @@ def test_user_replaces_every_room(changes: dict[str, Any]) -> None:
 
 
 def test_user_target_takes_check_and_client_keys() -> None:
-    routed = event(
+    routed = make_event(
         check_overrides=Overrides(notify=True),
         client_overrides=Overrides(username="cli", message_format="text"),
     )
-    (target,) = route(routed, settings(user="42"), NO_CONTACTS)
+    (target,) = route(routed, make_settings(user="42"), NO_CONTACTS)
     assert target == Target("user", "42", notify=True, username="cli", message_format="text")
 
 
@@ -232,7 +201,7 @@ def test_user_target_takes_check_and_client_keys() -> None:
     ],
 )
 def test_unknown_contacts(contacts: tuple[str, ...], expected: tuple[str, ...]) -> None:
-    assert unknown_contacts(event(contacts=contacts), CONTACTS) == expected
+    assert unknown_contacts(make_event(contacts=contacts), CONTACTS) == expected
 
 
 # --- fixtures, end to end --------------------------------------------------------------------
@@ -243,7 +212,7 @@ def fixture(name: str) -> Event:
 
 
 def test_classic_hipchat_fixture_routes_to_check_rooms() -> None:
-    targets = route(fixture("classic-hipchat.json"), settings(), CONTACTS)
+    targets = route(fixture("classic-hipchat.json"), make_settings(), CONTACTS)
     assert targets == (
         room("db-oncall", notify=True, fmt="text"),
         room("ops", notify=True, fmt="text"),
@@ -253,11 +222,11 @@ def test_classic_hipchat_fixture_routes_to_check_rooms() -> None:
 def test_classic_hipchat_fixture_without_check_rooms_uses_client_rooms() -> None:
     parsed = fixture("classic-hipchat.json")
     routed = dataclasses.replace(parsed, check_overrides=Overrides(notify=True))
-    assert names(route(routed, settings(), CONTACTS)) == ["dba", "ops"]
+    assert names(route(routed, make_settings(), CONTACTS)) == ["dba", "ops"]
 
 
 def test_go_annotations_fixture() -> None:
-    targets = route(fixture("go-annotations.json"), settings(), NO_CONTACTS)
+    targets = route(fixture("go-annotations.json"), make_settings(), NO_CONTACTS)
     assert targets == (
         room("payments", notify=True, username="Sensu Go", fmt="text"),
         room("ops", notify=True, username="Sensu Go", fmt="text"),
@@ -265,4 +234,6 @@ def test_go_annotations_fixture() -> None:
 
 
 def test_go_warning_fixture_ignores_slack_annotations() -> None:
-    assert route(fixture("go-warning.json"), settings(room=("ops",)), NO_CONTACTS) == (room("ops"),)
+    assert route(fixture("go-warning.json"), make_settings(room=("ops",)), NO_CONTACTS) == (
+        room("ops"),
+    )

@@ -28,23 +28,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from hipchatd import spool as spool_module
 from hipchatd.config import Listen
 from hipchatd.emulator import Emulator
-from tests.conftest import FIXTURES, StartDaemon, classic_event, send_tcp
+from tests.conftest import FIXTURES, StartDaemon, classic_event, free_port, send_tcp
 
 TOKEN = "service-token-0a1b2c3d4e5f"
-
-
-def _free_port() -> int:
-    """A port free for TCP and UDP alike (systemd-socket-activate cannot take port 0)."""
-    for _ in range(50):
-        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            tcp.bind(("127.0.0.1", 0))
-            port: int = tcp.getsockname()[1]
-            try:
-                udp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no port free for both TCP and UDP")
 
 
 class Process:
@@ -100,7 +86,7 @@ class Process:
 
 @pytest.fixture
 def emulator_process() -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     process = Process(
         [
             sys.executable, "-m", "hipchatd", "emulator", "--port", str(port),
@@ -170,7 +156,7 @@ def test_socket_activation_tcp_and_udp(tmp_path: Path, emulator_process: str) ->
     Each launcher listens on one kind of socket, so two are nested: the outer
     passes its TCP socket through the inner, which adds the UDP one.
     """
-    port = _free_port()
+    port = free_port()
     config = _config(tmp_path / "hipchatd.json", emulator_process)
     daemon = Process(
         [

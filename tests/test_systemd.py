@@ -30,6 +30,7 @@ from structlog.testing import capture_logs
 from hipchatd import systemd
 from hipchatd.config import DEFAULT_SHUTDOWN_GRACE, load_config
 from hipchatd.systemd import LISTEN_FDS_START, SystemdError
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "systemd"
@@ -67,20 +68,22 @@ def inherited(*files: int | None) -> Iterator[None]:
             saved.append(None)
     try:
         for fd, source in zip(slots, files, strict=True):
-            if source is None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            else:
-                os.dup2(source, fd)
+            _place(source, fd)
         yield
     finally:
         for fd, backup in zip(slots, saved, strict=True):
-            if backup is None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            else:
-                os.dup2(backup, fd)
+            _place(backup, fd)
+            if backup is not None:
                 os.close(backup)
+
+
+def _place(source: int | None, fd: int) -> None:
+    """Dup ``source`` onto ``fd``; None closes ``fd``."""
+    if source is None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    else:
+        os.dup2(source, fd)
 
 
 def _env(count: int, names: str | None = None, pid: int | None = None) -> dict[str, str]:
@@ -367,20 +370,6 @@ print(json.dumps({
 """
 
 
-def _free_port() -> int:
-    """A port free for TCP and UDP alike (systemd-socket-activate cannot take port 0)."""
-    for _ in range(20):
-        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            tcp.bind(("127.0.0.1", 0))
-            port: int = tcp.getsockname()[1]
-            try:
-                udp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no port free for both TCP and UDP")
-
-
 def test_systemd_socket_activate_end_to_end() -> None:
     """The real launcher, nested: each invocation listens on one kind of socket only.
 
@@ -391,7 +380,7 @@ def test_systemd_socket_activate_end_to_end() -> None:
     launcher waits for traffic before starting its child; one TCP connect
     starts both.
     """
-    port = _free_port()
+    port = free_port()
     command = [
         "systemd-socket-activate", "-l", f"127.0.0.1:{port}", "--fdname=tcp", "--",
         "systemd-socket-activate", "-d", "-l", f"127.0.0.1:{port}", "--fdname=udp", "--",
