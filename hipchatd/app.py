@@ -153,7 +153,7 @@ class App:
             return
         targets = route(event, settings, self.config.contacts)
         accepted_at = unix_now()
-        text = json.dumps(document.value, ensure_ascii=False, separators=(",", ":"))
+        text = document.text or json.dumps(document.value, separators=(",", ":"))
         if not self.spool.submit(event, text, targets, accepted_at):
             if self.spool.closed:
                 log.warning("event.refused", event_id=event.id, reason="shutting down")
@@ -293,7 +293,9 @@ async def run(
                     max_age=daemon.max_age,
                     memory_events=daemon.queue_size,
                 )
-                connections = ConnectionHandler(daemon, lambda *a: app.accept(*a), metrics)
+                connections = ConnectionHandler(
+                    daemon, lambda *a: app.accept(*a), metrics, spool.wait_for_room
+                )
                 app = App(
                     config,
                     metrics,
@@ -397,7 +399,7 @@ async def _start_ingest(
 
 async def _serve_udp_owned(sock: trio.socket.SocketType, app: App) -> None:
     with sock:
-        await serve_udp(sock, app.config.daemon, app.accept, app.metrics)
+        await serve_udp(sock, app.config.daemon, app.accept, app.metrics, app.spool.wait_for_room)
 
 
 async def _start_emulator(nursery: trio.Nursery, config: Config) -> Config:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from hipchatd.config import Framing
@@ -43,10 +43,12 @@ __all__ = ["Decoder", "Document", "FrameTooLarge", "Rejected", "preview"]
 
 @dataclass(frozen=True, slots=True)
 class Document:
-    """One decoded JSON value and the number of bytes it came from."""
+    """One decoded JSON value, the number of bytes it came from, and its JSON text."""
 
     value: Any
     nbytes: int
+    #: the frame as received (decoded UTF-8): what the spool keeps, without re-encoding.
+    text: str = field(default="", compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +135,7 @@ def _decode(frame: bytes | bytearray) -> Document | Rejected:
         return _reject(f"invalid JSON: {exc}", frame)
     except RecursionError:
         return _reject("invalid JSON: nested too deeply", frame)
-    return Document(value, len(frame))
+    return Document(value, len(frame), text)
 
 
 class Decoder:
@@ -351,7 +353,7 @@ class Decoder:
                 size = end - idx if ascii_only else len(text[idx:end].encode())
                 if size > limit:
                     raise FrameTooLarge(size, limit)
-                out.append(Document(value, size))
+                out.append(Document(value, size, text[idx:end]))
                 byte += size
                 idx = end
             else:

@@ -9,7 +9,7 @@ counted; it never affects another frame or connection.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -27,6 +27,13 @@ log = structlog.get_logger()
 
 #: sink(document, peer, transport): queue the document; must not block.
 Sink = Callable[[Document, str, str], None]
+#: Awaited between reads: returns at once unless accepted events are piling up.
+Room = Callable[[], Awaitable[None]]
+
+
+async def _always_room() -> None:
+    return None
+
 
 #: Bytes per receive: one call takes a typical 1-5 KB event whole.
 _RECEIVE_SIZE = 65536
@@ -77,10 +84,13 @@ def _handle_frames(
 class ConnectionHandler:
     """Reads one Sensu connection to its end; counts and bounds open connections."""
 
-    def __init__(self, settings: DaemonSettings, sink: Sink, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: DaemonSettings, sink: Sink, metrics: Metrics, room: Room = _always_room
+    ) -> None:
         self.settings = settings
         self.sink = sink
         self.metrics = metrics
+        self.room = room
         self.active = 0
         self._idle = trio.Event()
         self._idle.set()
@@ -135,8 +145,9 @@ class ConnectionHandler:
                     received += len(data)
                     frames = decoder.feed(data)
                     if frames:
-                        scope.deadline = trio.current_time() + settings.idle_timeout
                         _handle_frames(frames, self.sink, self.metrics, peer, "tcp")
+                        await self.room()
+                        scope.deadline = trio.current_time() + settings.idle_timeout
             except FrameTooLarge as exc:
                 self.metrics.events_rejected.labels(reason="frame_too_large").inc()
                 log.warning(
@@ -192,6 +203,7 @@ async def serve_udp(
     settings: DaemonSettings,
     sink: Sink,
     metrics: Metrics,
+    room: Room = _always_room,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -212,3 +224,4 @@ async def serve_udp(
             )
             continue
         _handle_frames(frames, sink, metrics, peer, "udp")
+        await room()

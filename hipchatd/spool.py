@@ -100,6 +100,8 @@ COMMIT_DELAY: Final = 0.002
 #: Buffered items (new entries + marks) that start a commit without waiting for COMMIT_DELAY;
 #: also the most new entries one transaction takes.
 BATCH: Final = 1024
+#: New entries waiting for their commit before readers pause (about 12 MB of 3 KB events).
+HIGH_WATER: Final = 4 * BATCH
 #: Seconds between checks for entries that ``hipchatd spool retry`` re-queued.
 RETRY_POLL: Final = 2.0
 #: Seconds before a failed commit is tried again (disk full, I/O error, lock held too long).
@@ -381,6 +383,15 @@ class Spool:
     async def list_dead(self) -> list[DeadEntry]:
         """Every dead-lettered entry, oldest id first."""
         return await self._call(_list_dead)
+
+    async def wait_for_room(self) -> None:
+        """Return once fewer than ``HIGH_WATER`` new entries wait for their commit.
+
+        Readers call this between frames: when ingest outruns the disk, the
+        kernel's socket buffers hold the excess instead of this process.
+        """
+        while not self._closed and self._unflushed >= HIGH_WATER:
+            await self._progress.wait()
 
     async def flush(self) -> None:
         """Wait until nothing is buffered or being written (or the spool is closed).
