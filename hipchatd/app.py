@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
+import sys
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -127,7 +128,7 @@ class App:
         try:
             event = parse_event(document.value)
         except EventError as exc:
-            self.metrics.events_rejected.labels(reason="not_event").inc()
+            self.metrics.rejected["not_event"].inc()
             log.warning(
                 "input.rejected",
                 peer=peer,
@@ -140,7 +141,7 @@ class App:
         settings = self.config.hipchat
         reason = skip_reason(event, settings)
         if reason is not None:
-            self.metrics.events_skipped.labels(reason=reason).inc()
+            self.metrics.skipped[reason].inc()
             log.debug(
                 "event.skipped",
                 event_id=event.id,
@@ -158,7 +159,7 @@ class App:
             if self.spool.closed:
                 log.warning("event.refused", event_id=event.id, reason="shutting down")
                 return
-            self.metrics.events_rejected.labels(reason="spool_full").inc()
+            self.metrics.rejected["spool_full"].inc()
             log.error(
                 "event.refused",
                 event_id=event.id,
@@ -169,7 +170,10 @@ class App:
                 max_spool_events=self.config.daemon.max_spool_events,
             )
             return
-        ticket = Ticket(event.id, event.source, event.check, accepted_at, len(targets))
+        # Sources and checks repeat across events: one string each for the lanes.
+        ticket = Ticket(
+            event.id, sys.intern(event.source), sys.intern(event.check), accepted_at, len(targets)
+        )
         self._submitted.append(_Submitted(ticket, event, len(targets)))
 
     def _committed(self, entries: Sequence[Entry]) -> None:
@@ -214,6 +218,9 @@ class App:
         await self.dispatcher.drain()
 
 
+#: Bytes of kernel receive buffer asked for the UDP socket.
+UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
+
 #: Daemon settings read once at start: listeners, the spool, the pool.
 _RESTART_KEYS = (
     "tcp",
@@ -243,6 +250,9 @@ async def _bind_udp(listen: Listen) -> trio.socket.SocketType:
     family, type_, proto, _, address = infos[0]
     sock = trio.socket.socket(family, type_, proto)
     try:
+        # A burst of datagrams waits in the kernel while the loop is busy;
+        # the kernel caps the size at net.core.rmem_max.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
         await sock.bind(address)
     except BaseException:
         sock.close()

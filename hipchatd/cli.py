@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import os
 import signal
 import sys
@@ -183,6 +184,10 @@ async def _serve_until_signalled(
             running: App = await nursery.start(
                 partial(app.run, config, with_emulator=with_emulator, inherited=inherited)
             )
+            # What start-up built lives as long as the daemon: keep it out of
+            # every later collection (httpx's per-request cycles are collected often).
+            gc.collect()
+            gc.freeze()
             systemd.ready(running.status_line())
             nursery.start_soon(_report_status, running)
             stopping = False

@@ -70,8 +70,9 @@ class Ticket:
     check: str
     accepted_at: float
     remaining: int
-    rooms: list[str] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
+    #: filled as targets finish; None until then (100,000 pending tickets add up).
+    rooms: list[str] | None = None
+    failures: list[str] | None = None
     attempts: int = 1
 
 
@@ -152,7 +153,9 @@ class Dispatcher:
         """Hand committed spool entries to their lanes. Never blocks."""
         for entry, ticket, event in entries:
             if event is not None and self._in_memory >= self._memory_events:
+                # Spilled: the spool has the document; the id comes back with it.
                 event = None
+                ticket.event_id = ""
             if event is not None:
                 self._in_memory += 1
             pending = _Pending(
@@ -381,9 +384,13 @@ class Dispatcher:
 
     def _finish(self, p: _Pending, target: Target, failure: str | None, attempts: int) -> None:
         ticket = p.ticket
+        if ticket.rooms is None:
+            ticket.rooms = []
         ticket.rooms.append(target.name)
         ticket.attempts = max(ticket.attempts, attempts)
         if failure is not None:
+            if ticket.failures is None:
+                ticket.failures = []
             ticket.failures.append(failure)
         ticket.remaining -= 1
         if ticket.remaining > 0:

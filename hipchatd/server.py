@@ -66,11 +66,11 @@ def _handle_frames(
     transport: str,
 ) -> None:
     for frame in frames:
-        metrics.events_received.labels(transport=transport).inc()
+        metrics.received[transport].inc()
         if isinstance(frame, Document):
             sink(frame, peer, transport)
         else:
-            metrics.events_rejected.labels(reason=_reason_key(frame.reason)).inc()
+            metrics.rejected[_reason_key(frame.reason)].inc()
             log.warning(
                 "input.rejected",
                 peer=peer,
@@ -106,7 +106,7 @@ class ConnectionHandler:
         except OSError:
             peer = "unknown"
         if self.active >= self.settings.max_connections:
-            self.metrics.events_rejected.labels(reason="too_many_connections").inc()
+            self.metrics.rejected["too_many_connections"].inc()
             log.warning(
                 "connection.refused",
                 peer=peer,
@@ -149,7 +149,7 @@ class ConnectionHandler:
                         await self.room()
                         scope.deadline = trio.current_time() + settings.idle_timeout
             except FrameTooLarge as exc:
-                self.metrics.events_rejected.labels(reason="frame_too_large").inc()
+                self.metrics.rejected["frame_too_large"].inc()
                 log.warning(
                     "input.rejected",
                     peer=peer,
@@ -164,7 +164,7 @@ class ConnectionHandler:
                 log.info("connection.reset", peer=peer, conn_id=conn_id, error=str(exc))
                 return
         if scope.cancelled_caught:
-            self.metrics.events_rejected.labels(reason="idle_timeout").inc()
+            self.metrics.rejected["idle_timeout"].inc()
             log.warning(
                 "connection.timed_out",
                 peer=peer,
@@ -217,8 +217,8 @@ async def serve_udp(
         try:
             frames = [*decoder.feed(data), *decoder.close()]
         except FrameTooLarge as exc:
-            metrics.events_received.labels(transport="udp").inc()
-            metrics.events_rejected.labels(reason="frame_too_large").inc()
+            metrics.received["udp"].inc()
+            metrics.rejected["frame_too_large"].inc()
             log.warning(
                 "input.rejected", peer=peer, transport="udp", nbytes=len(data), reason=str(exc)
             )
