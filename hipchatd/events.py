@@ -70,9 +70,38 @@ _ACTIONS: Final[tuple[Action, ...]] = ("create", "resolve", "flapping")
 _FORMATS: Final[tuple[MessageFormat, ...]] = ("html", "text")
 #: Classic history entries are strings such as "2"; anything else is not a status.
 _NUMERIC = re.compile(r"\s*[+-]?[0-9]+\s*")
+#: The whitespace json.loads skips around a document.
+_JSON_BLANKS: Final = " \t\n\r"
 #: Top-level keys listed in the "not a Sensu event" message; the rest are elided.
 _MAX_KEYS_SHOWN = 12
 _MISSING: Final = object()
+#: Shared: it is frozen, and most checks and entities name no HipChat attributes.
+_NO_OVERRIDES: Final = Overrides()
+#: The only type a valid Go history status has; ``bool`` and ``float`` take the slow path.
+_INT_ONLY: Final = frozenset({int})
+
+# sensu-plugin-sdk looks an option up lowercased first, then as written
+# (``SetAnnotationValue``). Every option name here is lowercase, so both are one key.
+_ROOM: Final = ANNOTATION_PREFIX + "room"
+_NOTIFY: Final = ANNOTATION_PREFIX + "notify"
+_USERNAME: Final = ANNOTATION_PREFIX + "username"
+_MESSAGE_FORMAT: Final = ANNOTATION_PREFIX + "message_format"
+_CONTACTS: Final = ANNOTATION_PREFIX + "contacts"
+_HANDLE_WHEN: Final = ANNOTATION_PREFIX + "handle_when"
+_NOTIFICATION: Final = ANNOTATION_PREFIX + "notification"
+_PLAYBOOK: Final = ANNOTATION_PREFIX + "playbook"
+#: Every annotation read from an entity; most events carry none of them (Slack's, labels ...).
+_ENTITY_ANNOTATIONS: Final = frozenset(
+    {JSON_ATTRIBUTES_ANNOTATION, _ROOM, _NOTIFY, _USERNAME, _MESSAGE_FORMAT, _CONTACTS}
+)
+#: Every annotation read from a check: the entity's, plus ``playbook`` (plain and plugin),
+#: ``notification`` and ``handle_when``.
+_CHECK_ANNOTATIONS: Final = _ENTITY_ANNOTATIONS | {
+    "playbook",
+    _PLAYBOOK,
+    _NOTIFICATION,
+    _HANDLE_WHEN,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +110,10 @@ class HandleWhen:
 
     occurrences: int = DEFAULT_HANDLE_WHEN_OCCURRENCES
     reset: int = DEFAULT_HANDLE_WHEN_RESET
+
+
+#: Shared: it is frozen, and most checks have no ``handle_when``.
+_DEFAULT_HANDLE_WHEN: Final = HandleWhen()
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +167,7 @@ def parse_event(document: Any) -> Event:
     wrong type, at which key) when the document is not a Sensu event. No
     other exception escapes for any JSON-decodable input.
     """
-    if not isinstance(document, Mapping):
+    if not _is_mapping(document):
         raise EventError(f"not a Sensu event: expected a JSON object, got {_json_type(document)}")
     if "client" in document and "action" in document:
         return _parse_classic(document)
@@ -158,6 +191,7 @@ def _parse_classic(doc: Mapping[str, Any]) -> Event:
     status = _required_int(check, "status", "check.status", _CLASSIC)
     action = _classic_action(doc.get("action"))
     occurrences = _count(doc.get("occurrences"))
+    contacts = _attribute_contacts(check) + _attribute_contacts(client)
     return Event(
         id=_string(doc.get("id")),
         flavor="classic",
@@ -175,13 +209,11 @@ def _parse_classic(doc: Mapping[str, Any]) -> Event:
         history=_classic_history(check.get("history")),
         namespace=None,
         timestamp=_timestamp(doc.get("timestamp"), check.get("executed")),
-        handle=_handle(check),
+        handle=check.get("handle") is not False,
         handle_when=_handle_when(check.get("handle_when")),
         check_overrides=_attribute_overrides(check),
         client_overrides=_attribute_overrides(client),
-        contacts=_unique(
-            [*_attribute_contacts(check), *_attribute_contacts(client)],
-        ),
+        contacts=_unique(contacts) if contacts else (),
     )
 
 
@@ -200,15 +232,23 @@ def _classic_history(value: object) -> tuple[int, ...]:
     """Classic history is a list of status strings; a non-number is unknown (3)."""
     if not isinstance(value, list):
         return ()
-    statuses: list[int] = []
-    for entry in value:
-        if _is_int(entry):
-            statuses.append(entry)
-        elif isinstance(entry, str) and _NUMERIC.fullmatch(entry):
-            statuses.append(int(entry))
-        else:
-            statuses.append(UNKNOWN_STATUS)
-    return tuple(statuses)
+    # ASCII digits are what _NUMERIC matches with no sign or blanks: the usual entry.
+    return tuple(
+        [
+            int(entry)
+            if type(entry) is str and entry.isascii() and entry.isdigit()
+            else _classic_status(entry)
+            for entry in value
+        ]
+    )
+
+
+def _classic_status(entry: object) -> int:
+    if _is_int(entry):
+        return entry
+    if isinstance(entry, str) and _NUMERIC.fullmatch(entry):
+        return int(entry)
+    return UNKNOWN_STATUS
 
 
 # --- Sensu Go --------------------------------------------------------------------------------
@@ -228,11 +268,41 @@ def _parse_go(doc: Mapping[str, Any]) -> Event:
     history = _go_history(check.get("history"))
     occurrences = _count(check.get("occurrences"))
 
-    check_ann = _annotations(check_meta)
-    entity_ann = _annotations(entity_meta)
-    check_attrs = _with_json_attributes(check, check_ann)
-    entity_attrs = _with_json_attributes(entity, entity_ann)
+    check_ann = _read_annotations(check_meta, _CHECK_ANNOTATIONS)
+    if check_ann is None:
+        check_attrs = check
+        notification = _text(check.get("notification"))
+        playbook = _text(check.get("playbook"))
+        handle_when = _handle_when(check.get("handle_when"))
+        check_overrides = _attribute_overrides(check)
+        check_contacts = _attribute_contacts(check)
+    else:
+        check_attrs = _with_json_attributes(check, check_ann)
+        notification = _annotation(check_ann, _NOTIFICATION) or _text(
+            check_attrs.get("notification")
+        )
+        playbook = (
+            _annotation(check_ann, "playbook")
+            or _annotation(check_ann, _PLAYBOOK)
+            or _text(check_attrs.get("playbook"))
+        )
+        handle_when_value = _json_value(_annotation(check_ann, _HANDLE_WHEN), "{")
+        handle_when = _handle_when(
+            handle_when_value if _is_mapping(handle_when_value) else check_attrs.get("handle_when")
+        )
+        check_overrides = _annotation_overrides(check_ann, _attribute_overrides(check_attrs))
+        check_contacts = _annotation_contacts(check_ann) + _attribute_contacts(check_attrs)
 
+    entity_ann = _read_annotations(entity_meta, _ENTITY_ANNOTATIONS)
+    if entity_ann is None:
+        client_overrides = _attribute_overrides(entity)
+        entity_contacts = _attribute_contacts(entity)
+    else:
+        entity_attrs = _with_json_attributes(entity, entity_ann)
+        client_overrides = _annotation_overrides(entity_ann, _attribute_overrides(entity_attrs))
+        entity_contacts = _annotation_contacts(entity_ann) + _attribute_contacts(entity_attrs)
+
+    contacts = check_contacts + entity_contacts
     silenced_ids = check.get("silenced")
     return Event(
         id=_string(doc.get("id")),
@@ -241,14 +311,8 @@ def _parse_go(doc: Mapping[str, Any]) -> Event:
         check=check_name,
         status=status,
         output=_string(check.get("output")),
-        notification=_first_text(
-            _annotation(check_ann, "notification"), check_attrs.get("notification")
-        ),
-        playbook=_first_text(
-            check_ann.get("playbook"),
-            _annotation(check_ann, "playbook"),
-            check_attrs.get("playbook"),
-        ),
+        notification=notification,
+        playbook=playbook,
         action=_go_action(check.get("state"), status, history),
         occurrences=occurrences,
         occurrences_watermark=_watermark(check.get("occurrences_watermark"), occurrences),
@@ -258,21 +322,11 @@ def _parse_go(doc: Mapping[str, Any]) -> Event:
         history=history,
         namespace=_go_namespace(doc, entity_meta, check_meta),
         timestamp=_timestamp(doc.get("timestamp"), check.get("executed")),
-        handle=_handle(check_attrs),
-        handle_when=_handle_when(
-            _json_value(_annotation(check_ann, "handle_when")),
-            check_attrs.get("handle_when"),
-        ),
-        check_overrides=_annotation_overrides(check_ann, _attribute_overrides(check_attrs)),
-        client_overrides=_annotation_overrides(entity_ann, _attribute_overrides(entity_attrs)),
-        contacts=_unique(
-            [
-                *_annotation_contacts(check_ann),
-                *_attribute_contacts(check_attrs),
-                *_annotation_contacts(entity_ann),
-                *_attribute_contacts(entity_attrs),
-            ]
-        ),
+        handle=check_attrs.get("handle") is not False,
+        handle_when=handle_when,
+        check_overrides=check_overrides,
+        client_overrides=client_overrides,
+        contacts=_unique(contacts) if contacts else (),
     )
 
 
@@ -280,14 +334,20 @@ def _go_history(value: object) -> tuple[int, ...]:
     """Go history is a list of ``{status, executed}``; a malformed entry is unknown (3)."""
     if not isinstance(value, list):
         return ()
-    statuses: list[int] = []
-    for entry in value:
-        status = entry.get("status") if isinstance(entry, Mapping) else None
-        if _is_int(status):
-            statuses.append(status)
-        else:
-            statuses.append(UNKNOWN_STATUS)
-    return tuple(statuses)
+    # Nearly every history is well-formed: read it in one pass, check the types once.
+    try:
+        statuses = tuple([entry["status"] for entry in value if type(entry) is dict])
+    except KeyError:
+        pass
+    else:
+        if len(statuses) == len(value) and _INT_ONLY.issuperset(map(type, statuses)):
+            return statuses
+    return tuple([_go_status(entry) for entry in value])
+
+
+def _go_status(entry: object) -> int:
+    status = entry.get("status") if _is_mapping(entry) else None
+    return status if _is_int(status) else UNKNOWN_STATUS
 
 
 def _go_action(state: object, status: int, history: tuple[int, ...]) -> Action:
@@ -310,79 +370,89 @@ def _go_namespace(
 ) -> str:
     # Old Go versions send ``metadata: {}``; the entity and check carry it too.
     top = doc.get("metadata")
-    for candidate in (
-        top.get("namespace") if isinstance(top, Mapping) else None,
-        entity_meta.get("namespace"),
-        check_meta.get("namespace"),
-    ):
-        if text := _text(candidate):
-            return text
-    return "default"
+    if _is_mapping(top) and (text := _text(top.get("namespace"))):
+        return text
+    return _text(entity_meta.get("namespace")) or _text(check_meta.get("namespace")) or "default"
 
 
-def _annotations(metadata: Mapping[str, Any]) -> Mapping[str, str]:
-    """The string-valued annotations of one ``metadata``; empty values count as absent."""
-    annotations = metadata.get("annotations")
-    if not isinstance(annotations, Mapping):
-        return {}
-    return {
-        key: value
-        for key, value in annotations.items()
-        if isinstance(key, str) and isinstance(value, str) and value
-    }
+def _read_annotations(
+    metadata: Mapping[str, Any], wanted: frozenset[str]
+) -> Mapping[str, Any] | None:
+    """``metadata.annotations`` if it holds any key in ``wanted``, else None.
 
-
-def _annotation(annotations: Mapping[str, str], option: str) -> str | None:
-    """The hipchat plugin annotation for ``option``: lowercased key first, then as written.
-
-    This is sensu-plugin-sdk's lookup order (``SetAnnotationValue``).
+    Values are not checked here: read them with :func:`_annotation`.
     """
-    key = ANNOTATION_PREFIX + option
-    for candidate in (key.lower(), key):
-        if candidate in annotations:
-            return annotations[candidate]
+    annotations = metadata.get("annotations")
+    if _is_mapping(annotations) and not annotations.keys().isdisjoint(wanted):
+        return annotations
     return None
 
 
+def _annotation(annotations: Mapping[str, Any], key: str) -> str | None:
+    """The annotation ``key``; a value that is not a string, or is empty, counts as absent."""
+    value = annotations.get(key)
+    return value if isinstance(value, str) and value else None
+
+
 def _with_json_attributes(
-    obj: Mapping[str, Any], annotations: Mapping[str, str]
+    obj: Mapping[str, Any], annotations: Mapping[str, Any]
 ) -> Mapping[str, Any]:
     """``obj`` updated with its ``sensu.io.json_attributes`` object, as sensu-plugin merges it."""
-    extra = _json_value(annotations.get(JSON_ATTRIBUTES_ANNOTATION))
-    if not isinstance(extra, Mapping):
+    extra = _json_value(_annotation(annotations, JSON_ATTRIBUTES_ANNOTATION), "{")
+    if not _is_mapping(extra):
         return obj
     return {**obj, **extra}
 
 
-def _annotation_overrides(annotations: Mapping[str, str], base: Overrides) -> Overrides:
+def _annotation_overrides(annotations: Mapping[str, Any], base: Overrides) -> Overrides:
     """``base`` with each key an annotation names (and that parses) replaced."""
-    room = _annotation(annotations, "room")
-    notify = _json_value(_annotation(annotations, "notify"))
-    username = _annotation(annotations, "username")
-    message_format = _message_format(_annotation(annotations, "message_format"))
+    room = _annotation(annotations, _ROOM)
+    notify_raw = _annotation(annotations, _NOTIFY)
+    username = _annotation(annotations, _USERNAME)
+    message_format_raw = _annotation(annotations, _MESSAGE_FORMAT)
+    if room is None and notify_raw is None and username is None and message_format_raw is None:
+        return base
+    notify = _json_bool(notify_raw)
     rooms = _strings(_list_value(room)) if room is not None else None
     return Overrides(
         room=rooms if rooms is not None else base.room,
-        notify=notify if isinstance(notify, bool) else base.notify,
-        username=_text(username) or base.username,
-        message_format=message_format or base.message_format,
+        notify=notify if notify is not None else base.notify,
+        username=username or base.username,
+        message_format=_message_format(message_format_raw) or base.message_format,
     )
 
 
-def _annotation_contacts(annotations: Mapping[str, str]) -> tuple[str, ...]:
-    raw = _annotation(annotations, "contacts")
+def _annotation_contacts(annotations: Mapping[str, Any]) -> tuple[str, ...]:
+    raw = _annotation(annotations, _CONTACTS)
     return (_strings(_list_value(raw)) or ()) if raw is not None else ()
 
 
 def _list_value(raw: str) -> object:
     """A list option's annotation: a JSON array is a list, anything else one string."""
-    value = _json_value(raw)
+    value = _json_value(raw, "[")
     return value if isinstance(value, list) else raw
 
 
-def _json_value(raw: str | None) -> object:
-    """``raw`` decoded as JSON, or None when absent or not JSON."""
+def _json_bool(raw: str | None) -> bool | None:
+    """``raw`` decoded as a JSON boolean, or None when absent or anything else."""
     if raw is None:
+        return None
+    # What json.loads accepts as a boolean, without paying for its error on "yes" or "1".
+    literal = raw.strip(_JSON_BLANKS)
+    if literal == "true":
+        return True
+    if literal == "false":
+        return False
+    return None
+
+
+def _json_value(raw: str | None, opener: str) -> object:
+    """``raw`` decoded as JSON if it starts with ``opener`` ("[" or "{"), else None.
+
+    Annotation values are mostly plain words: checking the first character
+    skips json.loads, and its ValueError, for those.
+    """
+    if raw is None or not raw.lstrip(_JSON_BLANKS).startswith(opener):
         return None
     try:
         return json.loads(raw)
@@ -396,38 +466,41 @@ def _json_value(raw: str | None) -> object:
 def _attribute_overrides(attrs: Mapping[str, Any]) -> Overrides:
     """The ``hipchat`` object, with the community plugin's ``hipchat_room`` as a room fallback."""
     hipchat = attrs.get("hipchat")
-    settings: Mapping[str, Any] = hipchat if isinstance(hipchat, Mapping) else {}
-    notify = settings.get("notify")
-    room = _strings(settings.get("room"))
+    legacy_room = attrs.get("hipchat_room")
+    if hipchat is None and legacy_room is None:
+        return _NO_OVERRIDES
+    if not _is_mapping(hipchat):
+        return Overrides(room=_strings(legacy_room))
+    notify = hipchat.get("notify")
+    room = _strings(hipchat.get("room"))
     return Overrides(
-        room=room if room is not None else _strings(attrs.get("hipchat_room")),
+        room=room if room is not None else _strings(legacy_room),
         notify=notify if isinstance(notify, bool) else None,
-        username=_text(settings.get("username")),
-        message_format=_message_format(settings.get("message_format")),
+        username=_text(hipchat.get("username")),
+        message_format=_message_format(hipchat.get("message_format")),
     )
 
 
 def _attribute_contacts(attrs: Mapping[str, Any]) -> tuple[str, ...]:
-    return (*(_strings(attrs.get("contact")) or ()), *(_strings(attrs.get("contacts")) or ()))
+    contact = attrs.get("contact")
+    contacts = attrs.get("contacts")
+    if contact is None and contacts is None:
+        return ()
+    return (_strings(contact) or ()) + (_strings(contacts) or ())
 
 
-def _handle(attrs: Mapping[str, Any]) -> bool:
-    return attrs.get("handle") is not False
-
-
-def _handle_when(*candidates: object) -> HandleWhen:
-    """The first candidate that is an object, read key by key; bad keys keep their default."""
-    for candidate in candidates:
-        if isinstance(candidate, Mapping):
-            occurrences = candidate.get("occurrences")
-            reset = candidate.get("reset")
-            return HandleWhen(
-                occurrences=occurrences
-                if _is_int(occurrences) and occurrences >= 1
-                else DEFAULT_HANDLE_WHEN_OCCURRENCES,
-                reset=reset if _is_int(reset) and reset >= 0 else DEFAULT_HANDLE_WHEN_RESET,
-            )
-    return HandleWhen()
+def _handle_when(value: object) -> HandleWhen:
+    """``value`` read key by key if it is an object; bad keys keep their default."""
+    if not _is_mapping(value):
+        return _DEFAULT_HANDLE_WHEN
+    occurrences = value.get("occurrences")
+    reset = value.get("reset")
+    return HandleWhen(
+        occurrences=occurrences
+        if _is_int(occurrences) and occurrences >= 1
+        else DEFAULT_HANDLE_WHEN_OCCURRENCES,
+        reset=reset if _is_int(reset) and reset >= 0 else DEFAULT_HANDLE_WHEN_RESET,
+    )
 
 
 def _message_format(value: object) -> MessageFormat | None:
@@ -444,6 +517,11 @@ def _strings(value: object) -> tuple[str, ...] | None:
 
     Integers are accepted as strings: HipChat room ids are numbers.
     """
+    if value is None:
+        return None
+    if type(value) is str:
+        name = value.strip()
+        return (name,) if name else None
     items = value if isinstance(value, list) else [value]
     names = [str(item).strip() for item in items if isinstance(item, str) or _is_int(item)]
     unique = _unique(name for name in names if name)
@@ -453,11 +531,16 @@ def _strings(value: object) -> tuple[str, ...] | None:
 # --- small readers ---------------------------------------------------------------------------
 
 
+def _is_mapping(value: object) -> TypeGuard[Mapping[Any, Any]]:
+    """A JSON object: decoded JSON gives a dict, which skips the slower ABC check."""
+    return type(value) is dict or isinstance(value, Mapping)
+
+
 def _required_object(
     parent: Mapping[str, Any], key: str, path: str, flavor: str
 ) -> Mapping[str, Any]:
     value = parent.get(key, _MISSING)
-    if not isinstance(value, Mapping):
+    if not _is_mapping(value):
         raise _wrong(flavor, path, "an object", value)
     return value
 
@@ -485,7 +568,7 @@ def _wrong(flavor: str, path: str, expected: str, value: object) -> EventError:
 
 def _is_int(value: object) -> TypeGuard[int]:
     """A JSON integer: ``bool`` is an ``int`` subclass in Python, and not one."""
-    return isinstance(value, int) and not isinstance(value, bool)
+    return type(value) is int or (isinstance(value, int) and not isinstance(value, bool))
 
 
 def _count(value: object) -> int:
@@ -507,7 +590,10 @@ def _interval(value: object) -> int | None:
 def _timestamp(*candidates: object) -> float:
     for value in candidates:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            number = float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an integer JSON allows but no clock reaches
+                continue
             if math.isfinite(number):
                 return number
     return 0.0
@@ -520,13 +606,6 @@ def _string(value: object) -> str:
 def _text(value: object) -> str | None:
     """A non-empty string, else None."""
     return value if isinstance(value, str) and value else None
-
-
-def _first_text(*values: object) -> str | None:
-    for value in values:
-        if text := _text(value):
-            return text
-    return None
 
 
 def _unique(items: Iterable[str]) -> tuple[str, ...]:

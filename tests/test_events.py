@@ -1003,3 +1003,62 @@ def test_event_is_frozen() -> None:
     event = parse_event(classic())
     with pytest.raises(AttributeError):
         event.status = 0  # type: ignore[misc]
+
+
+# --- fast-path edges -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("history", "expected"),
+    [
+        (["07", "²", "٣", "1_0", "+1"], (7, 3, 3, 3, 1)),  # int() takes more than Sensu's digits
+        ([2, "0"], (2, 0)),
+    ],
+)
+def test_classic_history_only_ascii_digits_are_statuses(
+    history: list[object], expected: tuple[int, ...]
+) -> None:
+    assert parse_event(with_check(classic(), history=history)).history == expected
+
+
+@pytest.mark.parametrize(
+    ("history", "expected"),
+    [
+        (_hist(1, True, 2.0, 0), (1, 3, 3, 0)),
+        (_hist(0, None), (0, 3)),
+        ([{"status": 1}, {"status": 2}, ["status"]], (1, 2, 3)),
+    ],
+)
+def test_go_history_with_one_malformed_status(
+    history: list[object], expected: tuple[int, ...]
+) -> None:
+    assert parse_event(with_check(go(), history=history)).history == expected
+
+
+@pytest.mark.parametrize(
+    ("annotations", "expected"),
+    [
+        ({PREFIX + "notify": "\ttrue\r\n"}, Overrides(notify=True)),
+        ({PREFIX + "notify": "True"}, Overrides()),
+        ({PREFIX + "notify": "\u00a0true"}, Overrides()),  # not JSON whitespace
+        ({PREFIX + "room": '\n ["a", "b"] '}, Overrides(room=("a", "b"))),
+        ({PREFIX + "room": '["a", "b"'}, Overrides(room=('["a", "b"',))),
+        ({PREFIX.upper() + "room": "loud"}, Overrides()),
+    ],
+)
+def test_go_annotation_values_parse_as_json_does(
+    annotations: dict[str, str], expected: Overrides
+) -> None:
+    assert parse_event(go_annotated(annotations)).check_overrides == expected
+
+
+def test_go_handle_when_annotation_with_leading_whitespace() -> None:
+    document = go_annotated({PREFIX + "handle_when": ' \n{"occurrences": 4}'})
+    assert parse_event(document).handle_when == HandleWhen(4, 1800)
+
+
+def test_a_timestamp_too_large_for_a_float_is_ignored() -> None:
+    document = load("classic-critical.json")
+    document["timestamp"] = 10**400
+    document["check"]["executed"] = 10**400
+    assert parse_event(document).timestamp == 0.0
