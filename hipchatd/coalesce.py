@@ -30,8 +30,8 @@ the current one past ``MAX_MESSAGE_CHARS``. A check whose events span two
 messages appears in both, with its latest state within each. A message that
 ends up covering a single event is that event's normal message. Event text
 is HTML-escaped in html mode, and lengths are those of the final text.
-Work is linear in the number of events: lines are sized arithmetically as
-events are added and built once per message.
+Work is linear in the number of events: the header and the lines are sized
+arithmetically as events are added and built once per message.
 """
 
 from __future__ import annotations
@@ -61,8 +61,15 @@ _COLOR_RANK = {"red": 0, "gray": 1, "yellow": 2, "purple": 3, "green": 4}
 _ELLIPSIS = "…"
 _HTML_BREAK = "<br>"
 _WORD_INDEX = {word: index for index, word in enumerate(STATUS_ORDER)}
+#: Numbers whose count gains a digit when one is added (9 -> 10, 99 -> 100, ...).
+_DIGIT_GROWTH = frozenset(10**n - 1 for n in range(1, 20))
+#: " (N updates)" without the digits of N.
+_UPDATES_CHARS = len(" ( updates)")
 #: Finds where text starts without copying a megabyte of output to strip it.
 _NON_SPACE = re.compile(r"\S")
+#: The first non-blank line's text up to a line break, one character past SUMMARY_CHARS at
+#: most: one C-level search, without copying a megabyte of output.
+_FIRST_LINE = re.compile(rf"\S[^\r\n]{{0,{SUMMARY_CHARS}}}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +77,8 @@ class _Item:
     """What a line needs of one event, rendered once."""
 
     key: tuple[str, str, str]
-    word: str
+    #: index of the status word in STATUS_ORDER
+    word: int
     #: ``<b>WORD</b>`` or ``WORD``
     head: str
     #: ``[namespace/]source/check``, escaped and cut
@@ -78,63 +86,95 @@ class _Item:
     #: first line of the notification or output, escaped and cut; may be ""
     summary: str
     color: str
+    #: the line's length without " (N updates)"
+    length: int
 
 
 class _Line:
     __slots__ = ("count", "item", "length")
 
-    def __init__(self, item: _Item, length: int) -> None:
+    def __init__(self, item: _Item) -> None:
         self.item = item
         self.count = 1
-        self.length = length
+        self.length = item.length
 
 
 class _Pack:
-    """The message being filled: its lines, its counts and its exact length."""
+    """The message being filled: its lines, counts, colour and exact length, kept as it grows."""
+
+    __slots__ = (
+        "color",
+        "counts",
+        "header_length",
+        "kinds",
+        "length",
+        "lines",
+        "rank",
+        "separator",
+        "start",
+        "stop",
+    )
 
     def __init__(self, start: int, separator: int) -> None:
         self.start = start
         self.stop = start
         self.lines: dict[tuple[str, str, str], _Line] = {}
         self.counts = [0] * len(STATUS_ORDER)
-        self.lines_length = 0
+        #: status words with a non-zero count
+        self.kinds = 0
+        #: ``len(_header(...))``; "0 events: " while empty
+        self.header_length = len(_header(0, self.counts))
+        #: the whole message: the header, then separator and text per line
+        self.length = self.header_length
         self.separator = separator
+        #: the worst colour so far; the rank starts above any colour's, for the first to set it
+        self.color = ""
+        self.rank = len(_COLOR_RANK) + 1
 
-    def length_with(self, item: _Item) -> int:
-        """The message's length if ``item`` were added."""
-        counts = list(self.counts)
-        counts[_WORD_INDEX[item.word]] += 1
-        total = len(_header(self.stop - self.start + 1, counts))
+    def add(self, item: _Item) -> bool:
+        """Add ``item``, unless it would push a non-empty message past MAX_MESSAGE_CHARS."""
+        count = self.counts[item.word]
+        header = self.header_length + (self.stop - self.start in _DIGIT_GROWTH)
+        if count:
+            header += count in _DIGIT_GROWTH
+        else:
+            # "1 word", after ", " unless it is the first.
+            header += len(STATUS_ORDER[item.word]) + 2 + (2 if self.kinds else 0)
         line = self.lines.get(item.key)
         if line is None:
-            return total + self.lines_length + self.separator + _line_length(item, 1)
-        delta = _line_length(item, line.count + 1) - line.length
-        return total + self.lines_length + delta
-
-    def add(self, item: _Item) -> None:
-        self.counts[_WORD_INDEX[item.word]] += 1
+            line_length = item.length
+            length = self.length + header - self.header_length + self.separator + line_length
+        else:
+            line_length = item.length + _updates_chars(line.count + 1)
+            length = self.length + header - self.header_length + line_length - line.length
+        if length > MAX_MESSAGE_CHARS and self.stop > self.start:
+            return False
         self.stop += 1
-        line = self.lines.get(item.key)
+        self.counts[item.word] = count + 1
+        self.kinds += not count
+        self.header_length = header
+        self.length = length
         if line is None:
-            length = _line_length(item, 1)
-            self.lines[item.key] = _Line(item, length)
-            self.lines_length += self.separator + length
-            return
-        line.item = item
-        line.count += 1
-        length = _line_length(item, line.count)
-        self.lines_length += length - line.length
-        line.length = length
+            self.lines[item.key] = _Line(item)
+        else:
+            line.item = item
+            line.count += 1
+            line.length = line_length
+        rank = _COLOR_RANK.get(item.color, len(_COLOR_RANK))
+        if rank < self.rank:
+            self.rank, self.color = rank, item.color
+        return True
 
 
 def render_batch(
-    events: Sequence[Event], target: Target, api_version: ApiVersion
+    events: Sequence[Event], target: Target, api_version: ApiVersion, *, first_only: bool = False
 ) -> list[tuple[Message, range]]:
     """The messages for ``events`` (one target's, in acceptance order), each with its slice.
 
     The ranges are contiguous, in order, and cover every index exactly once;
     every message is at most MAX_MESSAGE_CHARS characters. One event gives
     exactly ``render(event, target, api_version)``; no events, no messages.
+    ``first_only`` stops after the first message (a lane sends one at a time).
     """
     if len(events) == 1:
         return [(render(events[0], target, api_version), range(1))]
@@ -142,18 +182,20 @@ def render_batch(
     separator = len(_HTML_BREAK) if as_html else 1
     packs: list[_Pack] = []
     pack = _Pack(0, separator)
-    items: list[_Item] = []
+    # Name parts repeat across a storm (the same hosts, the same checks): cut each once.
+    names: dict[str, str] = {}
     for index, event in enumerate(events):
-        item = _item(event, as_html)
-        items.append(item)
-        if pack.stop > pack.start and pack.length_with(item) > MAX_MESSAGE_CHARS:
+        item = _item(event, as_html, names)
+        if not pack.add(item):
             packs.append(pack)
+            if first_only:
+                break
             pack = _Pack(index, separator)
-        pack.add(item)
-    if pack.stop > pack.start:
+            pack.add(item)
+    if pack.stop > pack.start and not (first_only and packs):
         packs.append(pack)
     sender = sender_name(target.username, api_version)
-    return [(_message(p, events, items, target, api_version, sender), _span(p)) for p in packs]
+    return [(_message(p, events, target, api_version, sender), _span(p)) for p in packs]
 
 
 def _span(pack: _Pack) -> range:
@@ -161,28 +203,19 @@ def _span(pack: _Pack) -> range:
 
 
 def _message(
-    pack: _Pack,
-    events: Sequence[Event],
-    items: Sequence[_Item],
-    target: Target,
-    api_version: ApiVersion,
-    sender: str,
+    pack: _Pack, events: Sequence[Event], target: Target, api_version: ApiVersion, sender: str
 ) -> Message:
     covered = events[pack.start : pack.stop]
     if len(covered) == 1:
         return render(covered[0], target, api_version)
-    as_html = target.message_format == "html"
     lines = [_header(len(covered), pack.counts)]
     lines.extend(_line_text(line.item, line.count) for line in pack.lines.values())
-    worst = min(
-        (items[i].color for i in range(pack.start, pack.stop)),
-        key=lambda c: _COLOR_RANK.get(c, len(_COLOR_RANK)),
-    )
     return Message(
-        text=(_HTML_BREAK if as_html else "\n").join(lines),
-        color=worst,
-        # Per event, so an event-level notify override would count.
-        notify=any(render(event, target, api_version).notify for event in covered),
+        text=(_HTML_BREAK if target.message_format == "html" else "\n").join(lines),
+        color=pack.color,
+        # Every event of a batch shares its target (lanes are per target), so
+        # "any folded event would notify" is the target's own notify.
+        notify=target.notify,
         message_format=target.message_format,
         sender=sender,
     )
@@ -197,11 +230,9 @@ def _updates(count: int) -> str:
     return f" ({count} updates)" if count > 1 else ""
 
 
-def _line_length(item: _Item, count: int) -> int:
-    length = len(item.head) + 1 + len(item.name) + len(_updates(count))
-    if item.summary:
-        length += 2 + len(item.summary)
-    return length
+def _updates_chars(count: int) -> int:
+    """``len(_updates(count))`` for a count above one."""
+    return _UPDATES_CHARS + len(str(count))
 
 
 def _line_text(item: _Item, count: int) -> str:
@@ -209,34 +240,41 @@ def _line_text(item: _Item, count: int) -> str:
     return f"{item.head} {item.name}{summary}{_updates(count)}"
 
 
-def _item(event: Event, as_html: bool) -> _Item:
+def _item(event: Event, as_html: bool, names: dict[str, str]) -> _Item:
     word = status_word(event)
-    parts = [event.source, event.check]
-    if event.flavor == "go" and event.namespace and event.namespace != "default":
-        parts.insert(0, event.namespace)
-    name = "/".join(_clip(_one_line(part[: NAME_CHARS + 1]), NAME_CHARS, as_html) for part in parts)
+    name = f"{_name_part(event.source, as_html, names)}/{_name_part(event.check, as_html, names)}"
+    namespace = event.namespace
+    if event.flavor == "go" and namespace and namespace != "default":
+        name = f"{_name_part(namespace, as_html, names)}/{name}"
     notification = event.notification
     body = notification if notification and _NON_SPACE.search(notification) else event.output
-    return _Item(
-        key=event.incident_key,
-        word=word,
-        head=f"<b>{word}</b>" if as_html else word,
-        name=name,
-        summary=_clip(_first_line(body), SUMMARY_CHARS, as_html),
-        color=color(event),
-    )
+    summary = _clip(_first_line(body), SUMMARY_CHARS, as_html)
+    head = f"<b>{word}</b>" if as_html else word
+    # "HEAD NAME" then ": SUMMARY" when there is one.
+    length = len(head) + 1 + len(name) + (len(summary) + 2 if summary else 0)
+    return _Item(event.incident_key, _WORD_INDEX[word], head, name, summary, color(event), length)
+
+
+def _name_part(value: str, as_html: bool, names: dict[str, str]) -> str:
+    """``value`` as a line shows it, from ``names`` (what is already cut, by source text)."""
+    # Cut before the lookup: a pathological name costs no more than a short one.
+    value = value[: NAME_CHARS + 1]
+    part = names.get(value)
+    if part is None:
+        part = names[value] = _clip(_one_line(value), NAME_CHARS, as_html)
+    return part
 
 
 def _first_line(body: str) -> str:
     """The first non-blank line of ``body``, reading at most SUMMARY_CHARS + 1 characters of it."""
-    start = _NON_SPACE.search(body)
-    if start is None:
+    found = _FIRST_LINE.search(body)
+    if found is None:
         return ""
-    head = body[start.start() : start.start() + SUMMARY_CHARS + 1]
-    for end, ch in enumerate(head):
-        if ch in "\r\n":
-            return head[:end].rstrip()
-    return head
+    line = found.group()
+    # Stopped by a line break (not by the length cap or the end): drop the spaces before it.
+    if len(line) <= SUMMARY_CHARS and found.end() < len(body):
+        return line.rstrip()
+    return line
 
 
 def _one_line(value: str) -> str:

@@ -233,7 +233,9 @@ class Dispatcher:
             self._dead(lane, broken, "unreadable", "spooled event no longer parses")
             self._budget.abandon(key)
             return
-        messages = render_batch([e for _, e in usable], lane.target, settings.api_version)
+        messages = render_batch(
+            [e for _, e in usable], lane.target, settings.api_version, first_only=True
+        )
         message, span = messages[0]
         covered = batch[span.start : span.stop]
         started = trio.current_time()

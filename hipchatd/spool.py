@@ -54,6 +54,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
+from itertools import chain
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -117,6 +118,10 @@ BUSY_TIMEOUT_MS: Final = 5000
 JOURNAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
 #: Parameters per ``IN (...)``: below SQLite's historical 999-variable limit.
 _CHUNK: Final = 500
+#: KiB of page cache: a full BATCH transaction (about 3 MB of 3 KB events, plus the pages its
+#: deletes touch) stays in memory instead of spilling to the WAL before it commits (the
+#: default is 2 MB). Measured: about 20% less CPU per delete, 5-10% less per insert.
+_CACHE_KIB: Final = 8192
 #: Characters of an error shown by ``hipchatd spool list``.
 _ERROR_COLUMN: Final = 60
 _STATE_DIR_HINT: Final = "set hipchatd.state_dir in the configuration or pass --state-dir"
@@ -160,6 +165,7 @@ _INSERT: Final = (
     "INSERT INTO pending (id, accepted_at, source, check_name, target, document)"
     " VALUES (?, ?, ?, ?, ?, ?)"
 )
+_INSERT_COLUMNS: Final = 6
 _ATTEMPT: Final = "UPDATE pending SET attempts = attempts + 1, last_error = ? WHERE id = ?"
 _TO_DEAD: Final = (
     "INSERT INTO dead (id, accepted_at, dead_at, source, check_name, target, attempts,"
@@ -167,7 +173,9 @@ _TO_DEAD: Final = (
     " SELECT id, accepted_at, ?, source, check_name, target, attempts, ?,"
     " coalesce(?, last_error), document FROM pending WHERE id = ?"
 )
-_DELETE: Final = "DELETE FROM pending WHERE id = ?"
+#: One run of consecutive ids: delivery confirms in acceptance order, so a batch of
+#: deliveries is usually a single run, deleted by one statement.
+_DELETE_RUN: Final = "DELETE FROM pending WHERE id BETWEEN ? AND ?"
 _REQUEUED: Final = f"SELECT {_ENTRY_COLUMNS} FROM pending WHERE requeued = 1 ORDER BY id"
 _RESET_REQUEUED: Final = (
     "UPDATE pending SET requeued = 0, attempts = 0, last_error = NULL, accepted_at = ?"
@@ -674,6 +682,11 @@ def _configure(conn: sqlite3.Connection) -> str:
     journal: str = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
+    conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
+    # Deleted events are still zeroed on the pages that are written anyway, but freed pages
+    # are not rewritten just to zero them (Debian builds SQLite with secure_delete on, which
+    # made each delete cost about 45% more CPU). Stock SQLite's default is off.
+    conn.execute("PRAGMA secure_delete = FAST")
     return journal
 
 
@@ -768,22 +781,66 @@ def _entries(rows: Iterable[Sequence[Any]]) -> list[Entry]:
 
 
 def _write_batch(conn: sqlite3.Connection, batch: _Batch) -> _Written:
+    # Every statement releases the GIL while SQLite works and must win it back from a busy
+    # event loop (up to sys.getswitchinterval(), 5 ms, each time): so a whole batch is a few
+    # statements, never one per row. Beside a busy thread, one per row managed 400 entries/s.
     inserted = removed = dead = 0
     with _transaction(conn):
         if batch.entries:
-            rows = [
-                (e.id, e.accepted_at, e.source, e.check, _encode_target(e.target), e.document)
-                for e in batch.entries
-            ]
-            inserted = conn.executemany(_INSERT, rows).rowcount
+            encode = _encode_target
+            values = list(
+                chain.from_iterable(
+                    (e.id, e.accepted_at, e.source, e.check, encode(e.target), e.document)
+                    for e in batch.entries
+                )
+            )
+            most = max(1, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // _INSERT_COLUMNS)
+            start = 0
+            for rows in _insert_sizes(len(batch.entries), most):
+                stop = start + rows * _INSERT_COLUMNS
+                inserted += conn.execute(_insert_sql(rows), values[start:stop]).rowcount
+                start = stop
         if batch.attempts:
             conn.executemany(_ATTEMPT, batch.attempts)
         if batch.dead:
             dead = conn.executemany(_TO_DEAD, batch.dead).rowcount
-            removed += conn.executemany(_DELETE, [(d[3],) for d in batch.dead]).rowcount
-        if batch.delivered:
-            removed += conn.executemany(_DELETE, [(i,) for i in batch.delivered]).rowcount
+        if batch.dead or batch.delivered:
+            ids = sorted({*batch.delivered, *(d[3] for d in batch.dead)})
+            removed = conn.executemany(_DELETE_RUN, _runs(ids)).rowcount
     return _Written(inserted, removed, dead)
+
+
+def _insert_sizes(count: int, most: int) -> list[int]:
+    """Rows per INSERT for ``count`` entries, each a power of two up to ``most`` and BATCH.
+
+    The largest size first, then the binary digits of the rest: at most eleven statement
+    texts ever exist (the connection's statement cache keeps them all), and a trickle of a
+    few entries costs a few statements.
+    """
+    size = 1 << (min(most, BATCH).bit_length() - 1)
+    sizes = [size] * (count // size)
+    rest = count % size
+    while rest:
+        size //= 2
+        if rest >= size:
+            sizes.append(size)
+            rest -= size
+    return sizes
+
+
+@lru_cache(maxsize=16)
+def _insert_sql(rows: int) -> str:
+    return _INSERT + f", ({', '.join('?' * _INSERT_COLUMNS)})" * (rows - 1)
+
+
+def _runs(ids: list[int]) -> list[tuple[int, int]]:
+    """Sorted, distinct ``ids`` as the (first, last) of each run of consecutive ids."""
+    if ids[-1] - ids[0] == len(ids) - 1:
+        return [(ids[0], ids[-1])]
+    breaks = [k for k in range(1, len(ids)) if ids[k] != ids[k - 1] + 1]
+    starts = [0, *breaks]
+    ends = [*breaks, len(ids)]
+    return [(ids[a], ids[b - 1]) for a, b in zip(starts, ends, strict=True)]
 
 
 def _data_version(conn: sqlite3.Connection) -> int:

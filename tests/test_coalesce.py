@@ -134,6 +134,18 @@ def test_checks_fold_by_namespace_source_and_check() -> None:
     ]
 
 
+def test_counts_past_nine_and_ninety_nine_are_spelled_in_full() -> None:
+    events = [ev("disk", output=f"DISK {i}") for i in range(150)]
+    events += [ev("load", 1, output="LOAD 9") for _ in range(10)]
+    [(message, span)] = render_batch(events, TEXT, "v2")
+    assert span == range(160)
+    assert lines_of(message) == [
+        "160 events: 150 critical, 10 warning",
+        "CRITICAL web-01/disk: DISK 149 (150 updates)",
+        "WARNING web-01/load: LOAD 9 (10 updates)",
+    ]
+
+
 def test_summary_prefers_the_notification_and_skips_blank_lines() -> None:
     events = [
         ev("a", notification="Disk is nearly full", output="DISK CRITICAL"),
@@ -218,18 +230,14 @@ def test_notify_if_any_event_would_notify() -> None:
     assert (quiet.notify, loud.notify) == (False, True)
 
 
-def test_notify_is_computed_from_the_per_event_messages(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A per-event notify (should render ever decide it per event) makes the batch notify."""
-    from hipchatd import coalesce
-
-    def fake_render(event: Event, target: Target, api_version: Any) -> Message:
-        return replace(render(event, target, api_version), notify=event.check == "loud")
-
-    monkeypatch.setattr(coalesce, "render", fake_render)
-    [(message, _)] = coalesce.render_batch([ev("a"), ev("loud"), ev("b")], HTML, "v2")
-    assert message.notify
-    [(message, _)] = coalesce.render_batch([ev("a"), ev("b")], HTML, "v2")
-    assert not message.notify
+@pytest.mark.parametrize("notify", [True, False])
+def test_a_batch_notifies_as_its_events_would(notify: bool) -> None:
+    """Events of a batch share their target, so the batch notifies as each of them would."""
+    target = replace(HTML, notify=notify)
+    events = [ev("a"), ev("loud"), ev("b")]
+    [(message, _)] = render_batch(events, target, "v2")
+    assert message.notify is notify
+    assert {render(e, target, "v2").notify for e in events} == {notify}
 
 
 @pytest.mark.parametrize(
@@ -367,3 +375,10 @@ def test_batches_partition_the_events_and_respect_the_limit(
             # Greedy: one more event would not have fitted.
             grown = events[span.start : span.stop + 1]
             assert len(render_batch(grown, target, "v2")) == 2
+
+
+def test_first_only_gives_the_first_message_of_the_full_batch() -> None:
+    events = [ev(f"check-{i}", output="x" * 900) for i in range(60)]
+    full = render_batch(events, HTML, "v2")
+    assert len(full) > 1
+    assert render_batch(events, HTML, "v2", first_only=True) == full[:1]

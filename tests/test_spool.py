@@ -227,6 +227,51 @@ async def test_mark_delivered_removes_entries(state_dir: str) -> None:
             assert await spool.load_documents([e.id for e in entries]) == {entries[1].id: DOCUMENT}
 
 
+async def test_scattered_and_repeated_marks_remove_exactly_those_entries(state_dir: str) -> None:
+    """Deletes go by runs of consecutive ids: gaps, repeats and any order remove only these."""
+    with trio.fail_after(10):
+        spool = await Spool.open(state_dir, max_events=100)
+        async with running(spool) as committed:
+            for _ in range(20):
+                spool.submit(EVENT, DOCUMENT, [OPS], 0.0)
+            ids = [e.id for e in await committed.wait_for(20)]
+            spool.mark_delivered([ids[9], ids[0], ids[1], ids[2], ids[2], ids[12], ids[13]])
+            spool.mark_dead([ids[14], ids[5]], "expired", None)
+            spool.mark_delivered([ids[15], ids[5]])
+            await spool.flush()
+            removed = {0, 1, 2, 5, 9, 12, 13, 14, 15}
+            kept = [i for k, i in enumerate(ids) if k not in removed]
+            assert set(await spool.load_documents(ids)) == set(kept)
+            assert spool.counts() == {"pending": len(kept), "dead": 2}
+            assert [e.id for e in await spool.list_dead()] == [ids[5], ids[14]]
+
+
+async def test_a_large_batch_fits_the_historical_variable_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Multi-row INSERTs follow SQLite's variable limit: 999 before SQLite 3.32."""
+    write_batch = spool_module._write_batch
+
+    def limited(conn: sqlite3.Connection, batch: Any) -> Any:
+        conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+        return write_batch(conn, batch)
+
+    monkeypatch.setattr(spool_module, "_write_batch", limited)
+    count = BATCH - 23
+    with trio.fail_after(20):
+        spool = await Spool.open(str(tmp_path), max_events=10_000)
+        async with running(spool) as committed:
+            for i in range(count):
+                spool.submit(EVENT, DOCUMENT, [(OPS, DEV, ONCALL)[i % 3]], float(i))
+            entries = await committed.wait_for(count)
+            assert spool.transactions == 1
+        reopened = await Spool.open(str(tmp_path), max_events=10_000)
+        loaded = await reopened.load_pending()
+        await reopened.aclose()
+    assert loaded == entries
+    assert [e.id for e in loaded] == list(range(1, count + 1))
+
+
 async def test_mark_dead_moves_entries_with_reason_and_error(state_dir: str) -> None:
     with trio.fail_after(10):
         spool = await Spool.open(state_dir, max_events=100)
