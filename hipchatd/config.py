@@ -62,8 +62,8 @@ DEFAULT_MAX_FRAME_BYTES = 1024 * 1024
 DEFAULT_IDLE_TIMEOUT = 30.0
 #: Concurrent connections; Sensu Go's default pipeline has 100 workers.
 DEFAULT_MAX_CONNECTIONS = 1024
-#: Events waiting between ingest and delivery.
-DEFAULT_QUEUE_SIZE = 10_000
+#: Pending events whose parsed form stays in memory; the rest are read back from the spool.
+DEFAULT_QUEUE_SIZE = 2_000
 #: Concurrent HipChat requests (also the HTTP pool size).
 DEFAULT_CONCURRENCY = 16
 #: The spool's home; the systemd unit's ``StateDirectory=hipchatd``.
