@@ -53,6 +53,8 @@ BACKOFF_FACTOR = 2.0
 BACKOFF_CAP = 60.0
 #: Entries rendered for one attempt at most: bounds the work of one send after a long outage.
 MAX_BATCH = 2000
+#: Entries first considered for one message; doubled while one message still holds them all.
+FIRST_CHUNK = 128
 
 
 def backoff_delay(failures: int, rng: random.Random) -> float:
@@ -215,28 +217,39 @@ class Dispatcher:
 
     async def _attempt(self, key: str, lane: _Lane) -> None:
         settings = self._settings()
-        batch = [lane.items[i] for i in range(min(len(lane.items), MAX_BATCH))]
-        try:
-            events = await self._events_for(batch)
-        except sqlite3.DatabaseError as exc:
-            # The spool could not be read back: like a failed request, try later.
-            self._budget.abandon(key)
-            lane.failures += 1
-            delay = backoff_delay(lane.failures, self._rng)
-            lane.retry_at = unix_now() + delay
-            log.error("spool.read_failed", room=lane.target.name, error=str(exc), retry_in=delay)
-            return
-        usable = [(p, e) for p, e in zip(batch, events, strict=True) if e is not None]
-        if len(usable) < len(batch):
-            # A spool entry that no longer parses cannot be rendered: dead-letter it.
-            broken = [p for p, e in zip(batch, events, strict=True) if e is None]
-            self._dead(lane, broken, "unreadable", "spooled event no longer parses")
-            self._budget.abandon(key)
-            return
-        messages = render_batch(
-            [e for _, e in usable], lane.target, settings.api_version, first_only=True
-        )
-        message, span = messages[0]
+        limit = min(len(lane.items), MAX_BATCH)
+        size = min(limit, FIRST_CHUNK)
+        batch: list[_Pending] = []
+        events: list[Event] = []
+        while True:
+            # Read back (and parse) only as many spilled entries as the first
+            # message can hold: grow the batch while one message covers it all.
+            more = [lane.items[i] for i in range(len(batch), size)]
+            try:
+                loaded = await self._events_for(more)
+            except sqlite3.DatabaseError as exc:
+                # The spool could not be read back: like a failed request, try later.
+                self._budget.abandon(key)
+                lane.failures += 1
+                delay = backoff_delay(lane.failures, self._rng)
+                lane.retry_at = unix_now() + delay
+                log.error(
+                    "spool.read_failed", room=lane.target.name, error=str(exc), retry_in=delay
+                )
+                return
+            broken = [p for p, e in zip(more, loaded, strict=True) if e is None]
+            if broken:
+                # A spool entry that no longer parses cannot be rendered: dead-letter it.
+                self._dead(lane, broken, "unreadable", "spooled event no longer parses")
+                self._budget.abandon(key)
+                return
+            batch.extend(more)
+            events.extend(e for e in loaded if e is not None)
+            messages = render_batch(events, lane.target, settings.api_version, first_only=True)
+            message, span = messages[0]
+            if span.stop < len(batch) or size >= limit:
+                break
+            size = min(limit, size * 2)
         covered = batch[span.start : span.stop]
         started = trio.current_time()
         outcome: Outcome | None = None
