@@ -179,14 +179,15 @@ class App:
     def _committed(self, entries: Sequence[Entry]) -> None:
         """The spool committed ``entries``: they are accepted; hand them to the lanes."""
         batch: list[tuple[Entry, Ticket, Event | None]] = []
-        self.metrics.events_accepted.inc(len(entries))
         for entry in entries:
             head = self._submitted[0] if self._submitted else None
             if head is not None and entry.requeued is False:
                 batch.append((entry, head.ticket, head.event))
                 head.entries_left -= 1
                 if not head.entries_left:
+                    # Every target of the event is committed: the event is accepted.
                     self._submitted.popleft()
+                    self.metrics.events_accepted.inc()
             else:
                 # Re-queued from the dead-letter table by ``hipchatd spool retry``.
                 batch.append((entry, _ticket_for(entry), None))

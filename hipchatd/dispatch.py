@@ -139,11 +139,6 @@ class Dispatcher:
         """Apply a reloaded ``max_age``; settings and client are read per attempt."""
         self._max_age = max_age
 
-    @property
-    def pending(self) -> int:
-        """Entries waiting in the lanes."""
-        return sum(len(lane.items) for lane in self._lanes.values())
-
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the lanes until cancelled; cancelling leaves undelivered entries in the spool."""
         async with trio.open_nursery() as nursery:
