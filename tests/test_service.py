@@ -8,15 +8,13 @@ the real emulator.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,70 +27,15 @@ from hipchatd import spool as spool_module
 from hipchatd.config import Listen
 from hipchatd.emulator import Emulator
 from tests.conftest import FIXTURES, StartDaemon, classic_event, free_port, send_tcp
+from tests.processes import Child
 
 TOKEN = "service-token-0a1b2c3d4e5f"
-
-
-class Process:
-    """A child process whose output lines are collected by a thread."""
-
-    def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self.proc = subprocess.Popen(
-            argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        )
-        self._thread = threading.Thread(target=self._pump, daemon=True)
-        self._thread.start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._cond:
-                self.lines.append(line)
-                self._cond.notify_all()
-
-    def wait_for(self, predicate: Callable[[str], bool], timeout: float = 30) -> str:
-        deadline = time.monotonic() + timeout
-        seen = 0
-        with self._cond:
-            while True:
-                for line in self.lines[seen:]:
-                    if predicate(line):
-                        return line
-                seen = len(self.lines)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError("not seen:\n" + "".join(self.lines[-40:]))
-                self._cond.wait(remaining)
-
-    def log(self, event: str, timeout: float = 30) -> dict[str, Any]:
-        line = self.wait_for(lambda text: f'"event": "{event}"' in text, timeout)
-        record: dict[str, Any] = json.loads(line)
-        return record
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        self._thread.join(10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
 
 @pytest.fixture
 def emulator_process() -> Iterator[str]:
     port = free_port()
-    process = Process(
-        [
-            sys.executable, "-m", "hipchatd", "emulator", "--port", str(port),
-            "--token", TOKEN, "--auto-create-rooms",
-        ]
-    )  # fmt: skip
+    process = Child("emulator", "--port", str(port), "--token", TOKEN, "--auto-create-rooms")
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -106,7 +49,7 @@ def emulator_process() -> Iterator[str]:
     try:
         yield url
     finally:
-        process.stop()
+        process.close()
 
 
 def _messages(url: str) -> list[dict[str, Any]]:
@@ -158,24 +101,24 @@ def test_socket_activation_tcp_and_udp(tmp_path: Path, emulator_process: str) ->
     """
     port = free_port()
     config = _config(tmp_path / "hipchatd.json", emulator_process)
-    daemon = Process(
-        [
+    daemon = Child(
+        "serve", "--config", str(config),
+        launcher=[
             "systemd-socket-activate", "-l", f"127.0.0.1:{port}", "--fdname=sensu", "--",
             "systemd-socket-activate", "-d", "-l", f"127.0.0.1:{port}", "--fdname=sensu", "--",
-            sys.executable, "-m", "hipchatd", "serve", "--config", str(config),
-        ]
+        ],
     )  # fmt: skip
     try:
-        daemon.wait_for(lambda line: "Listening on" in line)
+        daemon.wait_line(lambda line: "Listening on" in line)
         # The first connection starts the daemon; the kernel queues it meanwhile.
         _send(port, _event("over-tcp"))
-        adopted = daemon.log("systemd.sockets_adopted")
+        adopted = daemon.wait_logged("systemd.sockets_adopted")
         assert sorted(s.split(":")[1] for s in adopted["sockets"]) == ["datagram", "stream"]
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
             udp.sendto(json.dumps(_event("over-udp")).encode(), ("127.0.0.1", port))
         _wait_messages(emulator_process, "over-tcp", "over-udp")
     finally:
-        daemon.stop()
+        daemon.close()
 
 
 @pytest.fixture
@@ -201,14 +144,16 @@ def test_sd_notify_ready_watchdog_reload_stopping(
     tmp_path: Path, emulator_process: str, notify_socket: socket.socket
 ) -> None:
     config = _config(tmp_path / "hipchatd.json", emulator_process)
-    daemon = Process(
-        [sys.executable, "-m", "hipchatd", "serve", "--config", str(config)],
+    daemon = Child(
+        "serve",
+        "--config",
+        str(config),
         env={"NOTIFY_SOCKET": notify_socket.getsockname(), "WATCHDOG_USEC": "1000000"},
     )
     try:
         before_ready = _notifications(notify_socket, "READY=1")
         # READY=1 only once the listeners serve: a connection now succeeds.
-        port = int(daemon.log("daemon.started")["tcp"][0].rsplit(":", 1)[1])
+        port = int(daemon.wait_logged("daemon.started")["tcp"][0].rsplit(":", 1)[1])
         _send(port, _event("after-ready"))
         assert any("WATCHDOG=1" in d for d in before_ready)
         ready = before_ready[-1].splitlines()
@@ -216,17 +161,17 @@ def test_sd_notify_ready_watchdog_reload_stopping(
         assert ready[1].startswith("STATUS=")
         # The watchdog keeps pinging from the event loop.
         assert _notifications(notify_socket, "WATCHDOG=1")
-        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.popen.send_signal(signal.SIGHUP)
         reload = _notifications(notify_socket, "READY=1")
         reloading = next(d for d in reload if d.startswith("RELOADING=1")).splitlines()
         assert reloading[1].startswith("MONOTONIC_USEC=")
         usec = int(reloading[1].partition("=")[2])
         assert abs(usec - time.monotonic_ns() // 1000) < 30_000_000
-        daemon.proc.send_signal(signal.SIGTERM)
+        daemon.popen.send_signal(signal.SIGTERM)
         assert _notifications(notify_socket, "STOPPING=1")
-        assert daemon.proc.wait(30) == 0
+        assert daemon.popen.wait(30) == 0
     finally:
-        daemon.stop()
+        daemon.close()
 
 
 def test_sighup_reloads_rooms_and_keeps_old_config_when_broken(
@@ -234,24 +179,24 @@ def test_sighup_reloads_rooms_and_keeps_old_config_when_broken(
 ) -> None:
     path = tmp_path / "hipchatd.json"
     _config(path, emulator_process, room="before")
-    daemon = Process([sys.executable, "-m", "hipchatd", "serve", "--config", str(path)])
+    daemon = Child("serve", "--config", str(path))
     try:
-        port = int(daemon.log("daemon.started")["tcp"][0].rsplit(":", 1)[1])
+        port = int(daemon.wait_logged("daemon.started")["tcp"][0].rsplit(":", 1)[1])
         _send(port, _event("one"))
         _wait_messages(emulator_process, "/one")
         _config(path, emulator_process, room="after")
-        daemon.proc.send_signal(signal.SIGHUP)
-        assert daemon.log("config.reloaded")["rooms"] == ["after"]
+        daemon.popen.send_signal(signal.SIGHUP)
+        assert daemon.wait_logged("config.reloaded")["rooms"] == ["after"]
         _send(port, _event("two"))
         _wait_messages(emulator_process, "/two")
         path.write_text('{"hipchat": {"room": 42')
-        daemon.proc.send_signal(signal.SIGHUP)
-        failed = daemon.log("config.reload_failed")
+        daemon.popen.send_signal(signal.SIGHUP)
+        failed = daemon.wait_logged("config.reload_failed")
         assert str(path) in failed["problem"]
         _send(port, _event("three"))
         messages = _wait_messages(emulator_process, "/three")
     finally:
-        daemon.stop()
+        daemon.close()
     rooms = {
         check: m["room"]
         for m in messages
