@@ -34,7 +34,7 @@ import trio
 from hipchatd import logconfig
 from hipchatd.budget import RateBudget
 from hipchatd.clock import unix_now
-from hipchatd.config import Config, DaemonSettings, Listen
+from hipchatd.config import Config, DaemonSettings, HipChatSettings, Listen
 from hipchatd.dispatch import Dispatcher, Ticket
 from hipchatd.errors import EventError
 from hipchatd.events import Event, parse_event
@@ -120,7 +120,11 @@ class App:
         hipchat = dataclasses.replace(new.hipchat, ca_file=old.hipchat.ca_file)
         self.config = dataclasses.replace(new, daemon=kept, hipchat=hipchat)
         self.client = HipChatClient(hipchat, self.client.http)
-        self.dispatcher.reconfigure(max_age=kept.max_age)
+        budget = None
+        if _budget_key(old.hipchat) != _budget_key(hipchat):
+            # HipChat counts per token: a new token (or new limits) starts a new budget.
+            budget = RateBudget(rate_limit=hipchat.rate_limit, flood_limit=hipchat.flood_limit)
+        self.dispatcher.reconfigure(max_age=kept.max_age, budget=budget)
         return restart
 
     def accept(self, document: Document, peer: str, transport: str) -> None:
@@ -236,6 +240,10 @@ _RESTART_KEYS = (
     "max_spool_events",
     "queue_size",
 )
+
+
+def _budget_key(settings: HipChatSettings) -> tuple[object, ...]:
+    return (settings.api_token, settings.server_url, settings.rate_limit, settings.flood_limit)
 
 
 def _spool_count(spool: Spool, state: str) -> float:

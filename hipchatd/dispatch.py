@@ -135,9 +135,14 @@ class Dispatcher:
         self._stopping = False
         self._idle = trio.Event()
 
-    def reconfigure(self, *, max_age: float) -> None:
-        """Apply a reloaded ``max_age``; settings and client are read per attempt."""
+    def reconfigure(self, *, max_age: float, budget: RateBudget | None = None) -> None:
+        """Apply a reloaded ``max_age`` and, for a new token or new limits, a new budget.
+
+        Settings and client are read per attempt.
+        """
         self._max_age = max_age
+        if budget is not None:
+            self._budget = budget
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the lanes until cancelled; cancelling leaves undelivered entries in the spool."""
@@ -198,19 +203,21 @@ class Dispatcher:
             self._expire(lane)
             if not lane.items:
                 continue
-            await self._budget.acquire(key)
+            # A reload may replace the budget; this attempt settles with the one it used.
+            budget = self._budget
+            await budget.acquire(key)
             if self._stopping:
-                self._budget.abandon(key)
+                budget.abandon(key)
                 continue
             self._in_flight += 1
             try:
-                await self._attempt(key, lane)
+                await self._attempt(key, lane, budget)
             finally:
                 self._in_flight -= 1
                 if self._stopping and not self._in_flight:
                     self._idle.set()
 
-    async def _attempt(self, key: str, lane: _Lane) -> None:
+    async def _attempt(self, key: str, lane: _Lane, budget: RateBudget) -> None:
         settings = self._settings()
         limit = min(len(lane.items), MAX_BATCH)
         size = min(limit, FIRST_CHUNK)
@@ -224,7 +231,7 @@ class Dispatcher:
                 loaded = await self._events_for(more)
             except sqlite3.DatabaseError as exc:
                 # The spool could not be read back: like a failed request, try later.
-                self._budget.abandon(key)
+                budget.abandon(key)
                 lane.failures += 1
                 delay = backoff_delay(lane.failures, self._rng)
                 lane.retry_at = unix_now() + delay
@@ -236,7 +243,7 @@ class Dispatcher:
             if broken:
                 # A spool entry that no longer parses cannot be rendered: dead-letter it.
                 self._dead(lane, broken, "unreadable", "spooled event no longer parses")
-                self._budget.abandon(key)
+                budget.abandon(key)
                 return
             batch.extend(more)
             events.extend(e for e in loaded if e is not None)
@@ -255,9 +262,7 @@ class Dispatcher:
                 if scope.cancelled_caught:
                     outcome = Outcome.timeout(settings.timeout)
         finally:
-            self._budget.release(
-                key, outcome or Outcome(OutcomeKind.TRANSPORT_ERROR, error="cancelled")
-            )
+            budget.release(key, outcome or Outcome(OutcomeKind.TRANSPORT_ERROR, error="cancelled"))
         assert outcome is not None
         ms = round((trio.current_time() - started) * 1000, 1)
         self._settle(lane, covered, outcome, settings, ms)

@@ -7,6 +7,7 @@ the real emulator.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import socket
@@ -310,3 +311,27 @@ def test_check_config_online_and_send_test(tmp_path: Path, emulator_process: str
     assert "401" in rejected.stdout
     assert "wrong-token-value" not in rejected.stdout + rejected.stderr
     assert FIXTURES.is_dir()
+
+
+async def test_reload_adopts_rooms_and_limits_and_names_what_needs_a_restart(
+    start_daemon: StartDaemon, emulator: Emulator
+) -> None:
+    with trio.fail_after(20):
+        app = await start_daemon(room=("before",))
+        old_budget = app.dispatcher._budget
+        new = dataclasses.replace(
+            app.config,
+            hipchat=dataclasses.replace(app.config.hipchat, room=("after",), rate_limit=7),
+            daemon=dataclasses.replace(app.config.daemon, max_frame_bytes=4096, max_age=60.0),
+        )
+        restart = app.reload(new)
+        await send_tcp(app.tcp_addresses[0], json.dumps(_event("reloaded")).encode())
+        await emulator.wait_for_messages(1)
+    assert emulator.messages[0].room == "after"
+    assert restart == ["hipchatd.max_frame_bytes"]
+    # The running value stays until a restart; max_age applies at once.
+    assert app.config.daemon.max_frame_bytes == 1024 * 1024
+    assert app.config.daemon.max_age == 60.0
+    # New limits (or a new token) start a new budget.
+    assert app.dispatcher._budget is not old_budget
+    assert app.dispatcher._budget.snapshot()["rate_limit"] == 7
