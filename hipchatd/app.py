@@ -43,7 +43,7 @@ from hipchatd.framing import Document, preview
 from hipchatd.hipchat import HipChatClient, make_http_client
 from hipchatd.metrics import Metrics
 from hipchatd.routing import route
-from hipchatd.server import ConnectionHandler, serve_tcp, serve_udp
+from hipchatd.server import ConnectionHandler, reject, serve_tcp, serve_udp
 from hipchatd.spool import Entry, Spool
 from hipchatd.systemd import InheritedSocket
 
@@ -132,9 +132,9 @@ class App:
         try:
             event = parse_event(document.value)
         except EventError as exc:
-            self.metrics.rejected["not_event"].inc()
-            log.warning(
-                "input.rejected",
+            reject(
+                self.metrics,
+                "not_event",
                 peer=peer,
                 transport=transport,
                 nbytes=document.nbytes,

@@ -113,19 +113,26 @@ def _load(paths: Sequence[str], *, require_token: bool) -> LoadResult:
     return load_config(_config_paths(paths), os.environ, require_token=require_token)
 
 
+def _load_for_command(args: argparse.Namespace, *, require_token: bool) -> LoadResult | None:
+    """Load for a one-shot command: problems and warnings go to stderr; None on problems."""
+    try:
+        result = _load(args.config, require_token=require_token)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return None
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return result
+
+
 def _check_config(args: argparse.Namespace) -> int:
     if args.online:
         from hipchatd import tools
 
         return _online(args, tools.check_online)
-    try:
-        result = _load(args.config, require_token=True)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr)
+    if _load_for_command(args, require_token=True) is None:
         return EXIT_CONFIG
-    for warning in result.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
     print("OK")
     return EXIT_OK
 
@@ -254,15 +261,10 @@ def _with_state_dir(config: Config, state_dir: str) -> Config:
 
 
 def _online(args: argparse.Namespace, check: Callable[..., Awaitable[int]], *extra: object) -> int:
-    try:
-        result = _load(args.config, require_token=True)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr)
+    result = _load_for_command(args, require_token=True)
+    if result is None:
         return EXIT_CONFIG
     logconfig.register_secret(result.config.hipchat.api_token.reveal())
-    for warning in result.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
     code: int = trio.run(partial(check, result.config, *extra, sys.stdout))
     return code
 
@@ -271,13 +273,10 @@ def _spool(args: argparse.Namespace) -> int:
     from hipchatd import spool
 
     args.emulator = False
-    try:
-        config = _load(args.config, require_token=False).config
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr)
+    result = _load_for_command(args, require_token=False)
+    if result is None:
         return EXIT_CONFIG
-    return spool.run(args, _state_dir(args, config, os.environ))
+    return spool.run(args, _state_dir(args, result.config, os.environ))
 
 
 def _state_dir(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -> str:

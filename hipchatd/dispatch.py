@@ -155,9 +155,11 @@ class Dispatcher:
         """Hand committed spool entries to their lanes. Never blocks."""
         for entry, ticket, event in entries:
             if event is not None and self._in_memory >= self._memory_events:
-                # Spilled: the spool has the document; the id comes back with it.
+                # Spilled: the spool has the document; the id comes back with it
+                # (kept while another target of the same event may still need it).
                 event = None
-                ticket.event_id = ""
+                if ticket.remaining == 1:
+                    ticket.event_id = ""
             if event is not None:
                 self._in_memory += 1
             pending = _Pending(

@@ -9,6 +9,7 @@ counted; it never affects another frame or connection.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any
@@ -21,7 +22,7 @@ from hipchatd.errors import FrameTooLarge
 from hipchatd.framing import Decoder, Document, Rejected
 from hipchatd.metrics import Metrics
 
-__all__ = ["ConnectionHandler", "Sink", "serve_tcp", "serve_udp"]
+__all__ = ["ConnectionHandler", "Sink", "reject", "serve_tcp", "serve_udp"]
 
 log = structlog.get_logger()
 
@@ -58,6 +59,16 @@ def _reason_key(reason: str) -> str:
     return "invalid_json"
 
 
+def reject(
+    metrics: Metrics, key: str, *, peer: str, transport: str, nbytes: int, reason: str, **extra: Any
+) -> None:
+    """Count and log one piece of input that is not used: one WARNING line, one counter."""
+    metrics.rejected[key].inc()
+    log.warning(
+        "input.rejected", peer=peer, transport=transport, nbytes=nbytes, reason=reason, **extra
+    )
+
+
 def _handle_frames(
     frames: Sequence[Document | Rejected],
     sink: Sink,
@@ -70,9 +81,9 @@ def _handle_frames(
         if isinstance(frame, Document):
             sink(frame, peer, transport)
         else:
-            metrics.rejected[_reason_key(frame.reason)].inc()
-            log.warning(
-                "input.rejected",
+            reject(
+                metrics,
+                _reason_key(frame.reason),
                 peer=peer,
                 transport=transport,
                 nbytes=frame.nbytes,
@@ -146,17 +157,20 @@ class ConnectionHandler:
                     frames = decoder.feed(data)
                     if frames:
                         _handle_frames(frames, self.sink, self.metrics, peer, "tcp")
+                        # Waiting for the spool is not the peer being idle.
+                        scope.deadline = math.inf
                         await self.room()
                         scope.deadline = trio.current_time() + settings.idle_timeout
             except FrameTooLarge as exc:
-                self.metrics.rejected["frame_too_large"].inc()
-                log.warning(
-                    "input.rejected",
+                self.metrics.received["tcp"].inc()
+                reject(
+                    self.metrics,
+                    "frame_too_large",
                     peer=peer,
-                    conn_id=conn_id,
                     transport="tcp",
                     nbytes=exc.size,
                     reason=str(exc),
+                    conn_id=conn_id,
                     action="connection closed",
                 )
                 return
@@ -218,9 +232,13 @@ async def serve_udp(
             frames = [*decoder.feed(data), *decoder.close()]
         except FrameTooLarge as exc:
             metrics.received["udp"].inc()
-            metrics.rejected["frame_too_large"].inc()
-            log.warning(
-                "input.rejected", peer=peer, transport="udp", nbytes=len(data), reason=str(exc)
+            reject(
+                metrics,
+                "frame_too_large",
+                peer=peer,
+                transport="udp",
+                nbytes=len(data),
+                reason=str(exc),
             )
             continue
         _handle_frames(frames, sink, metrics, peer, "udp")

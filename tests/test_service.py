@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from hipchatd import spool as spool_module
 from hipchatd.config import Listen
 from hipchatd.emulator import Emulator
-from tests.conftest import FIXTURES, StartDaemon, classic_event, free_port, send_tcp
+from tests.conftest import StartDaemon, classic_event, free_port, send_tcp
 from tests.processes import Child
 
 TOKEN = "service-token-0a1b2c3d4e5f"
@@ -207,15 +207,6 @@ def test_sighup_reloads_rooms_and_keeps_old_config_when_broken(
     assert rooms == {"one": "before", "two": "after", "three": "after"}
 
 
-def _metrics(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = httpx.get(f"{url}/metrics", timeout=5).text
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
 async def test_metrics_counters_move_by_the_right_amounts(
     start_daemon: StartDaemon, emulator: Emulator
 ) -> None:
@@ -310,7 +301,6 @@ def test_check_config_online_and_send_test(tmp_path: Path, emulator_process: str
     assert rejected.returncode != 0
     assert "401" in rejected.stdout
     assert "wrong-token-value" not in rejected.stdout + rejected.stderr
-    assert FIXTURES.is_dir()
 
 
 async def test_reload_adopts_rooms_and_limits_and_names_what_needs_a_restart(
