@@ -20,6 +20,7 @@ The result is a tree of frozen dataclasses. Nothing downstream re-validates.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -47,6 +48,7 @@ ApiVersion = Literal["v1", "v2"]
 MessageFormat = Literal["html", "text"]
 Framing = Literal["auto", "eof", "newline", "length"]
 Severity = Literal["ok", "warning", "critical", "unknown"]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: The integration's documented default endpoint (HipChat Cloud, now gone).
 DEFAULT_SERVER_URL = "https://api.hipchat.com"
@@ -84,6 +86,9 @@ DEFAULT_METRICS_PORT = 9533
 DEFAULT_HOST = "127.0.0.1"
 #: Bytes: a smaller frame could not hold even a minimal Sensu event.
 MIN_MAX_FRAME_BYTES = 1024
+#: Rooms and users one event may notify: routing names a handful; thousands is abuse
+#: (each target is a spool entry, a lane and a request).
+DEFAULT_MAX_TARGETS_PER_EVENT = 50
 
 #: Environment variable holding the HipChat API token.
 TOKEN_ENV = "HIPCHAT_API_TOKEN"
@@ -173,6 +178,9 @@ class DaemonSettings:
     max_age: float = DEFAULT_MAX_AGE
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     metrics: Listen | None = None
+    #: peers that may send events; None: any peer that can reach the listeners.
+    allow_from: tuple[Network, ...] | None = None
+    max_targets_per_event: int = DEFAULT_MAX_TARGETS_PER_EVENT
 
 
 @dataclass(frozen=True, slots=True)
@@ -464,6 +472,23 @@ def _readable_file(value: object) -> str:
     return value
 
 
+def _networks(value: object) -> tuple[Network, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise _Reject
+    networks: list[Network] = []
+    for item in value:
+        if not isinstance(item, str):
+            raise _Reject(f"{_describe(item)} is not a string")
+        try:
+            # strict=False: "10.1.2.3/8" means the network that holds it, as in most ACLs.
+            networks.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            raise _Reject(f"{_describe(item)} is not an IP address or network") from None
+    return tuple(networks)
+
+
 def _listen(values: Mapping[str, Any]) -> Listen:
     return Listen(values.get("host", DEFAULT_HOST), values.get("port", DEFAULT_PORT))
 
@@ -553,6 +578,12 @@ _HIPCHATD: Mapping[str, _Rule] = {
         nullable=True,
         fields=_LISTEN,
     ),
+    "allow_from": _Rule(
+        _networks,
+        'a list of IP addresses or networks, e.g. ["10.0.0.0/8", "::1"], or null for any peer',
+        nullable=True,
+    ),
+    "max_targets_per_event": _at_least(1),
 }
 
 #: A contact's ``hipchat`` object (Sensu Enterprise contact routing).

@@ -11,7 +11,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from hipchatd.filters import SKIP_REASONS
 
-__all__ = ["FAILURE_REASONS", "REJECT_REASONS", "SKIP_REASONS", "TRANSPORTS", "Metrics"]
+__all__ = [
+    "FAILURE_REASONS",
+    "INTERNAL_ERROR_PLACES",
+    "REJECT_REASONS",
+    "SKIP_REASONS",
+    "TRANSPORTS",
+    "Metrics",
+]
 
 TRANSPORTS = ("tcp", "udp")
 REJECT_REASONS = (
@@ -23,7 +30,11 @@ REJECT_REASONS = (
     "idle_timeout",
     "too_many_connections",
     "spool_full",
+    "too_many_targets",
+    "not_allowed",
 )
+#: Where a fault boundary caught an unexpected exception (a bug, counted and survived).
+INTERNAL_ERROR_PLACES = ("frame", "datagram", "connection", "lane", "spool")
 FAILURE_REASONS = (
     "rate_limited",
     "unauthorized",
@@ -75,10 +86,19 @@ class Metrics:
         self.spool_events = Gauge(
             "hipchatd_spool_events", "Spooled deliveries, by state", ["state"], registry=r
         )
+        self.internal_errors_total = Counter(
+            "hipchatd_internal_errors",
+            "Unexpected exceptions caught at a fault boundary (bugs), by where",
+            ["where"],
+            registry=r,
+        )
         # Children looked up once: ``labels()`` costs more than ``inc()`` on the hot path.
         self.received = {t: self.events_received.labels(transport=t) for t in TRANSPORTS}
         self.rejected = {r: self.events_rejected.labels(reason=r) for r in REJECT_REASONS}
         self.skipped = {r: self.events_skipped.labels(reason=r) for r in SKIP_REASONS}
+        self.internal_errors = {
+            w: self.internal_errors_total.labels(where=w) for w in INTERNAL_ERROR_PLACES
+        }
         for version in ("v1", "v2"):
             self.notifications.labels(api_version=version)
         for reason in FAILURE_REASONS:

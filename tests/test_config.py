@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,8 @@ def test_every_key_accepts_a_good_value(tmp_path: Path) -> None:
                 "max_connections": 1,
                 "queue_size": 7,
                 "concurrency": 3,
+                "allow_from": ["10.1.2.3/8", "192.0.2.7", "::1", "2001:db8::/32"],
+                "max_targets_per_event": 5,
             },
         },
     )
@@ -129,6 +132,13 @@ def test_every_key_accepts_a_good_value(tmp_path: Path) -> None:
         max_connections=1,
         queue_size=7,
         concurrency=3,
+        allow_from=(
+            ipaddress.ip_network("10.0.0.0/8"),
+            ipaddress.ip_network("192.0.2.7/32"),
+            ipaddress.ip_network("::1/128"),
+            ipaddress.ip_network("2001:db8::/32"),
+        ),
+        max_targets_per_event=5,
     )
     assert isinstance(result.config.daemon.idle_timeout, float)
 
@@ -194,7 +204,32 @@ BAD_VALUES = [
     ("hipchatd", "queue_size", True, "true (boolean)", "an integer >= 1"),
     ("hipchatd", "concurrency", "4", '"4" (string)', "an integer >= 1"),
     ("hipchatd", "concurrency", None, "null", "an integer >= 1"),
+    ("hipchatd", "max_targets_per_event", 0, "0 (number)", "an integer >= 1"),
+    ("hipchatd", "allow_from", [], "[] (list)", "a list of IP addresses or networks"),
+    ("hipchatd", "allow_from", 10, "10 (number)", "a list of IP addresses or networks"),
 ]
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (["10.0.0.0/8", "ops.example.com"], '"ops.example.com" (string) is not an IP address'),
+        (["10.0.0.0/33"], '"10.0.0.0/33" (string) is not an IP address or network'),
+        ([10], "10 (number) is not a string"),
+    ],
+)
+def test_a_bad_allow_from_entry_is_named(tmp_path: Path, value: Any, why: str) -> None:
+    path = write(tmp_path / "d.json", {**with_token(), "hipchatd": {"allow_from": value}})
+    line = one_problem(path)
+    assert line.startswith(f"{path}: hipchatd.allow_from: got ")
+    assert why in line
+
+
+def test_allow_from_may_be_one_string_and_defaults_to_any_peer(tmp_path: Path) -> None:
+    one = write(tmp_path / "one.json", {**with_token(), "hipchatd": {"allow_from": "::1"}})
+    assert load(one).config.daemon.allow_from == (ipaddress.ip_network("::1"),)
+    default = write(tmp_path / "default.json", with_token())
+    assert load(default).config.daemon.allow_from is None
 
 
 @pytest.mark.parametrize(("scope", "key", "value", "shown", "expected"), BAD_VALUES)
