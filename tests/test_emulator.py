@@ -8,7 +8,6 @@ without a socket.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
@@ -28,6 +27,7 @@ import trio.testing
 from structlog.testing import capture_logs
 
 from hipchatd.clock import unix_now
+from hipchatd.config import HipChatSettings, Secret
 from hipchatd.emulator import (
     ApiError,
     Emulator,
@@ -44,6 +44,9 @@ from hipchatd.emulator import (
     v1_json,
     validate_v1_message,
 )
+from hipchatd.hipchat import HipChatClient, OutcomeKind, make_http_client
+from hipchatd.render import Message
+from hipchatd.routing import Target
 
 TOKEN = "emu-test-token-9f8e7d6c5b4a"
 WRONG = "wrong-token-0a1b2c3d"
@@ -1050,9 +1053,10 @@ async def test_latency_delays_the_answer(
     assert 25.0 <= slow_elapsed < 25.5
 
 
-async def test_set_down_refuses_and_drops_then_comes_back(
+async def test_set_down_resets_api_requests_and_drops_then_comes_back(
     emu: Emulator, client: httpx.AsyncClient
 ) -> None:
+    """Down: API requests and open connections get a reset; control requests are served."""
     host, port = emu.url.removeprefix("http://").rsplit(":", 1)
     with trio.fail_after(10):
         assert (await notify(client, emu)).status_code == 204
@@ -1060,16 +1064,118 @@ async def test_set_down_refuses_and_drops_then_comes_back(
         await held.send_all(b"GET /v2/room/sensu HTTP/1.1\r\n")  # an unfinished request
         await trio.testing.wait_all_tasks_blocked()
         emu.set_down(True)
-        with pytest.raises(httpx.ConnectError):  # the pooled connection was closed too
+        with pytest.raises(httpx.TransportError):  # the pooled connection was reset too
             await notify(client, emu)
-        with contextlib.suppress(trio.BrokenResourceError):  # a reset is no answer either
-            assert await held.receive_some(1024) == b""  # dropped without an answer
+        with pytest.raises(httpx.ReadError, match="reset"):  # a fresh connection: no answer
+            await notify(client, emu)
+        with pytest.raises(trio.BrokenResourceError):  # reset, not closed
+            await held.receive_some(1024)
         await held.aclose()
+        control = await client.get(f"{emu.url}/_emulator/requests")
+        assert emu.down
         emu.set_down(False)
         back = await notify(client, emu)
+    assert control.status_code == 200
+    assert control.json() == {"204": 1, "total": 1}  # the reset requests were never handled
     assert back.status_code == 204
     assert emu.url.endswith(f":{port}")
     assert len(emu.messages) == 2
+
+
+async def test_a_request_in_flight_when_going_down_is_not_delivered(
+    emu: Emulator, client: httpx.AsyncClient, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Down, or down and back, while a request waits out its latency: reset, not delivered."""
+    emu.latency = 5.0
+    failures: list[type[BaseException]] = []
+
+    async def doomed() -> None:
+        try:
+            await notify(client, emu)
+        except httpx.TransportError as exc:
+            failures.append(type(exc))
+
+    with trio.fail_after(100):
+        for come_back in (False, True):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(doomed)
+                await trio.sleep(1)
+                emu.set_down(True)
+                if come_back:
+                    emu.set_down(False)
+            emu.set_down(False)
+    assert len(failures) == 2
+    assert emu.messages == []
+    assert emu.requests == []
+
+
+async def test_down_for_keeps_the_control_endpoints_and_up_ends_it_early(
+    emu: Emulator, client: httpx.AsyncClient, autojump_clock: trio.testing.MockClock
+) -> None:
+    faults = f"{emu.url}/_emulator/faults"
+    with trio.fail_after(1000):
+        went_down = await client.post(faults, json={"down_for": 300})
+        with pytest.raises(httpx.TransportError):
+            await notify(client, emu)
+        messages = await client.get(f"{emu.url}/_emulator/messages")
+        await trio.sleep(10)
+        came_up = await client.post(faults, json={"up": True})
+        up_at = trio.current_time()
+        back = await notify(client, emu)
+        # The ended outage's timer is gone: it cannot cut a later outage short.
+        await client.post(faults, json={"down_for": 1000})
+        await trio.sleep(400)
+        assert emu.down
+        state = await client.post(faults, json={})
+        await client.post(f"{emu.url}/_emulator/reset")  # a reset ends an outage too
+    assert went_down.status_code == 200
+    assert went_down.json()["down"] is True
+    assert messages.status_code == 200
+    assert messages.json() == []
+    assert came_up.json()["down"] is False
+    assert up_at < 20
+    assert back.status_code == 204
+    assert state.json()["down"] is True
+    assert not emu.down
+
+
+@pytest.mark.parametrize(
+    ("faults", "message"),
+    [
+        ({"up": True, "down_for": 5}, "Give either down_for or up, not both"),
+        ({"up": "yes"}, "Value u'yes' for field 'up' is not of type 'boolean'"),
+    ],
+)
+async def test_bad_up_changes_nothing(
+    emu: Emulator, client: httpx.AsyncClient, faults: dict[str, Any], message: str
+) -> None:
+    with trio.fail_after(10):
+        response = await client.post(f"{emu.url}/_emulator/faults", json=faults)
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == message
+    assert not emu.down
+
+
+async def test_hipchatd_client_sees_a_transport_error_while_down(
+    emu: Emulator, client: httpx.AsyncClient
+) -> None:
+    """hipchatd's own client: a transport error (retried later) while down, sent after up."""
+    settings = HipChatSettings(api_token=Secret(TOKEN), server_url=emu.url)
+    target = Target(
+        kind="room", name="sensu", notify=False, username="Sensu", message_format="text"
+    )
+    message = Message(text="drill", color="red", notify=False, message_format="text", sender="s")
+    with trio.fail_after(10):
+        async with make_http_client(settings, 1) as http:
+            hipchat = HipChatClient(settings, http)
+            await client.post(f"{emu.url}/_emulator/faults", json={"down_for": 600})
+            down = await hipchat.send(target, message)
+            await client.post(f"{emu.url}/_emulator/faults", json={"up": True})
+            up = await hipchat.send(target, message)
+    assert down.kind is OutcomeKind.TRANSPORT_ERROR
+    assert down.kind.transient
+    assert up.kind is OutcomeKind.SENT
+    assert [m.message for m in emu.messages] == ["drill"]
 
 
 # --- admin ----------------------------------------------------------------------
@@ -1117,7 +1223,7 @@ async def test_admin_down_for(
     with trio.fail_after(100):
         response = await client.post(f"{emu.url}/_emulator/faults", json={"down_for": 30})
         await trio.sleep(1)
-        with pytest.raises(httpx.ConnectError):
+        with pytest.raises(httpx.TransportError):
             await notify(client, emu)
         await trio.sleep(30)
         back = await notify(client, emu)
