@@ -12,11 +12,18 @@ Served endpoints (all need a token unless noted):
 - v2 ``POST /v2/room/{id_or_name}/message`` -> 201 ``{"id", "timestamp"}``
 - v2 ``POST /v2/user/{id_or_email}/message`` -> 204
 - v2 ``GET /v2/room`` (a minimal room list), ``GET /v2/room/{id_or_name}``,
-  ``GET /v2/room/{id_or_name}/history/latest``
+  ``GET /v2/room/{id_or_name}/history/latest``, ``GET /v2/room/{id_or_name}/history``
 - v1 ``GET|POST /v1/rooms/message`` -> 200 ``{"status": "sent"}``,
   ``GET /v1/rooms/list``, ``GET /v1/rooms/history``
 - admin, no token, not rate limited, not recorded: ``GET /_emulator/messages``,
-  ``GET /_emulator/requests``, ``POST /_emulator/faults``, ``POST /_emulator/reset``
+  ``GET /_emulator/requests``, ``POST /_emulator/faults``, ``POST /_emulator/reset``.
+  They stay up while the API is down (``down_for``), so an outage can be ended early.
+
+Plain HTTP, or HTTPS with ``serve(ssl_context=...)`` (``--tls-cert``, or
+``--tls`` for a throwaway CA from :func:`throwaway_tls`). Links in answers
+(``links.self`` and the rest) carry the scheme and ``Host`` the client used,
+as HipChat's did: HypChat follows them, and picks a room's class (the one with
+``notification()``) by matching ``links.self`` against ``https://...`` (S12).
 
 Wire shapes: v2 errors are pretty-printed JSON (2-space indent, sorted keys),
 ``{"error": {"code", "message", "type", ...}}`` (§4.3). v1 errors are compact
@@ -358,6 +365,7 @@ _ROUTES: tuple[tuple[tuple[str, ...], str, tuple[str, ...]], ...] = (
     (("v2", "room", "*"), "v2_room_get", ("GET",)),
     (("v2", "room", "*", "notification"), "v2_notification", ("POST",)),
     (("v2", "room", "*", "message"), "v2_room_message", ("POST",)),
+    (("v2", "room", "*", "history"), "v2_history_view", ("GET",)),
     (("v2", "room", "*", "history", "latest"), "v2_history", ("GET",)),
     (("v2", "user", "*", "message"), "v2_user_message", ("POST",)),
     (("v1", "rooms", "message"), "v1_message", ("GET", "POST")),
@@ -1111,7 +1119,7 @@ class Emulator:
             return 0.0
         if route.name == "v1_message":
             name = self._v1_params(request, target).get("room_id", "")
-        elif route.name.startswith("v2_room_") or route.name in ("v2_notification", "v2_history"):
+        elif route.name.startswith(("v2_room_", "v2_history")) or route.name == "v2_notification":
             name = decode_segment(route.param or "")
         else:
             return 0.0
@@ -1167,8 +1175,9 @@ class Emulator:
             return _json_response(200, v2_json(self._room_json(self._v2_room(param), base)))
         if route.name == "v2_room_list":
             return self._v2_room_list(base)
-        if route.name == "v2_history":
-            return self._v2_history(self._v2_room(param), target.query, base)
+        if route.name in ("v2_history", "v2_history_view"):
+            view = route.name == "v2_history_view"
+            return self._v2_history(self._v2_room(param), target.query, base, view=view)
         if route.name == "v1_message":
             return self._v1_message(call, params)
         if route.name == "v1_rooms_list":
@@ -1377,7 +1386,7 @@ class Emulator:
             "guest_access_url": None,
             "created": _iso(created),
             "last_active": _iso(self._last_active(room)),
-            "owner": dict(TOKEN_OWNER),
+            "owner": _user(base),
             "participants": [],
             "links": {
                 "self": link,
@@ -1389,7 +1398,14 @@ class Emulator:
 
     def _v2_room_list(self, base: str) -> Response:
         items = [
-            {"id": r.id, "name": r.name, "links": {"self": f"{base}/v2/room/{r.id}"}}
+            {
+                "id": r.id,
+                "name": r.name,
+                "links": {
+                    "self": f"{base}/v2/room/{r.id}",
+                    "webhooks": f"{base}/v2/room/{r.id}/webhook",
+                },
+            }
             for r in self._rooms.values()
         ]
         body = {
@@ -1400,7 +1416,15 @@ class Emulator:
         }
         return _json_response(200, v2_json(body))
 
-    def _v2_history(self, room: _Room, query: Mapping[str, str], base: str) -> Response:
+    def _v2_history(
+        self, room: _Room, query: Mapping[str, str], base: str, *, view: bool
+    ) -> Response:
+        """``history/latest``, or with ``view`` the ``history`` endpoint (HypChat's history()).
+
+        ``history`` takes ``date``: ``recent`` (the default) or an ISO 8601
+        time, the newest a message may be; a time without a zone is UTC and
+        ``timezone`` is ignored [inferred]. ``not-before`` is ``latest``'s.
+        """
         raw = query.get("max-results", str(HISTORY_DEFAULT))
         if not raw.isascii() or not raw.isdigit():
             raise _type_error("max-results", raw, "integer")
@@ -1415,16 +1439,22 @@ class Emulator:
                 )
             )
         in_room = [m for m in self.messages if m.room_id == room.id]
-        not_before = query.get("not-before")
-        ids = [m.id for m in in_room]
-        if not_before and not_before in ids:  # an unknown id filters nothing [inferred]
-            in_room = in_room[ids.index(not_before) :]
+        if view:
+            newest = _history_date(query.get("date", "recent"))
+            if newest is not None:
+                in_room = [m for m in in_room if m.date <= newest]
+        else:
+            not_before = query.get("not-before")
+            ids = [m.id for m in in_room]
+            if not_before and not_before in ids:  # an unknown id filters nothing [inferred]
+                in_room = in_room[ids.index(not_before) :]
         chosen = in_room[-limit:] if limit else []
+        path = "history" if view else "history/latest"
         body = {
-            "items": [_history_item(m) for m in chosen],
+            "items": [_history_item(m, base) for m in chosen],
             "startIndex": 0,
             "maxResults": limit,
-            "links": {"self": f"{base}/v2/room/{room.id}/history/latest"},
+            "links": {"self": f"{base}/v2/room/{room.id}/{path}"},
         }
         return _json_response(200, v2_json(body))
 
@@ -1602,7 +1632,28 @@ def _v2_token(request: Request, target: Target) -> str | None:
     return target.query.get("auth_token")
 
 
-def _history_item(message: ReceivedMessage) -> dict[str, Json]:
+def _user(base: str) -> dict[str, Json]:
+    """The token owner as HipChat shows a user inside a room or message: with ``links.self``."""
+    return {**TOKEN_OWNER, "links": {"self": f"{base}/v2/user/{TOKEN_OWNER['id']}"}}
+
+
+def _history_date(value: str) -> float | None:
+    if value == "recent":
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise _Reject(
+            ApiError(
+                400,
+                f"Value {py2_repr(value)} for field 'date' is not an ISO 8601 date or 'recent'",
+                {"field": "date", "value": value},
+            )
+        ) from None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def _history_item(message: ReceivedMessage, base: str) -> dict[str, Json]:
     item: dict[str, Json] = {
         "id": message.id,
         "date": _iso(message.date),
@@ -1613,7 +1664,7 @@ def _history_item(message: ReceivedMessage) -> dict[str, Json]:
     if message.kind == "notification":
         item.update({"type": "notification", "from": message.sender, "color": message.color})
     else:
-        item.update({"type": "message", "from": dict(TOKEN_OWNER)})
+        item.update({"type": "message", "from": _user(base)})
     return item
 
 
