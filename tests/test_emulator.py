@@ -1726,3 +1726,33 @@ def test_cli_tls_without_trustme_says_what_to_install(
     )
     with pytest.raises(TLSUnavailable):
         throwaway_tls(ca_out)
+
+
+async def test_https_silent_client_is_closed_after_the_read_timeout(
+    tls_emu: tuple[Emulator, Path], autojump_clock: trio.testing.MockClock
+) -> None:
+    """A TCP client that never starts the TLS handshake is not kept for the keep-alive time."""
+    emu, _ = tls_emu
+    host, port = emu.url.split("://")[1].rsplit(":", 1)
+    with trio.fail_after(100):
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            started = trio.current_time()
+            assert await stream.receive_some(1024) == b""
+            waited = trio.current_time() - started
+    assert 10 <= waited < 11
+
+
+async def test_https_down_resets_the_api_and_keeps_the_controls(
+    tls_emu: tuple[Emulator, Path],
+) -> None:
+    emu, ca = tls_emu
+    async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=ca)) as https:
+        with trio.fail_after(10):
+            await https.post(f"{emu.url}/_emulator/faults", json={"down_for": 600})
+            with pytest.raises(httpx.ReadError):
+                await https.get(f"{emu.url}/v2/room/ops", headers=AUTH)
+            came_up = await https.post(f"{emu.url}/_emulator/faults", json={"up": True})
+            back = await https.get(f"{emu.url}/v2/room/ops", headers=AUTH)
+    assert came_up.json()["down"] is False
+    assert back.status_code == 200
