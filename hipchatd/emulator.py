@@ -134,7 +134,7 @@ REQUEST_READ_TIMEOUT = 10.0
 #: window never races the server closing its pooled connection.
 KEEPALIVE_IDLE_TIMEOUT = 900.0
 RECEIVE_CHUNK = 65536
-#: SO_LINGER on, 0 s: close() then sends RST, as the kernel does for a dead server's peer.
+#: SO_LINGER on, 0 s: close() sends RST, not FIN, as when a server dies with a request unread.
 _LINGER_ZERO = struct.pack("ii", 1, 0)
 DEFAULT_PORT = 8780
 
@@ -740,6 +740,7 @@ class _Connection:
     control: bool = False
     #: reset by going down; a request it carried must not be delivered
     dropped: bool = False
+    #: the TLS handshake finished (always False for plain HTTP, where there is none)
     handshaken: bool = False
 
     def drop(self) -> None:
@@ -909,7 +910,8 @@ class Emulator:
         some requests and not others on one port). Going down also resets
         every open connection that is not serving a control request, so a
         client's pooled connection fails too. Takes effect before returning.
-        Going up cancels a pending ``down_for`` return. Raises RuntimeError outside :meth:`serve`.
+        Going up cancels a pending ``down_for`` return. Raises RuntimeError
+        outside :meth:`serve`.
         """
         if self._nursery is None:
             raise RuntimeError("set_down() needs a running serve()")
