@@ -30,7 +30,7 @@ class RequestReader:
     def __init__(
         self,
         conn: h11.Connection,
-        stream: trio.SocketStream,
+        stream: trio.abc.Stream,
         scope: trio.CancelScope,
         *,
         read_timeout: float,
@@ -58,7 +58,7 @@ class RequestReader:
             if data and not self.started:
                 self.started = True
                 self._scope.deadline = trio.current_time() + self._read_timeout
-            self._conn.receive_data(data)
+            self._conn.receive_data(bytes(data))
 
 
 def rejection_status(conn: h11.Connection, exc: h11.RemoteProtocolError) -> int | None:
@@ -83,14 +83,14 @@ def status_phrase(status: int) -> str:
         return "Error"
 
 
-async def send_events(conn: h11.Connection, stream: trio.SocketStream, *events: h11.Event) -> None:
+async def send_events(conn: h11.Connection, stream: trio.abc.Stream, *events: h11.Event) -> None:
     """Frame ``events`` with h11 and send them in one write."""
     await stream.send_all(b"".join(conn.send(event) or b"" for event in events))
 
 
 async def send_response(
     conn: h11.Connection,
-    stream: trio.SocketStream,
+    stream: trio.abc.Stream,
     status: int,
     headers: Sequence[tuple[str, str]],
     body: bytes,

@@ -12,11 +12,18 @@ Served endpoints (all need a token unless noted):
 - v2 ``POST /v2/room/{id_or_name}/message`` -> 201 ``{"id", "timestamp"}``
 - v2 ``POST /v2/user/{id_or_email}/message`` -> 204
 - v2 ``GET /v2/room`` (a minimal room list), ``GET /v2/room/{id_or_name}``,
-  ``GET /v2/room/{id_or_name}/history/latest``
+  ``GET /v2/room/{id_or_name}/history/latest``, ``GET /v2/room/{id_or_name}/history``
 - v1 ``GET|POST /v1/rooms/message`` -> 200 ``{"status": "sent"}``,
   ``GET /v1/rooms/list``, ``GET /v1/rooms/history``
 - admin, no token, not rate limited, not recorded: ``GET /_emulator/messages``,
-  ``GET /_emulator/requests``, ``POST /_emulator/faults``, ``POST /_emulator/reset``
+  ``GET /_emulator/requests``, ``POST /_emulator/faults``, ``POST /_emulator/reset``.
+  They stay up while the API is down (``down_for``), so an outage can be ended early.
+
+Plain HTTP, or HTTPS with ``serve(ssl_context=...)`` (``--tls-cert``, or
+``--tls`` for a throwaway CA from :func:`throwaway_tls`). Links in answers
+(``links.self`` and the rest) carry the scheme and ``Host`` the client used,
+as HipChat's did: HypChat follows them, and picks a room's class (the one with
+``notification()``) by matching ``links.self`` against ``https://...`` (S12).
 
 Wire shapes: v2 errors are pretty-printed JSON (2-space indent, sorted keys),
 ``{"error": {"code", "message", "type", ...}}`` (§4.3). v1 errors are compact
@@ -54,14 +61,20 @@ Tokens never reach ``messages``, ``requests``, the echo line or the logs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import functools
 import html
 import json
 import math
+import os
 import re
 import signal
 import socket
+import ssl
+import struct
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -121,6 +134,8 @@ REQUEST_READ_TIMEOUT = 10.0
 #: window never races the server closing its pooled connection.
 KEEPALIVE_IDLE_TIMEOUT = 900.0
 RECEIVE_CHUNK = 65536
+#: SO_LINGER on, 0 s: close() sends RST, not FIN, as when a server dies with a request unread.
+_LINGER_ZERO = struct.pack("ii", 1, 0)
 DEFAULT_PORT = 8780
 
 COLORS = ("yellow", "green", "red", "purple", "gray", "random")  # §4.1, order as in S37
@@ -139,6 +154,8 @@ ROOM_NAME_MAX = 50  # §5: names are at most 50 characters when created
 HISTORY_DEFAULT = 75  # §13, inferred
 HISTORY_MAX = 1000
 ECHO_MAX = 200
+#: What ``POST /_emulator/faults`` accepts.
+FAULT_KEYS = ("latency", "fail_next", "down_for", "up", "rate_limit", "flood_limit")
 
 V2_UNAUTHORIZED = "Invalid OAuth session"  # S28
 V1_UNAUTHORIZED = "Auth token invalid. Please see: https://www.hipchat.com/docs/api/auth"  # S24
@@ -348,6 +365,7 @@ _ROUTES: tuple[tuple[tuple[str, ...], str, tuple[str, ...]], ...] = (
     (("v2", "room", "*"), "v2_room_get", ("GET",)),
     (("v2", "room", "*", "notification"), "v2_notification", ("POST",)),
     (("v2", "room", "*", "message"), "v2_room_message", ("POST",)),
+    (("v2", "room", "*", "history"), "v2_history_view", ("GET",)),
     (("v2", "room", "*", "history", "latest"), "v2_history", ("GET",)),
     (("v2", "user", "*", "message"), "v2_user_message", ("POST",)),
     (("v1", "rooms", "message"), "v1_message", ("GET", "POST")),
@@ -659,8 +677,8 @@ class Response:
     content_type: str | None = None
     headers: list[tuple[str, str]] = field(default_factory=list)
     close: bool = False
-    #: run once the response is on the wire (e.g. going down for ``down_for``)
-    after_send: Callable[[], None] | None = None
+    #: drop the connection with a TCP reset instead of answering (the emulator is down)
+    reset: bool = False
 
 
 def _json_response(status: int, body: bytes) -> Response:
@@ -711,6 +729,37 @@ class _Call:
     rate: Quota | None = None
     flood_key: tuple[str, str] | None = None
     flood: Quota | None = None
+
+
+@dataclass(eq=False, slots=True)
+class _Connection:
+    """One open client connection, so that going down can reset it."""
+
+    socket: trio.socket.SocketType
+    #: serving a ``/_emulator/`` request, which going down leaves alone
+    control: bool = False
+    #: reset by going down; a request it carried must not be delivered
+    dropped: bool = False
+    #: the TLS handshake finished (always False for plain HTTP, where there is none)
+    handshaken: bool = False
+
+    def drop(self) -> None:
+        """Reset the connection (RST, not FIN): what a client of a dead server sees."""
+        self.dropped = True
+        with contextlib.suppress(OSError):  # already closed
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+        self.socket.close()
+
+
+def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType:
+    if isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    assert isinstance(stream, trio.SocketStream)
+    return stream.socket
+
+
+def _is_control(target: bytes) -> bool:
+    return split_target(target).segments[:1] == ("_emulator",)
 
 
 # --- the emulator ------------------------------------------------------------
@@ -775,9 +824,11 @@ class Emulator:
         self._baseline = (rate_limit, flood_limit, 0.0)
         self._arrivals = trio.lowlevel.ParkingLot()
         self._nursery: trio.Nursery | None = None
-        self._listening: tuple[trio.CancelScope, list[trio.SocketListener]] | None = None
-        self._bound: list[tuple[int, Any]] = []
-        self._connections: set[trio.SocketStream] = set()
+        self._scheme = "http"
+        self._down = False
+        #: the pending return of a ``down_for`` outage
+        self._up_timer: trio.CancelScope | None = None
+        self._connections: set[_Connection] = set()
         for name in rooms:
             self.add_room(name)
 
@@ -832,44 +883,56 @@ class Emulator:
         return sum(1 for record in self.requests if record.status == status)
 
     def reset(self) -> None:
-        """Clear messages, requests, rate and flood counters and faults; rooms stay."""
+        """Clear messages, requests, rate and flood counters and faults; rooms stay.
+
+        An outage (:meth:`set_down`, ``down_for``) is a fault too: it ends.
+        """
         self.messages.clear()
         self.requests.clear()
         self._rate_windows.clear()
         self._flood_windows.clear()
         self._fail_count, self._fail_status = 0, 503
         self.rate_limit, self.flood_limit, self.latency = self._baseline
+        self._come_up()
+
+    @property
+    def down(self) -> bool:
+        """Whether API requests are being refused (:meth:`set_down`, ``down_for``)."""
+        return self._down
 
     def set_down(self, down: bool) -> None:
-        """Stop listening and drop open connections (True), or listen again (False).
+        """Fail every API request as a dead server does (True), or serve again (False).
 
-        Takes effect before returning: right after ``set_down(True)`` a connect
-        is refused; right after ``set_down(False)`` it is accepted, on the same
-        port. Raises RuntimeError outside :meth:`serve`, OSError if the port was
-        taken meanwhile.
+        While down the emulator keeps listening, so its ``/_emulator/*``
+        control endpoints stay up; any other request is read and its
+        connection reset (RST): no answer, nothing delivered, and the client
+        sees "connection reset by peer" (a refused connect cannot be given to
+        some requests and not others on one port). Going down also resets
+        every open connection that is not serving a control request, so a
+        client's pooled connection fails too. Takes effect before returning.
+        Going up cancels a pending ``down_for`` return. Raises RuntimeError
+        outside :meth:`serve`.
         """
         if self._nursery is None:
             raise RuntimeError("set_down() needs a running serve()")
-        if down:
-            if self._listening is None:
-                return
-            scope, listeners = self._listening
-            self._listening = None
-            # Cancel first: the accept loop then unwinds with Cancelled instead of
-            # tripping over the socket we close right after.
-            scope.cancel()
-            for listener in listeners:
-                listener.socket.close()
-            # Close open connections now, not when their cancelled tasks next run,
-            # so a client's pool sees EOF before it would reuse a connection.
-            for stream in self._connections:
-                stream.socket.close()
-            log.info("emulator.down", url=self.url)
-        else:
-            if self._listening is not None:
-                return
-            self._start_listening([_rebind(family, addr) for family, addr in self._bound])
-            log.info("emulator.up", url=self.url)
+        if not down:
+            if self._down:
+                self._come_up()
+                log.info("emulator.up", url=self.url)
+            return
+        if self._down:
+            return
+        self._down = True
+        for connection in list(self._connections):
+            if not connection.control:
+                connection.drop()
+        log.info("emulator.down", url=self.url)
+
+    def _come_up(self) -> None:
+        self._down = False
+        if self._up_timer is not None:
+            self._up_timer.cancel()
+            self._up_timer = None
 
     # --- serving ---
 
@@ -878,18 +941,30 @@ class Emulator:
         host: str = "127.0.0.1",
         port: int = 0,
         *,
+        ssl_context: ssl.SSLContext | None = None,
         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Listen on ``host:port`` and serve until cancelled.
 
-        Reports ``self.url`` through ``task_status.started`` once the socket
-        listens. Raises OSError if it cannot bind.
+        With ``ssl_context`` (a server context holding the certificate, e.g.
+        from :func:`throwaway_tls`) it speaks HTTPS only, and every URL it
+        hands out (``self.url``, ``links.self``) is ``https://``. Reports
+        ``self.url`` through ``task_status.started`` once the socket listens.
+        Raises OSError if it cannot bind.
         """
         if self._nursery is not None:
             raise RuntimeError("this Emulator is already serving")
-        listeners = await trio.open_tcp_listeners(port, host=host)
-        self._bound = [(lst.socket.family, lst.socket.getsockname()) for lst in listeners]
-        self.url = _base_url(*self._bound[0])
+        sockets = await trio.open_tcp_listeners(port, host=host)
+        listeners: list[trio.abc.Listener[trio.abc.Stream]] = list(sockets)
+        self._scheme = "http"
+        if ssl_context is not None:
+            self._scheme = "https"
+            # https_compatible: HTTPS clients close without close_notify (RFC 2818 §2.2.2).
+            listeners = [
+                trio.SSLListener(sock, ssl_context, https_compatible=True) for sock in sockets
+            ]
+        first = sockets[0].socket
+        self.url = _base_url(self._scheme, first.family, first.getsockname())
         self._baseline = (self.rate_limit, self.flood_limit, self.latency)
         for room in self._rooms.values():
             if room.created is None:
@@ -897,64 +972,70 @@ class Emulator:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                self._start_listening(listeners)
+                await nursery.start(trio.serve_listeners, self._handle_connection, listeners)
                 task_status.started(self.url)
-                await trio.sleep_forever()
         finally:
             self._nursery = None
-            self._listening = None
-
-    def _start_listening(self, listeners: list[trio.SocketListener]) -> None:
-        assert self._nursery is not None
-        scope = trio.CancelScope()
-        self._listening = (scope, listeners)
-        self._nursery.start_soon(self._listen, scope, listeners)
-
-    async def _listen(self, scope: trio.CancelScope, listeners: list[trio.SocketListener]) -> None:
-        try:
-            with scope:
-                await trio.serve_listeners(self._handle_connection, listeners)
-        except* trio.ClosedResourceError:
-            if not scope.cancel_called:
-                raise
+            self._come_up()
 
     def _go_down_for(self, seconds: float) -> None:
-        if self._nursery is None or self._listening is None:
-            return
+        assert self._nursery is not None  # only called while serving a request
         self.set_down(True)
-        self._nursery.start_soon(self._come_back_after, seconds)
+        if self._up_timer is not None:
+            self._up_timer.cancel()  # the newest down_for decides when we come back
+        self._up_timer = trio.CancelScope()
+        self._nursery.start_soon(self._come_back_after, self._up_timer, seconds)
 
-    async def _come_back_after(self, seconds: float) -> None:
-        await trio.sleep(seconds)
-        self.set_down(False)
+    async def _come_back_after(self, timer: trio.CancelScope, seconds: float) -> None:
+        with timer:
+            await trio.sleep(seconds)
+            self._up_timer = None
+            self.set_down(False)
 
-    async def _handle_connection(self, stream: trio.SocketStream) -> None:
+    async def _handle_connection(self, stream: trio.abc.Stream) -> None:
+        connection = _Connection(_socket_of(stream))
+        self._connections.add(connection)
+        try:
+            await self._converse(stream, connection)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client went away (or failed the TLS handshake), or we dropped it
+        finally:
+            self._connections.discard(connection)
+            await trio.aclose_forcefully(stream)
+
+    async def _converse(self, stream: trio.abc.Stream, connection: _Connection) -> None:
+        if isinstance(stream, trio.SSLStream):
+            with trio.move_on_after(REQUEST_READ_TIMEOUT):
+                await stream.do_handshake()
+                connection.handshaken = True
+            if not connection.handshaken:
+                return  # a slow or silent TLS client: close without an answer
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
-        self._connections.add(stream)
-        async with stream:
-            try:
-                while True:
-                    outcome = await self._read_request(conn, stream)
-                    if outcome is None:
-                        return
-                    if isinstance(outcome, Response):
-                        await _send_response(conn, stream, outcome)
-                        return
-                    response = await self._respond(outcome)
-                    await _send_response(conn, stream, response, head=outcome.method == "HEAD")
-                    if response.after_send is not None:
-                        response.after_send()
-                    if not start_next_cycle(conn):
-                        return
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return  # the client went away, or set_down closed us
-            finally:
-                self._connections.discard(stream)
+        while True:
+            outcome = await self._read_request(conn, stream, connection)
+            if outcome is None:
+                return
+            if isinstance(outcome, Response):
+                if outcome.reset:
+                    connection.drop()
+                else:
+                    await _send_response(conn, stream, outcome)
+                return
+            # Down: the whole request is read first, so the client, done writing, sees the
+            # reset as it waits for the answer (ECONNRESET), whatever its write pattern.
+            response = await self._respond(outcome, connection)
+            connection.control = False
+            if response.reset:
+                connection.drop()
+                return
+            await _send_response(conn, stream, response, head=outcome.method == "HEAD")
+            if not start_next_cycle(conn):
+                return
 
     async def _read_request(
-        self, conn: h11.Connection, stream: trio.SocketStream
+        self, conn: h11.Connection, stream: trio.abc.Stream, connection: _Connection
     ) -> Request | Response | None:
-        """Read one request; a Response means answer it and close, None means just close."""
+        """Read one request; a Response means answer it (or reset) and close, None means close."""
         started: h11.Request | None = None
         body = bytearray()
         with trio.move_on_after(KEEPALIVE_IDLE_TIMEOUT) as scope:
@@ -965,12 +1046,15 @@ class Emulator:
                 try:
                     event = await reader.next_event()
                 except h11.RemoteProtocolError as exc:
+                    if self._down:
+                        return Response(0, reset=True)
                     response = _protocol_error(conn, exc)
                     if response is not None:
                         self._decorate(_Call("v2"), response)
                     return response
                 if isinstance(event, h11.Request):
                     started = event
+                    connection.control = _is_control(event.target)
                     declared = _content_length(event)
                     if declared is not None and declared > MAX_BODY_BYTES:
                         return self._too_large(event)
@@ -995,6 +1079,8 @@ class Emulator:
 
     def _too_large(self, event: h11.Request) -> Response:
         target = split_target(event.target)
+        if self._down and target.segments[:1] != ("_emulator",):
+            return Response(0, reset=True)
         api: Api = "v1" if target.segments[:1] == ("v1",) else "v2"
         call = _Call(api)
         response = self._error(call, ApiError(413, "Request body is over 1 MiB"))
@@ -1004,13 +1090,19 @@ class Emulator:
             self._record(event.method.decode("ascii"), target.path, response.status, None)
         return response
 
-    async def _respond(self, request: Request) -> Response:
+    async def _respond(self, request: Request, connection: _Connection) -> Response:
         target = split_target(request.target)
         if target.segments[:1] == ("_emulator",):
             return self._admin(request, target)
+        if self._down:
+            return Response(0, reset=True)
         delay = self.latency + self._room_delay(request, target)
         if delay > 0:
             await trio.sleep(delay)
+        if self._down or connection.dropped:
+            # Down (or down and back) while this request waited: it dies unanswered and
+            # undelivered, so a client never sees an error for a message that arrived.
+            return Response(0, reset=True)
         api: Api = "v1" if target.segments[:1] == ("v1",) else "v2"
         call = _Call(api)
         try:
@@ -1029,7 +1121,7 @@ class Emulator:
             return 0.0
         if route.name == "v1_message":
             name = self._v1_params(request, target).get("room_id", "")
-        elif route.name.startswith("v2_room_") or route.name in ("v2_notification", "v2_history"):
+        elif route.name.startswith(("v2_room_", "v2_history")) or route.name == "v2_notification":
             name = decode_segment(route.param or "")
         else:
             return 0.0
@@ -1085,8 +1177,9 @@ class Emulator:
             return _json_response(200, v2_json(self._room_json(self._v2_room(param), base)))
         if route.name == "v2_room_list":
             return self._v2_room_list(base)
-        if route.name == "v2_history":
-            return self._v2_history(self._v2_room(param), target.query, base)
+        if route.name in ("v2_history", "v2_history_view"):
+            view = route.name == "v2_history_view"
+            return self._v2_history(self._v2_room(param), target.query, base, view=view)
         if route.name == "v1_message":
             return self._v1_message(call, params)
         if route.name == "v1_rooms_list":
@@ -1110,7 +1203,9 @@ class Emulator:
 
     def _base(self, request: Request) -> str:
         host = request.headers.get("host", "")
-        return f"http://{host}" if _HOST_HEADER.fullmatch(host) else self.url
+        # The scheme and host the client used, as HipChat did: clients such as HypChat
+        # follow these links, and pick the room's class by an https:// pattern (S12).
+        return f"{self._scheme}://{host}" if _HOST_HEADER.fullmatch(host) else self.url
 
     def _rate_limited(self, call: _Call) -> _Reject:
         if call.api == "v1":
@@ -1293,7 +1388,7 @@ class Emulator:
             "guest_access_url": None,
             "created": _iso(created),
             "last_active": _iso(self._last_active(room)),
-            "owner": dict(TOKEN_OWNER),
+            "owner": _user(base),
             "participants": [],
             "links": {
                 "self": link,
@@ -1305,7 +1400,14 @@ class Emulator:
 
     def _v2_room_list(self, base: str) -> Response:
         items = [
-            {"id": r.id, "name": r.name, "links": {"self": f"{base}/v2/room/{r.id}"}}
+            {
+                "id": r.id,
+                "name": r.name,
+                "links": {
+                    "self": f"{base}/v2/room/{r.id}",
+                    "webhooks": f"{base}/v2/room/{r.id}/webhook",
+                },
+            }
             for r in self._rooms.values()
         ]
         body = {
@@ -1316,7 +1418,15 @@ class Emulator:
         }
         return _json_response(200, v2_json(body))
 
-    def _v2_history(self, room: _Room, query: Mapping[str, str], base: str) -> Response:
+    def _v2_history(
+        self, room: _Room, query: Mapping[str, str], base: str, *, view: bool
+    ) -> Response:
+        """``history/latest``, or with ``view`` the ``history`` endpoint (HypChat's history()).
+
+        ``history`` takes ``date``: ``recent`` (the default) or an ISO 8601
+        time, the newest a message may be; a time without a zone is UTC and
+        ``timezone`` is ignored [inferred]. ``not-before`` is ``latest``'s.
+        """
         raw = query.get("max-results", str(HISTORY_DEFAULT))
         if not raw.isascii() or not raw.isdigit():
             raise _type_error("max-results", raw, "integer")
@@ -1331,16 +1441,22 @@ class Emulator:
                 )
             )
         in_room = [m for m in self.messages if m.room_id == room.id]
-        not_before = query.get("not-before")
-        ids = [m.id for m in in_room]
-        if not_before and not_before in ids:  # an unknown id filters nothing [inferred]
-            in_room = in_room[ids.index(not_before) :]
+        if view:
+            newest = _history_date(query.get("date", "recent"))
+            if newest is not None:
+                in_room = [m for m in in_room if m.date <= newest]
+        else:
+            not_before = query.get("not-before")
+            ids = [m.id for m in in_room]
+            if not_before and not_before in ids:  # an unknown id filters nothing [inferred]
+                in_room = in_room[ids.index(not_before) :]
         chosen = in_room[-limit:] if limit else []
+        path = "history" if view else "history/latest"
         body = {
-            "items": [_history_item(m) for m in chosen],
+            "items": [_history_item(m, base) for m in chosen],
             "startIndex": 0,
             "maxResults": limit,
-            "links": {"self": f"{base}/v2/room/{room.id}/history/latest"},
+            "links": {"self": f"{base}/v2/room/{room.id}/{path}"},
         }
         return _json_response(200, v2_json(body))
 
@@ -1431,13 +1547,18 @@ class Emulator:
 
     def _admin_faults(self, request: Request) -> Response:
         body = parse_v2_body("application/json", request.body, parse_form=False)
-        unknown = set(body) - {"latency", "fail_next", "down_for", "rate_limit", "flood_limit"}
+        unknown = set(body) - set(FAULT_KEYS)
         if unknown:
             raise _Reject(ApiError(400, f"Unknown fault keys: {sorted(unknown)}"))
         latency = _number(body, "latency")
         down_for = _number(body, "down_for")
         rate_limit = _count(body, "rate_limit")
         flood_limit = _count(body, "flood_limit")
+        up = body.get("up", False)
+        if not isinstance(up, bool):
+            raise _type_error("up", up, "boolean")
+        if up and down_for:
+            raise _Reject(ApiError(400, "Give either down_for or up, not both"))
         fail: tuple[int, int] | None = None
         if "fail_next" in body:
             spec = body["fail_next"]
@@ -1453,7 +1574,12 @@ class Emulator:
         if fail is not None:
             self.fail_next(*fail)
         self.set_limits(rate_limit=rate_limit, flood_limit=flood_limit)
-        response = _json_response(
+        if down_for:
+            # Down before answering: this control request is served all the same.
+            self._go_down_for(down_for)
+        if up:
+            self.set_down(False)
+        return _json_response(
             200,
             _compact(
                 {
@@ -1462,14 +1588,10 @@ class Emulator:
                     "rate_limit": self.rate_limit,
                     "flood_limit": self.flood_limit,
                     "down_for": down_for or 0,
+                    "down": self._down,
                 }
             ),
         )
-        if down_for:
-            # Go down once this answer is on the wire (set_down would drop it).
-            response.after_send = lambda: self._go_down_for(down_for)
-            response.close = True
-        return response
 
     @staticmethod
     def _now_or_none() -> float | None:
@@ -1512,7 +1634,28 @@ def _v2_token(request: Request, target: Target) -> str | None:
     return target.query.get("auth_token")
 
 
-def _history_item(message: ReceivedMessage) -> dict[str, Json]:
+def _user(base: str) -> dict[str, Json]:
+    """The token owner as HipChat shows a user inside a room or message: with ``links.self``."""
+    return {**TOKEN_OWNER, "links": {"self": f"{base}/v2/user/{TOKEN_OWNER['id']}"}}
+
+
+def _history_date(value: str) -> float | None:
+    if value == "recent":
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise _Reject(
+            ApiError(
+                400,
+                f"Value {py2_repr(value)} for field 'date' is not an ISO 8601 date or 'recent'",
+                {"field": "date", "value": value},
+            )
+        ) from None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def _history_item(message: ReceivedMessage, base: str) -> dict[str, Json]:
     item: dict[str, Json] = {
         "id": message.id,
         "date": _iso(message.date),
@@ -1523,7 +1666,7 @@ def _history_item(message: ReceivedMessage) -> dict[str, Json]:
     if message.kind == "notification":
         item.update({"type": "notification", "from": message.sender, "color": message.color})
     else:
-        item.update({"type": "message", "from": dict(TOKEN_OWNER)})
+        item.update({"type": "message", "from": _user(base)})
     return item
 
 
@@ -1554,7 +1697,7 @@ def _protocol_error(conn: h11.Connection, exc: h11.RemoteProtocolError) -> Respo
 
 
 async def _send_response(
-    conn: h11.Connection, stream: trio.SocketStream, response: Response, *, head: bool = False
+    conn: h11.Connection, stream: trio.abc.Stream, response: Response, *, head: bool = False
 ) -> None:
     headers = [("Server", f"hipchatd-emulator/{__version__}")]
     if response.content_type is not None:
@@ -1568,22 +1711,7 @@ async def _send_response(
     await send_response(conn, stream, response.status, headers, body)
 
 
-def _rebind(family: int, address: Any) -> trio.SocketListener:
-    # Synchronous on purpose: set_down(False) must be listening when it returns.
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(address)
-        sock.listen(socket.SOMAXCONN)
-    except OSError:
-        sock.close()
-        raise
-    return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-
-
-def _base_url(family: int, address: Any) -> str:
+def _base_url(scheme: str, family: int, address: Any) -> str:
     host, port = address[0], address[1]
     if host in ("0.0.0.0", ""):
         host = "127.0.0.1"
@@ -1591,7 +1719,104 @@ def _base_url(family: int, address: Any) -> str:
         host = "::1"
     if family == socket.AF_INET6:
         host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"{scheme}://{host}:{port}"
+
+
+# --- HTTPS ---------------------------------------------------------------------
+
+#: Every name a local client may use for the emulator; the throwaway certificate covers each.
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+#: How to get what ``--tls`` needs: the extra that pulls in trustme.
+TLS_INSTALL_HINT = "pip install 'hipchatd[emulator-tls]'"
+_WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+
+
+class TLSUnavailable(RuntimeError):
+    """``--tls`` needs trustme (which makes the throwaway CA), and it is not installed."""
+
+
+def throwaway_tls(
+    ca_path: str | os.PathLike[str], hosts: Iterable[str] = LOOPBACK_NAMES
+) -> ssl.SSLContext:
+    """A server context with a fresh certificate for ``hosts``, signed by a fresh CA.
+
+    Writes the CA's certificate (PEM) to ``ca_path``, for clients to trust:
+    hipchatd's ``hipchat.ca_file``, ``curl --cacert``, httpx's ``verify``. The
+    CA's private key never leaves memory, so the certificate is worthless once
+    the process ends. Raises TLSUnavailable when trustme is not installed,
+    OSError when ``ca_path`` cannot be written.
+    """
+    try:
+        import trustme
+    except ImportError as exc:
+        raise TLSUnavailable(
+            f"--tls needs the trustme package: {TLS_INSTALL_HINT} "
+            "(or give your own certificate with --tls-cert and --tls-key)"
+        ) from exc
+    authority = trustme.CA(organization_name="hipchatd emulator")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert(*dict.fromkeys(hosts)).configure_cert(context)
+    authority.cert_pem.write_to_path(os.fspath(ca_path))
+    return context
+
+
+@dataclass(frozen=True, slots=True)
+class _Tls:
+    context: ssl.SSLContext
+    #: the throwaway CA's certificate, None with --tls-cert
+    ca_path: str | None = None
+    #: the CA file is ours to remove at exit (no --tls-ca-out)
+    temporary: bool = False
+
+
+class _CannotStart(Exception):
+    """One line saying why the emulator cannot start as asked."""
+
+
+def _tls_from_args(args: argparse.Namespace) -> _Tls | None:
+    if args.tls and args.tls_cert:
+        raise _CannotStart("give either --tls (a throwaway certificate) or --tls-cert, not both")
+    if args.tls_key and not args.tls_cert:
+        raise _CannotStart("--tls-key needs --tls-cert")
+    if args.tls_ca_out and not args.tls:
+        raise _CannotStart("--tls-ca-out goes with --tls (it names where the throwaway CA goes)")
+    if args.tls_cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(args.tls_cert, args.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            key = f" and --tls-key {args.tls_key}" if args.tls_key else ""
+            raise _CannotStart(
+                f"cannot load --tls-cert {args.tls_cert}{key}: {exc}; both must be PEM and "
+                "the key must match the certificate"
+            ) from None
+        return _Tls(context)
+    if not args.tls:
+        return None
+    hosts = [*LOOPBACK_NAMES]
+    if args.host not in _WILDCARD_HOSTS:
+        hosts.append(args.host)
+    temporary = not args.tls_ca_out
+    if temporary:
+        fd, path = tempfile.mkstemp(prefix="hipchatd-emulator-ca-", suffix=".pem")
+        os.close(fd)
+    else:
+        path = os.path.abspath(args.tls_ca_out)
+    try:
+        context = throwaway_tls(path, hosts)
+    except TLSUnavailable as exc:
+        _remove_quietly(path, temporary)
+        raise _CannotStart(str(exc)) from None
+    except OSError as exc:
+        _remove_quietly(path, temporary)
+        raise _CannotStart(f"cannot write the CA certificate to {path}: {exc.strerror}") from None
+    return _Tls(context, path, temporary)
+
+
+def _remove_quietly(path: str, ours: bool) -> None:
+    if ours:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 # --- command line (called by `hipchatd emulator`) ----------------------------
@@ -1640,6 +1865,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--latency", type=float, default=0.0, metavar="S",
                         help="seconds added before every API answer")  # fmt: skip
+    https = parser.add_argument_group("HTTPS (default: plain HTTP)")
+    https.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve HTTPS with a throwaway certificate for 127.0.0.1, localhost and ::1 "
+        f"(and --host), from a new CA whose certificate is written out; needs {TLS_INSTALL_HINT}",
+    )
+    https.add_argument(
+        "--tls-ca-out",
+        metavar="PATH",
+        help="with --tls: write the CA certificate (PEM) here, for hipchat.ca_file "
+        "(default: a new file in the temporary directory, removed at exit)",
+    )
+    https.add_argument(
+        "--tls-cert", metavar="FILE", help="serve HTTPS with this certificate chain (PEM)"
+    )
+    https.add_argument(
+        "--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM; default: in it)"
+    )
 
 
 def emulator_from_args(args: argparse.Namespace, echo: Callable[[str], None]) -> Emulator:
@@ -1664,7 +1908,7 @@ def _print_line(line: str) -> None:
     print(line, flush=True)
 
 
-def _startup_line(emulator: Emulator, args: argparse.Namespace) -> str:
+def _startup_line(emulator: Emulator, args: argparse.Namespace, tls: _Tls | None = None) -> str:
     rooms = ", ".join(f"{name} (id {emulator._room_ids[name]})" for name in emulator._room_ids)
     tokens = (
         f"{len(set(args.tokens))} token(s) accepted"
@@ -1676,19 +1920,23 @@ def _startup_line(emulator: Emulator, args: argparse.Namespace) -> str:
         f"hipchatd emulator listening on {emulator.url}; rooms: {rooms}{auto}; "
         f"rate limit {emulator.rate_limit}/{emulator.rate_window:g}s per token, "
         f"flood control {emulator.flood_limit}/{emulator.flood_window:g}s per room; {tokens}"
+        + (f"; CA certificate in {tls.ca_path}" if tls is not None and tls.ca_path else "")
     )
 
 
-async def _serve_until_signalled(emulator: Emulator, args: argparse.Namespace) -> int:
+async def _serve_until_signalled(
+    emulator: Emulator, args: argparse.Namespace, tls: _Tls | None
+) -> int:
+    serve = functools.partial(emulator.serve, ssl_context=tls.context if tls else None)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             try:
-                await nursery.start(emulator.serve, args.host, args.port)
+                await nursery.start(serve, args.host, args.port)
             except OSError as exc:
                 print(f"hipchatd emulator: cannot listen on {args.host}:{args.port}: {exc}",
                       file=sys.stderr)  # fmt: skip
                 return 1
-            _print_line(_startup_line(emulator, args))
+            _print_line(_startup_line(emulator, args, tls))
             async for _ in signals:
                 nursery.cancel_scope.cancel()
                 break
@@ -1698,11 +1946,21 @@ async def _serve_until_signalled(emulator: Emulator, args: argparse.Namespace) -
 def run(args: argparse.Namespace) -> int:
     """Run the emulator in the foreground until Ctrl-C or SIGTERM; return the exit code.
 
-    Prints one startup line, then one line per accepted message. Returns 0 on
-    a signal, 1 if the address cannot be bound.
+    Prints one startup line (with ``--tls``, it names the CA certificate
+    file), then one line per accepted message. Returns 0 on a signal, 1 if it
+    cannot start: the address cannot be bound, or the HTTPS options cannot be
+    used (one line on stderr says why).
     """
+    try:
+        tls = _tls_from_args(args)
+    except _CannotStart as exc:
+        print(f"hipchatd emulator: {exc}", file=sys.stderr)
+        return 1
     emulator = emulator_from_args(args, _print_line)
     try:
-        return trio.run(_serve_until_signalled, emulator, args)
+        return trio.run(_serve_until_signalled, emulator, args, tls)
     except KeyboardInterrupt:  # Ctrl-C before the signal receiver was installed
         return 0
+    finally:
+        if tls is not None and tls.ca_path is not None:
+            _remove_quietly(tls.ca_path, tls.temporary)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import io
 import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,25 +28,34 @@ import httpx
 import pytest
 import trio
 import trio.testing
+import trustme
 from structlog.testing import capture_logs
 
+from hipchatd import tools
 from hipchatd.clock import unix_now
+from hipchatd.config import Config, HipChatSettings, Secret
 from hipchatd.emulator import (
     ApiError,
     Emulator,
     FixedWindow,
     ReceivedMessage,
+    TLSUnavailable,
     _Reject,
     add_arguments,
     decode_segment,
     echo_line,
     match_route,
     py2_repr,
+    run,
     split_target,
+    throwaway_tls,
     v1_error_body,
     v1_json,
     validate_v1_message,
 )
+from hipchatd.hipchat import HipChatClient, OutcomeKind, make_http_client
+from hipchatd.render import Message
+from hipchatd.routing import Target
 
 TOKEN = "emu-test-token-9f8e7d6c5b4a"
 WRONG = "wrong-token-0a1b2c3d"
@@ -1050,9 +1062,10 @@ async def test_latency_delays_the_answer(
     assert 25.0 <= slow_elapsed < 25.5
 
 
-async def test_set_down_refuses_and_drops_then_comes_back(
+async def test_set_down_resets_api_requests_and_drops_then_comes_back(
     emu: Emulator, client: httpx.AsyncClient
 ) -> None:
+    """Down: API requests and open connections get a reset; control requests are served."""
     host, port = emu.url.removeprefix("http://").rsplit(":", 1)
     with trio.fail_after(10):
         assert (await notify(client, emu)).status_code == 204
@@ -1060,16 +1073,118 @@ async def test_set_down_refuses_and_drops_then_comes_back(
         await held.send_all(b"GET /v2/room/sensu HTTP/1.1\r\n")  # an unfinished request
         await trio.testing.wait_all_tasks_blocked()
         emu.set_down(True)
-        with pytest.raises(httpx.ConnectError):  # the pooled connection was closed too
+        with pytest.raises(httpx.TransportError):  # the pooled connection was reset too
             await notify(client, emu)
-        with contextlib.suppress(trio.BrokenResourceError):  # a reset is no answer either
-            assert await held.receive_some(1024) == b""  # dropped without an answer
+        with pytest.raises(httpx.ReadError, match="reset"):  # a fresh connection: no answer
+            await notify(client, emu)
+        with pytest.raises(trio.BrokenResourceError):  # reset, not closed
+            await held.receive_some(1024)
         await held.aclose()
+        control = await client.get(f"{emu.url}/_emulator/requests")
+        assert emu.down
         emu.set_down(False)
         back = await notify(client, emu)
+    assert control.status_code == 200
+    assert control.json() == {"204": 1, "total": 1}  # the reset requests were never handled
     assert back.status_code == 204
     assert emu.url.endswith(f":{port}")
     assert len(emu.messages) == 2
+
+
+async def test_a_request_in_flight_when_going_down_is_not_delivered(
+    emu: Emulator, client: httpx.AsyncClient, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Down, or down and back, while a request waits out its latency: reset, not delivered."""
+    emu.latency = 5.0
+    failures: list[type[BaseException]] = []
+
+    async def doomed() -> None:
+        try:
+            await notify(client, emu)
+        except httpx.TransportError as exc:
+            failures.append(type(exc))
+
+    with trio.fail_after(100):
+        for come_back in (False, True):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(doomed)
+                await trio.sleep(1)
+                emu.set_down(True)
+                if come_back:
+                    emu.set_down(False)
+            emu.set_down(False)
+    assert len(failures) == 2
+    assert emu.messages == []
+    assert emu.requests == []
+
+
+async def test_down_for_keeps_the_control_endpoints_and_up_ends_it_early(
+    emu: Emulator, client: httpx.AsyncClient, autojump_clock: trio.testing.MockClock
+) -> None:
+    faults = f"{emu.url}/_emulator/faults"
+    with trio.fail_after(1000):
+        went_down = await client.post(faults, json={"down_for": 300})
+        with pytest.raises(httpx.TransportError):
+            await notify(client, emu)
+        messages = await client.get(f"{emu.url}/_emulator/messages")
+        await trio.sleep(10)
+        came_up = await client.post(faults, json={"up": True})
+        up_at = trio.current_time()
+        back = await notify(client, emu)
+        # The ended outage's timer is gone: it cannot cut a later outage short.
+        await client.post(faults, json={"down_for": 1000})
+        await trio.sleep(400)
+        assert emu.down
+        state = await client.post(faults, json={})
+        await client.post(f"{emu.url}/_emulator/reset")  # a reset ends an outage too
+    assert went_down.status_code == 200
+    assert went_down.json()["down"] is True
+    assert messages.status_code == 200
+    assert messages.json() == []
+    assert came_up.json()["down"] is False
+    assert up_at < 20
+    assert back.status_code == 204
+    assert state.json()["down"] is True
+    assert not emu.down
+
+
+@pytest.mark.parametrize(
+    ("faults", "message"),
+    [
+        ({"up": True, "down_for": 5}, "Give either down_for or up, not both"),
+        ({"up": "yes"}, "Value u'yes' for field 'up' is not of type 'boolean'"),
+    ],
+)
+async def test_bad_up_changes_nothing(
+    emu: Emulator, client: httpx.AsyncClient, faults: dict[str, Any], message: str
+) -> None:
+    with trio.fail_after(10):
+        response = await client.post(f"{emu.url}/_emulator/faults", json=faults)
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == message
+    assert not emu.down
+
+
+async def test_hipchatd_client_sees_a_transport_error_while_down(
+    emu: Emulator, client: httpx.AsyncClient
+) -> None:
+    """hipchatd's own client: a transport error (retried later) while down, sent after up."""
+    settings = HipChatSettings(api_token=Secret(TOKEN), server_url=emu.url)
+    target = Target(
+        kind="room", name="sensu", notify=False, username="Sensu", message_format="text"
+    )
+    message = Message(text="drill", color="red", notify=False, message_format="text", sender="s")
+    with trio.fail_after(10):
+        async with make_http_client(settings, 1) as http:
+            hipchat = HipChatClient(settings, http)
+            await client.post(f"{emu.url}/_emulator/faults", json={"down_for": 600})
+            down = await hipchat.send(target, message)
+            await client.post(f"{emu.url}/_emulator/faults", json={"up": True})
+            up = await hipchat.send(target, message)
+    assert down.kind is OutcomeKind.TRANSPORT_ERROR
+    assert down.kind.transient
+    assert up.kind is OutcomeKind.SENT
+    assert [m.message for m in emu.messages] == ["drill"]
 
 
 # --- admin ----------------------------------------------------------------------
@@ -1117,7 +1232,7 @@ async def test_admin_down_for(
     with trio.fail_after(100):
         response = await client.post(f"{emu.url}/_emulator/faults", json={"down_for": 30})
         await trio.sleep(1)
-        with pytest.raises(httpx.ConnectError):
+        with pytest.raises(httpx.TransportError):
             await notify(client, emu)
         await trio.sleep(30)
         back = await notify(client, emu)
@@ -1342,3 +1457,302 @@ async def test_run_prints_startup_and_echo_lines_and_exits_0_on_sigterm(
     assert ("open mode: any token accepted" in startup) == (not tokens)
     assert "cli-secret" not in startup
     assert echoed == "[room ops] from cli (yellow)"
+
+
+# --- HTTPS ----------------------------------------------------------------------
+
+#: HypChat picks a JSON object's class by matching its links.self (S12, restobject.py).
+HYPCHAT_ROOM = re.compile(r"https://[^/]+/v2/room/[^/]+$")
+HYPCHAT_USER = re.compile(r"https://[^/]+/v2/user/[^/]+$")
+HYPCHAT_ROOMS = re.compile(r"https://[^/]+/v2/room$")
+HYPCHAT_HISTORY = re.compile(r"https://[^/]+/v2/room/[^/]+/history$")
+SENSU = Target(kind="room", name="sensu", notify=False, username="Sensu", message_format="text")
+DRILL = Message(text="drill", color="red", notify=False, message_format="text", sender="s")
+
+
+@pytest.fixture
+async def tls_emu(nursery: trio.Nursery, tmp_path: Path) -> tuple[Emulator, Path]:
+    """An HTTPS emulator with a throwaway certificate, and the file holding its CA."""
+    ca = tmp_path / "ca.pem"
+    emu = Emulator(tokens=[TOKEN], rooms=["sensu", "ops"])
+    await nursery.start(functools.partial(emu.serve, ssl_context=throwaway_tls(ca)))
+    return emu, ca
+
+
+async def test_https_hipchatd_client_delivers_with_ca_file_and_fails_without(
+    tls_emu: tuple[Emulator, Path],
+) -> None:
+    emu, ca = tls_emu
+    trusting = HipChatSettings(api_token=Secret(TOKEN), server_url=emu.url, ca_file=str(ca))
+    default = HipChatSettings(api_token=Secret(TOKEN), server_url=emu.url)
+    with trio.fail_after(10):
+        async with make_http_client(trusting, 1) as http:
+            sent = await HipChatClient(trusting, http).send(SENSU, DRILL)
+        async with make_http_client(default, 1) as http:
+            refused = await HipChatClient(default, http).send(SENSU, DRILL)
+    assert emu.url.startswith("https://127.0.0.1:")
+    assert ca.read_text().startswith("-----BEGIN CERTIFICATE-----")
+    assert sent.kind is OutcomeKind.SENT
+    assert refused.kind is OutcomeKind.TRANSPORT_ERROR
+    assert "CERTIFICATE_VERIFY_FAILED" in refused.error
+    assert [m.message for m in emu.messages] == ["drill"]
+
+
+async def test_https_check_online_and_send_test_trust_the_ca_file(
+    tls_emu: tuple[Emulator, Path],
+) -> None:
+    emu, ca = tls_emu
+
+    def config(**hipchat: Any) -> Config:
+        settings = HipChatSettings(api_token=Secret(TOKEN), server_url=emu.url, **hipchat)
+        return Config(hipchat=settings)
+
+    outputs = [io.StringIO() for _ in range(3)]
+    with trio.fail_after(10):
+        checked = await tools.check_online(config(ca_file=str(ca)), outputs[0])
+        sent = await tools.send_test(config(ca_file=str(ca)), None, outputs[1])
+        untrusted = await tools.check_online(config(), outputs[2])
+    assert (checked, sent, untrusted) == (0, 0, 1)
+    assert outputs[0].getvalue() == "ok: room sensu (token accepted)\n"
+    assert outputs[1].getvalue() == "sent: room sensu\n"
+    first = outputs[2].getvalue().splitlines()[0]
+    assert first.startswith(f"error: cannot reach {emu.url}: ConnectError:")
+    assert "CERTIFICATE_VERIFY_FAILED" in first
+    assert len(emu.messages) == 1
+
+
+async def test_https_certificate_covers_localhost_and_links_follow_the_host(
+    tls_emu: tuple[Emulator, Path],
+) -> None:
+    emu, ca = tls_emu
+    port = emu.url.rsplit(":", 1)[1]
+    async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=ca)) as https:
+        with trio.fail_after(10):
+            room = await https.get(f"https://localhost:{port}/v2/room/ops", headers=AUTH)
+            plain = await raw_exchange_tcp(emu, b"GET /v2/room/ops HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert room.status_code == 200
+    assert room.json()["links"]["self"] == f"https://localhost:{port}/v2/room/2"
+    assert b"HTTP/1.1" not in plain  # no plain HTTP on an HTTPS port
+
+
+async def raw_exchange_tcp(emu: Emulator, data: bytes) -> bytes:
+    """Plain bytes to the emulator's port; what came back before it closed (or reset)."""
+    host, port = emu.url.split("://")[1].rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    received = bytearray()
+    async with stream:
+        await stream.send_all(data)
+        with contextlib.suppress(trio.BrokenResourceError):
+            while chunk := await stream.receive_some(65536):
+                received += chunk
+    return bytes(received)
+
+
+async def test_hypchat_room_objects_work_over_https(tls_emu: tuple[Emulator, Path]) -> None:
+    """HypChat's flow: the room's links are https (its Room class), and each one it follows works.
+
+    HypChat GETs /v2/room/{name}, wraps the answer in its Room class only when
+    links.self matches https://host/v2/room/{id}, then posts JSON to
+    links.self + /notification and reads links.self + /history[/latest]; it
+    parses X-Ratelimit-Remaining as int and -Reset as float on every answer.
+    """
+    emu, ca = tls_emu
+    headers = {**AUTH, "Content-Type": "application/json"}
+    async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=ca)) as https:
+        with trio.fail_after(10):
+            rooms = await https.get(f"{emu.url}/v2/room", headers=AUTH)
+            got = await https.get(f"{emu.url}/v2/room/ops", headers=AUTH)
+            room = got.json()
+            body = {"message": "from HypChat", "notify": False, "message_format": "html"}
+            posted = await https.post(
+                room["links"]["self"] + "/notification", content=json.dumps(body), headers=headers
+            )
+            history = await https.get(
+                room["links"]["self"] + "/history",
+                params={"date": "recent", "timezone": "UTC", "max-results": 200},
+                headers=AUTH,
+            )
+            future = datetime.now(UTC).replace(year=2100).isoformat()
+            until = await https.get(
+                room["links"]["self"] + "/history", params={"date": future}, headers=AUTH
+            )
+            past = await https.get(
+                room["links"]["self"] + "/history",
+                params={"date": "2001-01-01T00:00:00"},
+                headers=AUTH,
+            )
+            bad_date = await https.get(
+                room["links"]["self"] + "/history", params={"date": "soon"}, headers=AUTH
+            )
+            latest = await https.get(room["links"]["self"] + "/history/latest", headers=AUTH)
+    for answer in (rooms, got, posted, history, latest):
+        int(answer.headers["x-ratelimit-remaining"])
+        float(answer.headers["x-ratelimit-reset"])
+    assert HYPCHAT_ROOMS.fullmatch(rooms.json()["links"]["self"])
+    assert all(HYPCHAT_ROOM.fullmatch(item["links"]["self"]) for item in rooms.json()["items"])
+    assert HYPCHAT_ROOM.fullmatch(room["links"]["self"])
+    assert room["links"]["self"] == f"{emu.url}/v2/room/2"
+    assert HYPCHAT_USER.fullmatch(room["owner"]["links"]["self"])
+    # Room.__init__ and Room.save() read these.
+    assert {"created", "last_active", "name", "privacy", "is_archived", "is_guest_accessible",
+            "topic"} <= set(room)  # fmt: skip
+    datetime.fromisoformat(room["created"])
+    assert posted.status_code == 204
+    assert emu.messages[-1].room == "ops"
+    assert history.status_code == 200
+    assert HYPCHAT_HISTORY.fullmatch(history.json()["links"]["self"])
+    assert [item["message"] for item in history.json()["items"]] == ["from HypChat"]
+    assert [item["message"] for item in until.json()["items"]] == ["from HypChat"]
+    assert past.json()["items"] == []
+    assert bad_date.status_code == 400
+    assert latest.json()["links"]["self"] == f"{emu.url}/v2/room/2/history/latest"
+
+
+# --- HTTPS from the command line ------------------------------------------------
+
+
+async def _run_until_first_line(
+    argv: list[str], client: httpx.AsyncClient, check: Callable[[str], Awaitable[None]]
+) -> str:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-c", _RUN, "--port", "0", "--room", "ops", *argv]
+    with trio.fail_after(30):
+        process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE, env=env)
+        assert process.stdout is not None
+        try:
+            startup = await _read_line(process.stdout, bytearray())
+            await check(startup)
+            process.send_signal(signal.SIGTERM)
+            assert await process.wait() == 0
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            await process.stdout.aclose()
+    return startup
+
+
+@pytest.mark.parametrize("where", ["given", "temporary"])
+async def test_cli_tls_writes_the_ca_and_serves_https(
+    client: httpx.AsyncClient, tmp_path: Path, where: str
+) -> None:
+    ca_out = tmp_path / "emulator-ca.pem"
+    argv = ["--tls", "--tls-ca-out", str(ca_out)] if where == "given" else ["--tls"]
+    answers: list[httpx.Response] = []
+
+    async def check(startup: str) -> None:
+        url = re.search(r"listening on (https://127\.0\.0\.1:[0-9]+);", startup)
+        ca = re.search(r"CA certificate in (\S+)$", startup)
+        assert url is not None, startup
+        assert ca is not None, startup
+        context = ssl.create_default_context(cafile=ca.group(1))
+        async with httpx.AsyncClient(verify=context) as https:
+            answers.append(
+                await https.post(
+                    f"{url.group(1)}/v2/room/ops/notification",
+                    json={"message": "over https"},
+                    headers={"Authorization": "Bearer any"},
+                )
+            )
+
+    startup = await _run_until_first_line(argv, client, check)
+    ca_path = Path(startup.rsplit("CA certificate in ", 1)[1])
+    assert [a.status_code for a in answers] == [204]
+    if where == "given":
+        assert ca_path == ca_out
+        assert ca_out.read_text().startswith("-----BEGIN CERTIFICATE-----")  # kept
+    else:
+        assert not await trio.Path(ca_path).exists()  # ours: removed at exit
+
+
+async def test_cli_tls_cert_and_key(client: httpx.AsyncClient, tmp_path: Path) -> None:
+    authority = trustme.CA()
+    cert, key, ca = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    issued = authority.issue_cert("127.0.0.1")
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    authority.cert_pem.write_to_path(str(ca))
+    answers: list[int] = []
+
+    async def check(startup: str) -> None:
+        url = re.search(r"listening on (https://127\.0\.0\.1:[0-9]+);", startup)
+        assert url is not None, startup
+        async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=ca)) as https:
+            answer = await https.get(f"{url.group(1)}/v2/room/ops", headers=AUTH)
+            answers.append(answer.status_code)
+
+    startup = await _run_until_first_line(
+        ["--tls-cert", str(cert), "--tls-key", str(key)], client, check
+    )
+    assert answers == [200]
+    assert "CA certificate" not in startup
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["--tls-ca-out", "ca.pem"], "--tls-ca-out goes with --tls"),
+        (["--tls", "--tls-cert", "c.pem"], "give either --tls"),
+        (["--tls-key", "k.pem"], "--tls-key needs --tls-cert"),
+        (["--tls-cert", "/nonexistent/cert.pem"], "cannot load --tls-cert /nonexistent/cert.pem"),
+        (["--tls", "--tls-ca-out", "/nonexistent/dir/ca.pem"], "cannot write the CA certificate"),
+    ],
+)
+def test_cli_tls_misuse_is_one_line(
+    argv: list[str], line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert run(parser.parse_args(argv)) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    [message] = captured.err.splitlines()
+    assert message.startswith(f"hipchatd emulator: {line}")
+
+
+def test_cli_tls_without_trustme_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "trustme", None)  # import trustme now raises ImportError
+    ca_out = tmp_path / "ca.pem"
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert run(parser.parse_args(["--tls", "--tls-ca-out", str(ca_out)])) == 1
+    [message] = capsys.readouterr().err.splitlines()
+    assert message == (
+        "hipchatd emulator: --tls needs the trustme package: "
+        "pip install 'hipchatd[emulator-tls]' (or give your own certificate with --tls-cert "
+        "and --tls-key)"
+    )
+    with pytest.raises(TLSUnavailable):
+        throwaway_tls(ca_out)
+
+
+async def test_https_silent_client_is_closed_after_the_read_timeout(
+    tls_emu: tuple[Emulator, Path], autojump_clock: trio.testing.MockClock
+) -> None:
+    """A TCP client that never starts the TLS handshake is not kept for the keep-alive time."""
+    emu, _ = tls_emu
+    host, port = emu.url.split("://")[1].rsplit(":", 1)
+    with trio.fail_after(100):
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            started = trio.current_time()
+            assert await stream.receive_some(1024) == b""
+            waited = trio.current_time() - started
+    assert 10 <= waited < 11
+
+
+async def test_https_down_resets_the_api_and_keeps_the_controls(
+    tls_emu: tuple[Emulator, Path],
+) -> None:
+    emu, ca = tls_emu
+    async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=ca)) as https:
+        with trio.fail_after(10):
+            await https.post(f"{emu.url}/_emulator/faults", json={"down_for": 600})
+            with pytest.raises(httpx.ReadError):
+                await https.get(f"{emu.url}/v2/room/ops", headers=AUTH)
+            came_up = await https.post(f"{emu.url}/_emulator/faults", json={"up": True})
+            back = await https.get(f"{emu.url}/v2/room/ops", headers=AUTH)
+    assert came_up.json()["down"] is False
+    assert back.status_code == 200
