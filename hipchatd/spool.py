@@ -1153,7 +1153,8 @@ def _entries(conn: sqlite3.Connection, rows: Iterable[Sequence[Any]]) -> list[En
         Entry(
             id_,
             accepted_at,
-            documents[document_id],
+            # A missing document reads as unparsable: the lane dead-letters it as "unreadable".
+            documents.get(document_id, ""),
             source,
             check,
             _decode_target(target),
