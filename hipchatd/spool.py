@@ -1058,19 +1058,8 @@ def _to_version_2(conn: sqlite3.Connection) -> None:
     rows = conn.execute(
         "SELECT id, document FROM pending_v1 UNION ALL SELECT id, document FROM dead_v1 ORDER BY id"
     )
-    first = last = 0
-    current: str | None = None
-    runs: list[tuple[int, int, str]] = []
-    for id_, document in rows:
-        if document != current:
-            if current is not None:
-                runs.append((first, last - first + 1, current))
-            first, current = id_, document
-        last = id_
-    if current is not None:
-        runs.append((first, last - first + 1, current))
-    conn.executemany(_INSERT_DOCUMENTS, runs)
-    del runs
+    # Streamed: one document in memory at a time (the sorted rows are SQLite's copy).
+    conn.executemany(_INSERT_DOCUMENTS, _runs_of_documents(rows))
     owner = "(SELECT max(d.id) FROM documents d WHERE d.id <= old.id)"
     conn.execute(
         "INSERT INTO pending (id, accepted_at, source, check_name, target, attempts,"
@@ -1093,6 +1082,20 @@ def _to_version_2(conn: sqlite3.Connection) -> None:
         " SELECT 'pending', max(?, coalesce((SELECT max(id) FROM pending), 0))",
         (sequence,),
     )
+
+
+def _runs_of_documents(rows: Iterable[tuple[int, str]]) -> Iterator[tuple[int, int, str]]:
+    """(first id, entries, document) per run of consecutive rows with the same document."""
+    first = last = 0
+    current: str | None = None
+    for id_, document in rows:
+        if document != current:
+            if current is not None:
+                yield first, last - first + 1, current
+            first, current = id_, document
+        last = id_
+    if current is not None:
+        yield first, last - first + 1, current
 
 
 #: Schema version -> the step that brings the version before it there (inside the transaction).
