@@ -605,7 +605,9 @@ class Spool:
     async def _write_marks(self, batch: _Batch, abandon_on_cancel: bool) -> bool:
         """Commit the marks of ``batch`` in one transaction; on failure keep them for later.
 
-        Cancellation (or a bug) also keeps the events of ``batch``, which are not written yet.
+        When they do not fit, the deliveries are committed alone: they only delete, so they
+        fit and free room. Cancellation (or a bug) also keeps the events of ``batch``, which
+        are not written yet.
         """
         if not batch.marks:
             return True
@@ -618,6 +620,14 @@ class Spool:
                 self._buffer.prepend_events(batch.events)
                 raise
             self._write_failed(exc, entries=0, items=batch.marks)
+            if _does_not_fit(exc) and batch.delivered and (batch.attempts or batch.dead):
+                deliveries = _Batch(delivered=self._buffer.delivered[: len(batch.delivered)])
+                del self._buffer.delivered[: len(batch.delivered)]
+                try:
+                    await self._write_marks(deliveries, abandon_on_cancel)
+                except BaseException:
+                    self._buffer.prepend_events(batch.events)
+                    raise
             return False
         except BaseException:
             self._buffer.prepend_marks(batch)

@@ -380,6 +380,35 @@ async def test_marks_are_committed_while_new_events_keep_failing(
             assert [e["event"] for e in logs if e["log_level"] == "error"] == ["event.refused"]
 
 
+async def test_deliveries_commit_when_other_marks_do_not_fit(
+    tmp_path: Path, thread_clock: MockClock
+) -> None:
+    """Deliveries only delete: they go alone when an error text or a dead letter has no room."""
+    with trio.fail_after(60):
+        spool = await Spool.open(str(tmp_path), max_events=100)
+        async with running(spool) as (committed, _):
+            spool.submit(EVENT, DOCUMENT, rooms(2), 1000.0)
+            first, second = await committed.wait_for(2)
+            assert spool._conn is not None
+            pages = spool._conn.execute("PRAGMA page_count").fetchone()[0]
+            spool._conn.execute(f"PRAGMA max_page_count = {pages}")
+            with capture_logs() as logs:
+                spool.mark_attempt([first.id], "HTTP 500: " + "e" * 200_000)
+                spool.mark_delivered([second.id])
+                while spool.counts()["pending"] != 1:
+                    await trio.sleep(0.1)
+                assert [e["event"] for e in logs] == ["spool.write_failed"]
+                assert not spool.writable
+                # Room again: the kept attempt is committed at the next try.
+                spool._conn.execute(f"PRAGMA max_page_count = {2**30}")
+                while not spool.writable:
+                    await trio.sleep(0.1)
+            loaded = await spool.load_pending()
+    assert [(e.id, e.attempts) for e in loaded] == [(first.id, 1)]
+    assert loaded[0].last_error is not None
+    assert loaded[0].last_error.startswith("HTTP 500: eee")
+
+
 # --- the file under the daemon ---------------------------------------------------------------
 
 
