@@ -87,6 +87,8 @@ class App:
             return False, "spool closed"
         if not self.spool.writable:
             return False, f"spool not writable: {self.spool.path}"
+        if (lost := self.spool.file_problem()) is not None:
+            return False, lost
         return True, "ok"
 
     def status_line(self) -> str:
@@ -196,6 +198,11 @@ class App:
                 # Re-queued from the dead-letter table by ``hipchatd spool retry``.
                 batch.append((entry, _ticket_for(entry), None))
         self.dispatcher.enqueue(batch)
+
+    def _refused(self, entries: Sequence[Entry]) -> None:
+        """The spool could not store the oldest submitted event (it logged why): never accepted."""
+        self._submitted.popleft()
+        self.metrics.rejected["spool_full"].inc()
 
     def recover(self, entries: Sequence[Entry]) -> None:
         """Queue what a previous run left pending, in acceptance order."""
@@ -331,7 +338,9 @@ async def run(
                 async with trio.open_nursery() as services:
                     await services.start(dispatcher.run)
                     app.recover(await spool.load_pending())
-                    await services.start(spool.run, app._committed)
+                    await services.start(
+                        partial(spool.run, app._committed, on_refused=app._refused)
+                    )
                     conns = await services.start(_open_nursery)
                     await _start_ingest(services, app, conns, inherited)
                     if daemon.metrics is not None:

@@ -364,6 +364,8 @@ class Dispatcher:
             event_ids=[p.ticket.event_id for p in covered[:20]],
             reason="permanent",
         )
+        # HipChat refused a request: that was an attempt, and the dead letter counts it.
+        self._spool.mark_attempt(ids, error)
         self._dead(lane, covered, "permanent", error, outcome=outcome.kind.value)
 
     def _dead(

@@ -18,18 +18,37 @@ OS page cache by then. A power loss or kernel crash may lose the last
 commits before a checkpoint (SQLite's documented trade-off for NORMAL in WAL
 mode); it never corrupts the file.
 
+Marks (delivered, dead, attempts) commit in their own transaction, before
+new entries: they free space, and a batch of new events that cannot be
+written never holds them back. A batch of new events that does not fit
+(``SQLITE_FULL``: the disk, or the file's size limit) is halved until its
+pieces fit; an event that alone cannot be written is refused (it was never
+accepted): one ``event.refused`` ERROR line, and ``on_refused`` is told.
+Any other failed commit is retried whole every ``WRITE_RETRY``.
+
 Schema (``PRAGMA user_version`` = ``SCHEMA_VERSION``)::
 
+    documents(id INTEGER PRIMARY KEY, entries, document)
     pending(id INTEGER PRIMARY KEY AUTOINCREMENT, accepted_at, source, check_name,
-            target, attempts, last_error, requeued, document)
+            target, attempts, last_error, requeued, document_id)
     dead(id INTEGER PRIMARY KEY, accepted_at, dead_at, source, check_name, target,
-         attempts, reason, error, document)
+         attempts, reason, error, document_id)
 
-``target`` is the Target as a JSON object. Each entry holds its own copy of
-the event document (an event routed to three rooms is stored three times):
-entries are then independent rows, and deleting one never needs a
-reference count. ``id`` is acceptance order and is never reused, so a dead
-entry keeps its id when ``hipchatd spool retry`` moves it back.
+``target`` is the Target as a JSON object. The event document is stored once
+per event however many targets it has: ``documents.id`` is the id of the
+event's first entry, and its ``entries`` (one per target) have the ids
+``id .. id + entries - 1`` (ids are handed out consecutively per event and
+never reused), each with ``document_id`` = ``documents.id``. So whether a
+document is still needed is two primary-key range probes (one into
+``pending``, one into ``dead``), and a document is deleted in the
+transaction that removes its last entry. ``id`` is acceptance order, so a
+dead entry keeps its id when ``hipchatd spool retry`` moves it back.
+Version 1 (a copy of the document in every entry) is migrated in place, in
+one transaction, when the daemon opens it.
+
+The daemon remembers the file's device and inode at open; ``file_problem``
+(``/healthz``) and the writer notice when the file is deleted or replaced
+while it runs: nothing written after that would survive a restart.
 
 Operator commands (``hipchatd spool list|retry|purge``, see ``add_arguments``
 and ``run``) open a second connection to the same file while the daemon runs.
@@ -44,10 +63,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import fcntl
 import json
 import math
 import os
+import pwd
 import sqlite3
 import sys
 import time
@@ -95,7 +116,7 @@ MEMORY: Final = ":memory:"
 SPOOL_FILE: Final = "spool.sqlite3"
 #: flock()ed by the daemon that has the spool open (the operator commands do not take it).
 LOCK_FILE: Final = "spool.lock"
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 #: Seconds a group commit waits for more work: far below HipChat latency, many events per commit.
 COMMIT_DELAY: Final = 0.002
 #: Buffered items (new entries + marks) that start a commit without waiting for COMMIT_DELAY;
@@ -126,61 +147,81 @@ _CACHE_KIB: Final = 4096
 _ERROR_COLUMN: Final = 60
 _STATE_DIR_HINT: Final = "set hipchatd.state_dir in the configuration or pass --state-dir"
 
-_SCHEMA: Final[dict[int, tuple[str, ...]]] = {
-    1: (
-        """CREATE TABLE pending (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            accepted_at REAL NOT NULL,
-            source TEXT NOT NULL,
-            check_name TEXT NOT NULL,
-            target TEXT NOT NULL,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            last_error TEXT,
-            requeued INTEGER NOT NULL DEFAULT 0,
-            document TEXT NOT NULL
-        )""",
-        # Partial: empty in normal operation, so it costs nothing per insert.
-        "CREATE INDEX pending_requeued ON pending (id) WHERE requeued = 1",
-        """CREATE TABLE dead (
-            id INTEGER PRIMARY KEY,
-            accepted_at REAL NOT NULL,
-            dead_at REAL NOT NULL,
-            source TEXT NOT NULL,
-            check_name TEXT NOT NULL,
-            target TEXT NOT NULL,
-            attempts INTEGER NOT NULL,
-            reason TEXT NOT NULL,
-            error TEXT,
-            document TEXT NOT NULL
-        )""",
-        # count(*) walks this small index instead of every document page.
-        "CREATE INDEX dead_dead_at ON dead (dead_at)",
-    ),
-}
+#: The current schema, for a new spool file.
+_SCHEMA: Final[tuple[str, ...]] = (
+    """CREATE TABLE documents (
+        id INTEGER PRIMARY KEY,
+        entries INTEGER NOT NULL,
+        document TEXT NOT NULL
+    )""",
+    """CREATE TABLE pending (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        accepted_at REAL NOT NULL,
+        source TEXT NOT NULL,
+        check_name TEXT NOT NULL,
+        target TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        requeued INTEGER NOT NULL DEFAULT 0,
+        document_id INTEGER NOT NULL
+    )""",
+    # Partial: empty in normal operation, so it costs nothing per insert.
+    "CREATE INDEX pending_requeued ON pending (id) WHERE requeued = 1",
+    """CREATE TABLE dead (
+        id INTEGER PRIMARY KEY,
+        accepted_at REAL NOT NULL,
+        dead_at REAL NOT NULL,
+        source TEXT NOT NULL,
+        check_name TEXT NOT NULL,
+        target TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        error TEXT,
+        document_id INTEGER NOT NULL
+    )""",
+    # count(*) walks this small index instead of every row.
+    "CREATE INDEX dead_dead_at ON dead (dead_at)",
+)
 
 _ENTRY_COLUMNS: Final = (
-    "id, accepted_at, document, source, check_name, target, attempts, last_error"
+    "id, accepted_at, document_id, source, check_name, target, attempts, last_error"
 )
-_INSERT: Final = (
-    "INSERT INTO pending (id, accepted_at, source, check_name, target, document)"
+_INSERT_DOCUMENTS: Final = "INSERT INTO documents (id, entries, document) VALUES (?, ?, ?)"
+_INSERT_ENTRIES: Final = (
+    "INSERT INTO pending (id, accepted_at, source, check_name, target, document_id)"
     " VALUES (?, ?, ?, ?, ?, ?)"
 )
-_INSERT_COLUMNS: Final = 6
 _ATTEMPT: Final = "UPDATE pending SET attempts = attempts + 1, last_error = ? WHERE id = ?"
 _TO_DEAD: Final = (
     "INSERT INTO dead (id, accepted_at, dead_at, source, check_name, target, attempts,"
-    " reason, error, document)"
+    " reason, error, document_id)"
     " SELECT id, accepted_at, ?, source, check_name, target, attempts, ?,"
-    " coalesce(?, last_error), document FROM pending WHERE id = ?"
+    " coalesce(?, last_error), document_id FROM pending WHERE id = ?"
 )
 #: One run of consecutive ids: delivery confirms in acceptance order, so a batch of
 #: deliveries is usually a single run, deleted by one statement.
 _DELETE_RUN: Final = "DELETE FROM pending WHERE id BETWEEN ? AND ?"
+#: An entry of document d has an id in d .. d + entries - 1: no index on document_id needed.
+_UNUSED: Final = (
+    "NOT EXISTS (SELECT 1 FROM pending WHERE pending.id"
+    " BETWEEN documents.id AND documents.id + documents.entries - 1)"
+    " AND NOT EXISTS (SELECT 1 FROM dead WHERE dead.id"
+    " BETWEEN documents.id AND documents.id + documents.entries - 1)"
+)
+#: The documents a run of removed ids (first, last) may have held: from the one holding
+#: ``first`` up to ``last``, deleted when no entry is left in their range.
+_DELETE_UNUSED_DOCUMENTS: Final = (
+    "DELETE FROM documents WHERE id BETWEEN"
+    " (SELECT max(id) FROM documents WHERE id <= ?1) AND ?2 AND " + _UNUSED
+)
 _REQUEUED: Final = f"SELECT {_ENTRY_COLUMNS} FROM pending WHERE requeued = 1 ORDER BY id"
 _RESET_REQUEUED: Final = (
     "UPDATE pending SET requeued = 0, attempts = 0, last_error = NULL, accepted_at = ?"
     " WHERE requeued = 1"
 )
+#: SQLite result codes for "this does not fit": the disk or the file's size limit is
+#: full, or one value exceeds SQLite's length limit. Smaller pieces may still fit.
+_DOES_NOT_FIT: Final = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_TOOBIG})
 
 
 class SpoolError(HipchatdError):
@@ -226,9 +267,12 @@ class DeadEntry:
 
 @dataclass(slots=True)
 class _Batch:
-    """Work for one transaction, in the order it is applied."""
+    """Work for the next commit: its marks (one transaction), then its new events."""
 
-    entries: list[Entry] = field(default_factory=list)
+    #: the entries of each new event (consecutive ids), in acceptance order.
+    events: list[list[Entry]] = field(default_factory=list)
+    #: entries in ``events``.
+    entries: int = 0
     #: (error, id)
     attempts: list[tuple[str, int]] = field(default_factory=list)
     #: (dead_at, reason, error, id)
@@ -236,18 +280,24 @@ class _Batch:
     delivered: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.entries) + len(self.attempts) + len(self.dead) + len(self.delivered)
+        return self.entries + self.marks
 
-    def prepend(self, older: _Batch) -> None:
-        self.entries[:0] = older.entries
+    @property
+    def marks(self) -> int:
+        return len(self.attempts) + len(self.dead) + len(self.delivered)
+
+    def prepend_marks(self, older: _Batch) -> None:
         self.attempts[:0] = older.attempts
         self.dead[:0] = older.dead
         self.delivered[:0] = older.delivered
 
+    def prepend_events(self, older: list[list[Entry]]) -> None:
+        self.events[:0] = older
+        self.entries += sum(len(e) for e in older)
+
 
 @dataclass(frozen=True, slots=True)
-class _Written:
-    inserted: int
+class _Marked:
     removed: int
     dead: int
 
@@ -267,6 +317,10 @@ class Spool:
         self._next_id = opened.next_id
         self._pending = opened.pending
         self._dead = opened.dead
+        #: (st_dev, st_ino) of the database file at open; None in memory.
+        self._identity = opened.identity
+        #: the file was found deleted or replaced (logged once).
+        self._file_lost = False
         self._limiter = trio.CapacityLimiter(1)
         self._buffer = _Batch()
         #: new entries buffered or being committed: they count against max_events.
@@ -279,7 +333,8 @@ class Spool:
         #: set (and replaced) after every commit attempt and at close, for ``flush``.
         self._progress = trio.Event()
         self._closed = False
-        #: False after a failed commit, True again after the next good one (for /healthz).
+        #: False after a failed commit or a refused event, True again after the next round of
+        #: commits without a failure (for /healthz).
         self.writable = True
         #: write transactions committed so far (for tests and metrics).
         self.transactions = 0
@@ -293,6 +348,7 @@ class Spool:
         second daemon on the same directory is refused. Raises SpoolError
         naming the path and the cause when the directory or file cannot be
         used, the file is not a hipchatd spool, or another daemon holds it.
+        A version 1 spool is migrated in place (one transaction).
         """
         opened = await trio.to_thread.run_sync(_open_sync, state_dir)
         log.info(
@@ -324,6 +380,31 @@ class Spool:
         """``{"pending": n, "dead": n}`` of committed entries, from counters (no I/O)."""
         return {"pending": self._pending, "dead": self._dead}
 
+    def file_problem(self) -> str | None:
+        """Why the database file is no longer this spool's, else None. One ``stat()``.
+
+        A spool file deleted or replaced while the daemon runs leaves the
+        daemon writing to a file no restart will find: nothing written since
+        is durable. For ``/healthz``; the writer checks it too and logs
+        ``spool.file_lost`` once.
+        """
+        if self._identity is None:
+            return None
+        try:
+            found = os.stat(self._path)
+        except FileNotFoundError:
+            what = "was deleted"
+        except OSError as exc:
+            what = f"cannot be checked ({exc.strerror or exc})"
+        else:
+            if (found.st_dev, found.st_ino) == self._identity:
+                return None
+            what = "was replaced by another file"
+        return (
+            f"spool file {self._path} {what} while hipchatd runs: events accepted since are not "
+            "durable; restart hipchatd to open the spool at that path again"
+        )
+
     # --- the daemon's side: buffer now, commit in run() -------------------------------------
 
     def submit(
@@ -340,13 +421,17 @@ class Spool:
         count = len(targets)
         if self._closed or self._pending + self._unflushed + count > self._max_events:
             return False
-        entries = self._buffer.entries
-        next_id = self._next_id
+        if not count:
+            return True
+        first = self._next_id
         source, check = event.source, event.check
-        for target in targets:
-            entries.append(Entry(next_id, accepted_at, document, source, check, target, 0, None))
-            next_id += 1
-        self._next_id = next_id
+        entries = [
+            Entry(first + k, accepted_at, document, source, check, target, 0, None)
+            for k, target in enumerate(targets)
+        ]
+        self._buffer.events.append(entries)
+        self._buffer.entries += count
+        self._next_id = first + count
         self._unflushed += count
         self._wake()
         return True
@@ -413,15 +498,22 @@ class Spool:
         self,
         on_committed: Callable[[list[Entry]], None],
         *,
+        on_refused: Callable[[list[Entry]], None] | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Commit buffered work until cancelled; then flush what is left and close.
 
         After each commit, ``on_committed`` gets the new entries (ids set, in
         acceptance order), synchronously in this task; every ``RETRY_POLL``
-        it also gets the entries ``hipchatd spool retry`` re-queued. A failed
-        commit logs ``spool.write_failed``, sets ``writable`` False and is
-        retried every ``WRITE_RETRY`` with the batch kept.
+        it also gets the entries ``hipchatd spool retry`` re-queued. Marks
+        commit before new entries, in their own transaction. New events that
+        do not fit (``SQLITE_FULL``) are written in halves; an event that
+        alone does not fit is refused: ``event.refused`` is logged, ``writable``
+        set False, and ``on_refused`` gets its entries, in acceptance order
+        with the ``on_committed`` calls. Any other failed commit logs
+        ``spool.write_failed``, sets ``writable`` False and is retried every
+        ``WRITE_RETRY`` with its work kept. Every ``RETRY_POLL`` the file is
+        checked (``file_problem``).
 
         On cancellation, a commit already running on the worker thread
         finishes first (SQLite cannot be stopped mid-transaction; at worst
@@ -435,7 +527,7 @@ class Spool:
             raise SpoolError(f"the spool {self._path} is closed")
         task_status.started()
         try:
-            await self._write_loop(on_committed)
+            await self._write_loop(on_committed, on_refused)
         finally:
             await self._shutdown()
 
@@ -447,7 +539,11 @@ class Spool:
         """
         await self._shutdown()
 
-    async def _write_loop(self, on_committed: Callable[[list[Entry]], None]) -> None:
+    async def _write_loop(
+        self,
+        on_committed: Callable[[list[Entry]], None],
+        on_refused: Callable[[list[Entry]], None] | None,
+    ) -> None:
         next_poll = trio.current_time() + RETRY_POLL
         while True:
             with trio.move_on_at(next_poll):
@@ -456,68 +552,189 @@ class Spool:
                 if len(self._buffer) < BATCH:
                     with trio.move_on_after(COMMIT_DELAY):
                         await self._full.wait()
-                entries = await self._commit(abandon_on_cancel=False)
-                if entries is None:
+                if not await self._commit(on_committed, on_refused, abandon_on_cancel=False):
                     await trio.sleep(WRITE_RETRY)
-                elif entries:
-                    on_committed(entries)
             if trio.current_time() >= next_poll:
+                self._check_file()
                 requeued = await self._pick_up_requeued()
                 next_poll = trio.current_time() + RETRY_POLL
                 if requeued:
                     on_committed(requeued)
 
-    async def _commit(self, *, abandon_on_cancel: bool) -> list[Entry] | None:
-        """Write the buffer in one transaction: its new entries, or None after a failure."""
+    async def _commit(
+        self,
+        on_committed: Callable[[list[Entry]], None] | None,
+        on_refused: Callable[[list[Entry]], None] | None,
+        *,
+        abandon_on_cancel: bool,
+    ) -> bool:
+        """Write the buffer: its marks in one transaction, then its new events. False on failure."""
         batch, self._buffer = self._buffer, _Batch()
         self._work = trio.Event()
         self._full = trio.Event()
-        if len(batch.entries) > BATCH:
-            # A burst becomes several transactions: commit latency and WAL size stay bounded,
-            # and measured throughput is the same as one huge transaction.
-            self._buffer.entries = batch.entries[BATCH:]
-            batch.entries = batch.entries[:BATCH]
+        # A burst becomes several transactions (whole events each): commit latency and WAL size
+        # stay bounded, and measured throughput is the same as one huge transaction.
+        taken = entries = 0
+        for event in batch.events:
+            if taken and entries + len(event) > BATCH:
+                break
+            taken += 1
+            entries += len(event)
+        if taken < len(batch.events):
+            self._buffer.prepend_events(batch.events[taken:])
+            del batch.events[taken:]
+            batch.entries = entries
             self._wake()
         if not batch:
-            return []
+            return True
         self._in_flight = True
         try:
-            written = await self._call(partial(_write_batch, batch=batch), abandon_on_cancel)
-        except sqlite3.DatabaseError as exc:
-            self._restore(batch)
-            if not _is_transient(exc):
-                raise
-            log.error(
-                "spool.write_failed",
-                path=self._path,
-                error=str(exc),
-                sqlite_error=getattr(exc, "sqlite_errorname", None),
-                entries=len(batch.entries),
-                items=len(batch),
-                retry_in=WRITE_RETRY,
+            marked = await self._write_marks(batch, abandon_on_cancel)
+            written = await self._write_events(
+                batch.events, on_committed, on_refused, abandon_on_cancel
             )
-            self.writable = False
-            return None
-        except BaseException:
-            # Cancelled before the thread started, or abandoned: keep the batch.
-            self._restore(batch)
-            raise
         finally:
             self._in_flight = False
             self._progress.set()
             self._progress = trio.Event()
-        self.transactions += 1
-        self._unflushed -= len(batch.entries)
-        self._pending += written.inserted - written.removed
-        self._dead += written.dead
-        if not self.writable:
+        if marked and written and not self.writable:
             self.writable = True
             log.info("spool.write_recovered", path=self._path, items=len(batch))
-        return batch.entries
+        return marked and written
 
-    def _restore(self, batch: _Batch) -> None:
-        self._buffer.prepend(batch)
-        self._work.set()
+    async def _write_marks(self, batch: _Batch, abandon_on_cancel: bool) -> bool:
+        """Commit the marks of ``batch`` in one transaction; on failure keep them for later.
+
+        When they do not fit, the deliveries are committed alone: they only delete, so they
+        fit and free room. Cancellation (or a bug) also keeps the events of ``batch``, which
+        are not written yet.
+        """
+        if not batch.marks:
+            return True
+        try:
+            marked = await self._call(partial(_write_marks, batch=batch), abandon_on_cancel)
+        except sqlite3.DatabaseError as exc:
+            self._buffer.prepend_marks(batch)
+            self._work.set()
+            if not _is_transient(exc):
+                self._buffer.prepend_events(batch.events)
+                raise
+            self._write_failed(exc, entries=0, items=batch.marks)
+            if _does_not_fit(exc) and batch.delivered and (batch.attempts or batch.dead):
+                deliveries = _Batch(delivered=self._buffer.delivered[: len(batch.delivered)])
+                del self._buffer.delivered[: len(batch.delivered)]
+                try:
+                    await self._write_marks(deliveries, abandon_on_cancel)
+                except BaseException:
+                    self._buffer.prepend_events(batch.events)
+                    raise
+            return False
+        except BaseException:
+            self._buffer.prepend_marks(batch)
+            self._buffer.prepend_events(batch.events)
+            self._work.set()
+            raise
+        self.transactions += 1
+        self._pending -= marked.removed
+        self._dead += marked.dead
+        return True
+
+    async def _write_events(
+        self,
+        events: list[list[Entry]],
+        on_committed: Callable[[list[Entry]], None] | None,
+        on_refused: Callable[[list[Entry]], None] | None,
+        abandon_on_cancel: bool,
+    ) -> bool:
+        """Commit ``events``, halving pieces that do not fit; refuse an event that alone does not.
+
+        Any other failure keeps what is not written yet for the next try.
+        """
+        # A stack of pieces, the next to write last: acceptance order is kept.
+        pieces = [events] if events else []
+        refused = False
+        while pieces:
+            piece = pieces.pop()
+            try:
+                inserted = await self._call(partial(_write_batch, batch=piece), abandon_on_cancel)
+            except sqlite3.DatabaseError as exc:
+                if _does_not_fit(exc):
+                    if len(piece) > 1:
+                        if len(piece) == len(events):
+                            log.warning(
+                                "spool.batch_split",
+                                path=self._path,
+                                error=str(exc),
+                                events=len(piece),
+                                entries=sum(len(e) for e in piece),
+                            )
+                        half = len(piece) // 2
+                        pieces += (piece[half:], piece[:half])
+                    else:
+                        self._refuse(piece[0], exc, on_refused)
+                        refused = True
+                    continue
+                self._buffer.prepend_events([*piece, *chain.from_iterable(reversed(pieces))])
+                self._work.set()
+                if not _is_transient(exc):
+                    raise
+                self._write_failed(exc, entries=sum(len(e) for e in piece), items=len(piece))
+                return False
+            except BaseException:
+                # Cancelled before the thread started, or abandoned: keep the events.
+                self._buffer.prepend_events([*piece, *chain.from_iterable(reversed(pieces))])
+                self._work.set()
+                raise
+            self.transactions += 1
+            committed = [entry for event in piece for entry in event]
+            self._unflushed -= len(committed)
+            self._pending += inserted
+            if on_committed is not None:
+                on_committed(committed)
+        return not refused
+
+    def _refuse(
+        self,
+        entries: list[Entry],
+        exc: sqlite3.DatabaseError,
+        on_refused: Callable[[list[Entry]], None] | None,
+    ) -> None:
+        self._unflushed -= len(entries)
+        self.writable = False
+        first = entries[0]
+        log.error(
+            "event.refused",
+            reason="the spool cannot store it",
+            error=str(exc),
+            sqlite_error=getattr(exc, "sqlite_errorname", None),
+            path=self._path,
+            source=first.source,
+            check=first.check,
+            targets=len(entries),
+            nbytes=len(first.document.encode(errors="replace")),
+        )
+        if on_refused is not None:
+            on_refused(entries)
+
+    def _write_failed(self, exc: sqlite3.DatabaseError, *, entries: int, items: int) -> None:
+        log.error(
+            "spool.write_failed",
+            path=self._path,
+            error=str(exc),
+            sqlite_error=getattr(exc, "sqlite_errorname", None),
+            entries=entries,
+            items=items,
+            retry_in=WRITE_RETRY,
+        )
+        self.writable = False
+
+    def _check_file(self) -> None:
+        if self._file_lost:
+            return
+        problem = self.file_problem()
+        if problem is not None:
+            self._file_lost = True
+            log.error("spool.file_lost", path=self._path, problem=problem)
 
     async def _pick_up_requeued(self) -> list[Entry]:
         try:
@@ -544,7 +761,7 @@ class Spool:
         conn, lock = self._conn, self._lock
         with trio.move_on_after(SHUTDOWN_FLUSH, shield=True) as scope:
             while self._work.is_set():
-                if await self._commit(abandon_on_cancel=True) is None:
+                if not await self._commit(None, None, abandon_on_cancel=True):
                     await trio.sleep(WRITE_RETRY)
             await self._call(partial(_close, lock=lock), abandon_on_cancel=True)
         self._conn = None
@@ -584,6 +801,12 @@ def _is_transient(exc: sqlite3.DatabaseError) -> bool:
     )
 
 
+def _does_not_fit(exc: sqlite3.DatabaseError) -> bool:
+    """SQLite said the write does not fit (full disk or file limit): smaller pieces might."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in _DOES_NOT_FIT
+
+
 @contextlib.contextmanager
 def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("BEGIN IMMEDIATE")
@@ -609,70 +832,173 @@ class _Opened:
     pending: int
     dead: int
     journal_mode: str
+    #: (st_dev, st_ino) of the database file; None in memory.
+    identity: tuple[int, int] | None
 
 
 def _open_sync(state_dir: str) -> _Opened:
+    try:
+        return _open_or_fail(state_dir)
+    except (OSError, ValueError) as exc:
+        # Whatever the checks below did not foresee still names the path.
+        path = os.path.join(state_dir, SPOOL_FILE)
+        raise SpoolError(_cannot_open(path, _os_cause(exc, path))) from exc
+
+
+def _open_or_fail(state_dir: str) -> _Opened:
     lock = None
+    identity = None
     if state_dir == MEMORY:
         path = MEMORY
     else:
         path = os.path.join(state_dir, SPOOL_FILE)
         try:
             os.makedirs(state_dir, mode=0o700, exist_ok=True)
-        except FileExistsError as exc:
-            raise SpoolError(
-                f"cannot open the spool {path}: {state_dir} exists and is not a directory; "
-                f"{_STATE_DIR_HINT}"
-            ) from exc
         except OSError as exc:
-            raise SpoolError(
-                f"cannot create the spool directory {state_dir}: {exc.strerror or exc}; "
-                f"{_STATE_DIR_HINT}"
-            ) from exc
+            raise SpoolError(_cannot_open(path, _directory_cause(exc, state_dir))) from exc
         lock = _lock(state_dir, path)
         try:
             # Events carry check output; the WAL and shm files copy these permissions.
             os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         except OSError as exc:
             os.close(lock)
-            raise SpoolError(
-                f"cannot open the spool {path}: {exc.strerror or exc}; {_STATE_DIR_HINT}"
-            ) from exc
+            raise SpoolError(_cannot_open(path, _os_cause(exc, path))) from exc
     conn: sqlite3.Connection | None = None
     try:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         journal = _configure(conn)
         _migrate(conn, path)
         next_id, pending, dead = _open_counts(conn)
+        if path != MEMORY:
+            found = os.stat(path)
+            identity = (found.st_dev, found.st_ino)
     except BaseException as exc:
         if conn is not None:
             conn.close()
         if lock is not None:
             os.close(lock)
         if isinstance(exc, sqlite3.Error):
-            raise SpoolError(f"cannot open the spool {path}: {exc}; {_STATE_DIR_HINT}") from exc
+            raise SpoolError(_cannot_open(path, _sqlite_cause(exc, path))) from exc
         raise
-    return _Opened(conn, path, lock, next_id, pending, dead, journal)
+    return _Opened(conn, path, lock, next_id, pending, dead, journal, identity)
+
+
+def _cannot_open(path: str, cause: str) -> str:
+    return f"cannot open the spool {path}: {cause}"
+
+
+def _user() -> str:
+    uid = os.geteuid()
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _directory_cause(exc: OSError, state_dir: str) -> str:
+    if isinstance(exc, FileExistsError | NotADirectoryError):
+        blocking = Path(state_dir)
+        for parent in (blocking, *blocking.parents):
+            if parent.exists():
+                blocking = parent
+                break
+        return f"{blocking} is not a directory; {_STATE_DIR_HINT}"
+    return _os_cause(exc, state_dir)
+
+
+def _os_cause(exc: OSError | ValueError, where: str) -> str:
+    """The cause of a failed system call on ``where`` and what to do, for an operator."""
+    if not isinstance(exc, OSError):
+        return f"{exc}; {_STATE_DIR_HINT}"
+    directory = os.path.dirname(where) or "."
+    code = exc.errno
+    if code in (errno.EACCES, errno.EPERM):
+        return (
+            f"permission denied on {exc.filename or where}; give the user hipchatd runs as "
+            f"({_user()}) read and write access to {directory}, or {_STATE_DIR_HINT}"
+        )
+    if code == errno.EROFS:
+        return (
+            f"{directory} is on a read-only file system; put state_dir on a writable one "
+            "(under systemd: StateDirectory= or ReadWritePaths=), or " + _STATE_DIR_HINT
+        )
+    if code == errno.ENOTDIR:
+        return f"a part of {where} is not a directory; {_STATE_DIR_HINT}"
+    if code == errno.EISDIR:
+        return f"{where} is a directory; move it away or {_STATE_DIR_HINT}"
+    if code == errno.ENOSPC:
+        return f"no space left on the device of {directory}; free some space"
+    return f"{exc.strerror or exc}; {_STATE_DIR_HINT}"
+
+
+def _sqlite_cause(exc: sqlite3.Error, path: str) -> str:
+    """The cause of a failed SQLite call on the spool file and what to do, for an operator."""
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    if code == sqlite3.SQLITE_NOTADB:
+        return (
+            f"the file is not an SQLite database ({exc}), so not a hipchatd spool; "
+            f"move it away (a new spool is then created) or {_STATE_DIR_HINT}"
+        )
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return (
+            f"the database is locked by another program ({exc}: a `hipchatd spool` "
+            f"command or an sqlite3 shell?) for more than {BUSY_TIMEOUT_MS / 1000:g} s; "
+            "end it and start hipchatd again"
+        )
+    if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM):
+        return (
+            f"the database cannot be written ({exc}); give the user hipchatd runs as "
+            f"({_user()}) write access to {path}, its -wal and -shm files and "
+            f"{os.path.dirname(path) or '.'}, or {_STATE_DIR_HINT}"
+        )
+    if code == sqlite3.SQLITE_CORRUPT:
+        return (
+            f"the database is damaged ({exc}); move it away (keep it to inspect) and start "
+            "hipchatd again: a new spool is created"
+        )
+    if code == sqlite3.SQLITE_FULL:
+        return f"the disk is full ({exc}); free some space on it"
+    return f"{exc}; {_STATE_DIR_HINT}"
 
 
 def _lock(state_dir: str, path: str) -> int:
-    """Hold ``spool.lock``: two daemons on one spool would hand out the same ids."""
+    """Hold ``spool.lock``: two daemons on one spool would hand out the same ids.
+
+    The holder's pid is written into it, for the message a second daemon prints.
+    """
     lock_path = os.path.join(state_dir, LOCK_FILE)
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
-        raise SpoolError(
-            f"cannot open the spool lock {lock_path}: {exc.strerror or exc}; {_STATE_DIR_HINT}"
-        ) from exc
+        raise SpoolError(_cannot_open(path, _os_cause(exc, lock_path))) from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
+        holder = _lock_holder(fd)
         os.close(fd)
         raise SpoolError(
-            f"cannot open the spool {path}: another hipchatd process is using it "
-            f"(it holds {lock_path}); give each daemon its own state_dir"
+            _cannot_open(
+                path,
+                f"another hipchatd process{holder} is using it (it holds {lock_path}); "
+                "stop that one, or give each daemon its own state_dir",
+            )
         ) from exc
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as exc:
+        # Only the message of a second daemon loses the pid.
+        log.warning("spool.lock_unwritable", path=lock_path, error=str(exc))
     return fd
+
+
+def _lock_holder(fd: int) -> str:
+    """`` (pid N)`` from a held lock file, or nothing when it names none."""
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+    return f" (pid {text})" if text.isdigit() else ""
 
 
 def _configure(conn: sqlite3.Connection) -> str:
@@ -691,24 +1017,99 @@ def _configure(conn: sqlite3.Connection) -> str:
 
 
 def _migrate(conn: sqlite3.Connection, path: str) -> None:
+    """Create the schema in a new file, or bring an older one up to date: one transaction."""
     with _transaction(conn):
         version: int = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise SpoolError(
-                f"the spool {path} has schema version {version}, written by a newer hipchatd "
-                f"(this one reads up to {SCHEMA_VERSION}); upgrade hipchatd or {_STATE_DIR_HINT}"
+                _cannot_open(
+                    path,
+                    f"it has schema version {version}, written by a newer hipchatd (this one "
+                    f"reads up to {SCHEMA_VERSION}); upgrade hipchatd, or {_STATE_DIR_HINT}",
+                )
             )
         if version == 0:
             tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
             if tables:
                 raise SpoolError(
-                    f"{path} is an SQLite database but not a hipchatd spool; {_STATE_DIR_HINT}"
+                    _cannot_open(
+                        path,
+                        "it is an SQLite database but not a hipchatd spool; move it away, or "
+                        + _STATE_DIR_HINT,
+                    )
                 )
-        for step in range(version + 1, SCHEMA_VERSION + 1):
-            for statement in _SCHEMA[step]:
+            for statement in _SCHEMA:
                 conn.execute(statement)
+        else:
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                _MIGRATIONS[step](conn)
         if version != SCHEMA_VERSION:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    if 0 < version < SCHEMA_VERSION:
+        log.info("spool.migrated", path=path, from_version=version, to_version=SCHEMA_VERSION)
+
+
+def _to_version_2(conn: sqlite3.Connection) -> None:
+    """Version 1 kept a copy of the event document in every entry: keep one per event.
+
+    An event's entries have consecutive ids, so each run of consecutive entries (pending
+    and dead, by id) with the same document becomes one document whose id is the run's
+    first id, and its range holds no other entry.
+    """
+    (sequence,) = conn.execute(
+        "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'pending'"
+    ).fetchone()
+    conn.execute("DROP INDEX pending_requeued")
+    conn.execute("DROP INDEX dead_dead_at")
+    conn.execute("ALTER TABLE pending RENAME TO pending_v1")
+    conn.execute("ALTER TABLE dead RENAME TO dead_v1")
+    for statement in _SCHEMA:
+        conn.execute(statement)
+    rows = conn.execute(
+        "SELECT id, document FROM pending_v1 UNION ALL SELECT id, document FROM dead_v1 ORDER BY id"
+    )
+    # Streamed: one document in memory at a time (the sorted rows are SQLite's copy).
+    conn.executemany(_INSERT_DOCUMENTS, _runs_of_documents(rows))
+    owner = "(SELECT max(d.id) FROM documents d WHERE d.id <= old.id)"
+    conn.execute(
+        "INSERT INTO pending (id, accepted_at, source, check_name, target, attempts,"
+        " last_error, requeued, document_id)"
+        " SELECT id, accepted_at, source, check_name, target, attempts, last_error, requeued,"
+        f" {owner} FROM pending_v1 AS old"
+    )
+    conn.execute(
+        "INSERT INTO dead (id, accepted_at, dead_at, source, check_name, target, attempts,"
+        " reason, error, document_id)"
+        " SELECT id, accepted_at, dead_at, source, check_name, target, attempts, reason, error,"
+        f" {owner} FROM dead_v1 AS old"
+    )
+    conn.execute("DROP TABLE pending_v1")
+    conn.execute("DROP TABLE dead_v1")
+    # Ids are never reused: keep the highest one ever handed out.
+    conn.execute("DELETE FROM sqlite_sequence WHERE name = 'pending'")
+    conn.execute(
+        "INSERT INTO sqlite_sequence (name, seq)"
+        " SELECT 'pending', max(?, coalesce((SELECT max(id) FROM pending), 0))",
+        (sequence,),
+    )
+
+
+def _runs_of_documents(rows: Iterable[tuple[int, str]]) -> Iterator[tuple[int, int, str]]:
+    """(first id, entries, document) per run of consecutive rows with the same document."""
+    first = last = 0
+    current: str | None = None
+    for id_, document in rows:
+        if document != current:
+            if current is not None:
+                yield first, last - first + 1, current
+            first, current = id_, document
+        last = id_
+    if current is not None:
+        yield first, last - first + 1, current
+
+
+#: Schema version -> the step that brings the version before it there (inside the transaction).
+_MIGRATIONS: Final[dict[int, Callable[[sqlite3.Connection], None]]] = {2: _to_version_2}
 
 
 def _open_counts(conn: sqlite3.Connection) -> tuple[int, int, int]:
@@ -757,57 +1158,82 @@ def _decode_target(text: str) -> Target:
     )
 
 
-def _entries(rows: Iterable[Sequence[Any]]) -> list[Entry]:
-    entries: list[Entry] = []
-    previous = ""
-    for id_, accepted_at, document, source, check, target, attempts, last_error in rows:
-        # An event routed to several rooms is stored once per room: share one string.
-        if document == previous:
-            document = previous
-        previous = document
-        entries.append(
-            Entry(
-                id_,
-                accepted_at,
-                document,
-                source,
-                check,
-                _decode_target(target),
-                attempts,
-                last_error,
-            )
+def _entries(conn: sqlite3.Connection, rows: Iterable[Sequence[Any]]) -> list[Entry]:
+    """Entries from ``_ENTRY_COLUMNS`` rows, each event's document read once and shared."""
+    found = list(rows)
+    documents = _documents(conn, sorted({row[2] for row in found}))
+    return [
+        Entry(
+            id_,
+            accepted_at,
+            # A missing document reads as unparsable: the lane dead-letters it as "unreadable".
+            documents.get(document_id, ""),
+            source,
+            check,
+            _decode_target(target),
+            attempts,
+            last_error,
         )
-    return entries
+        for id_, accepted_at, document_id, source, check, target, attempts, last_error in found
+    ]
 
 
-def _write_batch(conn: sqlite3.Connection, batch: _Batch) -> _Written:
+def _documents(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, str]:
+    documents: dict[int, str] = {}
+    for start in range(0, len(ids), _CHUNK):
+        chunk = list(ids[start : start + _CHUNK])
+        marks = ",".join("?" * len(chunk))
+        documents.update(
+            conn.execute(f"SELECT id, document FROM documents WHERE id IN ({marks})", chunk)
+        )
+    return documents
+
+
+def _write_batch(conn: sqlite3.Connection, batch: list[list[Entry]]) -> int:
+    """Insert these new events (each document once, then one entry per target): entries written."""
     # Every statement releases the GIL while SQLite works and must win it back from a busy
     # event loop (up to sys.getswitchinterval(), 5 ms, each time): so a whole batch is a few
     # statements, never one per row. Beside a busy thread, one per row managed 400 entries/s.
-    inserted = removed = dead = 0
+    encode = _encode_target
+    documents = [(event[0].id, len(event), event[0].document) for event in batch]
+    entries = [
+        (e.id, e.accepted_at, e.source, e.check, encode(e.target), event[0].id)
+        for event in batch
+        for e in event
+    ]
     with _transaction(conn):
-        if batch.entries:
-            encode = _encode_target
-            values = list(
-                chain.from_iterable(
-                    (e.id, e.accepted_at, e.source, e.check, encode(e.target), e.document)
-                    for e in batch.entries
-                )
-            )
-            most = max(1, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // _INSERT_COLUMNS)
-            start = 0
-            for rows in _insert_sizes(len(batch.entries), most):
-                stop = start + rows * _INSERT_COLUMNS
-                inserted += conn.execute(_insert_sql(rows), values[start:stop]).rowcount
-                start = stop
+        _insert_rows(conn, _INSERT_DOCUMENTS, documents)
+        return _insert_rows(conn, _INSERT_ENTRIES, entries)
+
+
+def _insert_rows(conn: sqlite3.Connection, insert: str, rows: list[tuple[Any, ...]]) -> int:
+    """``rows`` through multi-row ``insert`` statements (a power of two rows each)."""
+    if not rows:
+        return 0
+    columns = len(rows[0])
+    values = list(chain.from_iterable(rows))
+    most = max(1, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // columns)
+    inserted = start = 0
+    for count in _insert_sizes(len(rows), most):
+        stop = start + count * columns
+        inserted += conn.execute(_insert_sql(insert, columns, count), values[start:stop]).rowcount
+        start = stop
+    return inserted
+
+
+def _write_marks(conn: sqlite3.Connection, batch: _Batch) -> _Marked:
+    """Attempts, dead-letter moves and deliveries, in one transaction; documents left unused go."""
+    removed = dead = 0
+    with _transaction(conn):
         if batch.attempts:
             conn.executemany(_ATTEMPT, batch.attempts)
         if batch.dead:
             dead = conn.executemany(_TO_DEAD, batch.dead).rowcount
         if batch.dead or batch.delivered:
-            ids = sorted({*batch.delivered, *(d[3] for d in batch.dead)})
-            removed = conn.executemany(_DELETE_RUN, _runs(ids)).rowcount
-    return _Written(inserted, removed, dead)
+            runs = _runs(sorted({*batch.delivered, *(d[3] for d in batch.dead)}))
+            removed = conn.executemany(_DELETE_RUN, runs).rowcount
+            conn.executemany(_DELETE_UNUSED_DOCUMENTS, runs)
+    return _Marked(removed, dead)
 
 
 def _insert_sizes(count: int, most: int) -> list[int]:
@@ -828,9 +1254,9 @@ def _insert_sizes(count: int, most: int) -> list[int]:
     return sizes
 
 
-@lru_cache(maxsize=16)
-def _insert_sql(rows: int) -> str:
-    return _INSERT + f", ({', '.join('?' * _INSERT_COLUMNS)})" * (rows - 1)
+@lru_cache(maxsize=32)
+def _insert_sql(insert: str, columns: int, rows: int) -> str:
+    return insert + f", ({', '.join('?' * columns)})" * (rows - 1)
 
 
 def _runs(ids: list[int]) -> list[tuple[int, int]]:
@@ -855,17 +1281,20 @@ def _load_pending(conn: sqlite3.Connection, now: float) -> tuple[int, list[Entry
     with _transaction(conn):
         conn.execute(_RESET_REQUEUED, (now,))
         rows = conn.execute(f"SELECT {_ENTRY_COLUMNS} FROM pending ORDER BY id")
-        return version, _entries(rows)
+        return version, _entries(conn, rows)
 
 
 def _load_documents(conn: sqlite3.Connection, ids: list[int]) -> dict[int, str]:
-    documents: dict[int, str] = {}
+    """Entry id -> document for the pending ones among ``ids``; each document read once."""
+    references: dict[int, int] = {}
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start : start + _CHUNK]
         marks = ",".join("?" * len(chunk))
-        rows = conn.execute(f"SELECT id, document FROM pending WHERE id IN ({marks})", chunk)
-        documents.update(rows)
-    return documents
+        references.update(
+            conn.execute(f"SELECT id, document_id FROM pending WHERE id IN ({marks})", chunk)
+        )
+    documents = _documents(conn, sorted(set(references.values())))
+    return {i: documents[d] for i, d in references.items() if d in documents}
 
 
 def _pick_up(
@@ -876,7 +1305,7 @@ def _pick_up(
     if version == last_version:
         return version, [], None
     with _transaction(conn):
-        entries = _entries(conn.execute(_REQUEUED))
+        entries = _entries(conn, conn.execute(_REQUEUED))
         if entries:
             conn.execute(_RESET_REQUEUED, (now,))
         dead: int = conn.execute("SELECT count(*) FROM dead").fetchone()[0]
@@ -991,6 +1420,12 @@ def _open_existing(path: Path) -> sqlite3.Connection:
         raise SpoolError(f"cannot open the spool {path}: {exc}") from exc
     if version != SCHEMA_VERSION:
         conn.close()
+        if 0 < version < SCHEMA_VERSION:
+            raise SpoolError(
+                f"{path} was written by an older hipchatd (schema version {version}, this one "
+                f"reads {SCHEMA_VERSION}): start the daemon once to upgrade it in place, then "
+                "run this again"
+            )
         raise SpoolError(
             f"{path} is not a spool this hipchatd reads (schema version {version}, "
             f"expected {SCHEMA_VERSION})"
@@ -1069,9 +1504,9 @@ def _retry(conn: sqlite3.Connection, ids: Sequence[int], *, every: bool) -> int:
             marks = ",".join("?" * len(chunk))
             conn.execute(
                 "INSERT INTO pending (id, accepted_at, source, check_name, target, attempts,"
-                " last_error, requeued, document)"
-                " SELECT id, accepted_at, source, check_name, target, attempts, error, 1, document"
-                f" FROM dead WHERE id IN ({marks})",
+                " last_error, requeued, document_id)"
+                " SELECT id, accepted_at, source, check_name, target, attempts, error, 1,"
+                f" document_id FROM dead WHERE id IN ({marks})",
                 chunk,
             )
             conn.execute(f"DELETE FROM dead WHERE id IN ({marks})", chunk)
@@ -1085,6 +1520,7 @@ def _retry(conn: sqlite3.Connection, ids: Sequence[int], *, every: bool) -> int:
 def _purge_dead(conn: sqlite3.Connection) -> int:
     with _transaction(conn):
         purged = conn.execute("DELETE FROM dead").rowcount
+        conn.execute(f"DELETE FROM documents WHERE {_UNUSED}")
     print(f"purged {_events(purged)} from the dead-letter table")
     return 0
 

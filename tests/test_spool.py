@@ -491,7 +491,10 @@ async def test_a_new_spool_is_private(tmp_path: Path) -> None:
     assert ((state_dir / SPOOL_FILE).stat().st_mode & 0o777) == 0o600
 
 
-async def test_open_errors_name_the_path(tmp_path: Path) -> None:
+async def test_open_errors_name_the_path_the_cause_and_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every way the spool cannot be opened is one SpoolError line: path, cause, what to do."""
     a_file = tmp_path / "not-a-directory"
     a_file.write_text("")
     garbage = tmp_path / "garbage"
@@ -505,25 +508,39 @@ async def test_open_errors_name_the_path(tmp_path: Path) -> None:
     newer.mkdir()
     with sqlite3.connect(newer / SPOOL_FILE) as conn:
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    a_directory = tmp_path / "a-directory"
+    (a_directory / SPOOL_FILE).mkdir(parents=True)
+    locked = tmp_path / "locked"
+    with trio.fail_after(10):
+        await (await Spool.open(str(locked), max_events=10)).aclose()
     cases = [
-        (a_file, "is not a directory"),
-        (garbage, "not a database"),
-        (foreign, "not a hipchatd spool"),
-        (newer, "newer hipchatd"),
+        (a_file, f"{a_file} is not a directory; set hipchatd.state_dir"),
+        (a_file / "state", f"{a_file} is not a directory; set hipchatd.state_dir"),
+        (garbage, "the file is not an SQLite database (file is not a database)"),
+        (foreign, "it is an SQLite database but not a hipchatd spool; move it away"),
+        (newer, f"schema version {SCHEMA_VERSION + 1}, written by a newer hipchatd"),
+        (a_directory, f"{a_directory / SPOOL_FILE} is a directory; move it away"),
+        (locked, "the database is locked by another program (database is locked"),
+        (tmp_path / "in-use", f"another hipchatd process (pid {os.getpid()}) is using it"),
     ]
+    # Another program (an sqlite3 shell, say) holds a write lock; waiting 5 s adds nothing here.
+    monkeypatch.setattr(spool_module, "BUSY_TIMEOUT_MS", 50)
+    holder = sqlite3.connect(locked / SPOOL_FILE, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
     with trio.fail_after(10):
         in_use = await Spool.open(str(tmp_path / "in-use"), max_events=10)
-        cases.append((tmp_path / "in-use", "another hipchatd process is using it"))
         for state_dir, cause in cases:
             with pytest.raises(SpoolError) as info:
                 await Spool.open(str(state_dir), max_events=10)
             message = str(info.value)
-            assert str(state_dir) in message
+            assert message.startswith(f"cannot open the spool {state_dir / SPOOL_FILE}: ")
             assert cause in message
-            assert "state_dir" in message
+            assert "\n" not in message
+        holder.close()
         await in_use.aclose()
-        reopened = await Spool.open(str(tmp_path / "in-use"), max_events=10)
-        await reopened.aclose()
+        for state_dir in (tmp_path / "in-use", locked):
+            reopened = await Spool.open(str(state_dir), max_events=10)
+            await reopened.aclose()
 
 
 # --- operator commands -----------------------------------------------------------------------
