@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -20,7 +21,7 @@ import trio
 
 from hipchatd import __version__, cli
 from hipchatd.config import LoadResult
-from hipchatd.errors import ConfigError
+from hipchatd.errors import ConfigError, StartupError
 from tests.conftest import FIXTURES, free_port
 from tests.processes import STARTUP, Child
 
@@ -280,6 +281,35 @@ def test_serve_on_an_address_not_of_this_host_says_so_in_one_line(tmp_path: Path
         "cannot listen on 192.0.2.1:0 (tcp, hipchatd.tcp): address not available:"
         " 192.0.2.1 is not an address of this host"
     )
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (
+            socket.gaierror(socket.EAI_NONAME, "Name or service not known"),
+            "cannot listen on sensu.invalid:3033 (tcp, hipchatd.tcp): cannot resolve"
+            " 'sensu.invalid' (Name or service not known); expected a host name or IP address",
+        ),
+        (
+            PermissionError(errno.EACCES, "Permission denied"),
+            "cannot listen on sensu.invalid:3033 (tcp, hipchatd.tcp): permission denied"
+            " (ports below 1024 need privileges); choose another port of 1024 or above",
+        ),
+        (
+            OSError(errno.EMFILE, "Too many open files"),
+            "cannot listen on sensu.invalid:3033 (tcp, hipchatd.tcp): Too many open files;"
+            " choose another port, or check hipchatd.tcp",
+        ),
+    ],
+    ids=["unresolvable", "privileged-port", "other"],
+)
+def test_a_listener_that_cannot_be_bound_is_one_line(exc: OSError, expected: str) -> None:
+    error = StartupError.cannot_listen(
+        exc, "tcp", "hipchatd.tcp", "sensu.invalid", 3033, fix_port="choose another port"
+    )
+    assert str(error).startswith(expected)
+    assert "\n" not in str(error)
 
 
 def test_serve_with_a_spool_that_cannot_be_opened_names_the_cause(tmp_path: Path) -> None:

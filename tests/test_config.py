@@ -838,8 +838,9 @@ def test_a_fifo_in_a_config_directory_is_refused_without_blocking(tmp_path: Path
 
 
 def test_a_device_as_config_file_is_refused() -> None:
-    assert one_problem(Path("/dev/zero")) == (
-        "/dev/zero: a character device, not a regular file; expected a JSON file"
+    # /dev/null, not an endless device: before the fix this read to the end.
+    assert one_problem(Path("/dev/null")) == (
+        "/dev/null: a character device, not a regular file; expected a JSON file"
     )
 
 
