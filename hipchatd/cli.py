@@ -280,6 +280,8 @@ def _serve(args: argparse.Namespace) -> int:
     except systemd.SystemdError as exc:
         log.error("systemd.unusable_socket", error=str(exc))
         return EXIT_CONFIG
+    if inherited and args.port is not None:
+        log.warning("daemon.port_ignored", port=args.port, reason="sockets inherited from systemd")
     state_dir = config.daemon.state_dir
 
     def load() -> LoadResult:

@@ -122,6 +122,24 @@ def test_socket_activation_tcp_and_udp(tmp_path: Path, emulator_process: str) ->
         daemon.close()
 
 
+def test_serve_port_gives_way_to_inherited_sockets(tmp_path: Path, emulator_process: str) -> None:
+    """Under socket activation ``--port`` is not used, and a WARNING says so."""
+    port = free_port()
+    config = _config(tmp_path / "hipchatd.json", emulator_process)
+    daemon = Child(
+        "serve", "--config", str(config), "--port", "1",
+        launcher=["systemd-socket-activate", "-l", f"127.0.0.1:{port}", "--"],
+    )  # fmt: skip
+    try:
+        daemon.wait_line(lambda line: "Listening on" in line)
+        _send(port, _event("port-ignored"))
+        ignored = daemon.wait_logged("daemon.port_ignored")
+        assert (ignored["level"], ignored["port"]) == ("warning", 1)
+        _wait_messages(emulator_process, "port-ignored")
+    finally:
+        daemon.close()
+
+
 @pytest.fixture
 def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
