@@ -367,7 +367,10 @@ def _structure_problem(text: str) -> str | None:
             depth += 1
             if depth > MAX_CONFIG_DEPTH:
                 where = _position(text, match.start())
-                return f"{where}: nested deeper than {MAX_CONFIG_DEPTH} levels; expected a few"
+                return (
+                    f"{where}: nested deeper than {MAX_CONFIG_DEPTH} levels;"
+                    " no configuration needs that many"
+                )
         elif token in ("]", "}"):
             depth -= 1
         elif match.group(2, 3) == (None, None) and len(match.group(1) or "") > MAX_INTEGER_DIGITS:

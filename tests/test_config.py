@@ -861,7 +861,7 @@ def test_deep_nesting_is_one_problem_with_its_position(tmp_path: Path) -> None:
     path = write(tmp_path / "a.json", '{"hipchat":\n  ' + "[" * 100_000)
     assert one_problem(path) == (
         f"{path}:2:{3 + MAX_CONFIG_DEPTH - 1}: nested deeper than {MAX_CONFIG_DEPTH} levels;"
-        " expected a few"
+        " no configuration needs that many"
     )
 
 
