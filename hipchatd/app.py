@@ -36,7 +36,7 @@ from hipchatd.budget import RateBudget
 from hipchatd.clock import unix_now
 from hipchatd.config import Config, DaemonSettings, HipChatSettings, Listen
 from hipchatd.dispatch import Dispatcher, Ticket
-from hipchatd.errors import EventError
+from hipchatd.errors import EventError, StartupError
 from hipchatd.events import Event, parse_event
 from hipchatd.filters import skip_reason
 from hipchatd.framing import Document, preview
@@ -346,7 +346,7 @@ async def run(
                     if daemon.metrics is not None:
                         from hipchatd import httpapi
 
-                        http_listeners = await httpapi.open_http_listeners(daemon.metrics)
+                        http_listeners = await _open_metrics(daemon.metrics)
                         app.metrics_addresses = await services.start(
                             httpapi.serve_http, http_listeners, metrics, app.health
                         )
@@ -388,10 +388,37 @@ async def _open_sockets(
     streams = []
     datagrams = []
     if daemon.tcp is not None:
-        streams = await trio.open_tcp_listeners(daemon.tcp.port, host=daemon.tcp.host)
+        try:
+            streams = await trio.open_tcp_listeners(daemon.tcp.port, host=daemon.tcp.host)
+        except OSError as exc:
+            raise _cannot_listen(exc, "tcp", daemon.tcp) from exc
     if daemon.udp is not None:
-        datagrams = [await _bind_udp(daemon.udp)]
+        try:
+            datagrams = [await _bind_udp(daemon.udp)]
+        except OSError as exc:
+            for listener in streams:
+                listener.socket.close()
+            raise _cannot_listen(exc, "udp", daemon.udp) from exc
     return streams, datagrams
+
+
+def _cannot_listen(exc: OSError, transport: str, listen: Listen) -> StartupError:
+    fix = f"choose another port (hipchatd.{transport}.port, or `hipchatd serve --port N`)"
+    return StartupError.cannot_listen(
+        exc, transport, f"hipchatd.{transport}", listen.host, listen.port, fix_port=fix
+    )
+
+
+async def _open_metrics(listen: Listen) -> list[trio.SocketListener]:
+    from hipchatd import httpapi
+
+    try:
+        return await httpapi.open_http_listeners(listen)
+    except OSError as exc:
+        fix = "choose another port (hipchatd.metrics.port)"
+        raise StartupError.cannot_listen(
+            exc, "http", "hipchatd.metrics", listen.host, listen.port, fix_port=fix
+        ) from exc
 
 
 def _address(sockname: object) -> str:

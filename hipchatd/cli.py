@@ -17,8 +17,8 @@ import structlog
 import trio
 
 from hipchatd import __version__, logconfig, systemd
-from hipchatd.config import DEFAULT_STATE_DIR, Config, LoadResult, load_config
-from hipchatd.errors import ConfigError
+from hipchatd.config import DEFAULT_STATE_DIR, Config, Listen, LoadResult, load_config
+from hipchatd.errors import ConfigError, HipchatdError, StartupError
 from hipchatd.spool import SpoolError
 from hipchatd.systemd import InheritedSocket
 
@@ -49,8 +49,19 @@ def _add_config_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _port(text: str) -> int:
+    """argparse type: a port number, 0 to 65535 (0: any free port)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (0 to 65535)")
+    return port
+
+
 def _parser() -> argparse.ArgumentParser:
-    from hipchatd import emulator, spool
+    from hipchatd import emulator, sendevent, spool
 
     parser = argparse.ArgumentParser(
         prog="hipchatd", description="Sensu socket handler that notifies HipChat rooms."
@@ -77,6 +88,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="deliver to an in-process HipChat emulator on loopback and print its messages",
     )
+    serve.add_argument(
+        "--port",
+        type=_port,
+        metavar="N",
+        help="listen for TCP and UDP on port N of the configured hosts "
+        "(instead of hipchatd.tcp.port and hipchatd.udp.port)",
+    )
 
     check = sub.add_parser("check-config", help="validate the configuration and exit")
     _add_config_argument(check)
@@ -97,6 +115,13 @@ def _parser() -> argparse.ArgumentParser:
         "spool", help="list, retry or purge spooled events (safe while the daemon runs)"
     )
     spool.add_arguments(spool_parser, parents=[where])
+
+    send = sub.add_parser(
+        "send-event",
+        help="write one Sensu event to the daemon, as Sensu does (no reply is awaited)",
+    )
+    _add_config_argument(send)
+    sendevent.add_arguments(send, port_type=_port)
 
     emu = sub.add_parser("emulator", help="run the HipChat API emulator")
     emulator.add_arguments(emu)
@@ -120,6 +145,8 @@ def _load_for_command(args: argparse.Namespace, *, require_token: bool) -> LoadR
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
+        for warning in exc.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
         return None
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -155,16 +182,34 @@ async def _report_status(running: App) -> None:
         systemd.status(running.status_line())
 
 
-async def _reload(running: App, load: Callable[[], Config]) -> None:
+async def _reload(running: App, load: Callable[[], LoadResult]) -> None:
+    """Adopt the configuration as it is now; on any failure keep the running one.
+
+    A SIGHUP must never stop the daemon: an invalid configuration is refused
+    with one ERROR line per problem, and anything unexpected while loading
+    (a bug) is logged with its traceback; both keep the old configuration.
+    """
     systemd.reloading()
     try:
-        new = await trio.to_thread.run_sync(load)
+        result = await trio.to_thread.run_sync(load)
     except ConfigError as exc:
         for problem in exc.problems:
             log.error("config.reload_failed", problem=problem)
+        for warning in exc.warnings:
+            log.warning("config.warning", warning=warning)
         systemd.ready("reload failed, configuration unchanged; " + running.status_line())
         return
-    restart = running.reload(new)
+    except Exception as exc:
+        log.error(
+            "config.reload_failed",
+            problem=f"unexpected {type(exc).__name__} while loading the configuration (a bug)",
+            exc_info=True,
+        )
+        systemd.ready("reload failed, configuration unchanged; " + running.status_line())
+        return
+    for warning in result.warnings:
+        log.warning("config.warning", warning=warning)
+    restart = running.reload(result.config)
     if restart:
         log.warning("config.reload_needs_restart", keys=restart)
     log.info(
@@ -180,7 +225,7 @@ async def _serve_until_signalled(
     config: Config,
     with_emulator: bool,
     inherited: Sequence[InheritedSocket],
-    load: Callable[[], Config],
+    load: Callable[[], LoadResult],
 ) -> None:
     from hipchatd import app
 
@@ -222,8 +267,10 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         for problem in exc.problems:
             log.error("config.invalid", problem=problem)
+        for warning in exc.warnings:
+            log.warning("config.warning", warning=warning)
         return EXIT_CONFIG
-    config = result.config
+    config = _with_port(result.config, args.port)
     logconfig.register_secret(config.hipchat.api_token.reveal())
     for warning in result.warnings:
         log.warning("config.warning", warning=warning)
@@ -233,23 +280,62 @@ def _serve(args: argparse.Namespace) -> int:
     except systemd.SystemdError as exc:
         log.error("systemd.unusable_socket", error=str(exc))
         return EXIT_CONFIG
+    if inherited and args.port is not None:
+        log.warning("daemon.port_ignored", port=args.port, reason="sockets inherited from systemd")
     state_dir = config.daemon.state_dir
 
-    def load() -> Config:
-        reloaded = _load(args.config, require_token=not args.emulator).config
-        return _with_state_dir(reloaded, state_dir)
+    def load() -> LoadResult:
+        reloaded = _load(args.config, require_token=not args.emulator)
+        config = _with_state_dir(_with_port(reloaded.config, args.port), state_dir)
+        return dataclasses.replace(reloaded, config=config)
 
-    failures: list[str] = []
+    failures: list[HipchatdError] = []
     try:
         trio.run(_serve_until_signalled, config, args.emulator, inherited, load)
-    except* SpoolError as group:
-        failures = [str(exc) for exc in group.exceptions]
+    except* _FATAL as group:
+        failures = _leaves(group)
     if failures:
         for failure in failures:
-            log.error("spool.unavailable", error=failure)
+            _log_fatal(failure)
         return EXIT_FAILURE
     log.info("daemon.stopped")
     return EXIT_OK
+
+
+#: Errors that end ``serve`` with one ERROR line each and no traceback: each
+#: message already names the file, key or address and what to do.
+_FATAL = (StartupError, ConfigError, SpoolError)
+
+
+def _leaves(group: BaseExceptionGroup[HipchatdError]) -> list[HipchatdError]:
+    """The exceptions of ``group`` and of the groups nested in it (each nursery adds one)."""
+    found: list[HipchatdError] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            found.extend(_leaves(exc))
+        else:
+            found.append(exc)
+    return found
+
+
+def _log_fatal(exc: HipchatdError) -> None:
+    if isinstance(exc, ConfigError):
+        for problem in exc.problems:
+            log.error("config.invalid", problem=problem)
+    elif isinstance(exc, SpoolError):
+        log.error("spool.unavailable", error=str(exc))
+    else:
+        log.error("daemon.start_failed", error=str(exc))
+
+
+def _with_port(config: Config, port: int | None) -> Config:
+    """``serve --port``: the configured TCP and UDP listeners moved to ``port``."""
+    if port is None:
+        return config
+    daemon = config.daemon
+    tcp = None if daemon.tcp is None else Listen(daemon.tcp.host, port)
+    udp = None if daemon.udp is None else Listen(daemon.udp.host, port)
+    return dataclasses.replace(config, daemon=dataclasses.replace(daemon, tcp=tcp, udp=udp))
 
 
 def _with_state_dir(config: Config, state_dir: str) -> Config:
@@ -277,6 +363,20 @@ def _spool(args: argparse.Namespace) -> int:
     if result is None:
         return EXIT_CONFIG
     return spool.run(args, _state_dir(args, result.config, os.environ))
+
+
+def _send_event(args: argparse.Namespace) -> int:
+    from hipchatd import sendevent
+
+    # The daemon's address and max_frame_bytes; without --config and /etc/hipchatd, the
+    # defaults. Its warnings are for check-config and serve.
+    try:
+        config = _load(args.config, require_token=False).config
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    return sendevent.run(args, config, sys.stdin.buffer, sys.stdout, sys.stderr)
 
 
 def _state_dir(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -> str:
@@ -311,6 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(args)
     if args.command == "spool":
         return _spool(args)
+    if args.command == "send-event":
+        return _send_event(args)
     if args.command == "send-test":
         from hipchatd import tools
 

@@ -23,6 +23,10 @@ import difflib
 import ipaddress
 import json
 import math
+import os
+import re
+import ssl
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,9 +233,12 @@ def load_config(
     supplies its own) and ``api_token`` is an empty ``Secret``. A missing
     token is not reported when some file could not be read or parsed.
 
-    Raises ConfigError listing every problem found, one line each, followed
-    by the warnings (an unknown key is often the cause, e.g. ``api_tokne``).
-    No line ever contains the token.
+    Raises ConfigError listing every problem found, one line each, with the
+    warnings kept apart in ``warnings`` (an unknown key is often the cause,
+    e.g. ``api_tokne``). No line ever contains the token. Nothing but a
+    regular file is opened (a FIFO or a device would block or never end),
+    and a file too deeply nested or holding a number too long to convert is
+    a problem line, not an exception.
     """
     problems: list[str] = []
     merged: dict[str, Any] = {}
@@ -262,7 +269,7 @@ def load_config(
     check.cross(settings, daemon_settings, contacts)
 
     if problems:
-        raise ConfigError([*problems, *check.warnings])
+        raise ConfigError(problems, check.warnings)
     config = Config(
         hipchat=settings,
         daemon=daemon_settings,
@@ -294,12 +301,102 @@ def _expand(paths: Sequence[str | Path], problems: list[str]) -> list[Path]:
     return files
 
 
+#: Nesting depth of a configuration file at most: Sensu's deepest settings are a handful
+#: of levels; far below Python's recursion limit, which would stop the JSON parser.
+MAX_CONFIG_DEPTH = 100
+#: Digits of a JSON integer at most: Python refuses to convert longer ones (its
+#: int_max_str_digits default), and no setting needs more than a few.
+MAX_INTEGER_DIGITS = 4300
+
+#: Strings are skipped whole; brackets count depth; an integer part is checked for length.
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[{\]}]|-?(\d+)(\.\d*)?([eE][-+]?\d*)?')
+
+
+def _kind(mode: int) -> str | None:
+    """What a non-regular file is, in words; None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def read_regular(path: Path) -> bytes:
+    """The bytes of ``path``, which must be a regular file.
+
+    Refuses anything else before reading a byte, without blocking: a FIFO
+    would wait for a writer and a device may never end. Raises OSError, or
+    _NotRegular (an OSError) whose message names the kind of file.
+    """
+    # O_NONBLOCK: opening a FIFO must not wait for a writer; checked with fstat below.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        kind = _kind(os.fstat(fd).st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    if kind is not None:
+        os.close(fd)
+        raise _NotRegular(f"{kind}, not a regular file")
+    with os.fdopen(fd, "rb") as file:
+        return file.read()
+
+
+class _NotRegular(OSError):
+    """A path names something other than a regular file; the message says what."""
+
+
+def _structure_problem(text: str) -> str | None:
+    """Where ``text`` nests too deeply or holds too long an integer (``line:column: why``).
+
+    Checked before parsing: json.loads would raise RecursionError or
+    ValueError with no position. An O(n) scan by one regular expression.
+    """
+    depth = 0
+    for match in _JSON_TOKEN.finditer(text):
+        token = match.group()
+        if token in ("[", "{"):
+            depth += 1
+            if depth > MAX_CONFIG_DEPTH:
+                where = _position(text, match.start())
+                return (
+                    f"{where}: nested deeper than {MAX_CONFIG_DEPTH} levels;"
+                    " no configuration needs that many"
+                )
+        elif token in ("]", "}"):
+            depth -= 1
+        elif match.group(2, 3) == (None, None) and len(match.group(1) or "") > MAX_INTEGER_DIGITS:
+            where = _position(text, match.start())
+            return (
+                f"{where}: an integer of {len(match.group(1))} digits;"
+                f" expected at most {MAX_INTEGER_DIGITS}"
+            )
+    return None
+
+
+def _position(text: str, offset: int) -> str:
+    line = text.count("\n", 0, offset) + 1
+    column = offset - (text.rfind("\n", 0, offset) + 1) + 1
+    return f"{line}:{column}"
+
+
 def _read_document(path: Path, problems: list[str]) -> dict[str, Any] | None:
     try:
         # utf-8-sig: Sensu strips a byte-order mark too (sensu-settings read_config_file).
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_regular(path).decode("utf-8-sig")
     except FileNotFoundError:
         problems.append(f"{path}: no such file or directory")
+        return None
+    except _NotRegular as exc:
+        problems.append(f"{path}: {exc}; expected a JSON file")
         return None
     except OSError as exc:
         problems.append(f"{path}: cannot read: {exc.strerror or exc}")
@@ -307,10 +404,19 @@ def _read_document(path: Path, problems: list[str]) -> dict[str, Any] | None:
     except UnicodeDecodeError as exc:
         problems.append(f"{path}: not UTF-8 text (bad byte at offset {exc.start})")
         return None
+    structure = _structure_problem(text)
+    if structure is not None:
+        problems.append(f"{path}:{structure}")
+        return None
     try:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
         problems.append(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}")
+        return None
+    except (ValueError, RecursionError) as exc:
+        # Past the scan above only if Python's own limits are lower than ours.
+        why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        problems.append(f"{path}: cannot parse: {why}")
         return None
     if not isinstance(document, dict):
         problems.append(f"{path}: got {_a(document)} at the top level; expected a JSON object")
@@ -458,17 +564,27 @@ def _server_url(value: object) -> str:
     return value.rstrip("/")
 
 
-def _readable_file(value: object) -> str:
+def _ca_bundle(value: object) -> str:
+    """A regular file that loads as PEM CA certificates, as the HTTP client will load it."""
     if not isinstance(value, str) or not value:
         raise _Reject
-    path = Path(value)
     try:
-        if not path.is_file():
-            raise _Reject("not a regular file" if path.exists() else "no such file")
-        with path.open("rb"):
-            pass
+        data = read_regular(Path(value))
+    except FileNotFoundError:
+        raise _Reject("no such file") from None
+    except _NotRegular as exc:
+        raise _Reject(str(exc)) from None
     except OSError as exc:
         raise _Reject(f"cannot read: {exc.strerror or exc}") from None
+    try:
+        # What was read, not the path again: the file was checked to be regular.
+        ssl.create_default_context(cadata=data.decode("ascii"))
+    except UnicodeDecodeError:
+        raise _Reject("not PEM text (DER? `openssl x509 -inform der` converts it)") from None
+    except (ssl.SSLError, ValueError) as exc:
+        # "no start line: cadata does not contain a certificate (_ssl.c:4020)"
+        reason = re.sub(r"\s*\(_ssl\.c:\d+\)$", "", str(exc.args[-1] if exc.args else exc))
+        raise _Reject(f"no CA certificate could be loaded from it ({reason})") from None
     return value
 
 
@@ -543,7 +659,7 @@ _HIPCHAT: Mapping[str, _Rule] = {
     "severities": _Rule(_severities, f"a list of {_quoted(_SEVERITIES)}"),
     "handle_silenced": _BOOLEAN,
     "user": _Rule(_string, "a non-empty string: a user id, e-mail or @mention name"),
-    "ca_file": _Rule(_readable_file, "the path of a readable PEM file"),
+    "ca_file": _Rule(_ca_bundle, "the path of a readable PEM file"),
     "rate_limit": _at_least(1),
     "flood_limit": _at_least(1),
 }

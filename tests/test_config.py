@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
+import certifi
 import pytest
 
 from hipchatd.config import (
     DEFAULT_PORT,
+    MAX_CONFIG_DEPTH,
+    MAX_INTEGER_DIGITS,
     Config,
     ConfigError,
     DaemonSettings,
@@ -77,7 +82,8 @@ def test_only_a_token_gives_every_default(tmp_path: Path) -> None:
 
 
 def test_every_key_accepts_a_good_value(tmp_path: Path) -> None:
-    ca = write(tmp_path / "ca.pem", "-----BEGIN CERTIFICATE-----\n")
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(Path(certifi.where()).read_bytes())
     path = write(
         tmp_path / "all.json",
         {
@@ -309,8 +315,12 @@ def test_a_token_of_the_wrong_type_shows_its_type_never_its_value(tmp_path: Path
 
 def test_an_empty_token_in_a_file_is_a_problem_not_a_fallback(tmp_path: Path) -> None:
     path = write(tmp_path / "a.json", {"hipchat": {"api_token": ""}})
-    assert problems(path, env={"HIPCHAT_API_TOKEN": TOKEN}) == (
+    with pytest.raises(ConfigError) as info:
+        load(path, env={"HIPCHAT_API_TOKEN": TOKEN})
+    assert info.value.problems == (
         f"{path}: hipchat.api_token: got a string (value hidden); expected a non-empty string",
+    )
+    assert info.value.warnings == (
         f"HIPCHAT_API_TOKEN: ignored; using hipchat.api_token from {path}",
     )
 
@@ -406,7 +416,9 @@ def test_the_token_appears_in_no_problem_and_no_warning(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load(a.parent, env=env)
     text = str(info.value)
-    assert len(info.value.problems) >= 5  # timeout, room, both null + warnings
+    assert len(info.value.problems) == 3  # timeout, room, both null
+    assert len(info.value.warnings) >= 2  # x, the shadowed token sources
+    assert TOKEN not in "\n".join(info.value.warnings)
     assert TOKEN not in text
     # and when the same files load, the warnings are clean too
     write(a, {"hipchat": {"api_token": TOKEN, "server_url": "http://h.example", "x": TOKEN}})
@@ -612,9 +624,12 @@ def test_community_plugin_keys_point_at_ours(tmp_path: Path) -> None:
 
 
 def test_a_misspelt_token_key_explains_the_missing_token(tmp_path: Path) -> None:
+    """The unknown key travels with the problem, as a warning, not as another problem."""
     path = write(tmp_path / "a.json", {"hipchat": {"api_tokne": TOKEN}})
-    assert problems(path) == (
-        f"{path}: {MISSING_TOKEN}",
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert info.value.problems == (f"{path}: {MISSING_TOKEN}",)
+    assert info.value.warnings == (
         f'{path}: hipchat.api_tokne: unknown key; did you mean "api_token"?',
     )
 
@@ -694,8 +709,10 @@ def test_bad_contacts_are_problems_with_full_paths(tmp_path: Path) -> None:
     assert found[1].startswith(f'{path}: contacts.ops.hipchat.notify: got "yes" (string);')
     assert found[2].startswith(f'{path}: contacts.dev: got "dev-room" (string); expected an object')
     assert found[3].startswith(f'{path}: contacts.qa.hipchat: got ["qa"] (list); expected an obj')
-    assert found[4] == f'{path}: contacts.ops.hipchat.romo: unknown key; did you mean "room"?'
-    assert len(found) == 5
+    assert len(found) == 4
+    assert info.value.warnings == (
+        f'{path}: contacts.ops.hipchat.romo: unknown key; did you mean "room"?',
+    )
 
 
 def test_contacts_scope_must_be_an_object(tmp_path: Path) -> None:
@@ -761,3 +778,113 @@ def test_a_missing_ca_file_is_a_problem(tmp_path: Path) -> None:
 def test_a_directory_as_ca_file_is_a_problem(tmp_path: Path) -> None:
     path = write(tmp_path / "a.json", with_token(ca_file=str(tmp_path)))
     assert "not a regular file" in one_problem(path)
+
+
+# -- files that are not plain configuration -------------------------------------------
+
+
+def test_a_ca_file_that_is_not_pem_is_a_problem(tmp_path: Path) -> None:
+    """check-config loads ca_file as the HTTP client will, so serve cannot fail on it later."""
+    ca = write(tmp_path / "ca.pem", "this is not a certificate\n")
+    path = write(tmp_path / "a.json", with_token(ca_file=str(ca)))
+    line = one_problem(path)
+    assert line.startswith(f'{path}: hipchat.ca_file: got "{ca}" (string): no CA certificate')
+    assert line.endswith("expected the path of a readable PEM file")
+
+
+def test_a_der_ca_file_is_a_problem_that_says_how_to_convert_it(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.der"
+    ca.write_bytes(b"\x30\x82\x03\x00\xff\xfe")
+    path = write(tmp_path / "a.json", with_token(ca_file=str(ca)))
+    assert "openssl x509 -inform der" in one_problem(path)
+
+
+def _in_a_thread(load_it: Any) -> Any:
+    """Run ``load_it`` in a thread so that a regression (a blocking open) fails, not hangs."""
+    outcome: list[Any] = []
+    thread = threading.Thread(target=lambda: outcome.append(_outcome(load_it)), daemon=True)
+    thread.start()
+    thread.join(30)
+    assert outcome, "loading blocked (a FIFO was opened for reading)"
+    return outcome[0]
+
+
+def _outcome(load_it: Any) -> Any:
+    try:
+        return load_it()
+    except ConfigError as exc:
+        return exc
+
+
+def test_a_fifo_as_config_file_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "hipchatd.json"
+    os.mkfifo(fifo)
+    error = _in_a_thread(lambda: load(fifo))
+    assert isinstance(error, ConfigError)
+    assert error.problems[0] == (
+        f"{fifo}: a FIFO (named pipe), not a regular file; expected a JSON file"
+    )
+
+
+def test_a_fifo_in_a_config_directory_is_refused_without_blocking(tmp_path: Path) -> None:
+    write(tmp_path / "conf.d" / "a.json", with_token())
+    os.mkfifo(tmp_path / "conf.d" / "b.json")
+    error = _in_a_thread(lambda: load(tmp_path / "conf.d"))
+    assert isinstance(error, ConfigError)
+    assert error.problems == (
+        f"{tmp_path / 'conf.d' / 'b.json'}: a FIFO (named pipe), not a regular file;"
+        " expected a JSON file",
+    )
+
+
+def test_a_device_as_config_file_is_refused() -> None:
+    # /dev/null, not an endless device: before the fix this read to the end.
+    assert one_problem(Path("/dev/null")) == (
+        "/dev/null: a character device, not a regular file; expected a JSON file"
+    )
+
+
+def test_a_fifo_as_ca_file_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "ca.pem"
+    os.mkfifo(fifo)
+    path = write(tmp_path / "a.json", with_token(ca_file=str(fifo)))
+    error = _in_a_thread(lambda: load(path))
+    assert isinstance(error, ConfigError)
+    assert error.problems == (
+        f'{path}: hipchat.ca_file: got "{fifo}" (string): a FIFO (named pipe), not a regular'
+        " file; expected the path of a readable PEM file",
+    )
+
+
+def test_deep_nesting_is_one_problem_with_its_position(tmp_path: Path) -> None:
+    """100,000 ``[`` made json raise RecursionError; now a line naming where."""
+    path = write(tmp_path / "a.json", '{"hipchat":\n  ' + "[" * 100_000)
+    assert one_problem(path) == (
+        f"{path}:2:{3 + MAX_CONFIG_DEPTH - 1}: nested deeper than {MAX_CONFIG_DEPTH} levels;"
+        " no configuration needs that many"
+    )
+
+
+def test_nesting_up_to_the_limit_is_fine(tmp_path: Path) -> None:
+    deep = "[" * (MAX_CONFIG_DEPTH - 1) + "]" * (MAX_CONFIG_DEPTH - 1)
+    path = write(tmp_path / "a.json", f'{{"api_token_here": 1, "checks": {deep}, "x": "[[[["}}')
+    result = load(path, env={"HIPCHAT_API_TOKEN": TOKEN})
+    assert result.config.sources == (str(path),)
+
+
+def test_a_huge_integer_is_one_problem_with_its_position(tmp_path: Path) -> None:
+    """5,000 digits made json raise ValueError (Python's int-string limit)."""
+    path = write(tmp_path / "a.json", '{"hipchat": {\n "rate_limit": -' + "9" * 5000 + "}}")
+    assert one_problem(path) == (
+        f"{path}:2:16: an integer of 5000 digits; expected at most {MAX_INTEGER_DIGITS}"
+    )
+
+
+def test_long_fractions_and_digits_in_strings_are_not_integers(tmp_path: Path) -> None:
+    digits = "7" * 5000
+    path = write(
+        tmp_path / "a.json",
+        f'{{"hipchat": {{"api_token": "{TOKEN}", "timeout": 1.{digits}, "x": "{digits}"}}}}',
+    )
+    result = load(path)
+    assert result.config.hipchat.timeout == pytest.approx(1.7777777)

@@ -122,6 +122,24 @@ def test_socket_activation_tcp_and_udp(tmp_path: Path, emulator_process: str) ->
         daemon.close()
 
 
+def test_serve_port_gives_way_to_inherited_sockets(tmp_path: Path, emulator_process: str) -> None:
+    """Under socket activation ``--port`` is not used, and a WARNING says so."""
+    port = free_port()
+    config = _config(tmp_path / "hipchatd.json", emulator_process)
+    daemon = Child(
+        "serve", "--config", str(config), "--port", "1",
+        launcher=["systemd-socket-activate", "-l", f"127.0.0.1:{port}", "--"],
+    )  # fmt: skip
+    try:
+        daemon.wait_line(lambda line: "Listening on" in line)
+        _send(port, _event("port-ignored"))
+        ignored = daemon.wait_logged("daemon.port_ignored")
+        assert (ignored["level"], ignored["port"]) == ("warning", 1)
+        _wait_messages(emulator_process, "port-ignored")
+    finally:
+        daemon.close()
+
+
 @pytest.fixture
 def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -205,6 +223,41 @@ def test_sighup_reloads_rooms_and_keeps_old_config_when_broken(
         if f"/{check}:" in m["message"]
     }
     assert rooms == {"one": "before", "two": "after", "three": "after"}
+
+
+def test_sighup_never_kills_the_daemon_and_logs_warnings_as_warnings(
+    tmp_path: Path, emulator_process: str
+) -> None:
+    """A file nested 100,000 deep made the reload raise RecursionError and the daemon exit."""
+    path = tmp_path / "hipchatd.json"
+    _config(path, emulator_process, room="before")
+    daemon = Child("serve", "--config", str(path))
+    try:
+        port = int(daemon.wait_logged("daemon.started")["tcp"][0].rsplit(":", 1)[1])
+        path.write_text("[" * 100_000)
+        daemon.popen.send_signal(signal.SIGHUP)
+        failed = daemon.wait_logged("config.reload_failed")
+        assert failed["level"] == "error"
+        assert failed["problem"].startswith(f"{path}:1:101: nested deeper than")
+        _send(port, _event("after-bad-reload"))
+        _wait_messages(emulator_process, "/after-bad-reload")
+        assert daemon.popen.poll() is None
+        # A good file again: the reload succeeds, and its warning (the emulator is plain
+        # http://) is a warning, not a failure.
+        _config(path, emulator_process, room="after")
+        daemon.popen.send_signal(signal.SIGHUP)
+        assert daemon.wait_logged("config.reloaded")["rooms"] == ["after"]
+        _send(port, _event("after-good-reload"))
+        messages = _wait_messages(emulator_process, "/after-good-reload")
+    finally:
+        daemon.close()
+    rooms = {m["room"] for m in messages if "/after-bad-reload:" in m["message"]}
+    assert rooms == {"before"}
+    assert "Traceback" not in daemon.output
+    assert len(daemon.logged("config.reload_failed")) == 1
+    warnings = [w for w in daemon.logged("config.warning") if "plain http://" in w["warning"]]
+    # One at start, one for the good reload.
+    assert [w["level"] for w in warnings] == ["warning", "warning"]
 
 
 async def test_metrics_counters_move_by_the_right_amounts(
