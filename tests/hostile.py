@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import copy
+import io
 import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import structlog
 import trio
 
+from hipchatd import logconfig
 from hipchatd.app import App
 from hipchatd.emulator import Emulator
 from hipchatd.metrics import INTERNAL_ERROR_PLACES
@@ -78,3 +84,22 @@ class Canary:
             await wait_until(lambda: self._delivered(name))
         assert not scope.cancelled_caught, f"{name} not delivered after {after} over {transport}"
         assert internal_errors(self.app) == 0, f"a fault boundary caught {after} over {transport}"
+
+
+@contextmanager
+def strict_log() -> Iterator[io.BytesIO]:
+    """The daemon's real log configuration, at debug, console-rendered onto strict UTF-8.
+
+    Console rendering writes text as it is (JSON lines escape it), so a
+    string UTF-8 cannot encode reaches the stream: the stream must take it.
+    Yields the bytes written.
+    """
+    raw = io.BytesIO()
+    out = io.TextIOWrapper(raw, encoding="utf-8", errors="strict", write_through=True)
+    logconfig.configure("debug", json=False, stream=out, cache=False)
+    try:
+        yield raw
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+        out.detach()  # the bytes stay readable after the wrapper is gone

@@ -28,6 +28,7 @@ from hipchatd.emulator import Emulator
 from hipchatd.events import parse_event
 from hipchatd.framing import Document, Rejected, preview
 from hipchatd.metrics import Metrics
+from tests import hostile
 from tests.conftest import TOKEN, StartDaemon, classic_event, send_tcp, send_udp, wait_until
 from tests.hostile import (
     CANARY_ROOM,
@@ -67,17 +68,8 @@ async def _daemon(start_daemon: StartDaemon, **settings: Any) -> app_module.App:
 
 @pytest.fixture
 def strict_log() -> Iterator[io.BytesIO]:
-    """The daemon's real log configuration, at debug, console-rendered onto strict UTF-8.
-
-    Console rendering writes text as it is (JSON lines escape it), so a
-    string UTF-8 cannot encode reaches the stream: the stream must take it.
-    """
-    raw = io.BytesIO()
-    out = io.TextIOWrapper(raw, encoding="utf-8", errors="strict", write_through=True)
-    logconfig.configure("debug", json=False, stream=out, cache=False)
-    yield raw
-    structlog.reset_defaults()
-    logging.getLogger().handlers.clear()
+    with hostile.strict_log() as raw:
+        yield raw
 
 
 # --- the corpus ------------------------------------------------------------------------------
