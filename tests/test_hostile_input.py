@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from tests.hostile import (
     internal_errors,
     send,
 )
+from tests.processes import Child
 
 CORPUS = Path(__file__).parent / "corpus"
 #: Limits high enough that neither the emulator nor the daemon's budget ever waits.
@@ -522,3 +524,46 @@ async def test_max_targets_per_event_is_configurable_and_exact(
     assert sorted(m.room or "" for m in emulator.messages) == ["a", "b", "c", "w", "x", "y"]
     assert app.metrics.value("hipchatd_events_rejected_total", reason="too_many_targets") == 1
     assert len([line for line in logs if line["event"] == "event.targets_refused"]) == 1
+
+
+# --- the real process --------------------------------------------------------------------------
+
+
+def test_the_issue_packets_do_not_stop_a_real_process(tmp_path: Path) -> None:
+    """``hipchatd serve`` as a process: each packet over TCP and UDP, a canary after each."""
+    config = tmp_path / "hipchatd.json"
+    config.write_text(
+        json.dumps(
+            {
+                "hipchat": {"room": "sensu"},
+                "hipchatd": {
+                    "tcp": {"host": "127.0.0.1", "port": 0},
+                    "udp": {"host": "127.0.0.1", "port": 0},
+                },
+            }
+        )
+    )
+    child = Child("serve", "--config", str(config), "--emulator")
+    try:
+        started = child.wait_logged("daemon.started")
+        host, port = started["tcp"][0].rsplit(":", 1)
+        udp_host, udp_port = started["udp"].rsplit(":", 1)
+        sent = 0
+        for name in ("issue-lone-surrogate.json", "issue-nesting-983.json"):
+            packet = (CORPUS / name).read_bytes()
+            for transport in ("tcp", "udp"):
+                sent += 1
+                canary = classic_event(name=f"canary-{sent}")
+                for payload in (packet, encode(canary)):
+                    if transport == "tcp":
+                        with socket.create_connection((host, int(port)), timeout=10) as sock:
+                            sock.sendall(payload)
+                    else:
+                        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                            sock.sendto(payload, (udp_host, int(udp_port)))
+                child.wait_line(lambda line, n=sent: f"/canary-{n}" in line and "[room" in line)
+                assert child.popen.poll() is None, child.output
+        assert len(child.logged("input.rejected")) == 4
+        assert child.logged("internal_error.caught") == []
+    finally:
+        child.close()
