@@ -74,6 +74,8 @@ _NUMERIC = re.compile(r"\s*[+-]?[0-9]+\s*")
 _JSON_BLANKS: Final = " \t\n\r"
 #: Top-level keys listed in the "not a Sensu event" message; the rest are elided.
 _MAX_KEYS_SHOWN = 12
+#: Characters of each key shown in that message.
+_MAX_KEY_CHARS = 40
 _MISSING: Final = object()
 #: Shared: it is frozen, and most checks and entities name no HipChat attributes.
 _NO_OVERRIDES: Final = Overrides()
@@ -653,10 +655,15 @@ def _json_type(value: object) -> str:
 
 
 def _keys(document: Mapping[Any, Any]) -> str:
-    keys = sorted(str(key) for key in document)
+    # A key is the sender's text: cut it, or one key could make the log line a megabyte.
+    keys = sorted(_cut(str(key)) for key in document)
     if not keys:
         return "(none)"
     shown = ", ".join(keys[:_MAX_KEYS_SHOWN])
     if len(keys) > _MAX_KEYS_SHOWN:
         shown += f", … ({len(keys) - _MAX_KEYS_SHOWN} more)"
     return shown
+
+
+def _cut(key: str) -> str:
+    return key if len(key) <= _MAX_KEY_CHARS else f"{key[:_MAX_KEY_CHARS]}…"

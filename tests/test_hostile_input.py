@@ -26,7 +26,8 @@ from hipchatd import logconfig, server
 from hipchatd.app import MAX_NESTING
 from hipchatd.config import DaemonSettings
 from hipchatd.emulator import Emulator
-from hipchatd.events import parse_event
+from hipchatd.errors import EventError
+from hipchatd.events import MAX_NAME_CHARS, parse_event
 from hipchatd.framing import Document, Rejected, preview
 from hipchatd.metrics import Metrics
 from tests import hostile
@@ -342,6 +343,21 @@ def test_classic_history_with_a_5000_digit_string_reads_as_unknown() -> None:
 def test_annotations_nested_past_the_parser_are_ignored(name: str) -> None:
     event = parse_event(json.loads((CORPUS / name).read_bytes()))
     assert event.check == "helloworld"
+
+
+def test_a_room_name_no_hipchat_room_can_have_is_ignored() -> None:
+    """Longer than MAX_NAME_CHARS: the event falls back to the next source of rooms."""
+    event = parse_event(json.loads((CORPUS / "long-room-name.json").read_bytes()))
+    assert event.check_overrides.room is None
+    at_limit = classic_event(hipchat={"room": ["r" * MAX_NAME_CHARS, "r" * (MAX_NAME_CHARS + 1)]})
+    assert parse_event(at_limit).check_overrides.room == ("r" * MAX_NAME_CHARS,)
+
+
+def test_a_rejection_names_long_keys_cut_short() -> None:
+    with pytest.raises(EventError) as caught:
+        parse_event(json.loads((CORPUS / "long-key.json").read_bytes()))
+    assert len(str(caught.value)) < 300
+    assert "top-level keys: " + "k" * 40 + "…" in str(caught.value)
 
 
 async def test_surrogates_in_every_field_of_an_accepted_event_are_delivered(
