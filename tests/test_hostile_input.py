@@ -301,6 +301,19 @@ async def test_issue_packet_is_rejected_with_an_escaped_preview(
         assert app.metrics.value("hipchatd_events_rejected_total", reason="not_event") == 1
 
 
+def test_a_document_without_its_text_is_previewed_safely_and_depth_checked() -> None:
+    """Documents not built by the decoder carry no text: re-encoding them must not raise."""
+    surrogate = Document({"a": "\ud800"}, 14)
+    assert app_module._preview(surrogate) == '{"a": "\\ud800"}'
+    assert app_module._too_deep(surrogate) is None
+    deep: Any = []
+    for _ in range(5000):
+        deep = [deep]
+    document = Document({"client": deep}, 10000)
+    assert app_module._preview(document) == "(a JSON dict that cannot be shown)"
+    assert app_module._too_deep(document) == f"client is nested deeper than {MAX_NESTING} levels"
+
+
 def test_preview_of_text_escapes_lone_surrogates_and_cuts() -> None:
     assert preview('{"a":"\ud800"}') == '{"a":"\\ud800"}'
     assert preview("a" * 130 + "\udfff", 120) == "a" * 120 + "…(+11 characters)"
