@@ -596,3 +596,26 @@ def test_the_issue_packets_do_not_stop_a_real_process(tmp_path: Path) -> None:
         assert child.logged("internal_error.caught") == []
     finally:
         child.close()
+
+
+def test_a_real_process_on_an_ascii_stdout_writes_what_it_cannot_encode_escaped(
+    tmp_path: Path,
+) -> None:
+    """Log and emulator echo lines with non-ASCII text, on an ASCII stdout: escaped, not fatal."""
+    config = tmp_path / "hipchatd.json"
+    config.write_text(
+        json.dumps(
+            {"hipchat": {"room": "sensu"}, "hipchatd": {"tcp": {"host": "127.0.0.1", "port": 0}}}
+        )
+    )
+    child = Child("serve", "--config", str(config), "--emulator", env={"PYTHONIOENCODING": "ascii"})
+    try:
+        started = child.wait_logged("daemon.started")
+        host, port = started["tcp"][0].rsplit(":", 1)
+        for name, shown in (("café-☕", "caf\\xe9-\\u2615"), ("after", "after")):
+            with socket.create_connection((host, int(port)), timeout=10) as sock:
+                sock.sendall(encode(classic_event(name=name)))
+            child.wait_line(lambda line, s=shown: line.startswith("[room sensu]") and s in line)
+        assert child.popen.poll() is None, child.output
+    finally:
+        child.close()
