@@ -130,8 +130,16 @@ class App:
         return restart
 
     def accept(self, document: Document, peer: str, transport: str) -> None:
-        """Sink for the listeners: parse, filter, route, spool. Never blocks."""
+        """Sink for the listeners: parse, filter, route, spool. Never blocks.
+
+        A document nested deeper than MAX_NESTING is refused before it is
+        read; an event routed to more than ``max_targets_per_event`` targets
+        notifies only the first that many.
+        """
         try:
+            too_deep = _too_deep(document)
+            if too_deep is not None:
+                raise EventError(f"not a Sensu event: {too_deep}")
             event = parse_event(document.value)
         except EventError as exc:
             reject(
@@ -141,7 +149,7 @@ class App:
                 transport=transport,
                 nbytes=document.nbytes,
                 reason=str(exc),
-                preview=preview(json.dumps(document.value, ensure_ascii=False)[:400].encode()),
+                preview=_preview(document),
             )
             return
         settings = self.config.hipchat
@@ -159,7 +167,22 @@ class App:
             )
             return
         targets = route(event, settings, self.config.contacts)
+        limit = self.config.daemon.max_targets_per_event
+        if len(targets) > limit:
+            self.metrics.rejected["too_many_targets"].inc()
+            log.warning(
+                "event.targets_refused",
+                event_id=event.id,
+                source=event.source,
+                check=event.check,
+                peer=peer,
+                targets=len(targets),
+                refused=len(targets) - limit,
+                max_targets_per_event=limit,
+            )
+            targets = targets[:limit]
         accepted_at = unix_now()
+        # json.dumps escapes lone surrogates; _too_deep has bounded its recursion.
         text = document.text or json.dumps(document.value, separators=(",", ":"))
         if not self.spool.submit(event, text, targets, accepted_at):
             if self.spool.closed:
@@ -232,6 +255,55 @@ class App:
 
 #: Bytes of kernel receive buffer asked for the UDP socket.
 UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
+
+#: Levels of arrays and objects a document may nest: Ruby's JSON.parse default
+#: ``max_nesting``, so Sensu Classic itself never parses deeper. A fixed bound
+#: keeps every later reader of the document (the spool, re-parsing, tools) well
+#: inside the interpreter's recursion limit, whatever its stack depth.
+MAX_NESTING = 100
+
+#: Characters of a refused document shown in its log line.
+_PREVIEW_CHARS = 120
+
+
+def _too_deep(document: Document) -> str | None:
+    """Where ``document`` nests deeper than MAX_NESTING, or None when it does not.
+
+    Depth never exceeds the number of opening brackets, and counting them
+    in the text costs next to nothing: only documents with more than
+    MAX_NESTING brackets are walked, without recursion.
+    """
+    value = document.value
+    text = document.text
+    if text and text.count("[") + text.count("{") <= MAX_NESTING:
+        return None
+    if not isinstance(value, dict | list):
+        return None
+    stack: list[tuple[object, int, str]] = [
+        (child, 2, str(key) if isinstance(value, dict) else f"[{key}]")
+        for key, child in (value.items() if isinstance(value, dict) else enumerate(value))
+    ]
+    while stack:
+        node, depth, top = stack.pop()
+        if not isinstance(node, dict | list):
+            continue
+        if depth > MAX_NESTING:
+            return f"{preview(top, 40)} is nested deeper than {MAX_NESTING} levels"
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1, top) for child in children)
+    return None
+
+
+def _preview(document: Document) -> str:
+    """The document as received, escaped and cut: rendering it again could raise."""
+    if document.text:
+        return preview(document.text, _PREVIEW_CHARS)
+    try:
+        text = json.dumps(document.value)
+    except (ValueError, RecursionError):
+        return f"(a JSON {type(document.value).__name__} that cannot be shown)"
+    return preview(text, _PREVIEW_CHARS)
+
 
 #: Daemon settings read once at start: listeners, the spool, the pool.
 _RESTART_KEYS = (

@@ -74,11 +74,23 @@ _NUMERIC = re.compile(r"\s*[+-]?[0-9]+\s*")
 _JSON_BLANKS: Final = " \t\n\r"
 #: Top-level keys listed in the "not a Sensu event" message; the rest are elided.
 _MAX_KEYS_SHOWN = 12
+#: Characters of each key shown in that message.
+_MAX_KEY_CHARS = 40
 _MISSING: Final = object()
 #: Shared: it is frozen, and most checks and entities name no HipChat attributes.
 _NO_OVERRIDES: Final = Overrides()
 #: The only type a valid Go history status has; ``bool`` and ``float`` take the slow path.
 _INT_ONLY: Final = frozenset({int})
+#: Digits of the longest history entry read as a status: exit codes are 0-255, and
+#: int() refuses a string over sys.get_int_max_str_digits() (4,300) with ValueError.
+_MAX_STATUS_DIGITS: Final = 10
+#: A lone UTF-16 surrogate: JSON's ``\ud800``-``\udfff`` escapes decode to one, and no
+#: UTF-8 encoder (log output, SQLite, HTTP) accepts it.
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+#: Characters of the longest room or contact name an event may give: twice HipChat's
+#: 50-character limit on room names. A longer string never names a room, and as a URL
+#: path segment it could not even be sent.
+MAX_NAME_CHARS: Final = 100
 
 # sensu-plugin-sdk looks an option up lowercased first, then as written
 # (``SetAnnotationValue``). Every option name here is lowercase, so both are one key.
@@ -236,7 +248,10 @@ def _classic_history(value: object) -> tuple[int, ...]:
     return tuple(
         [
             int(entry)
-            if type(entry) is str and entry.isascii() and entry.isdigit()
+            if type(entry) is str
+            and entry.isascii()
+            and entry.isdigit()
+            and len(entry) <= _MAX_STATUS_DIGITS
             else _classic_status(entry)
             for entry in value
         ]
@@ -246,7 +261,7 @@ def _classic_history(value: object) -> tuple[int, ...]:
 def _classic_status(entry: object) -> int:
     if _is_int(entry):
         return entry
-    if isinstance(entry, str) and _NUMERIC.fullmatch(entry):
+    if isinstance(entry, str) and len(entry) <= _MAX_STATUS_DIGITS and _NUMERIC.fullmatch(entry):
         return int(entry)
     return UNKNOWN_STATUS
 
@@ -391,7 +406,7 @@ def _read_annotations(
 def _annotation(annotations: Mapping[str, Any], key: str) -> str | None:
     """The annotation ``key``; a value that is not a string, or is empty, counts as absent."""
     value = annotations.get(key)
-    return value if isinstance(value, str) and value else None
+    return _utf8(value) if isinstance(value, str) and value else None
 
 
 def _with_json_attributes(
@@ -456,7 +471,7 @@ def _json_value(raw: str | None, opener: str) -> object:
         return None
     try:
         return json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 
@@ -515,16 +530,17 @@ def _message_format(value: object) -> MessageFormat | None:
 def _strings(value: object) -> tuple[str, ...] | None:
     """A string or a list of strings, stripped and deduplicated; None if it names nothing.
 
-    Integers are accepted as strings: HipChat room ids are numbers.
+    Integers are accepted as strings: HipChat room ids are numbers. A name
+    longer than MAX_NAME_CHARS is ignored like any other bad value.
     """
     if value is None:
         return None
     if type(value) is str:
-        name = value.strip()
-        return (name,) if name else None
+        name = _utf8(value.strip())
+        return (name,) if name and len(name) <= MAX_NAME_CHARS else None
     items = value if isinstance(value, list) else [value]
-    names = [str(item).strip() for item in items if isinstance(item, str) or _is_int(item)]
-    unique = _unique(name for name in names if name)
+    names = [_utf8(str(item).strip()) for item in items if isinstance(item, str) or _is_int(item)]
+    unique = _unique(name for name in names if name and len(name) <= MAX_NAME_CHARS)
     return unique or None
 
 
@@ -549,7 +565,7 @@ def _required_name(parent: Mapping[str, Any], key: str, path: str, flavor: str) 
     value = parent.get(key, _MISSING)
     if not isinstance(value, str) or not value:
         raise _wrong(flavor, path, "a non-empty string", value)
-    return value
+    return _utf8(value)
 
 
 def _required_int(parent: Mapping[str, Any], key: str, path: str, flavor: str) -> int:
@@ -600,12 +616,21 @@ def _timestamp(*candidates: object) -> float:
 
 
 def _string(value: object) -> str:
-    return value if isinstance(value, str) else ""
+    return _utf8(value) if isinstance(value, str) else ""
 
 
 def _text(value: object) -> str | None:
     """A non-empty string, else None."""
-    return value if isinstance(value, str) and value else None
+    return _utf8(value) if isinstance(value, str) and value else None
+
+
+def _utf8(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD, as Go's encoding/json decodes it.
+
+    Every string an Event holds goes through here, so logging, the spool
+    and HipChat never meet a character UTF-8 cannot encode.
+    """
+    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
 
 
 def _unique(items: Iterable[str]) -> tuple[str, ...]:
@@ -630,10 +655,15 @@ def _json_type(value: object) -> str:
 
 
 def _keys(document: Mapping[Any, Any]) -> str:
-    keys = sorted(str(key) for key in document)
+    # A key is the sender's text: cut it, or one key could make the log line a megabyte.
+    keys = sorted(_cut(str(key)) for key in document)
     if not keys:
         return "(none)"
     shown = ", ".join(keys[:_MAX_KEYS_SHOWN])
     if len(keys) > _MAX_KEYS_SHOWN:
         shown += f", … ({len(keys) - _MAX_KEYS_SHOWN} more)"
     return shown
+
+
+def _cut(key: str) -> str:
+    return key if len(key) <= _MAX_KEY_CHARS else f"{key[:_MAX_KEY_CHARS]}…"

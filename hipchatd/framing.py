@@ -88,19 +88,24 @@ _raw_decode = json.JSONDecoder().raw_decode
 _ESCAPES: Final = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
-def preview(data: bytes, limit: int = 120) -> str:
-    """An escaped, truncated, log-safe rendering of ``data``.
+def preview(data: bytes | str, limit: int = 120) -> str:
+    """An escaped, truncated, log-safe rendering of ``data``; never raises.
 
-    The first ``limit`` bytes are decoded as UTF-8 with invalid bytes shown as
-    ``\\xNN``; every non-printable character (newlines, controls, line
-    separators) is escaped, so the result never breaks a log line. When
-    ``data`` is longer, ``…(+N bytes)`` says how much was cut.
+    Bytes: the first ``limit`` bytes are decoded as UTF-8 with invalid bytes
+    shown as ``\\xNN``. Text: the first ``limit`` characters. Every
+    non-printable character (newlines, controls, line separators, lone
+    surrogates) is escaped, so the result never breaks a log line and always
+    encodes as UTF-8. When ``data`` is longer, ``…(+N bytes)`` (or
+    ``characters``) says how much was cut.
     """
-    text = data[:limit].decode("utf-8", "backslashreplace")
+    if isinstance(data, str):
+        text, unit = data[:limit], "characters"
+    else:
+        text, unit = data[:limit].decode("utf-8", "backslashreplace"), "bytes"
     if not text.isprintable():
         text = "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
     if len(data) > limit:
-        text += f"…(+{len(data) - limit} bytes)"
+        text += f"…(+{len(data) - limit} {unit})"
     return text
 
 

@@ -10,6 +10,7 @@ same chain at WARNING.
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
 from collections.abc import MutableMapping
@@ -92,6 +93,10 @@ def configure(
     keeps loggers reconfigurable (tests).
     """
     out = stream if stream is not None else sys.stdout
+    if isinstance(out, io.TextIOWrapper):
+        # A log line must never raise: text the stream cannot encode (a lone
+        # surrogate from input, anything on an ASCII locale) is written escaped.
+        out.reconfigure(errors="backslashreplace")
     if json is None:
         json = not out.isatty()
     renderer: Any = (

@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 import trio
 
+from hipchatd import boundary
 from hipchatd.config import DaemonSettings, Framing
 from hipchatd.errors import FrameTooLarge
 from hipchatd.framing import Decoder, Document, Rejected
@@ -76,10 +77,21 @@ def _handle_frames(
     peer: str,
     transport: str,
 ) -> None:
+    """Hand each document to ``sink`` and reject the rest; a fault boundary per frame.
+
+    An exception out of ``sink`` is a bug: it is reported once (ERROR with
+    the traceback, ``hipchatd_internal_errors_total{where="frame"}``), that
+    frame is dropped, and the following frames are handled as usual.
+    """
     for frame in frames:
         metrics.received[transport].inc()
         if isinstance(frame, Document):
-            sink(frame, peer, transport)
+            try:
+                sink(frame, peer, transport)
+            except Exception:
+                boundary.caught(
+                    metrics, "frame", peer=peer, transport=transport, nbytes=frame.nbytes
+                )
         else:
             reject(
                 metrics,
@@ -221,25 +233,39 @@ async def serve_udp(
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Read datagrams from a bound UDP socket until cancelled: each is one event or NDJSON."""
+    """Read datagrams from a bound UDP socket until cancelled: each is one event or NDJSON.
+
+    Each datagram is handled inside a fault boundary: an unexpected exception
+    is reported (``hipchatd_internal_errors_total{where="datagram"}``), the
+    datagram is dropped, and the loop reads the next one.
+    """
     mode: Framing = "newline" if settings.framing == "newline" else "auto"
     task_status.started()
     while True:
         data, address = await sock.recvfrom(_DATAGRAM_SIZE)
         peer = _peer_name(address)
-        decoder = Decoder(mode, settings.max_frame_bytes)
         try:
-            frames = [*decoder.feed(data), *decoder.close()]
-        except FrameTooLarge as exc:
-            metrics.received["udp"].inc()
-            reject(
-                metrics,
-                "frame_too_large",
-                peer=peer,
-                transport="udp",
-                nbytes=len(data),
-                reason=str(exc),
-            )
-            continue
-        _handle_frames(frames, sink, metrics, peer, "udp")
+            _handle_datagram(data, peer, mode, settings, sink, metrics)
+        except Exception:
+            boundary.caught(metrics, "datagram", peer=peer, transport="udp", nbytes=len(data))
         await room()
+
+
+def _handle_datagram(
+    data: bytes, peer: str, mode: Framing, settings: DaemonSettings, sink: Sink, metrics: Metrics
+) -> None:
+    decoder = Decoder(mode, settings.max_frame_bytes)
+    try:
+        frames = [*decoder.feed(data), *decoder.close()]
+    except FrameTooLarge as exc:
+        metrics.received["udp"].inc()
+        reject(
+            metrics,
+            "frame_too_large",
+            peer=peer,
+            transport="udp",
+            nbytes=len(data),
+            reason=str(exc),
+        )
+        return
+    _handle_frames(frames, sink, metrics, peer, "udp")
