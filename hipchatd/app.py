@@ -42,6 +42,7 @@ from hipchatd.filters import skip_reason
 from hipchatd.framing import Document, preview
 from hipchatd.hipchat import HipChatClient, make_http_client
 from hipchatd.metrics import Metrics
+from hipchatd.peers import reject_log, warn_if_exposed
 from hipchatd.routing import route
 from hipchatd.server import ConnectionHandler, reject, serve_tcp, serve_udp
 from hipchatd.spool import Entry, Spool
@@ -313,7 +314,11 @@ async def run(
                     memory_events=daemon.queue_size,
                 )
                 connections = ConnectionHandler(
-                    daemon, lambda *a: app.accept(*a), metrics, spool.wait_for_room
+                    daemon,
+                    lambda *a: app.accept(*a),
+                    metrics,
+                    spool.wait_for_room,
+                    allow_from=lambda: app.config.daemon.allow_from,
                 )
                 app = App(
                     config,
@@ -332,6 +337,7 @@ async def run(
                     await services.start(dispatcher.run)
                     app.recover(await spool.load_pending())
                     await services.start(spool.run, app._committed)
+                    services.start_soon(reject_log(metrics).run)
                     conns = await services.start(_open_nursery)
                     await _start_ingest(services, app, conns, inherited)
                     if daemon.metrics is not None:
@@ -395,6 +401,11 @@ async def _start_ingest(
     services: trio.Nursery, app: App, conns: trio.Nursery, inherited: Sequence[InheritedSocket]
 ) -> None:
     streams, datagrams = await _open_sockets(app.config.daemon, inherited)
+    warn_if_exposed(
+        app.config.daemon.allow_from,
+        [("tcp", s.socket.getsockname()) for s in streams]
+        + [("udp", s.getsockname()) for s in datagrams],
+    )
 
     async def ingest(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with app._ingest:
@@ -418,7 +429,14 @@ async def _start_ingest(
 
 async def _serve_udp_owned(sock: trio.socket.SocketType, app: App) -> None:
     with sock:
-        await serve_udp(sock, app.config.daemon, app.accept, app.metrics, app.spool.wait_for_room)
+        await serve_udp(
+            sock,
+            app.config.daemon,
+            app.accept,
+            app.metrics,
+            app.spool.wait_for_room,
+            allow_from=lambda: app.config.daemon.allow_from,
+        )
 
 
 async def _start_emulator(nursery: trio.Nursery, config: Config) -> Config:
