@@ -213,9 +213,9 @@ class RejectLog:
             self._unreported += window.suppressed
 
     async def run(self) -> None:
-        """Report suppressed lines when windows end even if their peers went quiet."""
+        """Report suppressed lines within a sixth of a window of its end, quiet peers too."""
         while True:
-            await trio.sleep(self.window / 2)
+            await trio.sleep(self.window / 6)
             self.flush()
 
 
