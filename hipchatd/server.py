@@ -60,7 +60,7 @@ def _peer_name(address: Any) -> str:
             # A dual-stack socket's ::ffff:10.1.2.3 is the IPv4 peer 10.1.2.3.
             host = str(ip)
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(address) or "unknown"
+    return str(address) if address else "unknown"
 
 
 def _reason_key(reason: str) -> str:
@@ -245,7 +245,7 @@ class ConnectionHandler:
         if _refused(self.metrics, self.allow_from, address, "tcp"):
             await stream.aclose()
             return
-        peer = _peer_name(address) if address is not None else "unknown"
+        peer = _peer_name(address)
         self.active += 1
         if self._idle.is_set():
             self._idle = trio.Event()
