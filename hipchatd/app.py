@@ -7,6 +7,7 @@
     └── services
         ├── spool.run             group commits; hands committed entries to the lanes
         ├── dispatcher.run        one lane per room or user
+        ├── reject_log.run        reports rejection lines suppressed per peer
         ├── connections           one task per Sensu connection (outlives accepting)
         └── ingest scope
             ├── server.serve_tcp  accept loops
@@ -42,6 +43,7 @@ from hipchatd.filters import skip_reason
 from hipchatd.framing import Document, preview
 from hipchatd.hipchat import HipChatClient, make_http_client
 from hipchatd.metrics import Metrics
+from hipchatd.peers import reject_log, warn_if_exposed
 from hipchatd.routing import route
 from hipchatd.server import ConnectionHandler, reject, serve_tcp, serve_udp
 from hipchatd.spool import Entry, Spool
@@ -392,7 +394,11 @@ async def run(
                     memory_events=daemon.queue_size,
                 )
                 connections = ConnectionHandler(
-                    daemon, lambda *a: app.accept(*a), metrics, spool.wait_for_room
+                    daemon,
+                    lambda *a: app.accept(*a),
+                    metrics,
+                    spool.wait_for_room,
+                    allow_from=lambda: app.config.daemon.allow_from,
                 )
                 app = App(
                     config,
@@ -413,6 +419,7 @@ async def run(
                     await services.start(
                         partial(spool.run, app._committed, on_refused=app._refused)
                     )
+                    services.start_soon(reject_log(metrics).run)
                     conns = await services.start(_open_nursery)
                     await _start_ingest(services, app, conns, inherited)
                     if daemon.metrics is not None:
@@ -503,6 +510,11 @@ async def _start_ingest(
     services: trio.Nursery, app: App, conns: trio.Nursery, inherited: Sequence[InheritedSocket]
 ) -> None:
     streams, datagrams = await _open_sockets(app.config.daemon, inherited)
+    warn_if_exposed(
+        app.config.daemon.allow_from,
+        [("tcp", s.socket.getsockname()) for s in streams]
+        + [("udp", s.getsockname()) for s in datagrams],
+    )
 
     async def ingest(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with app._ingest:
@@ -526,7 +538,14 @@ async def _start_ingest(
 
 async def _serve_udp_owned(sock: trio.socket.SocketType, app: App) -> None:
     with sock:
-        await serve_udp(sock, app.config.daemon, app.accept, app.metrics, app.spool.wait_for_room)
+        await serve_udp(
+            sock,
+            app.config.daemon,
+            app.accept,
+            app.metrics,
+            app.spool.wait_for_room,
+            allow_from=lambda: app.config.daemon.allow_from,
+        )
 
 
 async def _start_emulator(nursery: trio.Nursery, config: Config) -> Config:

@@ -3,7 +3,13 @@
 The server never writes to a socket and never waits on HipChat: each
 decoded document is handed to a synchronous sink, which only queues work.
 Bad input is logged with the peer, byte count, reason and a preview, and
-counted; it never affects another frame or connection.
+counted; it never affects another frame or connection. Those WARNINGs are
+rate-limited per peer host (:mod:`hipchatd.peers`); the counters count all.
+
+Peers outside ``allow_from`` are refused before a byte is read. At
+``max_connections`` the listeners stop accepting: new connections wait in
+the kernel's listen backlog, and a sender sees a real failure only when
+that is full, never an accepted connection that is closed unread.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from hipchatd.config import DaemonSettings, Framing
 from hipchatd.errors import FrameTooLarge
 from hipchatd.framing import Decoder, Document, Rejected
 from hipchatd.metrics import Metrics
+from hipchatd.peers import LOG_WINDOW, AllowFrom, allowed, peer_address, warn_limited
 
 __all__ = ["ConnectionHandler", "Sink", "reject", "serve_tcp", "serve_udp"]
 
@@ -48,8 +55,12 @@ _conn_ids = itertools.count(1)
 def _peer_name(address: Any) -> str:
     if isinstance(address, tuple) and len(address) >= 2:
         host, port = address[0], address[1]
+        ip = peer_address(host)
+        if ip is not None and ip.version == 4:
+            # A dual-stack socket's ::ffff:10.1.2.3 is the IPv4 peer 10.1.2.3.
+            host = str(ip)
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(address) or "unknown"
+    return str(address) if address else "unknown"
 
 
 def _reason_key(reason: str) -> str:
@@ -63,11 +74,43 @@ def _reason_key(reason: str) -> str:
 def reject(
     metrics: Metrics, key: str, *, peer: str, transport: str, nbytes: int, reason: str, **extra: Any
 ) -> None:
-    """Count and log one piece of input that is not used: one WARNING line, one counter."""
+    """Count and log one piece of input that is not used: one counter, one WARNING line.
+
+    The line is written only while the peer host's share of the log lasts
+    (:class:`hipchatd.peers.RejectLog`); the counter counts every rejection.
+    """
     metrics.rejected[key].inc()
-    log.warning(
-        "input.rejected", peer=peer, transport=transport, nbytes=nbytes, reason=reason, **extra
+    warn_limited(
+        metrics,
+        "input.rejected",
+        peer=peer,
+        transport=transport,
+        nbytes=nbytes,
+        reason=reason,
+        **extra,
     )
+
+
+def _refused(
+    metrics: Metrics, allow_from: AllowFrom, address: Any, transport: str, nbytes: int = 0
+) -> bool:
+    """Whether the peer at ``address`` is outside ``allow_from``: then it is counted and logged.
+
+    The caller then drops the connection or datagram unread.
+    """
+    host = address[0] if isinstance(address, tuple) and address else None
+    if allowed(allow_from(), host):
+        return False
+    metrics.rejected["not_allowed"].inc()
+    warn_limited(
+        metrics,
+        "connection.refused" if transport == "tcp" else "input.rejected",
+        peer=_peer_name(address),
+        transport=transport,
+        nbytes=nbytes,
+        reason="peer not in hipchatd.allow_from",
+    )
+    return True
 
 
 def _handle_frames(
@@ -104,16 +147,93 @@ def _handle_frames(
             )
 
 
+class _Slots:
+    """Free connection slots, shared by every listener of one handler."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.free = size
+        self._freed = trio.Event()
+        self._warned_at = -math.inf
+
+    async def take(self, listener: trio.SocketListener) -> None:
+        """Wait for a free slot and for a connection queued on ``listener``; take the slot.
+
+        The slot is taken only once a connection is waiting, so a listener
+        that gets none never holds one its siblings could use.
+        """
+        while True:
+            while self.free <= 0:
+                self._note_full()
+                await self._freed.wait()
+            await trio.lowlevel.wait_readable(listener.socket)
+            if self.free > 0:
+                self.free -= 1
+                return
+
+    def release(self) -> None:
+        self.free += 1
+        self._freed.set()
+        self._freed = trio.Event()
+
+    def _note_full(self) -> None:
+        now = trio.current_time()
+        if now - self._warned_at >= LOG_WINDOW:
+            self._warned_at = now
+            log.warning(
+                "connection.limit_reached",
+                max_connections=self.size,
+                action="new connections wait in the kernel's listen backlog",
+            )
+
+
+class _SlotListener(trio.abc.Listener[trio.SocketStream]):
+    """A listener whose ``accept`` first waits for a free connection slot.
+
+    Past ``max_connections`` nothing is accepted: connections queue in the
+    kernel's backlog (the sender's write succeeds only into a connection
+    that will be read), and the kernel refuses them once that is full.
+    """
+
+    def __init__(self, listener: trio.SocketListener, slots: _Slots) -> None:
+        self.listener = listener
+        self.socket = listener.socket
+        self._slots = slots
+
+    async def accept(self) -> trio.SocketStream:
+        await self._slots.take(self.listener)
+        try:
+            return await self.listener.accept()
+        except BaseException:
+            self._slots.release()
+            raise
+
+    async def aclose(self) -> None:
+        await self.listener.aclose()
+
+
 class ConnectionHandler:
-    """Reads one Sensu connection to its end; counts and bounds open connections."""
+    """Reads one Sensu connection to its end; counts and bounds open connections.
+
+    ``allow_from`` reads the running allow list (a reload may change it);
+    by default it is ``settings.allow_from``.
+    """
 
     def __init__(
-        self, settings: DaemonSettings, sink: Sink, metrics: Metrics, room: Room = _always_room
+        self,
+        settings: DaemonSettings,
+        sink: Sink,
+        metrics: Metrics,
+        room: Room = _always_room,
+        *,
+        allow_from: AllowFrom | None = None,
     ) -> None:
         self.settings = settings
         self.sink = sink
         self.metrics = metrics
         self.room = room
+        self.allow_from: AllowFrom = allow_from or (lambda: settings.allow_from)
+        self.slots = _Slots(settings.max_connections)
         self.active = 0
         self._idle = trio.Event()
         self._idle.set()
@@ -123,28 +243,28 @@ class ConnectionHandler:
         await self._idle.wait()
 
     async def __call__(self, stream: trio.SocketStream) -> None:
+        """Read ``stream`` to its end and close it; a peer outside ``allow_from`` is closed unread.
+
+        This is the connection's fault boundary: an unexpected exception is
+        reported by :func:`hipchatd.boundary.caught` and ends this connection only.
+        """
         conn_id = next(_conn_ids)
         try:
-            peer = _peer_name(stream.socket.getpeername())
+            address = stream.socket.getpeername()
         except OSError:
-            peer = "unknown"
-        if self.active >= self.settings.max_connections:
-            self.metrics.rejected["too_many_connections"].inc()
-            log.warning(
-                "connection.refused",
-                peer=peer,
-                conn_id=conn_id,
-                reason="too many connections",
-                max_connections=self.settings.max_connections,
-            )
+            address = None
+        if _refused(self.metrics, self.allow_from, address, "tcp"):
             await stream.aclose()
             return
+        peer = _peer_name(address)
         self.active += 1
         if self._idle.is_set():
             self._idle = trio.Event()
         self.metrics.connections_open.inc()
         try:
             await self._read(stream, peer, conn_id)
+        except Exception:
+            boundary.caught(self.metrics, "connection", peer=peer, conn_id=conn_id)
         finally:
             self.active -= 1
             if not self.active:
@@ -191,7 +311,8 @@ class ConnectionHandler:
                 return
         if scope.cancelled_caught:
             self.metrics.rejected["idle_timeout"].inc()
-            log.warning(
+            warn_limited(
+                self.metrics,
                 "connection.timed_out",
                 peer=peer,
                 conn_id=conn_id,
@@ -211,15 +332,24 @@ async def serve_tcp(
     """Accept Sensu connections on ``listeners`` until cancelled.
 
     ``trio.serve_listeners`` provides the accept loop and its EMFILE back-off.
+    Each listener accepts only while fewer than ``max_connections``
+    connections are open; the slot is freed when the handler returns.
     With ``handler_nursery``, connections live there: cancelling this task
     stops accepting (and closes the listeners) while open connections are
     still read to their end.
     """
+
+    async def hold_slot(stream: trio.SocketStream) -> None:
+        try:
+            await handler(stream)
+        finally:
+            handler.slots.release()
+
     async with trio.open_nursery() as nursery:
         await nursery.start(
             partial(trio.serve_listeners, handler_nursery=handler_nursery),
-            handler,
-            list(listeners),
+            hold_slot,
+            [_SlotListener(listener, handler.slots) for listener in listeners],
         )
         task_status.started()
 
@@ -231,18 +361,24 @@ async def serve_udp(
     metrics: Metrics,
     room: Room = _always_room,
     *,
+    allow_from: AllowFrom | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Read datagrams from a bound UDP socket until cancelled: each is one event or NDJSON.
 
-    Each datagram is handled inside a fault boundary: an unexpected exception
-    is reported (``hipchatd_internal_errors_total{where="datagram"}``), the
-    datagram is dropped, and the loop reads the next one.
+    A datagram from a peer outside ``allow_from`` (by default
+    ``settings.allow_from``) is dropped before it is decoded. Each datagram is
+    handled inside a fault boundary: an unexpected exception is reported
+    (``hipchatd_internal_errors_total{where="datagram"}``), the datagram is
+    dropped, and the loop reads the next one.
     """
     mode: Framing = "newline" if settings.framing == "newline" else "auto"
+    permitted: AllowFrom = allow_from or (lambda: settings.allow_from)
     task_status.started()
     while True:
         data, address = await sock.recvfrom(_DATAGRAM_SIZE)
+        if _refused(metrics, permitted, address, "udp", len(data)):
+            continue
         peer = _peer_name(address)
         try:
             _handle_datagram(data, peer, mode, settings, sink, metrics)

@@ -174,29 +174,6 @@ async def test_idle_peer_is_closed_after_idle_timeout(
     assert entry["nbytes"] == len(b'{"partial": ')
 
 
-async def test_too_many_connections_refuses_new_ones(
-    start_daemon: StartDaemon, emulator: Emulator
-) -> None:
-    with trio.fail_after(10), capture_logs() as logs:
-        app = await start_daemon(max_connections=2)
-        address = app.tcp_addresses[0]
-        holders = [await trio.open_tcp_stream(*address) for _ in range(2)]
-        await holders[0].send_all(b"{")
-        await holders[1].send_all(b"{")
-        await trio.sleep(0.05)
-        extra = await trio.open_tcp_stream(*address)
-        assert await extra.receive_some(10) == b""
-        await extra.aclose()
-        for holder in holders:
-            await holder.aclose()
-        # Capacity is back once the holders are gone.
-        await trio.sleep(0.05)
-        await send_tcp(address, json.dumps(_event("after")).encode())
-        await emulator.wait_for_messages(1)
-    assert any(e["event"] == "connection.refused" for e in logs)
-    assert app.metrics.value("hipchatd_events_rejected_total", reason="too_many_connections") == 1
-
-
 async def test_slow_hipchat_times_out_after_timeout_others_unaffected(
     start_daemon: StartDaemon, emulator: Emulator, autojump_clock: trio.testing.MockClock
 ) -> None:
