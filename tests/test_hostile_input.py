@@ -409,7 +409,7 @@ def _document(text: str) -> Document:
     return Document(json.loads(text), len(text), text)
 
 
-def test_a_sink_bug_loses_only_its_frame() -> None:
+async def test_a_sink_bug_loses_only_its_frame() -> None:
     metrics = Metrics()
     sunk: list[Any] = []
 
