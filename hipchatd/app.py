@@ -87,6 +87,8 @@ class App:
             return False, "spool closed"
         if not self.spool.writable:
             return False, f"spool not writable: {self.spool.path}"
+        if (stuck := self.dispatcher.stuck()) is not None:
+            return False, stuck
         return True, "ok"
 
     def status_line(self) -> str:
