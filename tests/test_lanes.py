@@ -25,13 +25,14 @@ from hipchatd import dispatch
 from hipchatd.budget import RateBudget
 from hipchatd.clock import unix_now
 from hipchatd.dispatch import LANE_IDLE, STUCK_SLACK, Dispatcher, Ticket
+from hipchatd.emulator import Emulator
 from hipchatd.events import Event
 from hipchatd.hipchat import Outcome, OutcomeKind
 from hipchatd.metrics import Metrics
 from hipchatd.render import Message
 from hipchatd.routing import Target
 from hipchatd.spool import Entry
-from tests.conftest import classic_event
+from tests.conftest import classic_event, send_tcp, wait_until
 from tests.factories import make_event, make_settings, make_target
 from tests.processes import STARTUP, Child, wait_for
 
@@ -163,7 +164,7 @@ class Harness:
 
 
 @pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
+def quick_clock() -> trio.testing.MockClock:
     """trio's mock clock, jumping as soon as every task waits (no spool thread here)."""
     return trio.testing.MockClock(autojump_threshold=0)
 
@@ -187,7 +188,7 @@ async def _until(predicate: Callable[[], bool]) -> None:
 
 
 async def test_twenty_thousand_rooms_leave_no_lane_and_no_task(
-    start: Callable[..., Awaitable[Harness]], autojump_clock: trio.testing.MockClock
+    start: Callable[..., Awaitable[Harness]], quick_clock: trio.testing.MockClock
 ) -> None:
     with trio.fail_after(600):
         h = await start()
@@ -206,7 +207,7 @@ async def test_twenty_thousand_rooms_leave_no_lane_and_no_task(
 
 
 async def test_the_rate_budget_sweeps_the_families_of_twenty_thousand_rooms(
-    autojump_clock: trio.testing.MockClock,
+    quick_clock: trio.testing.MockClock,
 ) -> None:
     """What the lanes leave behind in the budget: idle families go at the next sweep."""
     budget = RateBudget(rate_limit=NO_LIMIT, flood_limit=30)
@@ -269,7 +270,7 @@ async def test_an_entry_enqueued_as_its_lane_is_reaped_is_delivered_in_order(
 
 
 async def test_a_lane_keeps_its_retry_while_a_retry_is_due(
-    start: Callable[..., Awaitable[Harness]], autojump_clock: trio.testing.MockClock
+    start: Callable[..., Awaitable[Harness]], quick_clock: trio.testing.MockClock
 ) -> None:
     """A lane whose entries expired but whose retry is still due is not dropped before it."""
 
@@ -297,7 +298,7 @@ async def test_a_lane_keeps_its_retry_while_a_retry_is_due(
 
 
 async def test_max_age_fires_while_the_retry_is_ten_hours_away(
-    start: Callable[..., Awaitable[Harness]], autojump_clock: trio.testing.MockClock
+    start: Callable[..., Awaitable[Harness]], quick_clock: trio.testing.MockClock
 ) -> None:
     ten_hours = 36_000.0
 
@@ -328,7 +329,7 @@ async def test_max_age_fires_while_the_retry_is_ten_hours_away(
 
 
 async def test_max_age_fires_while_the_budget_never_grants(
-    start: Callable[..., Awaitable[Harness]], autojump_clock: trio.testing.MockClock
+    start: Callable[..., Awaitable[Harness]], quick_clock: trio.testing.MockClock
 ) -> None:
     budget = BlockedBudget()
     with trio.fail_after(3600):
@@ -356,7 +357,7 @@ async def test_max_age_fires_while_the_budget_never_grants(
 
 
 async def test_a_reload_that_lowers_max_age_reaches_a_waiting_lane(
-    start: Callable[..., Awaitable[Harness]], autojump_clock: trio.testing.MockClock
+    start: Callable[..., Awaitable[Harness]], quick_clock: trio.testing.MockClock
 ) -> None:
     async def come_back_later(target: Target, message: Message) -> Outcome:
         return Outcome(OutcomeKind.SERVER_ERROR, status=503, retry_at=unix_now() + 36_000)
@@ -379,7 +380,7 @@ async def test_a_reload_that_lowers_max_age_reaches_a_waiting_lane(
 
 
 async def test_healthz_reports_a_lane_that_no_longer_keeps_time(
-    start: Callable[..., Awaitable[Harness]], autojump_clock: trio.testing.MockClock
+    start: Callable[..., Awaitable[Harness]], quick_clock: trio.testing.MockClock
 ) -> None:
     """A lane stuck outside its timers (here: a spool read that never returns) fails /healthz."""
     with trio.fail_after(3600):
@@ -398,7 +399,7 @@ async def test_healthz_reports_a_lane_that_no_longer_keeps_time(
 
 
 async def test_healthz_is_green_while_hipchat_is_down(
-    start: Callable[..., Awaitable[Harness]], autojump_clock: trio.testing.MockClock
+    start: Callable[..., Awaitable[Harness]], quick_clock: trio.testing.MockClock
 ) -> None:
     """An unreachable HipChat is not a stuck daemon: entries expire on time, /healthz stays 200."""
 
@@ -418,7 +419,7 @@ async def test_healthz_is_green_while_hipchat_is_down(
 
 
 async def test_an_exception_in_send_is_caught_counted_and_retried(
-    start: Callable[..., Awaitable[Harness]], autojump_clock: trio.testing.MockClock
+    start: Callable[..., Awaitable[Harness]], quick_clock: trio.testing.MockClock
 ) -> None:
     calls = 0
 
@@ -448,7 +449,7 @@ async def test_an_exception_in_send_is_caught_counted_and_retried(
 
 async def test_an_exception_before_sending_gives_the_grant_back(
     start: Callable[..., Awaitable[Harness]],
-    autojump_clock: trio.testing.MockClock,
+    quick_clock: trio.testing.MockClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     real = dispatch.render_batch
@@ -477,7 +478,7 @@ async def test_an_exception_before_sending_gives_the_grant_back(
 
 
 async def test_a_lane_that_keeps_failing_backs_off_and_the_others_go_on(
-    start: Callable[..., Awaitable[Harness]], autojump_clock: trio.testing.MockClock
+    start: Callable[..., Awaitable[Harness]], quick_clock: trio.testing.MockClock
 ) -> None:
     async def ops_is_broken(target: Target, message: Message) -> Outcome:
         if target.name == "ops":
@@ -591,3 +592,39 @@ async def test_healthz_of_the_daemon_says_when_delivery_is_stuck(
     reason = "delivery stuck: an entry for ops has been pending 3700 s (max_age 3600 s)"
     monkeypatch.setattr(app.dispatcher, "stuck", lambda: reason)
     assert app.health() == (False, reason)
+
+
+async def test_a_rate_limited_room_dead_letters_at_max_age_not_when_the_window_ends(
+    start_daemon: Callable[..., Awaitable[Any]],
+    emulator: Emulator,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The real daemon and emulator: a token out of budget for its 5-minute window."""
+    emulator.set_limits(rate_limit=0)
+    with trio.fail_after(900), capture_logs() as logs:
+        app = await start_daemon(max_age=100.0)
+        t0 = trio.current_time()
+        await send_tcp(app.tcp_addresses[0], json.dumps(_room_event("stale", "ops")).encode())
+        await wait_until(lambda: app.spool.counts()["dead"] == 1, step=0.5)
+        dead_at = trio.current_time()
+        assert t0 + 100 <= dead_at <= t0 + 102
+        assert emulator.messages == []
+        # The window ends at t0 + 300: an event sent meanwhile goes out then.
+        emulator.set_limits(rate_limit=100)
+        await trio.sleep_until(t0 + 250)
+        await send_tcp(app.tcp_addresses[0], json.dumps(_room_event("fresh", "ops")).encode())
+        await emulator.wait_for_messages(1)
+        delivered_at = trio.current_time()
+        await wait_until(lambda: app.spool.counts()["pending"] == 0)
+    assert t0 + 299 <= delivered_at <= t0 + 303
+    assert "fresh" in emulator.messages[0].message
+    assert emulator.count_status(429) >= 1
+    [expired] = [e for e in logs if e["event"] == "delivery.dead_lettered"]
+    assert expired["reason"] == "expired"
+    assert app.spool.counts() == {"pending": 0, "dead": 1}
+
+
+def _room_event(check: str, room: str) -> dict[str, Any]:
+    event = classic_event(name=check, output=f"{check} output", hipchat={"room": room})
+    event["id"] = f"web-1-{check}"
+    return event
