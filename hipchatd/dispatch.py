@@ -275,10 +275,12 @@ class Dispatcher:
             except Exception:
                 # A bug in one attempt: loud, counted, retried like a transient failure.
                 caught(self._metrics, "lane", room=lane.target.name)
-                grant.abandon()
                 lane.failures += 1
                 delay = backoff_delay(lane.failures, self._rng)
                 lane.retry_at = unix_now() + delay
+            finally:
+                # A grant neither released nor abandoned (a bug, a cancellation) goes back.
+                grant.abandon()
             # Not under the expiry deadline: if expiring itself failed, it would fail again at once.
             await trio.sleep(delay)
 
