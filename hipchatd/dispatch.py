@@ -187,7 +187,8 @@ class Dispatcher:
     def reconfigure(self, *, max_age: float, budget: RateBudget | None = None) -> None:
         """Apply a reloaded ``max_age`` and, for a new token or new limits, a new budget.
 
-        Settings and client are read per attempt.
+        Settings and client are read per attempt; lanes waiting now move
+        their expiry deadlines to the new ``max_age`` at once.
         """
         self._max_age = max_age
         if budget is not None:
