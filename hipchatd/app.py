@@ -91,6 +91,8 @@ class App:
             return False, f"spool not writable: {self.spool.path}"
         if (lost := self.spool.file_problem()) is not None:
             return False, lost
+        if (stuck := self.dispatcher.stuck()) is not None:
+            return False, stuck
         return True, "ok"
 
     def status_line(self) -> str:

@@ -13,11 +13,26 @@ Outcomes: a 2xx removes the entries from the spool. A transient failure
 (rate limit, 5xx, transport error, timeout) retries the lane after the time
 HipChat named, or after an exponential backoff with full jitter. A
 permanent failure (400, 401, 403, 404) moves the entries to the
-dead-letter table at once. Entries older than ``max_age`` are dead-lettered
-as ``expired``.
+dead-letter table at once.
+
+Expiry has its own timer. Every wait of a lane (for its retry time, for the
+rate budget, for a free connection) runs under a deadline at its oldest
+entry's ``accepted_at + max_age``; when it passes, the entries older than
+``max_age`` are dead-lettered as ``expired`` and the lane waits again for the
+rest. So ``max_age`` holds even while HipChat names a wait hours away, and a
+reload that changes ``max_age`` moves the deadlines of waiting lanes too.
+
+A lane lives only while it has work: once it has had no entries, no retry
+due and nothing in flight for ``LANE_IDLE`` seconds, its task ends and the
+lane is dropped, so rooms named once in event data cost nothing later. A
+later entry for the same target starts a fresh lane.
 
 Each attempt runs inside ``trio.move_on_after(timeout)``; a CapacityLimiter
-bounds concurrent requests (and matches the HTTP pool).
+bounds concurrent requests (and matches the HTTP pool). An attempt is also a
+fault boundary: an unexpected exception in it (a bug) is logged with its
+traceback and counted (:func:`hipchatd.boundary.caught`), its budget grant
+is given back, and the lane backs off and retries like after a transient
+failure; the lane and every other lane go on.
 """
 
 from __future__ import annotations
@@ -26,12 +41,14 @@ import json
 import random
 import sqlite3
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import structlog
 import trio
 
+from hipchatd.boundary import caught
 from hipchatd.budget import RateBudget
 from hipchatd.clock import unix_now
 from hipchatd.coalesce import render_batch
@@ -43,7 +60,7 @@ from hipchatd.metrics import Metrics
 from hipchatd.routing import Target
 from hipchatd.spool import Entry, Spool
 
-__all__ = ["Dispatcher", "Ticket", "backoff_delay"]
+__all__ = ["LANE_IDLE", "STUCK_SLACK", "Dispatcher", "Ticket", "backoff_delay"]
 
 log = structlog.get_logger()
 
@@ -55,6 +72,14 @@ BACKOFF_CAP = 60.0
 MAX_BATCH = 2000
 #: Entries first considered for one message; doubled while one message still holds them all.
 FIRST_CHUNK = 128
+#: Seconds an empty lane waits for its target's next entry before its task ends and
+#: the lane is dropped: a burst to one room keeps its lane, while rooms named once in
+#: event data (about 4 KB of task and lane each) are held only this long.
+LANE_IDLE = 5.0
+#: Seconds past ``max_age`` plus one attempt's timeout an entry may stay pending
+#: before ``/healthz`` calls delivery stuck: covers a fault back-off (at most
+#: BACKOFF_CAP), so only a lane that no longer runs its timers gets there.
+STUCK_SLACK = BACKOFF_CAP + 30.0
 
 
 def backoff_delay(failures: int, rng: random.Random) -> float:
@@ -97,6 +122,30 @@ class _Lane:
     failures: int = 0
     #: Unix time before which the lane does not send (a retry is due then).
     retry_at: float = 0.0
+    #: The scope of the wait in progress, whose deadline is the oldest entry's expiry.
+    waiting: trio.CancelScope | None = None
+    #: That deadline passed: the oldest entry is expired, whatever float rounding says.
+    expiry_due: bool = False
+
+
+class _Grant:
+    """A rate-budget grant, settled exactly once: released after a request, else abandoned."""
+
+    __slots__ = ("budget", "key")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.budget: RateBudget | None = None
+
+    def release(self, outcome: Outcome) -> None:
+        budget, self.budget = self.budget, None
+        if budget is not None:
+            budget.release(self.key, outcome)
+
+    def abandon(self) -> None:
+        budget, self.budget = self.budget, None
+        if budget is not None:
+            budget.abandon(self.key)
 
 
 def _target_key(target: Target) -> str:
@@ -138,11 +187,15 @@ class Dispatcher:
     def reconfigure(self, *, max_age: float, budget: RateBudget | None = None) -> None:
         """Apply a reloaded ``max_age`` and, for a new token or new limits, a new budget.
 
-        Settings and client are read per attempt.
+        Settings and client are read per attempt; lanes waiting now move
+        their expiry deadlines to the new ``max_age`` at once.
         """
         self._max_age = max_age
         if budget is not None:
             self._budget = budget
+        for lane in self._lanes.values():
+            if lane.waiting is not None and lane.items:
+                lane.waiting.deadline = self._expiry_deadline(lane)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the lanes until cancelled; cancelling leaves undelivered entries in the spool."""
@@ -181,6 +234,27 @@ class Dispatcher:
         if self._in_flight:
             await self._idle.wait()
 
+    def stuck(self) -> str | None:
+        """Why delivery looks stuck, for ``/healthz``; None while every lane keeps time.
+
+        Expiry has its own timer, so a running lane gives up its oldest entry
+        at ``max_age``, or once the attempt in flight then has ended. An entry
+        pending ``STUCK_SLACK`` seconds past that means a lane no longer runs.
+        O(lanes), and lanes are reaped when idle.
+        """
+        if self._stopping:
+            return None
+        now = unix_now()
+        bound = self._max_age + self._settings().timeout + STUCK_SLACK
+        for lane in self._lanes.values():
+            if lane.items and now - lane.items[0].accepted_at > bound:
+                age = now - lane.items[0].accepted_at
+                return (
+                    f"delivery stuck: an entry for {lane.target.name} has been pending"
+                    f" {age:.0f} s (max_age {self._max_age:g} s)"
+                )
+        return None
+
     def _lane(self, target: Target) -> _Lane:
         # One lane per distinct target (room plus its settings), so a batch is
         # rendered with the settings of every event in it; the budget is
@@ -194,32 +268,94 @@ class Dispatcher:
         return lane
 
     async def _run_lane(self, key: str, lane: _Lane) -> None:
-        while True:
-            while not lane.items or self._stopping:
-                lane.wake = trio.Event()
+        while await self._wait_for_entries(lane):
+            grant = _Grant(key)
+            try:
+                await self._step(key, lane, grant)
+                continue
+            except Exception:
+                # A bug in one attempt: loud, counted, retried like a transient failure.
+                caught(self._metrics, "lane", room=lane.target.name)
+                lane.failures += 1
+                delay = backoff_delay(lane.failures, self._rng)
+                lane.retry_at = unix_now() + delay
+            finally:
+                # A grant neither released nor abandoned (a bug, a cancellation) goes back.
+                grant.abandon()
+            # Not under the expiry deadline: if expiring itself failed, it would fail again at once.
+            await trio.sleep(delay)
+
+    async def _wait_for_entries(self, lane: _Lane) -> bool:
+        """Wait until the lane has entries to send; False once it was dropped for idleness.
+
+        Only a lane with no entries, no retry due and nothing in flight is
+        dropped (its failure count goes with it). Between the last look at
+        its entries and its removal there is no checkpoint, so an entry
+        enqueued meanwhile either found this lane or finds none and starts a
+        new one: never a lane whose task has ended.
+        """
+        while not lane.items or self._stopping:
+            lane.wake = trio.Event()
+            if self._stopping:
                 await lane.wake.wait()
+                continue
+            idle = max(0.0, lane.retry_at - unix_now()) + LANE_IDLE
+            with trio.move_on_after(idle):
+                await lane.wake.wait()
+            if not lane.items and not self._stopping:
+                del self._lanes[lane.target]
+                return False
+        return True
+
+    async def _step(self, key: str, lane: _Lane, grant: _Grant) -> None:
+        """Expire what is due, wait for the retry time and the budget, make one attempt.
+
+        Returns early, to be called again, when an expiry deadline ends a wait.
+        """
+        self._expire(lane)
+        if not lane.items:
+            return
+        # A reload may replace the budget; this attempt settles with the one it used.
+        with self._until_expiry(lane) as waiting:
             delay = lane.retry_at - unix_now()
             if delay > 0:
                 # New events keep arriving meanwhile; they go out with the retry.
                 await trio.sleep(delay)
-            self._expire(lane)
-            if not lane.items:
-                continue
-            # A reload may replace the budget; this attempt settles with the one it used.
             budget = self._budget
             await budget.acquire(key)
-            if self._stopping:
-                budget.abandon(key)
-                continue
-            self._in_flight += 1
-            try:
-                await self._attempt(key, lane, budget)
-            finally:
-                self._in_flight -= 1
-                if self._stopping and not self._in_flight:
-                    self._idle.set()
+            grant.budget = budget
+        if waiting.cancelled_caught:
+            return
+        if self._stopping:
+            grant.abandon()
+            return
+        self._in_flight += 1
+        try:
+            await self._attempt(lane, grant)
+        finally:
+            self._in_flight -= 1
+            if self._stopping and not self._in_flight:
+                self._idle.set()
 
-    async def _attempt(self, key: str, lane: _Lane, budget: RateBudget) -> None:
+    def _expiry_deadline(self, lane: _Lane) -> float:
+        """The trio time at which the lane's oldest entry is older than ``max_age``."""
+        return trio.current_time() + (lane.items[0].accepted_at + self._max_age - unix_now())
+
+    @contextmanager
+    def _until_expiry(self, lane: _Lane) -> Iterator[trio.CancelScope]:
+        """A scope for one wait of the lane, cancelled when its oldest entry expires.
+
+        ``reconfigure`` moves its deadline when ``max_age`` changes.
+        """
+        with trio.CancelScope(deadline=self._expiry_deadline(lane)) as scope:
+            lane.waiting = scope
+            try:
+                yield scope
+            finally:
+                lane.waiting = None
+        lane.expiry_due = scope.cancelled_caught
+
+    async def _attempt(self, lane: _Lane, grant: _Grant) -> None:
         settings = self._settings()
         limit = min(len(lane.items), MAX_BATCH)
         size = min(limit, FIRST_CHUNK)
@@ -233,7 +369,7 @@ class Dispatcher:
                 loaded = await self._events_for(more)
             except sqlite3.DatabaseError as exc:
                 # The spool could not be read back: like a failed request, try later.
-                budget.abandon(key)
+                grant.abandon()
                 lane.failures += 1
                 delay = backoff_delay(lane.failures, self._rng)
                 lane.retry_at = unix_now() + delay
@@ -245,7 +381,7 @@ class Dispatcher:
             if broken:
                 # A spool entry that no longer parses cannot be rendered: dead-letter it.
                 self._dead(lane, broken, "unreadable", "spooled event no longer parses")
-                budget.abandon(key)
+                grant.abandon()
                 return
             batch.extend(more)
             events.extend(e for e in loaded if e is not None)
@@ -255,16 +391,21 @@ class Dispatcher:
                 break
             size = min(limit, size * 2)
         covered = batch[span.start : span.stop]
+        with self._until_expiry(lane) as waiting:
+            await self._limiter.acquire()
+        if waiting.cancelled_caught:
+            grant.abandon()
+            return
         started = trio.current_time()
         outcome: Outcome | None = None
         try:
-            async with self._limiter:
-                with trio.move_on_after(settings.timeout) as scope:
-                    outcome = await self._client().send(lane.target, message)
-                if scope.cancelled_caught:
-                    outcome = Outcome.timeout(settings.timeout)
+            with trio.move_on_after(settings.timeout) as scope:
+                outcome = await self._client().send(lane.target, message)
+            if scope.cancelled_caught:
+                outcome = Outcome.timeout(settings.timeout)
         finally:
-            budget.release(key, outcome or Outcome(OutcomeKind.TRANSPORT_ERROR, error="cancelled"))
+            self._limiter.release()
+            grant.release(outcome or Outcome(OutcomeKind.TRANSPORT_ERROR, error="cancelled"))
         assert outcome is not None
         ms = round((trio.current_time() - started) * 1000, 1)
         self._settle(lane, covered, outcome, settings, ms)
@@ -384,9 +525,12 @@ class Dispatcher:
 
     def _expire(self, lane: _Lane) -> None:
         cutoff = unix_now() - self._max_age
+        if lane.expiry_due and lane.items:
+            cutoff = max(cutoff, lane.items[0].accepted_at)
+        lane.expiry_due = False
         expired: list[_Pending] = []
         for p in lane.items:
-            if p.accepted_at >= cutoff:
+            if p.accepted_at > cutoff:
                 break
             expired.append(p)
         if expired:
