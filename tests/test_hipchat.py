@@ -1034,7 +1034,9 @@ class Body(httpx.AsyncByteStream):
     def __init__(
         self,
         chunk: bytes = b"x" * 4096,
-        chunks: float = math.inf,
+        # "Endless": 64 MiB, so a client that reads bodies whole fails instead of
+        # exhausting the machine.
+        chunks: float = 16 * 1024,
         then: BaseException | None = None,
         drip: float = 0.0,
     ) -> None:
