@@ -10,7 +10,6 @@ import datetime
 import email.utils
 import ipaddress
 import json
-import math
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
