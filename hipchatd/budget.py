@@ -37,6 +37,15 @@ Policy: in each family both of these must allow the request.
 A header's limit replaces the configured one (the bucket gains or loses the
 capacity difference); new keys start with the last flood limit reported.
 
+No family can get stuck. :mod:`hipchatd.hipchat` drops a header family that
+breaks the protocol before it gets here, and this module does not trust
+what is left either: a limit below 1 is ignored (the last good one holds), a
+negative remaining counts as absent and one above the limit as nothing
+spent, and a reset or a 429's wait is never believed further than
+``MAX_SERVER_WAIT`` ahead (a reset beyond it counts as absent; a wait beyond
+it is cut to it). So every block ends within ``MAX_SERVER_WAIT`` plus
+``RESET_MARGIN`` of the answer that set it.
+
 Waiting: token grants go to waiters in FIFO order, skipping waiters whose own
 key cannot send yet, so a room held back by flood control never delays
 another room. With limits effectively off (a reported limit of 1,000,000),
@@ -56,7 +65,7 @@ from itertools import count
 import trio
 
 from hipchatd.clock import unix_now
-from hipchatd.hipchat import Outcome, OutcomeKind, RateInfo
+from hipchatd.hipchat import MAX_SERVER_WAIT, Outcome, OutcomeKind, RateInfo
 
 __all__ = [
     "BURST_DIVISOR",
@@ -182,6 +191,8 @@ class _Family:
 
     def set_limit(self, limit: int, now: float) -> None:
         self._advance(now)
+        if limit < 1:
+            return  # would allow nothing, ever: keep the last limit that made sense
         before = self.capacity
         self.limit = limit
         self.tokens = min(float(self.capacity), self.tokens + max(0, self.capacity - before))
@@ -192,7 +203,13 @@ class _Family:
         self.in_flight = max(0, self.in_flight - 1)
         if info is not None and info.limit is not None and info.limit != self.limit:
             self.set_limit(info.limit, now)
-        if info is None or info.remaining is None:
+        remaining = info.remaining if info is not None else None
+        if remaining is not None and remaining < 0:
+            remaining = None
+        reset = info.reset if info is not None else None
+        if reset is not None and not reset <= now + MAX_SERVER_WAIT:
+            reset = None  # no window of HipChat's is that long
+        if remaining is None:
             # No count reported: assume the server counted it. It did so by now,
             # so its window ends by now + window; a grant-time estimate could be early.
             if self.reset is None or self.provisional:
@@ -200,8 +217,7 @@ class _Family:
                 self.provisional = False
             self.used += 1
             return
-        reported = max(0, self.limit - info.remaining)
-        reset = info.reset
+        reported = max(0, self.limit - remaining)
         if reset is None:
             if self.reset is None or self.provisional:
                 self.reset = now + self.window
@@ -224,9 +240,9 @@ class _Family:
     def exhaust(self, until: float | None, now: float) -> None:
         """Remaining is 0 until ``until`` (None: the known reset, else a whole window)."""
         self._advance(now)
-        if until is None:
+        if until is None or not until <= now + MAX_SERVER_WAIT:
             until = self.reset if self.reset is not None else now + self.window
-        until = max(until, now + MIN_RATE_LIMITED_PAUSE)
+        until = min(max(until, now + MIN_RATE_LIMITED_PAUSE), now + MAX_SERVER_WAIT)
         self.blocked_until = max(self.blocked_until, until + RESET_MARGIN)
         self.reset = until
         self.used = max(self.used, self.limit)
@@ -418,7 +434,9 @@ class RateBudget:
             hit = [(self._token, None), (family, None)]
         for fam, info in hit:
             own = info.reset if info is not None else None
-            known = [t for t in (outcome.retry_at, own) if t is not None]
+            known = [
+                t for t in (outcome.retry_at, own) if t is not None and t <= now + MAX_SERVER_WAIT
+            ]
             fam.exhaust(max(known) if known else None, now)
 
     def _pump(self, now: float) -> None:

@@ -98,6 +98,10 @@ DEFAULT_MAX_TARGETS_PER_EVENT = 50
 TOKEN_ENV = "HIPCHAT_API_TOKEN"
 #: File name of the token in ``$CREDENTIALS_DIRECTORY`` (systemd ``LoadCredential=``).
 TOKEN_CREDENTIAL = "hipchat_api_token"
+#: What a token may contain: printable ASCII without spaces (``!`` to ``~``). It
+#: goes in an HTTP header (v2's ``Authorization: Bearer``), which cannot carry
+#: control characters and encodes only Latin-1, and in v1's form body.
+_TOKEN_FIRST, _TOKEN_LAST = "\x21", "\x7e"
 
 
 class Secret:
@@ -223,10 +227,15 @@ def load_config(
 
     1. ``hipchat.api_token`` in the files: Sensu Enterprise keeps it there,
        so an existing ``conf.d`` works unchanged;
-    2. ``$CREDENTIALS_DIRECTORY/hipchat_api_token`` (trailing newline
+    2. ``$CREDENTIALS_DIRECTORY/hipchat_api_token`` (surrounding whitespace
        stripped): systemd ``LoadCredential=`` is the most deliberate
        choice of the two, and is invisible to other processes;
-    3. ``HIPCHAT_API_TOKEN`` (an empty value counts as unset).
+    3. ``HIPCHAT_API_TOKEN`` (surrounding whitespace stripped; an empty
+       value counts as unset).
+
+    A token with a character that cannot go in an HTTP header or a form
+    body (whitespace inside it, a control or a non-ASCII character) is a
+    problem naming its source and the character's class, never the token.
 
     A shadowed source gets a warning naming which one is used. With
     ``require_token=False`` a missing token is allowed (the emulator mode
@@ -813,20 +822,21 @@ class _Checker:
     ) -> Secret:
         """The token from the first source that has one (see load_config)."""
         credential = _credential_path(env)
-        from_env = env.get(TOKEN_ENV) or None
+        from_env = env.get(TOKEN_ENV, "").strip() or None
         if given_in_files:
-            used = f"hipchat.api_token from {self.source(('hipchat', 'api_token'))}"
+            file = self.source(("hipchat", "api_token"))
+            used = f"hipchat.api_token from {file}"
             shadowed = [str(credential)] if credential is not None else []
             shadowed += [TOKEN_ENV] if from_env else []
             for other in shadowed:
                 self.warnings.append(f"{other}: ignored; using {used}")
-            return Secret(from_files or "")
+            return self.checked(from_files or "", f"{file}: hipchat.api_token")
         if credential is not None:
             if from_env:
                 self.warnings.append(f"{TOKEN_ENV}: ignored; using {credential}")
-            return Secret(self.read_credential(credential))
+            return self.checked(self.read_credential(credential), str(credential))
         if from_env:
-            return Secret(from_env)
+            return self.checked(from_env, TOKEN_ENV)
         if required:
             files = ", ".join(sources) or "(no configuration files)"
             self.problems.append(
@@ -835,9 +845,17 @@ class _Checker:
             )
         return Secret("")
 
+    def checked(self, token: str, where: str) -> Secret:
+        """``token`` as a Secret, or a problem naming ``where`` if it cannot be sent."""
+        why = _token_problem(token)
+        if why is not None:
+            self.problems.append(f"{where}: {why}")
+        return Secret(token)
+
     def read_credential(self, path: Path) -> str:
         try:
-            token = path.read_text(encoding="utf-8").rstrip("\r\n")
+            # Surrounding whitespace is never part of a token: ``echo`` adds a newline.
+            token = path.read_text(encoding="utf-8").strip()
         except OSError as exc:
             self.problems.append(f"{path}: cannot read: {exc.strerror or exc}")
             return ""
@@ -871,6 +889,24 @@ class _Checker:
                 f"{', '.join(files)}: hipchatd.tcp, hipchatd.udp: both null;"
                 " expected at least one listener"
             )
+
+
+def _token_problem(token: str) -> str | None:
+    """Why ``token`` cannot be sent, naming the first bad character's class and place."""
+    for index, char in enumerate(token, start=1):
+        if _TOKEN_FIRST <= char <= _TOKEN_LAST:
+            continue
+        if char.isspace():
+            kind = "whitespace"
+        elif char.isascii():
+            kind = "a control character"
+        else:
+            kind = "a non-ASCII character"
+        return (
+            f"the token (value hidden) contains {kind} at character {index} of {len(token)};"
+            " expected printable ASCII without spaces, as HipChat issues them"
+        )
+    return None
 
 
 def _credential_path(env: Mapping[str, str]) -> Path | None:

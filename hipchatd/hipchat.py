@@ -1,8 +1,23 @@
 """The HipChat HTTP client: v1 and v2 requests, outcome classification.
 
-The only module that knows httpx. It never raises for a HipChat answer or a
-transport failure: every attempt becomes an Outcome. Exceptions that are not
-httpx's are bugs and propagate, and so does trio's cancellation.
+The only module that knows httpx. It never raises: every attempt becomes an
+Outcome, a HipChat answer, a transport failure and a bug alike (a bug is also
+logged at ERROR with its traceback). Only trio's cancellation and
+KeyboardInterrupt-class exceptions propagate.
+
+Everything a server sends is bounded before it is believed:
+
+* A response body is read up to :data:`MAX_BODY_BYTES`, then the response is
+  closed; a body that ends early (reset, truncated) still gives the outcome
+  its status names.
+* A wait the server names (``Retry-After``, ``X-Ratelimit-Reset``,
+  ``X-FloodControl-Reset``) is never believed beyond :data:`MAX_SERVER_WAIT`.
+  Such a wait, a limit of 0, a remaining count above the limit, and a
+  malformed or negative value are protocol errors: logged at WARNING
+  (``hipchat.protocol_error``, at most once per header per
+  :data:`PROTOCOL_WARNING_INTERVAL`), and the whole header family (or the
+  ``Retry-After``) is ignored, so the budget counts the request itself over
+  its configured window and a retry waits the normal backoff.
 
 Requests (see the HipChat API reference shipped with the project):
 
@@ -20,24 +35,30 @@ from __future__ import annotations
 import email.utils
 import enum
 import json
+import math
 import re
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote
 
 import httpx
+import structlog
+import trio
 
 from hipchatd import __version__
 from hipchatd.clock import unix_now
 from hipchatd.config import ApiVersion, HipChatSettings
 from hipchatd.errors import ConfigError
+from hipchatd.logconfig import scrub
 from hipchatd.render import Message
 from hipchatd.routing import Target
 
 __all__ = [
+    "MAX_BODY_BYTES",
+    "MAX_SERVER_WAIT",
     "HipChatClient",
     "Outcome",
     "OutcomeKind",
@@ -48,8 +69,26 @@ __all__ = [
     "room_path",
 ]
 
+log = structlog.get_logger()
+
 #: Characters of error text kept in an Outcome: one log line, not an HTML page.
 MAX_ERROR_CHARS = 200
+#: Bytes of a response body read at most. HipChat's bodies are small JSON (an
+#: error object of a few hundred bytes, v1's ``{"status": "sent"}``); the rest
+#: of a longer one is never read, so an endless or huge body costs no memory.
+MAX_BODY_BYTES = 64 * 1024
+#: Seconds a 2xx answer's body may take to arrive. The status already proves
+#: delivery; the body is read only so the connection can be reused, and one
+#: that drips must not turn a delivered message into a timeout and a duplicate.
+SENT_BODY_GRACE = 1.0
+#: Seconds at most that any wait a server names is believed (Retry-After, a
+#: reset header). HipChat's windows are 5 minutes for the token's rate limit and
+#: 1 minute for flood control, so a wait that ends within 6 minutes covers every
+#: real one; a later one is a protocol error, never a stalled room.
+MAX_SERVER_WAIT = 360.0
+#: Seconds between two protocol-error WARNINGs about the same header: a broken
+#: server answers every request the same way.
+PROTOCOL_WARNING_INTERVAL = 60.0
 #: Exceptions followed down a ``raise ... from`` chain to find a description.
 _MAX_CAUSES = 8
 #: Replaces the API token wherever it shows up in error text.
@@ -200,11 +239,17 @@ def make_http_client(settings: HipChatSettings, concurrency: int) -> httpx.Async
       HipChat Server with a private CA. Without it, httpx's bundled CAs are used.
     * Redirects are not followed: a redirect means ``server_url`` is wrong, and
       a POST must not be replayed elsewhere.
+    * ``Accept-Encoding: identity``: bodies are read raw and bounded
+      (:data:`MAX_BODY_BYTES`); a compressed one could inflate far beyond that.
 
     Raises ConfigError when ``ca_file`` cannot be read as PEM CA certificates.
     """
     return httpx.AsyncClient(
-        headers={"User-Agent": f"hipchatd/{__version__}", "Accept": "application/json"},
+        headers={
+            "User-Agent": f"hipchatd/{__version__}",
+            "Accept": "application/json",
+            "Accept-Encoding": "identity",
+        },
         limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
         timeout=httpx.Timeout(None),
         verify=_ssl_context(settings.ca_file),
@@ -225,6 +270,8 @@ class HipChatClient:
         # Keep a path prefix (HipChat Server behind a proxy) but never double the
         # slash: HipChat does not collapse "//" (reference §11 q10).
         self._prefix = base.raw_path.partition(b"?")[0].rstrip(b"/")
+        #: header name (lower case) -> (Unix time of its last WARNING, suppressed since).
+        self._warned: dict[str, tuple[float, int]] = {}
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -324,19 +371,100 @@ class HipChatClient:
         json_body: dict[str, Any] | None = None,
         form: dict[str, str] | None = None,
     ) -> Outcome:
-        # raw_path keeps the percent-encoding exactly as room_path() made it.
-        url = self._origin.copy_with(raw_path=self._prefix + path)
         try:
-            response = await self._http.post(url, headers=headers, json=json_body, data=form)
+            # raw_path keeps the percent-encoding exactly as room_path() made it.
+            url = self._origin.copy_with(raw_path=self._prefix + path)
+            request = self._http.build_request(
+                "POST", url, headers=headers, json=json_body, data=form
+            )
+            response = await self._http.send(request, stream=True)
         except httpx.TimeoutException as exc:
             # Only with a client that has httpx timeouts (ours has none).
             return Outcome(OutcomeKind.TIMEOUT, error=_clean(_describe(exc), token))
         except httpx.RequestError as exc:
             # TransportError (refused, reset, TLS, protocol) and DecodingError.
             return Outcome(OutcomeKind.TRANSPORT_ERROR, error=_clean(_describe(exc), token))
-        return _classify(
-            response.status_code, response.headers, response.content, now=unix_now(), token=token
+        except Exception as exc:
+            return _unexpected(exc, token)
+        try:
+            content = await _read_body(response)
+            return _classify(
+                response.status_code,
+                response.headers,
+                content,
+                now=unix_now(),
+                token=token,
+                warn=self._warn,
+            )
+        except Exception as exc:
+            return _unexpected(exc, token)
+        finally:
+            # Unread bytes are never read: httpx closes the connection instead.
+            await response.aclose()
+
+    def _warn(self, header: str, value: str, problem: str, instead: str) -> None:
+        """Log a protocol error, at most once per header per PROTOCOL_WARNING_INTERVAL."""
+        now = unix_now()
+        last, suppressed = self._warned.get(header.lower(), (-math.inf, 0))
+        if now - last < PROTOCOL_WARNING_INTERVAL:
+            self._warned[header.lower()] = (last, suppressed + 1)
+            return
+        self._warned[header.lower()] = (now, 0)
+        log.warning(
+            "hipchat.protocol_error",
+            header=header,
+            value=value[:_MAX_VALUE_CHARS],
+            problem=problem,
+            instead=instead,
+            suppressed=suppressed,
         )
+
+
+#: Characters of a bad header value quoted in a protocol-error WARNING.
+_MAX_VALUE_CHARS = 64
+
+_Warn = Callable[[str, str, str, str], None]
+
+
+def _ignore_protocol_error(header: str, value: str, problem: str, instead: str) -> None:
+    pass
+
+
+async def _read_body(response: httpx.Response) -> bytes:
+    """Up to MAX_BODY_BYTES of the body, as sent (no decompression: see make_http_client).
+
+    A body that breaks off (reset, truncated) yields what arrived. A 2xx body
+    gets SENT_BODY_GRACE seconds, then what arrived.
+    """
+    if response.is_stream_consumed:
+        # Read already by a transport that buffers (httpx.MockTransport).
+        return response.content[:MAX_BODY_BYTES]
+    chunks: list[bytes] = []
+    size = 0
+    grace = SENT_BODY_GRACE if response.is_success else math.inf
+    with trio.move_on_after(grace) as scope:
+        try:
+            async for chunk in response.aiter_raw():
+                if size < MAX_BODY_BYTES:
+                    chunks.append(chunk[: MAX_BODY_BYTES - size])
+                    size += len(chunks[-1])
+                if size >= MAX_BODY_BYTES:
+                    # Not ``break``: that would abandon httpx's stream generators
+                    # unclosed. Cancelled, the next read raises through all of
+                    # them, and httpcore closes the connection on its way out.
+                    scope.cancel()
+        except httpx.RequestError:
+            pass  # the status line and headers arrived; they decide the outcome
+    if response.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+        return b""  # asked for identity; a compressed body is not ours to inflate
+    return b"".join(chunks)
+
+
+def _unexpected(exc: Exception, token: str) -> Outcome:
+    """A bug (ours or a library's) in one attempt: logged loud, retried like a transport error."""
+    error = _clean(f"unexpected {type(exc).__name__}: {exc}", token)
+    log.error("hipchat.request_failed", error=error, exc_info=True)
+    return Outcome(OutcomeKind.TRANSPORT_ERROR, error=error)
 
 
 def _room_path(name: str) -> bytes:
@@ -348,20 +476,74 @@ def _user_path(name: str) -> bytes:
 
 
 def _classify(
-    status: int, headers: Mapping[str, str], content: bytes, *, now: float, token: str
+    status: int,
+    headers: Mapping[str, str],
+    content: bytes,
+    *,
+    now: float,
+    token: str,
+    warn: _Warn = _ignore_protocol_error,
 ) -> Outcome:
-    rate = parse_rate_info(headers, RATE_PREFIX)
-    flood = parse_rate_info(headers, FLOOD_PREFIX)
+    rate = _checked_rate_info(headers, RATE_PREFIX, now, warn)
+    flood = _checked_rate_info(headers, FLOOD_PREFIX, now, warn)
     if 200 <= status < 300:
         return Outcome(OutcomeKind.SENT, status=status, rate=rate, flood=flood)
     error = _clean(_error_text(status, headers, content), token)
     kind = _kind(status, error)
     retry_at = None
     if kind.transient:
-        retry_at = parse_retry_after(_header(headers, "Retry-After"), now)
+        retry_at = _checked_retry_after(headers, now, warn)
         if retry_at is None and kind is OutcomeKind.RATE_LIMITED:
             retry_at = _reset_at(rate, flood)
+        if retry_at is not None:
+            retry_at = min(retry_at, now + MAX_SERVER_WAIT)
     return Outcome(kind, status=status, error=error, rate=rate, flood=flood, retry_at=retry_at)
+
+
+def _checked_rate_info(
+    headers: Mapping[str, str], prefix: str, now: float, warn: _Warn
+) -> RateInfo | None:
+    """parse_rate_info, or None (and a warning) when the family breaks the protocol."""
+    info = parse_rate_info(headers, prefix)
+    if info is None:
+        return None
+    names = {field: f"{prefix}-{field.capitalize()}" for field in ("limit", "remaining", "reset")}
+    instead = f"ignored the {prefix}-* headers; counted the request against the configured budget"
+    values = {field: _header(headers, name) for field, name in names.items()}
+    problems: list[tuple[str, str]] = []
+    for field, parsed in (("limit", info.limit), ("remaining", info.remaining)):
+        if values[field] is not None and parsed is None:
+            problems.append((field, "not a non-negative integer"))
+    if values["reset"] is not None and info.reset is None:
+        problems.append(("reset", "not a Unix time"))
+    if info.limit == 0:
+        problems.append(("limit", "a limit of 0 allows no request ever"))
+    elif info.limit is not None and info.remaining is not None and info.remaining > info.limit:
+        problems.append(("remaining", f"more than the limit of {info.limit}"))
+    if info.reset is not None and info.reset > now + MAX_SERVER_WAIT:
+        ahead = min(info.reset - now, 1e18)  # a finite number of seconds to print
+        problems.append(
+            ("reset", f"{math.ceil(ahead)} s ahead, more than the {MAX_SERVER_WAIT:g} s believed")
+        )
+    for field, problem in problems:
+        warn(names[field], values[field] or "", problem, instead)
+    return None if problems else info
+
+
+def _checked_retry_after(headers: Mapping[str, str], now: float, warn: _Warn) -> float | None:
+    """parse_retry_after, or None (and a warning) when the value breaks the protocol."""
+    value = _header(headers, "Retry-After")
+    if value is None:
+        return None
+    at = parse_retry_after(value, now)
+    instead = "ignored Retry-After; retried after the normal backoff"
+    if at is None:
+        warn("Retry-After", value, "neither non-negative delay seconds nor an HTTP-date", instead)
+    elif not at <= now + MAX_SERVER_WAIT:
+        problem = f"more than the {MAX_SERVER_WAIT:g} s believed"
+        warn("Retry-After", value, problem, instead)
+        return None
+    return at
 
 
 def _kind(status: int, error: str) -> OutcomeKind:
@@ -446,12 +628,9 @@ def _clean(text: str, token: str) -> str:
 
 
 def _redact(text: str, token: str) -> str:
-    if not token:
-        return text
-    # The token as typed, and as it appears in a URL or a form body.
-    for form in {token, quote(token, safe=""), quote_plus(token)}:
-        text = text.replace(form, REDACTED)
-    return text
+    # The token as typed, and escaped or quoted as it appears in a URL, a form
+    # body, a header's bytes repr or a JSON string.
+    return scrub(text, token, REDACTED)
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

@@ -17,7 +17,14 @@ from hipchatd.budget import RESET_MARGIN, RateBudget
 from hipchatd.clock import unix_now
 from hipchatd.config import HipChatSettings, Secret
 from hipchatd.emulator import Emulator
-from hipchatd.hipchat import HipChatClient, Outcome, OutcomeKind, RateInfo, make_http_client
+from hipchatd.hipchat import (
+    MAX_SERVER_WAIT,
+    HipChatClient,
+    Outcome,
+    OutcomeKind,
+    RateInfo,
+    make_http_client,
+)
 from hipchatd.render import Message
 from hipchatd.routing import Target
 
@@ -358,7 +365,7 @@ async def test_a_grant_racing_cancellation_is_given_back(autojump_clock: Clock) 
             await trio.testing.wait_all_tasks_blocked()
             # Cancelled first, then granted in the same step, before it could run.
             loser.cancel()
-            budget.release("busy-2", sent(rate=info(100, 98, 600)))
+            budget.release("busy-2", sent(rate=info(100, 98, 330)))  # a new window
     assert results == {"loser": "cancelled", "winner": 0.0}
     snapshot = budget.snapshot()
     assert snapshot["rate_in_flight"] == 1
@@ -498,3 +505,64 @@ async def test_emulator_flood_limit_zero_429s(nursery: trio.Nursery, autojump_cl
     assert len(emu.messages) == 90
     assert 120 <= max(finished) <= 3 * 60 + 10
     assert sum(1 for t in finished if t < 60) >= 28
+
+
+# --- absurd numbers: no family ever gets stuck --------------------------------------------
+
+#: The longest any block may last after the answer that set it.
+LONGEST = MAX_SERVER_WAIT + RESET_MARGIN
+
+
+def flood_429(flood: RateInfo | None, retry_at: float | None = None) -> Outcome:
+    return Outcome(OutcomeKind.RATE_LIMITED, status=429, flood=flood, retry_at=retry_at)
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        pytest.param(lambda: sent(rate=info(0, 0, 1e10)), id="rate limit 0, reset far"),
+        pytest.param(lambda: sent(flood=info(0, 0, 1e10)), id="flood limit 0, reset far"),
+        pytest.param(lambda: sent(rate=info(100, 0, 1e10)), id="rate reset far"),
+        pytest.param(lambda: sent(flood=info(30, 0, math.inf)), id="flood reset infinite"),
+        pytest.param(lambda: sent(rate=info(-5, -5, 60)), id="negative numbers"),
+        pytest.param(lambda: sent(rate=info(100, 10**9, 60)), id="remaining above the limit"),
+        pytest.param(lambda: sent(rate=info(100, 0, -1e10)), id="reset long past"),
+        pytest.param(lambda: flood_429(None, unix_now() + 1e10), id="429 retry_at far"),
+        pytest.param(lambda: flood_429(info(30, 0, 1e10)), id="429 flood reset far"),
+        pytest.param(lambda: flood_429(info(0, 0, 1e10), math.inf), id="429 all absurd"),
+        pytest.param(
+            lambda: Outcome(OutcomeKind.RATE_LIMITED, rate=info(0, 0, 1e12)), id="429 rate 0"
+        ),
+    ],
+)
+async def test_no_answer_blocks_a_family_beyond_the_clamp(
+    autojump_clock: Clock, outcome: object
+) -> None:
+    budget = RateBudget(rate_limit=100, flood_limit=30)
+    make = outcome
+    assert callable(make)
+    with trio.fail_after(CEILING):
+        for _ in range(3):
+            await budget.acquire("ops")
+            started = trio.current_time()
+            budget.release("ops", make())
+            await budget.acquire("ops")
+            assert trio.current_time() - started <= LONGEST
+            budget.release("ops", SENT)
+            assert budget.wait_hint("ops") <= LONGEST
+
+
+async def test_a_zero_limit_keeps_the_last_good_one(autojump_clock: Clock) -> None:
+    budget = RateBudget(rate_limit=100, flood_limit=HUGE)
+    with trio.fail_after(CEILING):
+        await budget.acquire("ops")
+        budget.release("ops", sent(rate=info(0, 50, 300)))
+    assert budget.snapshot()["rate_limit"] == 100
+
+
+async def test_a_new_room_after_a_zero_flood_limit_can_send_at_once(autojump_clock: Clock) -> None:
+    budget = RateBudget(rate_limit=HUGE, flood_limit=30)
+    with trio.fail_after(CEILING):
+        await budget.acquire("ops")
+        budget.release("ops", sent(flood=info(0, 0, 60)))
+        assert await granted_within(budget, "dev")

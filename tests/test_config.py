@@ -375,6 +375,80 @@ def test_config_file_beats_credential_and_environment_and_says_so(tmp_path: Path
     )
 
 
+def test_the_environment_token_loses_surrounding_whitespace(tmp_path: Path) -> None:
+    # As left by `export HIPCHAT_API_TOKEN="$(cat file)"` of a file written by echo, or a paste.
+    result = load(env={"HIPCHAT_API_TOKEN": f" \t{TOKEN}\r\n"})
+    assert result.config.hipchat.api_token.reveal() == TOKEN
+
+
+def test_a_whitespace_only_environment_variable_counts_as_unset(tmp_path: Path) -> None:
+    assert one_problem(env={"HIPCHAT_API_TOKEN": " \n"}).endswith(MISSING_TOKEN)
+
+
+def test_a_credential_file_loses_surrounding_whitespace(tmp_path: Path) -> None:
+    write(tmp_path / "creds" / "hipchat_api_token", f"  {TOKEN} \r\n\n")
+    result = load(env={"CREDENTIALS_DIRECTORY": str(tmp_path / "creds")})
+    assert result.config.hipchat.api_token.reveal() == TOKEN
+
+
+_UNSENDABLE = [
+    ("tok en-5e7c3a9b1f04", "whitespace at character 4 of 19"),
+    ("tok\nen-5e7c3a9b1f04", "whitespace at character 4 of 19"),
+    ("tok\x00en-5e7c3a9b1f04", "a control character at character 4 of 19"),
+    ("tok\x7fen-5e7c3a9b1f04", "a control character at character 4 of 19"),
+    ("tok\x85en-5e7c3a9b1f04", "whitespace at character 4 of 19"),
+    ("tokén-5e7c3a9b1f04x", "a non-ASCII character at character 4 of 19"),
+    ("tok\u20acn-5e7c3a9b1f04x", "a non-ASCII character at character 4 of 19"),
+    ("tok\ud800n-5e7c3a9b1f04x", "a non-ASCII character at character 4 of 19"),
+]
+_EXPECTED_CHARS = "expected printable ASCII without spaces, as HipChat issues them"
+
+
+@pytest.mark.parametrize(("token", "what"), _UNSENDABLE)
+def test_a_token_that_cannot_go_in_a_header_is_refused_from_the_environment(
+    token: str, what: str
+) -> None:
+    line = one_problem(env={"HIPCHAT_API_TOKEN": token})
+    assert line == f"HIPCHAT_API_TOKEN: the token (value hidden) contains {what}; {_EXPECTED_CHARS}"
+    assert "5e7c3a9b1f04" not in line
+
+
+@pytest.mark.parametrize(("token", "what"), _UNSENDABLE)
+def test_a_token_that_cannot_go_in_a_header_is_refused_from_a_file(
+    tmp_path: Path, token: str, what: str
+) -> None:
+    path = write(tmp_path / "a.json", json.dumps({"hipchat": {"api_token": token}}))
+    line = one_problem(path)
+    assert line == (
+        f"{path}: hipchat.api_token: the token (value hidden) contains {what}; {_EXPECTED_CHARS}"
+    )
+    assert "5e7c3a9b1f04" not in line
+
+
+def test_a_token_that_cannot_go_in_a_header_is_refused_from_a_credential(
+    tmp_path: Path,
+) -> None:
+    credential = write(tmp_path / "creds" / "hipchat_api_token", "tok\x01en-5e7c3a9b1f04\n")
+    line = one_problem(env={"CREDENTIALS_DIRECTORY": str(tmp_path / "creds")})
+    assert line == (
+        f"{credential}: the token (value hidden) contains a control character"
+        f" at character 4 of 19; {_EXPECTED_CHARS}"
+    )
+
+
+def test_a_file_token_with_a_trailing_newline_is_refused_not_trimmed(tmp_path: Path) -> None:
+    # JSON makes whitespace deliberate, so say so rather than guess.
+    path = write(tmp_path / "a.json", with_token(api_token=TOKEN + "\n"))
+    assert one_problem(path).startswith(
+        f"{path}: hipchat.api_token: the token (value hidden) contains whitespace at character"
+    )
+
+
+def test_require_token_false_still_rejects_an_unsendable_token(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="contains a non-ASCII character"):
+        load(env={"HIPCHAT_API_TOKEN": "tokén-5e7c"}, require_token=False)
+
+
 def test_require_token_false_allows_a_missing_token(tmp_path: Path) -> None:
     path = write(tmp_path / "a.json", {"hipchat": {"room": "ops"}})
     settings = load(path, require_token=False).config.hipchat

@@ -7,6 +7,7 @@ Narrow unit tests over ``httpx.MockTransport``; one loopback TLS test for
 from __future__ import annotations
 
 import datetime
+import email.utils
 import ipaddress
 import json
 import ssl
@@ -23,13 +24,18 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from structlog.testing import capture_logs
 
 import hipchatd
 from hipchatd.clock import unix_now
 from hipchatd.config import HipChatSettings, Secret
 from hipchatd.errors import ConfigError
 from hipchatd.hipchat import (
+    MAX_BODY_BYTES,
     MAX_ERROR_CHARS,
+    MAX_SERVER_WAIT,
+    PROTOCOL_WARNING_INTERVAL,
+    SENT_BODY_GRACE,
     HipChatClient,
     Outcome,
     OutcomeKind,
@@ -576,9 +582,53 @@ async def test_transport_error_description_comes_from_the_cause_chain() -> None:
     )
 
 
-async def test_other_exceptions_propagate() -> None:
-    async with hipchat(raising(RuntimeError("a bug"))) as client:
-        with pytest.raises(RuntimeError, match="a bug"):
+@pytest.mark.parametrize("api_version", ["v1", "v2"])
+@pytest.mark.parametrize("auth_test", [False, True])
+async def test_other_exceptions_become_transport_errors_logged_loud(
+    api_version: str, auth_test: bool
+) -> None:
+    async with hipchat(raising(RuntimeError(f"a bug near {TOKEN}")), api_version=api_version) as c:
+        with capture_logs() as logs:
+            outcome = await (c.auth_test(ROOM) if auth_test else c.send(ROOM, MESSAGE))
+    assert outcome == Outcome(
+        OutcomeKind.TRANSPORT_ERROR, error="unexpected RuntimeError: a bug near [redacted]"
+    )
+    assert [(e["event"], e["log_level"], e["exc_info"]) for e in logs] == [
+        ("hipchat.request_failed", "error", True)
+    ]
+    assert TOKEN not in repr(logs[0]["error"])
+
+
+@pytest.mark.parametrize(
+    ("token", "api_version"),
+    [
+        # httpx encodes header values as ASCII, v1's form body as UTF-8.
+        ("tok\u20acen-0123456789", "v2"),
+        ("tok\ud800en-0123456789", "v2"),
+        ("tok\ud800en-0123456789", "v1"),
+    ],
+)
+async def test_a_token_httpx_cannot_encode_is_an_outcome_not_a_crash(
+    token: str, api_version: str
+) -> None:
+    # load_config refuses such a token; a client built around it still never raises.
+    recorder = Recorder()
+    async with hipchat(recorder, api_version=api_version, api_token=Secret(token)) as client:
+        with capture_logs():
+            outcome = await client.send(ROOM, MESSAGE)
+    assert outcome.kind is OutcomeKind.TRANSPORT_ERROR
+    assert outcome.error is not None
+    assert outcome.error.startswith("unexpected ")
+    assert "0123456789" not in outcome.error
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt(), SystemExit(3)])
+async def test_keyboard_interrupt_class_exceptions_propagate(exc: BaseException) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise exc
+
+    async with hipchat(handler) as client:
+        with pytest.raises(type(exc)):
             await client.send(ROOM, MESSAGE)
 
 
@@ -615,6 +665,9 @@ def test_timeout_outcome_helper() -> None:
         httpx.ConnectError(f"form auth_token={quote_plus(TOKEN)}&room_id=ops"),
         httpx.ConnectError("x" * 195 + TOKEN),
         httpx.ReadTimeout(f"Bearer {TOKEN}"),
+        httpx.LocalProtocolError(f"Illegal header value {f'Bearer {TOKEN}'.encode()!r}"),
+        httpx.ConnectError(f"bad value {TOKEN!r} in {json.dumps({'auth_token': TOKEN})}"),
+        httpx.ConnectError(f"auth_token={quote_plus(TOKEN).replace('%2F', '%2f')}"),
         chained(httpx.ConnectError(""), OSError(f"connect to https://h/?auth_token={TOKEN}")),
     ],
 )
@@ -801,14 +854,13 @@ async def test_rate_limited_without_headers_has_no_retry_at() -> None:
     assert outcome.flood is None
 
 
-async def test_retry_after_http_date_on_503() -> None:
-    headers = {"Retry-After": "Wed, 21 Oct 2037 07:28:00 GMT"}
+async def test_retry_after_http_date_on_503(autojump_clock: trio.testing.MockClock) -> None:
+    when = float(int(unix_now()) + 120)
+    headers = {"Retry-After": email.utils.formatdate(when, usegmt=True)}
     async with hipchat(Recorder(503, headers=headers)) as client:
         outcome = await client.send(ROOM, MESSAGE)
     assert outcome.kind is OutcomeKind.SERVER_ERROR
-    assert (
-        outcome.retry_at == datetime.datetime(2037, 10, 21, 7, 28, tzinfo=datetime.UTC).timestamp()
-    )
+    assert outcome.retry_at == when
 
 
 async def test_server_error_ignores_reset_headers() -> None:
@@ -820,13 +872,267 @@ async def test_server_error_ignores_reset_headers() -> None:
 
 
 @pytest.mark.parametrize("status", [204, 401, 404])
-async def test_no_retry_at_unless_transient(status: int) -> None:
-    headers = rate_headers(rate=(0, 2e9), flood=(0, 2e9)) | {"Retry-After": "30"}
+async def test_no_retry_at_unless_transient(
+    autojump_clock: trio.testing.MockClock, status: int
+) -> None:
+    reset = float(int(unix_now()) + 200)
+    headers = rate_headers(rate=(0, reset), flood=(0, reset)) | {"Retry-After": "30"}
     async with hipchat(Recorder(status, headers=headers)) as client:
         outcome = await client.send(ROOM, MESSAGE)
     assert outcome.retry_at is None
-    assert outcome.rate == RateInfo(500, 0, 2e9)
-    assert outcome.flood == RateInfo(30, 0, 2e9)
+    assert outcome.rate == RateInfo(500, 0, reset)
+    assert outcome.flood == RateInfo(30, 0, reset)
+
+
+# --- server-named waits and protocol errors ----------------------------------
+
+
+def protocol_errors(logs: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(e["header"], e["value"]) for e in logs if e["event"] == "hipchat.protocol_error"]
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("99999999999", "more than the 360 s believed"),
+        ("9" * 400, "more than the 360 s believed"),
+        ("361", "more than the 360 s believed"),
+        ("Wed, 21 Oct 2099 07:28:00 GMT", "more than the 360 s believed"),
+        ("-5", "neither non-negative delay seconds nor an HTTP-date"),
+        ("soon", "neither non-negative delay seconds nor an HTTP-date"),
+        ("1e3", "neither non-negative delay seconds nor an HTTP-date"),
+    ],
+)
+@pytest.mark.parametrize("status", [429, 503])
+async def test_an_absurd_retry_after_is_a_protocol_error_and_ignored(
+    autojump_clock: trio.testing.MockClock, value: str, problem: str, status: int
+) -> None:
+    async with hipchat(Recorder(status, headers={"Retry-After": value})) as client:
+        with capture_logs() as logs:
+            outcome = await client.send(ROOM, MESSAGE)
+    assert outcome.kind.transient
+    assert outcome.retry_at is None  # the normal backoff applies
+    [warning] = logs
+    assert warning == {
+        "event": "hipchat.protocol_error",
+        "log_level": "warning",
+        "header": "Retry-After",
+        "value": value[:64],
+        "problem": problem,
+        "instead": "ignored Retry-After; retried after the normal backoff",
+        "suppressed": 0,
+    }
+
+
+async def test_a_retry_after_within_the_clamp_is_believed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    now = unix_now()
+    headers = {"Retry-After": f"{MAX_SERVER_WAIT:g}"}
+    async with hipchat(Recorder(429, headers=headers)) as client:
+        with capture_logs() as logs:
+            outcome = await client.send(ROOM, MESSAGE)
+    assert outcome.retry_at == now + MAX_SERVER_WAIT
+    assert logs == []
+
+
+def family(prefix: str, limit: str, remaining: str, reset: str) -> dict[str, str]:
+    return {f"{prefix}-Limit": limit, f"{prefix}-Remaining": remaining, f"{prefix}-Reset": reset}
+
+
+@pytest.mark.parametrize("prefix", ["X-Ratelimit", "X-FloodControl"])
+@pytest.mark.parametrize(
+    ("limit", "remaining", "reset_in", "header", "problem"),
+    [
+        ("0", "0", "60", "Limit", "a limit of 0 allows no request ever"),
+        ("30", "0", "99999999", "Reset", "99999999 s ahead, more than the 360 s believed"),
+        ("30", "0", "361", "Reset", "361 s ahead, more than the 360 s believed"),
+        ("30", "31", "60", "Remaining", "more than the limit of 30"),
+        ("-30", "0", "60", "Limit", "not a non-negative integer"),
+        ("30", "-1", "60", "Remaining", "not a non-negative integer"),
+        ("30", "lots", "60", "Remaining", "not a non-negative integer"),
+        ("30", "0", "tomorrow", "Reset", "not a Unix time"),
+    ],
+)
+@pytest.mark.parametrize("status", [204, 429])
+async def test_a_broken_rate_family_is_a_protocol_error_and_ignored(
+    autojump_clock: trio.testing.MockClock,
+    prefix: str,
+    limit: str,
+    remaining: str,
+    reset_in: str,
+    header: str,
+    problem: str,
+    status: int,
+) -> None:
+    now = int(unix_now())
+    reset = str(now + int(reset_in)) if reset_in.isdigit() else reset_in
+    headers = family(prefix, limit, remaining, reset)
+    async with hipchat(Recorder(status, headers=headers)) as client:
+        with capture_logs() as logs:
+            outcome = await client.send(ROOM, MESSAGE)
+    assert outcome.rate is None
+    assert outcome.flood is None
+    assert outcome.retry_at is None
+    [warning] = logs
+    assert warning["header"] == f"{prefix}-{header}"
+    assert warning["problem"] == problem
+    assert warning["instead"] == (
+        f"ignored the {prefix}-* headers; counted the request against the configured budget"
+    )
+
+
+async def test_the_other_family_survives_a_broken_one(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    now = int(unix_now())
+    headers = family("X-Ratelimit", "500", "0", str(now + 10**9)) | family(
+        "X-FloodControl", "30", "0", str(now + 40)
+    )
+    async with hipchat(Recorder(429, headers=headers)) as client:
+        with capture_logs():
+            outcome = await client.send(ROOM, MESSAGE)
+    assert outcome.rate is None
+    assert outcome.flood == RateInfo(30, 0, now + 40)
+    assert outcome.retry_at == now + 40
+
+
+async def test_a_reset_in_the_past_is_not_a_protocol_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Clocks disagree; the budget copes with a window that is over already.
+    now = int(unix_now())
+    headers = family("X-Ratelimit", "500", "10", str(now - 3600))
+    async with hipchat(Recorder(204, headers=headers)) as client:
+        with capture_logs() as logs:
+            outcome = await client.send(ROOM, MESSAGE)
+    assert outcome.rate == RateInfo(500, 10, now - 3600)
+    assert logs == []
+
+
+async def test_protocol_errors_are_logged_once_per_header_per_interval(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    headers = {"Retry-After": "99999999999"}
+    async with hipchat(Recorder(429, headers=headers)) as client:
+        with capture_logs() as logs:
+            for _ in range(5):
+                await client.send(ROOM, MESSAGE)
+            await trio.sleep(PROTOCOL_WARNING_INTERVAL)
+            await client.send(ROOM, MESSAGE)
+    assert protocol_errors(logs) == [("Retry-After", "99999999999")] * 2
+    assert [e["suppressed"] for e in logs] == [0, 4]
+
+
+# --- response bodies ------------------------------------------------------------
+
+
+class Body(httpx.AsyncByteStream):
+    """A response body as a server streams it: ``chunks`` pieces, then ``then``."""
+
+    def __init__(
+        self,
+        chunk: bytes = b"x" * 4096,
+        # "Endless": 64 MiB, so a client that reads bodies whole fails instead of
+        # exhausting the machine.
+        chunks: float = 16 * 1024,
+        then: BaseException | None = None,
+        drip: float = 0.0,
+    ) -> None:
+        self.chunk = chunk
+        self.chunks = chunks
+        self.then = then
+        self.drip = drip
+        self.sent = 0
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while self.sent < self.chunks:
+            # A socket read is a checkpoint even when data is waiting.
+            await trio.sleep(self.drip)
+            self.sent += 1
+            yield self.chunk
+        if self.then is not None:
+            raise self.then
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def streaming(status: int, body: Body, **headers: str) -> Handler:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, headers=headers, stream=body)
+
+    return handler
+
+
+@pytest.mark.parametrize("status", [204, 500, 401])
+async def test_an_endless_body_is_read_up_to_the_limit_then_closed(status: int) -> None:
+    body = Body()
+    async with hipchat(streaming(status, body)) as client:
+        outcome = await client.send(ROOM, MESSAGE)
+    assert outcome.status == status
+    assert body.sent * len(body.chunk) <= MAX_BODY_BYTES + len(body.chunk)
+    assert body.closed
+
+
+async def test_a_huge_error_page_keeps_its_status_and_a_short_error() -> None:
+    body = Body(b"<p>" + b"y" * 65533, chunks=1600)  # 100 MiB
+    async with hipchat(streaming(503, body)) as client:
+        outcome = await client.send(ROOM, MESSAGE)
+    assert outcome.kind is OutcomeKind.SERVER_ERROR
+    assert outcome.error is not None
+    assert len(outcome.error) <= MAX_ERROR_CHARS
+    assert outcome.error.startswith("503 Service Unavailable: y")
+    assert body.sent <= 2
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [(204, OutcomeKind.SENT), (500, OutcomeKind.SERVER_ERROR), (404, OutcomeKind.NOT_FOUND)],
+)
+async def test_a_body_that_breaks_off_still_gives_the_status_outcome(
+    status: int, kind: OutcomeKind
+) -> None:
+    body = Body(b'{"error": {"mess', chunks=1, then=httpx.ReadError("connection reset"))
+    async with hipchat(streaming(status, body)) as client:
+        outcome = await client.send(ROOM, MESSAGE)
+    assert outcome.kind is kind
+    assert outcome.status == status
+
+
+async def test_a_dripping_2xx_body_is_sent_after_the_grace(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    body = Body(b"{", drip=10.0)
+    started = trio.current_time()
+    async with hipchat(streaming(200, body)) as client:
+        with trio.move_on_after(30):
+            outcome = await client.send(ROOM, MESSAGE)
+    assert outcome.kind is OutcomeKind.SENT
+    assert trio.current_time() - started == pytest.approx(SENT_BODY_GRACE)
+
+
+async def test_a_dripping_error_body_is_bounded_by_the_callers_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    body = Body(b"<", drip=1.0)
+    outcomes: list[Outcome] = []
+    async with hipchat(streaming(500, body)) as client:
+        with trio.move_on_after(10) as scope:
+            outcomes.append(await client.send(ROOM, MESSAGE))
+    assert scope.cancelled_caught
+    assert outcomes == []
+    assert body.closed
+
+
+async def test_a_compressed_body_is_not_inflated() -> None:
+    body = Body(b"\x1f\x8b\x08\x00" + b"\x00" * 60, chunks=1)
+    async with hipchat(streaming(500, body, **{"Content-Encoding": "gzip"})) as client:
+        outcome = await client.send(ROOM, MESSAGE)
+    assert outcome == Outcome(
+        OutcomeKind.SERVER_ERROR, status=500, error="500 Internal Server Error"
+    )
 
 
 # --- make_http_client ---------------------------------------------------------
@@ -838,6 +1144,7 @@ async def test_make_http_client_configuration() -> None:
         assert http.follow_redirects is False
         assert http.timeout == httpx.Timeout(None)
         assert http.headers["User-Agent"] == f"hipchatd/{hipchatd.__version__}"
+        assert http.headers["Accept-Encoding"] == "identity"
         # httpx exposes no public view of its limits; httpcore's pool holds them.
         pool = http._transport._pool  # type: ignore[attr-defined]
         assert pool._max_connections == 7

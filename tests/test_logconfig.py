@@ -6,6 +6,7 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from urllib.parse import quote, quote_plus
 
 import pytest
 import structlog
@@ -52,3 +53,49 @@ def test_stdlib_logs_go_through_redaction(stream: io.StringIO) -> None:
 def test_short_strings_are_not_treated_as_secrets() -> None:
     logconfig.register_secret("ab")
     assert logconfig.redact("abc") == "abc"
+
+
+# Characters that every escaping changes: quote, backslash, "/", "+", "%", space, non-ASCII.
+ODD = "tok'\\\"/+% é-9f8e7d6c5b4a\n"
+
+
+@pytest.mark.parametrize(
+    "shown",
+    [
+        ODD,
+        repr(ODD),
+        repr(ODD.encode()),
+        repr(f"Bearer {ODD}".encode()),
+        f"Illegal header value {f'Bearer {ODD}'.encode()!r}",
+        json.dumps(ODD),
+        json.dumps(ODD, ensure_ascii=False),
+        json.dumps({"message": f"auth_token={ODD}"}),
+        json.dumps(repr(ODD)),
+        repr(json.dumps(ODD)),
+        quote(ODD, safe=""),
+        quote(ODD),
+        quote_plus(ODD),
+        quote_plus(ODD).replace("%2F", "%2f").replace("%C3%A9", "%c3%A9"),
+    ],
+)
+def test_escaped_and_quoted_forms_are_redacted(stream: io.StringIO, shown: str) -> None:
+    logconfig.register_secret(ODD)
+    structlog.get_logger().warning("delivery.failed", error=f"failed: {shown}!")
+    try:
+        raise OSError(f"cannot send {shown}")
+    except OSError:
+        structlog.get_logger().exception("thing.failed")
+    text = stream.getvalue()
+    assert "9f8e7d6c5b4a" not in text
+    assert text.count(logconfig.REDACTED) == 2
+
+
+def test_redact_survives_a_secret_with_a_lone_surrogate() -> None:
+    logconfig.register_secret("tok\ud800-0123456789")
+    assert logconfig.redact("x tok\ud800-0123456789 y") == f"x {logconfig.REDACTED} y"
+
+
+def test_scrub_replaces_one_value_in_all_its_forms() -> None:
+    value = "a/b+c d"
+    text = f"{value} {quote(value, safe='')} {quote_plus(value)} {value.encode()!r}"
+    assert logconfig.scrub(text, value, "[x]") == "[x] [x] [x] b'[x]'"
