@@ -855,7 +855,10 @@ class _Checker:
     def read_credential(self, path: Path) -> str:
         try:
             # Surrounding whitespace is never part of a token: ``echo`` adds a newline.
-            token = path.read_text(encoding="utf-8").strip()
+            token = read_regular(path).decode("utf-8").strip()
+        except _NotRegular as exc:
+            self.problems.append(f"{path}: {exc}; expected a file holding the HipChat API token")
+            return ""
         except OSError as exc:
             self.problems.append(f"{path}: cannot read: {exc.strerror or exc}")
             return ""

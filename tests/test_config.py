@@ -347,6 +347,19 @@ def test_an_empty_credential_file_is_a_problem(tmp_path: Path) -> None:
     assert line == f"{credential}: empty; expected the HipChat API token"
 
 
+def test_a_credential_that_is_a_fifo_is_refused_without_waiting_for_a_writer(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "creds").mkdir()
+    fifo = tmp_path / "creds" / "hipchat_api_token"
+    os.mkfifo(fifo)
+    line = one_problem(env={"CREDENTIALS_DIRECTORY": str(tmp_path / "creds")})
+    assert line == (
+        f"{fifo}: a FIFO (named pipe), not a regular file;"
+        " expected a file holding the HipChat API token"
+    )
+
+
 def test_a_credentials_directory_without_our_file_falls_back_to_the_environment(
     tmp_path: Path,
 ) -> None:
