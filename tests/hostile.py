@@ -17,12 +17,27 @@ from hipchatd import logconfig
 from hipchatd.app import App
 from hipchatd.emulator import Emulator
 from hipchatd.metrics import INTERNAL_ERROR_PLACES
-from tests.conftest import classic_event, load_fixture, send_tcp, send_udp, wait_until
+from tests.conftest import TOKEN, classic_event, load_fixture, send_tcp, send_udp, wait_until
 
 #: The largest payload one UDP datagram can carry over IPv4.
 MAX_DATAGRAM = 65507
 #: The room canaries go to, so no input under test can be mistaken for one.
 CANARY_ROOM = "canary"
+#: Limits high enough that neither the emulator nor the daemon's budget ever waits.
+NO_LIMITS = 1_000_000
+
+
+async def unlimited_emulator(nursery: trio.Nursery) -> Emulator:
+    """A real emulator without rate or flood limits: every input can be followed by a canary."""
+    emu = Emulator(
+        tokens=[TOKEN],
+        rooms=["sensu", CANARY_ROOM],
+        auto_create_rooms=True,
+        rate_limit=NO_LIMITS,
+        flood_limit=NO_LIMITS,
+    )
+    await nursery.start(emu.serve, "127.0.0.1", 0)
+    return emu
 
 
 def classic_base() -> dict[str, Any]:

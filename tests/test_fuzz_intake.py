@@ -27,35 +27,26 @@ from hypothesis import strategies as st
 
 from hipchatd.app import MAX_NESTING, App
 from hipchatd.emulator import Emulator
-from tests.conftest import TOKEN, StartDaemon
+from tests.conftest import StartDaemon
 from tests.hostile import (
-    CANARY_ROOM,
     MAX_DATAGRAM,
+    NO_LIMITS,
     Canary,
     classic_base,
     go_base,
     internal_errors,
     strict_log,
+    unlimited_emulator,
 )
 
 #: Inputs tried per run (each followed by a canary); the notes quote this figure.
 MAX_EXAMPLES = 200
-#: Limits high enough that neither the emulator nor the daemon's budget ever waits.
-NO_LIMITS = 1_000_000
 
 
 @pytest.fixture
 async def emulator(nursery: trio.Nursery) -> Emulator:
     """The emulator without rate or flood limits: every example sends a canary."""
-    emu = Emulator(
-        tokens=[TOKEN],
-        rooms=["sensu", CANARY_ROOM],
-        auto_create_rooms=True,
-        rate_limit=NO_LIMITS,
-        flood_limit=NO_LIMITS,
-    )
-    await nursery.start(emu.serve, "127.0.0.1", 0)
-    return emu
+    return await unlimited_emulator(nursery)
 
 
 # --- values ----------------------------------------------------------------------------------

@@ -31,22 +31,22 @@ from hipchatd.events import MAX_NAME_CHARS, parse_event
 from hipchatd.framing import Document, Rejected, preview
 from hipchatd.metrics import Metrics
 from tests import hostile
-from tests.conftest import TOKEN, StartDaemon, classic_event, send_tcp, send_udp, wait_until
+from tests.conftest import StartDaemon, classic_event, send_tcp, send_udp, wait_until
 from tests.hostile import (
     CANARY_ROOM,
     MAX_DATAGRAM,
+    NO_LIMITS,
     Canary,
     classic_base,
     encode,
     go_base,
     internal_errors,
     send,
+    unlimited_emulator,
 )
 from tests.processes import Child
 
 CORPUS = Path(__file__).parent / "corpus"
-#: Limits high enough that neither the emulator nor the daemon's budget ever waits.
-NO_LIMITS = 1_000_000
 #: Generated inputs sent between two canaries.
 BATCH = 100
 
@@ -54,15 +54,7 @@ BATCH = 100
 @pytest.fixture
 async def emulator(nursery: trio.Nursery) -> Emulator:
     """The emulator without rate or flood limits: hundreds of canaries go to one room."""
-    emu = Emulator(
-        tokens=[TOKEN],
-        rooms=["sensu", CANARY_ROOM],
-        auto_create_rooms=True,
-        rate_limit=NO_LIMITS,
-        flood_limit=NO_LIMITS,
-    )
-    await nursery.start(emu.serve, "127.0.0.1", 0)
-    return emu
+    return await unlimited_emulator(nursery)
 
 
 async def _daemon(start_daemon: StartDaemon, **settings: Any) -> app_module.App:
