@@ -153,15 +153,24 @@ class _Slots:
     def __init__(self, size: int) -> None:
         self.size = size
         self.free = size
+        #: listeners sharing these slots; each holds at most one while it waits in accept.
+        self.listeners = 1
         self._freed = trio.Event()
         self._warned_at = -math.inf
 
     async def take(self, listener: trio.SocketListener) -> None:
         """Wait for a free slot and for a connection queued on ``listener``; take the slot.
 
-        The slot is taken only once a connection is waiting, so a listener
-        that gets none never holds one its siblings could use.
+        While slots are plentiful (more free than listeners) the slot is
+        taken at once: even if every sibling then waits in accept holding
+        one, a slot is left for each. Near the limit, the slot is taken only
+        once a connection is waiting, so a listener that gets none never
+        holds one its siblings could use.
         """
+        if self.free > self.listeners:
+            # The common case, without an extra scheduling round per connection.
+            self.free -= 1
+            return
         while True:
             while self.free <= 0:
                 self._note_full()
@@ -345,6 +354,7 @@ async def serve_tcp(
         finally:
             handler.slots.release()
 
+    handler.slots.listeners = max(1, len(listeners))
     async with trio.open_nursery() as nursery:
         await nursery.start(
             partial(trio.serve_listeners, handler_nursery=handler_nursery),
