@@ -115,6 +115,45 @@ async def test_one_misdeed_then_the_event_is_delivered_within_the_clamp(
     assert "check_one" in str(delivered["message"])
 
 
+#: Misdeeds that, repeated for ever, would each have held a lane without end.
+STALLING = [
+    "Retry-After 99999999999",
+    "Retry-After in 2099",
+    "rate reset years ahead",
+    "flood reset years ahead",
+    "rate limit 0 on a 429",
+    "reset mid-headers",
+]
+MAX_AGE = 900.0
+
+
+async def test_a_server_that_never_behaves_still_lets_max_age_fire_on_time(
+    nursery: trio.Nursery,
+    hostile: HostileHipChat,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """However HipChat misbehaves, an event is dead-lettered as expired at max_age."""
+    hostile.then(*(FAILED_ATTEMPTS[STALLING[i % len(STALLING)]]() for i in range(10_000)))
+    with trio.fail_after(4 * MAX_AGE):
+        config = make_config(hostile.url, timeout=TIMEOUT, max_age=MAX_AGE)
+        app: app_module.App = await nursery.start(app_module.run, config)
+        sent_at = trio.current_time()
+        with capture_logs() as logs:
+            await send_tcp(app.tcp_addresses[0], event("check_one"))
+            await trio.sleep_until(sent_at + MAX_AGE - 1)
+            assert app.spool.counts() == {"pending": 1, "dead": 0}
+            while app.spool.counts()["dead"] < 1:
+                await trio.sleep(0.1)
+    waited = trio.current_time() - sent_at
+    assert MAX_AGE <= waited <= MAX_AGE + 2
+    assert app.spool.counts() == {"pending": 0, "dead": 1}
+    assert hostile.delivered == []
+    # It kept trying meanwhile: no wait the server named held the room past the clamp.
+    assert len(hostile.requests) >= MAX_AGE // LONGEST_WAIT
+    [expired] = [line for line in logs if line["event"] == "delivery.dead_lettered"]
+    assert expired["reason"] == "expired"
+
+
 #: Bytes the server may get written before the daemon stops reading: 64 KiB
 #: read, plus what the loopback socket buffers hold (a few MiB at most).
 WRITTEN_LIMIT = 16 * 1024 * 1024
