@@ -886,6 +886,18 @@ class _Checker:
                     f'got {_describe(settings.user)} {v1}; expected api_version "v2",'
                     " the only API that can message a user",
                 )
+        limit = daemon.max_targets_per_event
+        named = [(("hipchat", "room"), settings.room)] + [
+            (("contacts", name, "hipchat", "room"), contact.room)
+            for name, contact in contacts.items()
+        ]
+        for path, rooms in named:
+            if rooms is not None and len(rooms) > limit:
+                self.warnings.append(
+                    f"{self.source(path)}: {_dotted(path)}: {len(rooms)} rooms, but"
+                    f" hipchatd.max_targets_per_event is {limit}: an event routed here"
+                    f" notifies only the first {limit}; raise the limit to at least {len(rooms)}"
+                )
         if daemon.tcp is None and daemon.udp is None:
             files = sorted({self.source(("hipchatd", "tcp")), self.source(("hipchatd", "udp"))})
             self.problems.append(

@@ -231,6 +231,22 @@ def test_a_bad_allow_from_entry_is_named(tmp_path: Path, value: Any, why: str) -
     assert why in line
 
 
+def test_more_rooms_than_max_targets_per_event_warns_with_the_fix(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "rooms.json",
+        {
+            "hipchat": {"api_token": TOKEN, "room": ["a", "b", "c"]},
+            "hipchatd": {"max_targets_per_event": 2},
+            "contacts": {"ops": {"hipchat": {"room": ["x", "y"]}}},
+        },
+    )
+    result = load(path)
+    assert result.warnings == (
+        f"{path}: hipchat.room: 3 rooms, but hipchatd.max_targets_per_event is 2:"
+        " an event routed here notifies only the first 2; raise the limit to at least 3",
+    )
+
+
 def test_allow_from_may_be_one_string_and_defaults_to_any_peer(tmp_path: Path) -> None:
     one = write(tmp_path / "one.json", {**with_token(), "hipchatd": {"allow_from": "::1"}})
     assert load(one).config.daemon.allow_from == (ipaddress.ip_network("::1"),)
