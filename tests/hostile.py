@@ -23,6 +23,8 @@ from tests.conftest import TOKEN, classic_event, load_fixture, send_tcp, send_ud
 MAX_DATAGRAM = 65507
 #: The room canaries go to, so no input under test can be mistaken for one.
 CANARY_ROOM = "canary"
+#: Where a value sits in a JSON document: keys and list indexes.
+Path_ = tuple[str | int, ...]
 #: Limits high enough that neither the emulator nor the daemon's budget ever waits.
 NO_LIMITS = 1_000_000
 
@@ -55,6 +57,20 @@ def go_base() -> dict[str, Any]:
 def encode(value: Any) -> bytes:
     """Compact JSON as Sensu writes it; lone surrogates go out as ``\\udXXX`` escapes."""
     return json.dumps(value, separators=(",", ":")).encode()
+
+
+def paths(value: Any, prefix: Path_ = ()) -> Iterator[tuple[Path_, Any]]:
+    """Every (path, value) below ``value``, parents before children."""
+    items: Any = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, list)
+        else ()
+    )
+    for key, child in items:
+        yield (*prefix, key), child
+        yield from paths(child, (*prefix, key))
 
 
 def internal_errors(app: App) -> float:

@@ -35,6 +35,7 @@ from tests.hostile import (
     classic_base,
     go_base,
     internal_errors,
+    paths,
     strict_log,
     unlimited_emulator,
 )
@@ -104,23 +105,8 @@ VALUES = st.recursive(
 )
 
 
-def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out: list[tuple[Any, ...]] = []
-    items: Any = (
-        value.items()
-        if isinstance(value, dict)
-        else enumerate(value)
-        if isinstance(value, list)
-        else ()
-    )
-    for key, child in items:
-        out.append((*prefix, key))
-        out.extend(_paths(child, (*prefix, key)))
-    return out
-
-
 _BASES = {"classic": classic_base(), "go": go_base()}
-_BASE_PATHS = {name: _paths(base) for name, base in _BASES.items()}
+_BASE_PATHS = {name: [path for path, _ in paths(base)] for name, base in _BASES.items()}
 
 
 @st.composite

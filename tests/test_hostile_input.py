@@ -37,10 +37,12 @@ from tests.hostile import (
     MAX_DATAGRAM,
     NO_LIMITS,
     Canary,
+    Path_,
     classic_base,
     encode,
     go_base,
     internal_errors,
+    paths,
     send,
     unlimited_emulator,
 )
@@ -103,7 +105,6 @@ async def test_corpus_files_against_a_live_daemon(
 
 # --- generated families ----------------------------------------------------------------------
 
-Path_ = tuple[str | int, ...]
 
 #: One value of each JSON type, and the awkward ones, put in place of every field.
 WRONG_VALUES: tuple[tuple[str, Any], ...] = (
@@ -120,20 +121,6 @@ WRONG_VALUES: tuple[tuple[str, Any], ...] = (
     ("array", ["x", 1]),
     ("object", {"name": "x", "status": 2}),
 )
-
-
-def paths(value: Any, prefix: Path_ = ()) -> Iterator[tuple[Path_, Any]]:
-    """Every (path, value) below ``value``, parents before children."""
-    items: Any = (
-        value.items()
-        if isinstance(value, dict)
-        else enumerate(value)
-        if isinstance(value, list)
-        else ()
-    )
-    for key, child in items:
-        yield (*prefix, key), child
-        yield from paths(child, (*prefix, key))
 
 
 def replaced(document: Any, path: Path_, new: Any) -> Any:
