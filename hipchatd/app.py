@@ -6,7 +6,7 @@
     ├── emulator.serve            (only with --emulator)
     └── services
         ├── spool.run             group commits; hands committed entries to the lanes
-        ├── dispatcher.run        one lane per room or user
+        ├── dispatcher.run        one lane per room or user with work (reaped when idle)
         ├── reject_log.run        reports rejection lines suppressed per peer
         ├── connections           one task per Sensu connection (outlives accepting)
         └── ingest scope
