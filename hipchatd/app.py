@@ -42,8 +42,9 @@ from hipchatd.events import Event, parse_event
 from hipchatd.filters import skip_reason
 from hipchatd.framing import Document, preview
 from hipchatd.hipchat import HipChatClient, make_http_client
-from hipchatd.metrics import Metrics
+from hipchatd.metrics import NOTIFICATIONS, Metrics
 from hipchatd.peers import reject_log, warn_if_exposed
+from hipchatd.reasons import RejectReason
 from hipchatd.routing import route
 from hipchatd.server import ConnectionHandler, reject, serve_tcp, serve_udp
 from hipchatd.spool import Entry, Spool
@@ -98,7 +99,7 @@ class App:
     def status_line(self) -> str:
         """A short summary for systemd's STATUS=."""
         m = self.metrics
-        sent = sum(m.value("hipchatd_notifications_total", api_version=v) for v in ("v1", "v2"))
+        sent = sum(m.value(NOTIFICATIONS, api_version=v) for v in ("v1", "v2"))
         counts = self.spool.counts()
         return (
             f"{counts['pending']} pending, {counts['dead']} dead-lettered, "
@@ -148,7 +149,7 @@ class App:
         except EventError as exc:
             reject(
                 self.metrics,
-                "not_event",
+                RejectReason.NOT_EVENT,
                 peer=peer,
                 transport=transport,
                 nbytes=document.nbytes,
@@ -173,7 +174,7 @@ class App:
         targets = route(event, settings, self.config.contacts)
         limit = self.config.daemon.max_targets_per_event
         if len(targets) > limit:
-            self.metrics.rejected["too_many_targets"].inc()
+            self.metrics.rejected[RejectReason.TOO_MANY_TARGETS].inc()
             log.warning(
                 "event.targets_refused",
                 event_id=event.id,
@@ -192,7 +193,7 @@ class App:
             if self.spool.closed:
                 log.warning("event.refused", event_id=event.id, reason="shutting down")
                 return
-            self.metrics.rejected["spool_full"].inc()
+            self.metrics.rejected[RejectReason.SPOOL_FULL].inc()
             log.error(
                 "event.refused",
                 event_id=event.id,
@@ -229,7 +230,7 @@ class App:
     def _refused(self, entries: Sequence[Entry]) -> None:
         """The spool could not store the oldest submitted event (it logged why): never accepted."""
         self._submitted.popleft()
-        self.metrics.rejected["spool_full"].inc()
+        self.metrics.rejected[RejectReason.SPOOL_FULL].inc()
 
     def recover(self, entries: Sequence[Entry]) -> None:
         """Queue what a previous run left pending, in acceptance order."""

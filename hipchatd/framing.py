@@ -37,6 +37,7 @@ from typing import Any, Final
 
 from hipchatd.config import Framing
 from hipchatd.errors import FrameTooLarge
+from hipchatd.reasons import RejectReason
 
 __all__ = ["Decoder", "Document", "FrameTooLarge", "Rejected", "preview"]
 
@@ -53,8 +54,13 @@ class Document:
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    """A frame that is not JSON text: why, its size, and an escaped, truncated preview."""
+    """A frame that is not JSON text: why, its size, and an escaped, truncated preview.
 
+    ``kind`` is the metric label (``invalid_json``, ``not_utf8``, ``truncated``);
+    ``reason`` is the same in words for the log: what, and where in the frame.
+    """
+
+    kind: RejectReason
     reason: str
     nbytes: int
     preview: str
@@ -121,9 +127,9 @@ def _escape(ch: str) -> str:
     return f"\\U{code:08x}"
 
 
-def _reject(reason: str, frame: bytes | bytearray) -> Rejected:
+def _reject(kind: RejectReason, reason: str, frame: bytes | bytearray) -> Rejected:
     data = bytes(frame)
-    return Rejected(reason, len(data), preview(data))
+    return Rejected(kind, reason, len(data), preview(data))
 
 
 def _decode(frame: bytes | bytearray) -> Document | Rejected:
@@ -131,15 +137,21 @@ def _decode(frame: bytes | bytearray) -> Document | Rejected:
     try:
         text = frame.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return _reject(f"not UTF-8: {exc.reason} at offset {exc.start}", frame)
+        return _reject(
+            RejectReason.NOT_UTF8, f"not UTF-8: {exc.reason} at offset {exc.start}", frame
+        )
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        return _reject(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", frame)
+        return _reject(
+            RejectReason.INVALID_JSON,
+            f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+            frame,
+        )
     except ValueError as exc:  # e.g. an integer over sys.get_int_max_str_digits()
-        return _reject(f"invalid JSON: {exc}", frame)
+        return _reject(RejectReason.INVALID_JSON, f"invalid JSON: {exc}", frame)
     except RecursionError:
-        return _reject("invalid JSON: nested too deeply", frame)
+        return _reject(RejectReason.INVALID_JSON, "invalid JSON: nested too deeply", frame)
     return Document(value, len(frame), text)
 
 
@@ -290,7 +302,7 @@ class Decoder:
             if size:
                 out.append(_decode(buf[off + _PREFIX_BYTES : end]))
             else:
-                out.append(Rejected("empty frame", 0, ""))
+                out.append(Rejected(RejectReason.TRUNCATED, "empty frame", 0, ""))
             off = end
         del buf[:off]
         return out
@@ -453,6 +465,7 @@ class Decoder:
             where = " inside a string" if self._in_string else ""
             return [
                 _reject(
+                    RejectReason.TRUNCATED,
                     f"incomplete JSON at end of stream: {self._depth} unclosed bracket(s){where}",
                     buf,
                 )
@@ -465,9 +478,19 @@ def _close_length(buf: bytearray) -> list[Document | Rejected]:
     if n == 0:
         return []
     if n < _PREFIX_BYTES:
-        return [_reject(f"truncated length prefix: got {n} of {_PREFIX_BYTES} bytes", buf)]
+        return [
+            _reject(
+                RejectReason.TRUNCATED,
+                f"truncated length prefix: got {n} of {_PREFIX_BYTES} bytes",
+                buf,
+            )
+        ]
     size = int.from_bytes(buf[:_PREFIX_BYTES], "big")
     payload = buf[_PREFIX_BYTES:]
     return [
-        _reject(f"truncated length-prefixed frame: got {len(payload)} of {size} bytes", payload)
+        _reject(
+            RejectReason.TRUNCATED,
+            f"truncated length-prefixed frame: got {len(payload)} of {size} bytes",
+            payload,
+        )
     ]

@@ -7,32 +7,51 @@ reads 0 rather than being absent.
 
 from __future__ import annotations
 
+from typing import Final
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from hipchatd.filters import SKIP_REASONS
+from hipchatd.reasons import RejectReason
 
 __all__ = [
+    "CONNECTIONS_OPEN",
+    "EVENTS_ACCEPTED",
+    "EVENTS_RECEIVED",
+    "EVENTS_REJECTED",
+    "EVENTS_SKIPPED",
     "FAILURE_REASONS",
+    "INTERNAL_ERRORS",
     "INTERNAL_ERROR_PLACES",
+    "NOTIFICATIONS",
+    "NOTIFICATIONS_FAILED",
+    "NOTIFICATION_LATENCY",
+    "RATELIMIT_REMAINING",
     "REJECT_REASONS",
     "SKIP_REASONS",
+    "SPOOL_EVENTS",
     "TRANSPORTS",
     "Metrics",
 ]
 
+# The series, named as they appear on /metrics: a counter's samples end in
+# ``_total`` (prometheus_client takes the name with or without it).
+EVENTS_RECEIVED: Final = "hipchatd_events_received_total"
+EVENTS_REJECTED: Final = "hipchatd_events_rejected_total"
+EVENTS_SKIPPED: Final = "hipchatd_events_skipped_total"
+EVENTS_ACCEPTED: Final = "hipchatd_events_accepted_total"
+NOTIFICATIONS: Final = "hipchatd_notifications_total"
+NOTIFICATIONS_FAILED: Final = "hipchatd_notifications_failed_total"
+#: a histogram: its samples are ``_bucket``, ``_count`` and ``_sum``.
+NOTIFICATION_LATENCY: Final = "hipchatd_notification_latency_seconds"
+CONNECTIONS_OPEN: Final = "hipchatd_connections_open"
+RATELIMIT_REMAINING: Final = "hipchatd_ratelimit_remaining"
+SPOOL_EVENTS: Final = "hipchatd_spool_events"
+INTERNAL_ERRORS: Final = "hipchatd_internal_errors_total"
+
 TRANSPORTS = ("tcp", "udp")
-REJECT_REASONS = (
-    "invalid_json",
-    "not_utf8",
-    "not_event",
-    "truncated",
-    "frame_too_large",
-    "idle_timeout",
-    "too_many_connections",
-    "spool_full",
-    "too_many_targets",
-    "not_allowed",
-)
+#: The labels of EVENTS_REJECTED: one per RejectReason, in its order.
+REJECT_REASONS: Final = tuple(RejectReason)
 #: Where a fault boundary caught an unexpected exception (a bug, counted and survived).
 INTERNAL_ERROR_PLACES = ("frame", "datagram", "connection", "lane", "spool")
 FAILURE_REASONS = (
@@ -54,40 +73,36 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.events_received = Counter(
-            "hipchatd_events_received", "Frames read from Sensu", ["transport"], registry=r
+            EVENTS_RECEIVED, "Frames read from Sensu", ["transport"], registry=r
         )
         self.events_rejected = Counter(
-            "hipchatd_events_rejected", "Input refused, by reason", ["reason"], registry=r
+            EVENTS_REJECTED, "Input refused, by reason", ["reason"], registry=r
         )
         self.events_skipped = Counter(
-            "hipchatd_events_skipped", "Events not notified by the filters", ["reason"], registry=r
+            EVENTS_SKIPPED, "Events not notified by the filters", ["reason"], registry=r
         )
-        self.events_accepted = Counter(
-            "hipchatd_events_accepted", "Events accepted for delivery", registry=r
-        )
+        self.events_accepted = Counter(EVENTS_ACCEPTED, "Events accepted for delivery", registry=r)
         self.notifications = Counter(
-            "hipchatd_notifications", "Messages HipChat accepted", ["api_version"], registry=r
+            NOTIFICATIONS, "Messages HipChat accepted", ["api_version"], registry=r
         )
         self.notifications_failed = Counter(
-            "hipchatd_notifications_failed", "Failed attempts, by reason", ["reason"], registry=r
+            NOTIFICATIONS_FAILED, "Failed attempts, by reason", ["reason"], registry=r
         )
         self.notification_latency = Histogram(
-            "hipchatd_notification_latency_seconds",
+            NOTIFICATION_LATENCY,
             "Acceptance to HipChat's confirmation",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
             registry=r,
         )
-        self.connections_open = Gauge(
-            "hipchatd_connections_open", "Sensu connections being read", registry=r
-        )
+        self.connections_open = Gauge(CONNECTIONS_OPEN, "Sensu connections being read", registry=r)
         self.ratelimit_remaining = Gauge(
-            "hipchatd_ratelimit_remaining", "HipChat's last X-Ratelimit-Remaining", registry=r
+            RATELIMIT_REMAINING, "HipChat's last X-Ratelimit-Remaining", registry=r
         )
         self.spool_events = Gauge(
-            "hipchatd_spool_events", "Spooled deliveries, by state", ["state"], registry=r
+            SPOOL_EVENTS, "Spooled deliveries, by state", ["state"], registry=r
         )
         self.internal_errors_total = Counter(
-            "hipchatd_internal_errors",
+            INTERNAL_ERRORS,
             "Unexpected exceptions caught at a fault boundary (bugs), by where",
             ["where"],
             registry=r,

@@ -29,6 +29,7 @@ from hipchatd.errors import FrameTooLarge
 from hipchatd.framing import Decoder, Document, Rejected
 from hipchatd.metrics import Metrics
 from hipchatd.peers import LOG_WINDOW, AllowFrom, allowed, peer_address, warn_limited
+from hipchatd.reasons import RejectReason
 
 __all__ = ["ConnectionHandler", "Sink", "reject", "serve_tcp", "serve_udp"]
 
@@ -63,18 +64,19 @@ def _peer_name(address: Any) -> str:
     return str(address) if address else "unknown"
 
 
-def _reason_key(reason: str) -> str:
-    if reason.startswith("not UTF-8"):
-        return "not_utf8"
-    if reason.startswith(("truncated", "incomplete", "empty")):
-        return "truncated"
-    return "invalid_json"
-
-
 def reject(
-    metrics: Metrics, key: str, *, peer: str, transport: str, nbytes: int, reason: str, **extra: Any
+    metrics: Metrics,
+    key: RejectReason,
+    *,
+    peer: str,
+    transport: str,
+    nbytes: int,
+    reason: str,
+    **extra: Any,
 ) -> None:
     """Count and log one piece of input that is not used: one counter, one WARNING line.
+
+    ``key`` is the counter's label; ``reason`` says the same in words for the log.
 
     The line is written only while the peer host's share of the log lasts
     (:class:`hipchatd.peers.RejectLog`); the counter counts every rejection.
@@ -101,7 +103,7 @@ def _refused(
     host = address[0] if isinstance(address, tuple) and address else None
     if allowed(allow_from(), host):
         return False
-    metrics.rejected["not_allowed"].inc()
+    metrics.rejected[RejectReason.NOT_ALLOWED].inc()
     warn_limited(
         metrics,
         "connection.refused" if transport == "tcp" else "input.rejected",
@@ -138,7 +140,7 @@ def _handle_frames(
         else:
             reject(
                 metrics,
-                _reason_key(frame.reason),
+                frame.kind,
                 peer=peer,
                 transport=transport,
                 nbytes=frame.nbytes,
@@ -306,7 +308,7 @@ class ConnectionHandler:
                 self.metrics.received["tcp"].inc()
                 reject(
                     self.metrics,
-                    "frame_too_large",
+                    RejectReason.FRAME_TOO_LARGE,
                     peer=peer,
                     transport="tcp",
                     nbytes=exc.size,
@@ -319,7 +321,7 @@ class ConnectionHandler:
                 log.info("connection.reset", peer=peer, conn_id=conn_id, error=str(exc))
                 return
         if scope.cancelled_caught:
-            self.metrics.rejected["idle_timeout"].inc()
+            self.metrics.rejected[RejectReason.IDLE_TIMEOUT].inc()
             warn_limited(
                 self.metrics,
                 "connection.timed_out",
@@ -407,7 +409,7 @@ def _handle_datagram(
         metrics.received["udp"].inc()
         reject(
             metrics,
-            "frame_too_large",
+            RejectReason.FRAME_TOO_LARGE,
             peer=peer,
             transport="udp",
             nbytes=len(data),

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from hipchatd.config import Framing
 from hipchatd.errors import FrameTooLarge
 from hipchatd.framing import Decoder, Document, Rejected, preview
+from hipchatd.reasons import RejectReason
 
 FIXTURES = Path(__file__).parent / "fixtures"
 #: Sensu Classic's json mutator output: one compact line, no trailing newline.
@@ -168,11 +169,17 @@ def test_only_check_output_text_is_rejected_with_preview() -> None:
     frames = decode([output])
     assert frames == [
         Rejected(
+            RejectReason.INVALID_JSON,
             "invalid JSON: Expecting value at line 1 column 1",
             45,
             "CheckHTTP CRITICAL: 500 Internal Server Error",
         ),
-        Rejected("invalid JSON: Expecting value at line 1 column 1", 11, "second line"),
+        Rejected(
+            RejectReason.INVALID_JSON,
+            "invalid JSON: Expecting value at line 1 column 1",
+            11,
+            "second line",
+        ),
     ]
 
 
@@ -181,7 +188,9 @@ def test_stray_closing_bracket_rejects_its_line_and_resyncs() -> None:
     for size in (1, len(stream)):
         frames = decode(every(stream, size))
         assert [type(f) for f in frames] == [Document, Rejected, Rejected, Document]
-        assert frames[1] == Rejected("invalid JSON: Expecting value at line 1 column 1", 1, "}")
+        assert frames[1] == Rejected(
+            RejectReason.INVALID_JSON, "invalid JSON: Expecting value at line 1 column 1", 1, "}"
+        )
         assert frames[2].nbytes == len(b']{"lost":true}')
         assert frames[3] == Document({"b": 2}, 7)
 
@@ -203,6 +212,7 @@ def test_invalid_json_reason_names_line_and_column() -> None:
     stream = b'{\n  "a": 1,\n  "b": }'
     [frame] = decode([stream])
     assert frame == Rejected(
+        RejectReason.INVALID_JSON,
         "invalid JSON: Expecting value at line 3 column 8",
         len(stream),
         '{\\n  "a": 1,\\n  "b": }',
@@ -214,7 +224,12 @@ def test_non_utf8_is_rejected_and_later_documents_survive() -> None:
     for size in (1, len(stream)):
         frames = decode(every(stream, size))
         assert frames == [
-            Rejected("not UTF-8: invalid continuation byte at offset 9", 12, '{"a":"caf\\xe9"}'),
+            Rejected(
+                RejectReason.NOT_UTF8,
+                "not UTF-8: invalid continuation byte at offset 9",
+                12,
+                '{"a":"caf\\xe9"}',
+            ),
             Document({"b": 2}, 7),
         ]
 
@@ -232,6 +247,7 @@ def test_incomplete_document_at_close_is_rejected() -> None:
         frames = decode(every(stream, size))
         assert frames[0] == Document({"a": 1}, 7)
         assert frames[1] == Rejected(
+            RejectReason.TRUNCATED,
             "incomplete JSON at end of stream: 3 unclosed bracket(s) inside a string",
             26,
             '{"b":[1,{"c":"unterminated',
@@ -287,7 +303,12 @@ def test_eof_mode_parses_the_whole_stream_once() -> None:
 
 def test_eof_mode_rejects_concatenated_documents() -> None:
     [frame] = decode([b'{"a":1}{"b":2}'], "eof")
-    assert frame == Rejected("invalid JSON: Extra data at line 1 column 8", 14, '{"a":1}{"b":2}')
+    assert frame == Rejected(
+        RejectReason.INVALID_JSON,
+        "invalid JSON: Extra data at line 1 column 8",
+        14,
+        '{"a":1}{"b":2}',
+    )
 
 
 # -- newline mode -----------------------------------------------------------------
@@ -321,7 +342,10 @@ def test_length_prefixed_frames() -> None:
                 Document(json.loads(GO_PRETTY), len(GO_PRETTY)),
             ]
             assert frames[2] == Rejected(
-                "invalid JSON: Expecting value at line 1 column 1", 8, "not json"
+                RejectReason.INVALID_JSON,
+                "invalid JSON: Expecting value at line 1 column 1",
+                8,
+                "not json",
             )
 
 
@@ -334,21 +358,58 @@ def test_length_prefixed_payload_may_hold_newlines_and_concatenations() -> None:
 
 def test_zero_length_frame_is_rejected() -> None:
     frames = decode([length_prefixed(b"", b"[1]")], "length")
-    assert frames == [Rejected("empty frame", 0, ""), Document([1], 3)]
+    assert frames == [Rejected(RejectReason.TRUNCATED, "empty frame", 0, ""), Document([1], 3)]
 
 
 def test_truncated_length_frame_at_close() -> None:
     stream = length_prefixed(b"[1]") + struct.pack(">I", 10) + b"[1,2"
     assert decode([stream], "length") == [
         Document([1], 3),
-        Rejected("truncated length-prefixed frame: got 4 of 10 bytes", 4, "[1,2"),
+        Rejected(
+            RejectReason.TRUNCATED, "truncated length-prefixed frame: got 4 of 10 bytes", 4, "[1,2"
+        ),
     ]
 
 
 def test_truncated_length_prefix_at_close() -> None:
     assert decode([b"\x00\x00"], "auto") == [
-        Rejected("truncated length prefix: got 2 of 4 bytes", 2, "\\x00\\x00")
+        Rejected(
+            RejectReason.TRUNCATED, "truncated length prefix: got 2 of 4 bytes", 2, "\\x00\\x00"
+        )
     ]
+
+
+_DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.mark.parametrize(
+    ("mode", "stream", "kind", "words"),
+    [
+        ("auto", b'{"a":}\n', RejectReason.INVALID_JSON, "invalid JSON: "),
+        ("auto", b"CheckHTTP CRITICAL\n", RejectReason.INVALID_JSON, "invalid JSON: "),
+        ("auto", _DEEP, RejectReason.INVALID_JSON, "invalid JSON: nested too deeply"),
+        ("newline", b"1" * 5_000 + b"\n", RejectReason.INVALID_JSON, "invalid JSON: Exceeds"),
+        ("eof", b'{"a":1}{"b":2}', RejectReason.INVALID_JSON, "invalid JSON: Extra data"),
+        ("length", length_prefixed(b"{x}"), RejectReason.INVALID_JSON, "invalid JSON: "),
+        ("auto", b'{"a":"caf\xe9"}', RejectReason.NOT_UTF8, "not UTF-8: "),
+        ("newline", b"\xff\n", RejectReason.NOT_UTF8, "not UTF-8: "),
+        ("eof", b"\xff", RejectReason.NOT_UTF8, "not UTF-8: "),
+        ("length", length_prefixed(b'"\xff"'), RejectReason.NOT_UTF8, "not UTF-8: "),
+        ("auto", b'{"a":[1', RejectReason.TRUNCATED, "incomplete JSON at end of stream"),
+        ("length", b"\x00\x00", RejectReason.TRUNCATED, "truncated length prefix"),
+        ("length", length_prefixed(b"[1,2]")[:-1], RejectReason.TRUNCATED, "truncated length-"),
+        ("length", length_prefixed(b""), RejectReason.TRUNCATED, "empty frame"),
+    ],
+)
+def test_each_rejection_carries_its_reason(
+    mode: Framing, stream: bytes, kind: RejectReason, words: str
+) -> None:
+    """The metric label is decided here, with the words for the log beside it."""
+    for chunks in ([stream], every(stream, 3)):
+        [frame] = decode(chunks, mode)
+        assert isinstance(frame, Rejected)
+        assert frame.kind is kind
+        assert frame.reason.startswith(words)
 
 
 def test_auto_mode_first_byte_decides() -> None:

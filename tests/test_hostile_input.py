@@ -30,6 +30,7 @@ from hipchatd.errors import EventError
 from hipchatd.events import MAX_NAME_CHARS, parse_event
 from hipchatd.framing import Document, Rejected, preview
 from hipchatd.metrics import Metrics
+from hipchatd.reasons import RejectReason
 from tests import hostile
 from tests.conftest import StartDaemon, classic_event, send_tcp, send_udp, wait_until
 from tests.hostile import (
@@ -400,7 +401,7 @@ async def test_a_sink_bug_loses_only_its_frame() -> None:
     frames = [
         _document('{"bug":true}'),
         _document('{"ok":1}'),
-        Rejected("invalid JSON: x", 3, "{x}"),
+        Rejected(RejectReason.INVALID_JSON, "invalid JSON: x", 3, "{x}"),
     ]
     with capture_logs() as logs:
         server._handle_frames(frames, sink, metrics, "127.0.0.1:9", "tcp")
@@ -414,6 +415,50 @@ async def test_a_sink_bug_loses_only_its_frame() -> None:
     assert caught["peer"] == "127.0.0.1:9"
     assert caught["transport"] == "tcp"
     assert caught["exc_info"] is True
+
+
+async def test_the_counter_takes_the_frames_reason_not_its_words() -> None:
+    """Each framing rejection is counted under its RejectReason; the words go to the log."""
+    metrics = Metrics()
+    frames = [
+        Rejected(RejectReason.NOT_UTF8, "invalid JSON: words that say otherwise", 3, "abc"),
+        Rejected(RejectReason.TRUNCATED, "empty frame", 0, ""),
+        Rejected(RejectReason.INVALID_JSON, "not UTF-8 (the words again)", 1, "x"),
+    ]
+    with capture_logs() as logs:
+        server._handle_frames(frames, lambda *_: None, metrics, "127.0.0.1:9", "udp")
+    rejected = {
+        reason: metrics.value("hipchatd_events_rejected_total", reason=reason)
+        for reason in RejectReason
+    }
+    assert {reason: n for reason, n in rejected.items() if n} == {
+        "not_utf8": 1,
+        "truncated": 1,
+        "invalid_json": 1,
+    }
+    assert [(line["event"], line["reason"]) for line in logs] == [
+        ("input.rejected", "invalid JSON: words that say otherwise"),
+        ("input.rejected", "empty frame"),
+        ("input.rejected", "not UTF-8 (the words again)"),
+    ]
+
+
+async def test_an_oversized_datagram_is_counted_as_frame_too_large() -> None:
+    metrics = Metrics()
+    sunk: list[Document] = []
+    datagram = b"[" + b"1," * 600 + b"1]"
+    settings = DaemonSettings(max_frame_bytes=1024)
+    with capture_logs() as logs:
+        server._handle_datagram(
+            datagram, "127.0.0.1:9", "auto", settings, lambda d, *_: sunk.append(d), metrics
+        )
+    assert sunk == []
+    assert metrics.value("hipchatd_events_received_total", transport="udp") == 1
+    assert metrics.value("hipchatd_events_rejected_total", reason="frame_too_large") == 1
+    [line] = logs
+    assert line["event"] == "input.rejected"
+    assert line["nbytes"] == len(datagram)
+    assert line["reason"] == "frame of at least 1203 bytes exceeds max_frame_bytes=1024"
 
 
 async def test_a_datagram_bug_loses_only_that_datagram(

@@ -1,0 +1,46 @@
+"""Why input is refused: the values of ``hipchatd_events_rejected_total{reason}``.
+
+The reason is decided where the input is refused (framing, the listeners,
+the intake) and travels as a :class:`RejectReason`; the metrics take their
+label set from the same enum, so no code reads a reason back out of
+message text. The human-readable text (what, where, what was expected)
+travels beside it and goes to the log.
+
+This module imports nothing from hipchatd: framing is pure and the metric
+instruments sit below everything that counts, so both must be able to
+import it without pulling in anything above them.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["RejectReason"]
+
+
+class RejectReason(enum.StrEnum):
+    """One label of ``hipchatd_events_rejected_total``; the value is the label.
+
+    The order is the order of the samples on ``/metrics``.
+    """
+
+    #: a frame that is not JSON (framing)
+    INVALID_JSON = "invalid_json"
+    #: a frame that is not valid UTF-8 (framing)
+    NOT_UTF8 = "not_utf8"
+    #: a JSON document that is not a Sensu event (intake)
+    NOT_EVENT = "not_event"
+    #: a frame cut short by the end of the stream, or an empty length-prefixed frame (framing)
+    TRUNCATED = "truncated"
+    #: a frame over ``max_frame_bytes``; the connection is closed (listeners)
+    FRAME_TOO_LARGE = "frame_too_large"
+    #: no complete event within ``idle_timeout``; the connection is closed (listeners)
+    IDLE_TIMEOUT = "idle_timeout"
+    #: kept at 0: past ``max_connections`` connections wait in the backlog, none is refused
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+    #: the spool holds ``max_spool_events`` deliveries, or could not store the event (intake)
+    SPOOL_FULL = "spool_full"
+    #: an event routed to more than ``max_targets_per_event`` targets (intake)
+    TOO_MANY_TARGETS = "too_many_targets"
+    #: a peer outside ``allow_from``, dropped unread (listeners)
+    NOT_ALLOWED = "not_allowed"
