@@ -101,6 +101,8 @@ __all__ = [
     "Entry",
     "Spool",
     "SpoolError",
+    "SpoolReadError",
+    "SpoolWriteError",
     "add_arguments",
     "format_age",
     "run",
@@ -225,7 +227,27 @@ _DOES_NOT_FIT: Final = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_TOOBIG})
 
 
 class SpoolError(HipchatdError):
-    """The spool cannot be opened or read; the message names the path and the fix."""
+    """The spool cannot be opened or used; the message names the path and the fix.
+
+    No ``sqlite3`` exception leaves this module: each is raised as a SpoolError
+    (or a subclass) ``from`` the original, so callers catch hipchatd's types only.
+    """
+
+
+class SpoolReadError(SpoolError):
+    """Reading the spool back failed (``load_pending``, ``load_documents``, ``list_dead``).
+
+    The message names the operation, the path and SQLite's cause; the spool
+    stays usable, so a caller may try again later.
+    """
+
+
+class SpoolWriteError(SpoolError):
+    """A commit failed in a way retrying cannot fix (a constraint or misuse: a bug).
+
+    Ends ``run``. Failures a retry may fix (a full disk, an I/O error, a lock)
+    never raise: ``run`` logs them and retries every ``WRITE_RETRY``.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -466,16 +488,29 @@ class Spool:
         Entries an operator re-queued while the daemon was down are returned
         like the rest, with attempts and error reset and ``accepted_at`` now.
         """
-        self._data_version, entries = await self._call(partial(_load_pending, now=unix_now()))
+        self._data_version, entries = await self._read(
+            "the pending entries", partial(_load_pending, now=unix_now())
+        )
         return entries
 
     async def load_documents(self, ids: Sequence[int]) -> dict[int, str]:
-        """The documents of these pending entries; ids not pending are absent."""
-        return await self._call(partial(_load_documents, ids=list(ids)))
+        """The documents of these pending entries; ids not pending are absent.
+
+        Raises SpoolReadError when SQLite cannot read them.
+        """
+        return await self._read("event documents", partial(_load_documents, ids=list(ids)))
 
     async def list_dead(self) -> list[DeadEntry]:
         """Every dead-lettered entry, oldest id first."""
-        return await self._call(_list_dead)
+        return await self._read("the dead entries", _list_dead)
+
+    async def _read(self, what: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return await self._call(fn)
+        except sqlite3.Error as exc:
+            raise SpoolReadError(
+                f"cannot read {what} from the spool {self._path}: {_cause(exc)}"
+            ) from exc
 
     async def wait_for_room(self) -> None:
         """Return once fewer than ``HIGH_WATER`` new entries wait for their commit.
@@ -512,8 +547,9 @@ class Spool:
         set False, and ``on_refused`` gets its entries, in acceptance order
         with the ``on_committed`` calls. Any other failed commit logs
         ``spool.write_failed``, sets ``writable`` False and is retried every
-        ``WRITE_RETRY`` with its work kept. Every ``RETRY_POLL`` the file is
-        checked (``file_problem``).
+        ``WRITE_RETRY`` with its work kept; a failure no retry can fix (a
+        constraint or misuse: a bug) ends ``run`` with SpoolWriteError. Every
+        ``RETRY_POLL`` the file is checked (``file_problem``).
 
         On cancellation, a commit already running on the worker thread
         finishes first (SQLite cannot be stopped mid-transaction; at worst
@@ -527,9 +563,12 @@ class Spool:
             raise SpoolError(f"the spool {self._path} is closed")
         task_status.started()
         try:
-            await self._write_loop(on_committed, on_refused)
-        finally:
-            await self._shutdown()
+            try:
+                await self._write_loop(on_committed, on_refused)
+            finally:
+                await self._shutdown()
+        except sqlite3.Error as exc:
+            raise self._write_error(exc) from exc
 
     async def aclose(self) -> None:
         """Commit what is buffered (within ``SHUTDOWN_FLUSH``, shielded) and close.
@@ -537,7 +576,13 @@ class Spool:
         Idempotent. For a spool whose ``run`` task was started, cancel that
         task instead: it closes the spool on its way out.
         """
-        await self._shutdown()
+        try:
+            await self._shutdown()
+        except sqlite3.Error as exc:
+            raise self._write_error(exc) from exc
+
+    def _write_error(self, exc: sqlite3.Error) -> SpoolWriteError:
+        return SpoolWriteError(f"cannot commit to the spool {self._path}: {_cause(exc)}")
 
     async def _write_loop(
         self,
@@ -792,6 +837,12 @@ class Spool:
 
 
 # --- worker-thread functions: each one owns the connection while it runs -------------------
+
+
+def _cause(exc: sqlite3.Error) -> str:
+    """SQLite's message, with its error name when it has one (``disk I/O error (SQLITE_IOERR)``)."""
+    name = getattr(exc, "sqlite_errorname", None)
+    return f"{exc} ({name})" if name else str(exc) or type(exc).__name__
 
 
 def _is_transient(exc: sqlite3.DatabaseError) -> bool:

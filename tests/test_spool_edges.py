@@ -20,11 +20,22 @@ import trio
 from structlog.testing import capture_logs
 from trio.testing import MockClock
 
+import hipchatd.spool as spool_module
 from hipchatd.config import Listen
 from hipchatd.emulator import Emulator
 from hipchatd.events import Event, parse_event
 from hipchatd.routing import Target
-from hipchatd.spool import RETRY_POLL, SCHEMA_VERSION, SPOOL_FILE, Entry, Spool, _os_cause
+from hipchatd.spool import (
+    RETRY_POLL,
+    SCHEMA_VERSION,
+    SPOOL_FILE,
+    Entry,
+    Spool,
+    SpoolError,
+    SpoolReadError,
+    SpoolWriteError,
+    _os_cause,
+)
 from tests.conftest import StartDaemon, classic_event, load_fixture, send_tcp, wait_until
 from tests.test_spool import DOCUMENT, EVENT, OPS, Committed, spool_cli
 
@@ -461,6 +472,77 @@ async def test_healthz_turns_503_when_the_spool_file_is_deleted_or_replaced(
     assert replaced.status_code == 503
     assert replaced.json()["reason"].startswith(f"spool file {path} was replaced")
     assert "restart hipchatd" in replaced.json()["reason"]
+
+
+# --- sqlite3 errors leave the spool as SpoolError ------------------------------------------
+
+
+async def test_reads_sqlite_cannot_do_raise_spool_read_error(tmp_path: Path) -> None:
+    """A closed connection under every read: SpoolReadError naming what, where and why."""
+    with trio.fail_after(30):
+        spool = await Spool.open(str(tmp_path), max_events=10)
+        async with running(spool) as (committed, _):
+            assert spool.submit(EVENT, DOCUMENT, [OPS], 1.0)
+            [entry] = await committed.wait_for(1)
+            assert spool._conn is not None
+            spool._conn.close()
+            reads = {
+                "event documents": spool.load_documents([entry.id]),
+                "the pending entries": spool.load_pending(),
+                "the dead entries": spool.list_dead(),
+            }
+            for what, read in reads.items():
+                with pytest.raises(SpoolReadError) as raised:
+                    await read
+                assert str(raised.value) == (
+                    f"cannot read {what} from the spool {spool.path}: "
+                    "Cannot operate on a closed database."
+                )
+                assert isinstance(raised.value, SpoolError)
+                assert isinstance(raised.value.__cause__, sqlite3.ProgrammingError)
+
+
+async def test_a_read_error_names_sqlites_error_and_the_spool_stays_usable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(conn: sqlite3.Connection, ids: list[int]) -> dict[int, str]:
+        conn.execute("SELECT document FROM no_such_table")
+        raise AssertionError("unreachable")
+
+    with trio.fail_after(30):
+        spool = await Spool.open(str(tmp_path), max_events=10)
+        async with running(spool) as (committed, _):
+            assert spool.submit(EVENT, DOCUMENT, [OPS], 1.0)
+            [entry] = await committed.wait_for(1)
+            with monkeypatch.context() as patched:
+                patched.setattr(spool_module, "_load_documents", broken)
+                with pytest.raises(SpoolReadError) as raised:
+                    await spool.load_documents([entry.id])
+            assert str(raised.value) == (
+                f"cannot read event documents from the spool {spool.path}: "
+                "no such table: no_such_table (SQLITE_ERROR)"
+            )
+            assert isinstance(raised.value.__cause__, sqlite3.OperationalError)
+            assert await spool.load_documents([entry.id]) == {entry.id: DOCUMENT}
+
+
+async def test_a_commit_no_retry_can_fix_ends_run_with_spool_write_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def constraint(conn: sqlite3.Connection, batch: list[list[Entry]]) -> int:
+        raise sqlite3.IntegrityError("UNIQUE constraint failed: pending.id")
+
+    monkeypatch.setattr(spool_module, "_write_batch", constraint)
+    with trio.fail_after(30):
+        spool = await Spool.open(str(tmp_path), max_events=10)
+        assert spool.submit(EVENT, DOCUMENT, [OPS], 1.0)
+        with pytest.raises(SpoolWriteError) as raised:
+            await spool.run(Committed())
+    assert str(raised.value) == (
+        f"cannot commit to the spool {spool.path}: UNIQUE constraint failed: pending.id"
+    )
+    assert isinstance(raised.value.__cause__, sqlite3.IntegrityError)
+    assert spool.closed
 
 
 # --- the daemon around the spool -------------------------------------------------------------
