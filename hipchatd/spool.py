@@ -77,7 +77,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from itertools import chain
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeAlias, TypeVar
 
 import structlog
 import trio
@@ -99,6 +99,7 @@ __all__ = [
     "WRITE_RETRY",
     "DeadEntry",
     "Entry",
+    "EventEntries",
     "Spool",
     "SpoolError",
     "SpoolReadError",
@@ -287,12 +288,18 @@ class DeadEntry:
     error: str | None
 
 
+#: One event's entries with the handle given to ``Spool.submit`` (None for entries no
+#: ``submit`` call made: re-queued by ``hipchatd spool retry``). Commits hand these out,
+#: so a caller matches what was committed (or refused) to what it submitted by identity.
+EventEntries: TypeAlias = tuple[object, list[Entry]]
+
+
 @dataclass(slots=True)
 class _Batch:
     """Work for the next commit: its marks (one transaction), then its new events."""
 
-    #: the entries of each new event (consecutive ids), in acceptance order.
-    events: list[list[Entry]] = field(default_factory=list)
+    #: each new event (its handle and its entries, consecutive ids), in acceptance order.
+    events: list[EventEntries] = field(default_factory=list)
     #: entries in ``events``.
     entries: int = 0
     #: (error, id)
@@ -313,9 +320,9 @@ class _Batch:
         self.dead[:0] = older.dead
         self.delivered[:0] = older.delivered
 
-    def prepend_events(self, older: list[list[Entry]]) -> None:
+    def prepend_events(self, older: list[EventEntries]) -> None:
         self.events[:0] = older
-        self.entries += sum(len(e) for e in older)
+        self.entries += sum(len(entries) for _, entries in older)
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,7 +437,12 @@ class Spool:
     # --- the daemon's side: buffer now, commit in run() -------------------------------------
 
     def submit(
-        self, event: Event, document: str, targets: Sequence[Target], accepted_at: float
+        self,
+        event: Event,
+        document: str,
+        targets: Sequence[Target],
+        accepted_at: float,
+        handle: object = None,
     ) -> bool:
         """Buffer one entry per target for the next group commit. Never blocks.
 
@@ -438,7 +450,10 @@ class Spool:
         in-flight and buffered entries plus ``len(targets)`` would exceed
         ``max_events`` (the caller logs the refusal), or once the spool is
         closed. The event is accepted only when ``on_committed`` sees its
-        entries.
+        entries: they come back together, as ``(handle, entries)``, ``handle``
+        being this object (``on_refused`` gets the same pair if the event
+        cannot be stored). With no targets there is nothing to store: True,
+        and ``handle`` never comes back.
         """
         count = len(targets)
         if self._closed or self._pending + self._unflushed + count > self._max_events:
@@ -451,7 +466,7 @@ class Spool:
             Entry(first + k, accepted_at, document, source, check, target, 0, None)
             for k, target in enumerate(targets)
         ]
-        self._buffer.events.append(entries)
+        self._buffer.events.append((handle, entries))
         self._buffer.entries += count
         self._next_id = first + count
         self._unflushed += count
@@ -531,25 +546,28 @@ class Spool:
 
     async def run(
         self,
-        on_committed: Callable[[list[Entry]], None],
+        on_committed: Callable[[list[EventEntries]], None],
         *,
-        on_refused: Callable[[list[Entry]], None] | None = None,
+        on_refused: Callable[[EventEntries], None] | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Commit buffered work until cancelled; then flush what is left and close.
 
-        After each commit, ``on_committed`` gets the new entries (ids set, in
-        acceptance order), synchronously in this task; every ``RETRY_POLL``
-        it also gets the entries ``hipchatd spool retry`` re-queued. Marks
-        commit before new entries, in their own transaction. New events that
-        do not fit (``SQLITE_FULL``) are written in halves; an event that
-        alone does not fit is refused: ``event.refused`` is logged, ``writable``
-        set False, and ``on_refused`` gets its entries, in acceptance order
-        with the ``on_committed`` calls. Any other failed commit logs
-        ``spool.write_failed``, sets ``writable`` False and is retried every
-        ``WRITE_RETRY`` with its work kept; a failure no retry can fix (a
-        constraint or misuse: a bug) ends ``run`` with SpoolWriteError. Every
-        ``RETRY_POLL`` the file is checked (``file_problem``).
+        After each commit, ``on_committed`` gets the new events, in acceptance
+        order, each as ``(handle, entries)``: the handle given to ``submit``
+        and all of that event's entries (ids set), synchronously in this task;
+        an event's entries are always committed together. Every ``RETRY_POLL``
+        it also gets the entries ``hipchatd spool retry`` re-queued, as one
+        ``(None, entries)``. Marks commit before new entries, in their own
+        transaction. New events that do not fit (``SQLITE_FULL``) are written
+        in halves; an event that alone does not fit is refused: ``event.refused``
+        is logged, ``writable`` set False, and ``on_refused`` gets its
+        ``(handle, entries)``, in acceptance order with the ``on_committed``
+        calls. Any other failed commit logs ``spool.write_failed``, sets
+        ``writable`` False and is retried every ``WRITE_RETRY`` with its work
+        kept; a failure no retry can fix (a constraint or misuse: a bug) ends
+        ``run`` with SpoolWriteError. Every ``RETRY_POLL`` the file is checked
+        (``file_problem``).
 
         On cancellation, a commit already running on the worker thread
         finishes first (SQLite cannot be stopped mid-transaction; at worst
@@ -586,8 +604,8 @@ class Spool:
 
     async def _write_loop(
         self,
-        on_committed: Callable[[list[Entry]], None],
-        on_refused: Callable[[list[Entry]], None] | None,
+        on_committed: Callable[[list[EventEntries]], None],
+        on_refused: Callable[[EventEntries], None] | None,
     ) -> None:
         next_poll = trio.current_time() + RETRY_POLL
         while True:
@@ -604,12 +622,12 @@ class Spool:
                 requeued = await self._pick_up_requeued()
                 next_poll = trio.current_time() + RETRY_POLL
                 if requeued:
-                    on_committed(requeued)
+                    on_committed([(None, requeued)])
 
     async def _commit(
         self,
-        on_committed: Callable[[list[Entry]], None] | None,
-        on_refused: Callable[[list[Entry]], None] | None,
+        on_committed: Callable[[list[EventEntries]], None] | None,
+        on_refused: Callable[[EventEntries], None] | None,
         *,
         abandon_on_cancel: bool,
     ) -> bool:
@@ -620,7 +638,7 @@ class Spool:
         # A burst becomes several transactions (whole events each): commit latency and WAL size
         # stay bounded, and measured throughput is the same as one huge transaction.
         taken = entries = 0
-        for event in batch.events:
+        for _, event in batch.events:
             if taken and entries + len(event) > BATCH:
                 break
             taken += 1
@@ -686,9 +704,9 @@ class Spool:
 
     async def _write_events(
         self,
-        events: list[list[Entry]],
-        on_committed: Callable[[list[Entry]], None] | None,
-        on_refused: Callable[[list[Entry]], None] | None,
+        events: list[EventEntries],
+        on_committed: Callable[[list[EventEntries]], None] | None,
+        on_refused: Callable[[EventEntries], None] | None,
         abandon_on_cancel: bool,
     ) -> bool:
         """Commit ``events``, halving pieces that do not fit; refuse an event that alone does not.
@@ -711,7 +729,7 @@ class Spool:
                                 path=self._path,
                                 error=str(exc),
                                 events=len(piece),
-                                entries=sum(len(e) for e in piece),
+                                entries=sum(len(e) for _, e in piece),
                             )
                         half = len(piece) // 2
                         pieces += (piece[half:], piece[:half])
@@ -723,7 +741,7 @@ class Spool:
                 self._work.set()
                 if not _is_transient(exc):
                     raise
-                self._write_failed(exc, entries=sum(len(e) for e in piece), items=len(piece))
+                self._write_failed(exc, entries=sum(len(e) for _, e in piece), items=len(piece))
                 return False
             except BaseException:
                 # Cancelled before the thread started, or abandoned: keep the events.
@@ -731,19 +749,19 @@ class Spool:
                 self._work.set()
                 raise
             self.transactions += 1
-            committed = [entry for event in piece for entry in event]
-            self._unflushed -= len(committed)
+            self._unflushed -= sum(len(entries) for _, entries in piece)
             self._pending += inserted
             if on_committed is not None:
-                on_committed(committed)
+                on_committed(piece)
         return not refused
 
     def _refuse(
         self,
-        entries: list[Entry],
+        event: EventEntries,
         exc: sqlite3.DatabaseError,
-        on_refused: Callable[[list[Entry]], None] | None,
+        on_refused: Callable[[EventEntries], None] | None,
     ) -> None:
+        entries = event[1]
         self._unflushed -= len(entries)
         self.writable = False
         first = entries[0]
@@ -759,7 +777,7 @@ class Spool:
             nbytes=len(first.document.encode(errors="replace")),
         )
         if on_refused is not None:
-            on_refused(entries)
+            on_refused(event)
 
     def _write_failed(self, exc: sqlite3.DatabaseError, *, entries: int, items: int) -> None:
         log.error(
@@ -1240,16 +1258,16 @@ def _documents(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, str]:
     return documents
 
 
-def _write_batch(conn: sqlite3.Connection, batch: list[list[Entry]]) -> int:
+def _write_batch(conn: sqlite3.Connection, batch: list[EventEntries]) -> int:
     """Insert these new events (each document once, then one entry per target): entries written."""
     # Every statement releases the GIL while SQLite works and must win it back from a busy
     # event loop (up to sys.getswitchinterval(), 5 ms, each time): so a whole batch is a few
     # statements, never one per row. Beside a busy thread, one per row managed 400 entries/s.
     encode = _encode_target
-    documents = [(event[0].id, len(event), event[0].document) for event in batch]
+    documents = [(event[0].id, len(event), event[0].document) for _, event in batch]
     entries = [
         (e.id, e.accepted_at, e.source, e.check, encode(e.target), event[0].id)
-        for event in batch
+        for _, event in batch
         for e in event
     ]
     with _transaction(conn):
