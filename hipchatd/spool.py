@@ -9,7 +9,8 @@ new events and keeps the oldest.
 Writes are grouped. ``submit`` and the ``mark_*`` calls are synchronous and
 only buffer; the ``run`` task commits what gathered within ``COMMIT_DELAY``
 (or as soon as ``BATCH`` items are waiting) in one transaction on a worker
-thread, then hands the new entries, with their ids, to ``on_committed``.
+thread, then hands each new event's entries, with their ids and the handle
+the event was submitted with, to ``on_committed``.
 One connection, used by one worker thread at a time (a ``CapacityLimiter(1)``).
 
 Durability: WAL journal with ``synchronous=NORMAL``. A commit survives the
@@ -806,7 +807,9 @@ class Spool:
             )
         except sqlite3.DatabaseError as exc:
             if not _is_transient(exc):
-                raise
+                raise SpoolReadError(
+                    f"cannot read re-queued entries from the spool {self._path}: {_cause(exc)}"
+                ) from exc
             log.error("spool.poll_failed", path=self._path, error=str(exc))
             return []
         self._data_version = version

@@ -42,6 +42,7 @@ from hipchatd.spool import (
     EventEntries,
     Spool,
     SpoolError,
+    SpoolReadError,
     add_arguments,
     format_age,
 )
@@ -413,6 +414,24 @@ async def test_the_shutdown_flush_is_bounded(
             assert incomplete["log_level"] == "error"
     finally:
         release.set()
+
+
+async def test_a_poll_no_retry_can_fix_ends_run_with_spool_read_error(
+    tmp_path: Path, thread_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def mismatch(conn: sqlite3.Connection, now: float, last_version: int | None) -> Any:
+        raise sqlite3.IntegrityError("datatype mismatch")
+
+    monkeypatch.setattr(spool_module, "_pick_up", mismatch)
+    with trio.fail_after(60):
+        spool = await Spool.open(str(tmp_path), max_events=100)
+        with pytest.raises(SpoolReadError) as raised:
+            await spool.run(Committed())
+    assert str(raised.value) == (
+        f"cannot read re-queued entries from the spool {spool.path}: datatype mismatch"
+    )
+    assert isinstance(raised.value.__cause__, sqlite3.IntegrityError)
+    assert spool.closed
 
 
 CRASH_SCRIPT = """
