@@ -24,7 +24,6 @@ import dataclasses
 import json
 import socket
 import sys
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -47,7 +46,7 @@ from hipchatd.peers import reject_log, warn_if_exposed
 from hipchatd.reasons import RejectReason
 from hipchatd.routing import route
 from hipchatd.server import ConnectionHandler, reject, serve_tcp, serve_udp
-from hipchatd.spool import Entry, Spool
+from hipchatd.spool import Entry, EventEntries, Spool
 from hipchatd.systemd import InheritedSocket
 
 __all__ = ["App", "run"]
@@ -57,9 +56,10 @@ log = structlog.get_logger()
 
 @dataclass(slots=True, eq=False)
 class _Submitted:
+    """The handle ``App.accept`` gives ``Spool.submit``: it comes back with the event's entries."""
+
     ticket: Ticket
     event: Event
-    entries_left: int
 
 
 @dataclass(eq=False)
@@ -78,7 +78,6 @@ class App:
     emulator_url: str | None = None
     stopping: bool = False
     _ingest: trio.CancelScope = field(default_factory=trio.CancelScope)
-    _submitted: deque[_Submitted] = field(default_factory=deque)
 
     def health(self) -> tuple[bool, str]:
         """For ``/healthz``: listeners serving and the spool writable, else why not."""
@@ -189,7 +188,11 @@ class App:
         accepted_at = unix_now()
         # json.dumps escapes lone surrogates; _too_deep has bounded its recursion.
         text = document.text or json.dumps(document.value, separators=(",", ":"))
-        if not self.spool.submit(event, text, targets, accepted_at):
+        # Sources and checks repeat across events: one string each for the lanes.
+        ticket = Ticket(
+            event.id, sys.intern(event.source), sys.intern(event.check), accepted_at, len(targets)
+        )
+        if not self.spool.submit(event, text, targets, accepted_at, _Submitted(ticket, event)):
             if self.spool.closed:
                 log.warning("event.refused", event_id=event.id, reason="shutting down")
                 return
@@ -204,32 +207,26 @@ class App:
                 max_spool_events=self.config.daemon.max_spool_events,
             )
             return
-        # Sources and checks repeat across events: one string each for the lanes.
-        ticket = Ticket(
-            event.id, sys.intern(event.source), sys.intern(event.check), accepted_at, len(targets)
-        )
-        self._submitted.append(_Submitted(ticket, event, len(targets)))
 
-    def _committed(self, entries: Sequence[Entry]) -> None:
-        """The spool committed ``entries``: they are accepted; hand them to the lanes."""
+    def _committed(self, events: Sequence[EventEntries]) -> None:
+        """The spool committed ``events``: they are accepted; hand their entries to the lanes.
+
+        Each event's entries come with the handle ``accept`` submitted them
+        with, all of them at once: the event is accepted here.
+        """
         batch: list[tuple[Entry, Ticket, Event | None]] = []
-        for entry in entries:
-            head = self._submitted[0] if self._submitted else None
-            if head is not None and entry.requeued is False:
-                batch.append((entry, head.ticket, head.event))
-                head.entries_left -= 1
-                if not head.entries_left:
-                    # Every target of the event is committed: the event is accepted.
-                    self._submitted.popleft()
-                    self.metrics.events_accepted.inc()
+        for submitted, entries in events:
+            if isinstance(submitted, _Submitted):
+                ticket, event = submitted.ticket, submitted.event
+                batch.extend((entry, ticket, event) for entry in entries)
+                self.metrics.events_accepted.inc()
             else:
                 # Re-queued from the dead-letter table by ``hipchatd spool retry``.
-                batch.append((entry, _ticket_for(entry), None))
+                batch.extend((entry, _ticket_for(entry), None) for entry in entries)
         self.dispatcher.enqueue(batch)
 
-    def _refused(self, entries: Sequence[Entry]) -> None:
-        """The spool could not store the oldest submitted event (it logged why): never accepted."""
-        self._submitted.popleft()
+    def _refused(self, event: EventEntries) -> None:
+        """The spool could not store this submitted event (it logged why): never accepted."""
         self.metrics.rejected[RejectReason.SPOOL_FULL].inc()
 
     def recover(self, entries: Sequence[Entry]) -> None:

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import random
-import sqlite3
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -58,7 +57,7 @@ from hipchatd.events import Event, parse_event
 from hipchatd.hipchat import HipChatClient, Outcome, OutcomeKind
 from hipchatd.metrics import Metrics
 from hipchatd.routing import Target
-from hipchatd.spool import Entry, Spool
+from hipchatd.spool import Entry, Spool, SpoolReadError
 
 __all__ = ["LANE_IDLE", "STUCK_SLACK", "Dispatcher", "Ticket", "backoff_delay"]
 
@@ -367,7 +366,7 @@ class Dispatcher:
             more = [lane.items[i] for i in range(len(batch), size)]
             try:
                 loaded = await self._events_for(more)
-            except sqlite3.DatabaseError as exc:
+            except SpoolReadError as exc:
                 # The spool could not be read back: like a failed request, try later.
                 grant.abandon()
                 lane.failures += 1

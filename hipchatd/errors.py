@@ -8,7 +8,11 @@
     ├── StartupError        the daemon cannot start: an address cannot be bound
     │                       (one line naming the address, the key and what to do)
     ├── EventError          a JSON document is not a Sensu event
-    └── FrameTooLarge       a frame is over ``max_frame_bytes``; the connection is closed
+    ├── FrameTooLarge       a frame is over ``max_frame_bytes``; the connection is closed
+    └── spool.SpoolError    the spool cannot be opened or used (the message names the
+        │                   path and the fix); no ``sqlite3`` exception leaves the spool
+        ├── SpoolReadError  reading entries or documents back failed; try again later
+        └── SpoolWriteError a commit failed in a way no retry fixes (a bug); ends ``run``
 
 ``hipchatd serve`` ends with one ERROR line per ``ConfigError`` problem,
 ``StartupError`` or ``spool.SpoolError`` (also when they arrive in an

@@ -9,7 +9,8 @@ new events and keeps the oldest.
 Writes are grouped. ``submit`` and the ``mark_*`` calls are synchronous and
 only buffer; the ``run`` task commits what gathered within ``COMMIT_DELAY``
 (or as soon as ``BATCH`` items are waiting) in one transaction on a worker
-thread, then hands the new entries, with their ids, to ``on_committed``.
+thread, then hands each new event's entries, with their ids and the handle
+the event was submitted with, to ``on_committed``.
 One connection, used by one worker thread at a time (a ``CapacityLimiter(1)``).
 
 Durability: WAL journal with ``synchronous=NORMAL``. A commit survives the
@@ -77,7 +78,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from itertools import chain
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeAlias, TypeVar
 
 import structlog
 import trio
@@ -99,8 +100,11 @@ __all__ = [
     "WRITE_RETRY",
     "DeadEntry",
     "Entry",
+    "EventEntries",
     "Spool",
     "SpoolError",
+    "SpoolReadError",
+    "SpoolWriteError",
     "add_arguments",
     "format_age",
     "run",
@@ -225,7 +229,27 @@ _DOES_NOT_FIT: Final = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_TOOBIG})
 
 
 class SpoolError(HipchatdError):
-    """The spool cannot be opened or read; the message names the path and the fix."""
+    """The spool cannot be opened or used; the message names the path and the fix.
+
+    No ``sqlite3`` exception leaves this module: each is raised as a SpoolError
+    (or a subclass) ``from`` the original, so callers catch hipchatd's types only.
+    """
+
+
+class SpoolReadError(SpoolError):
+    """Reading the spool back failed (``load_pending``, ``load_documents``, ``list_dead``).
+
+    The message names the operation, the path and SQLite's cause; the spool
+    stays usable, so a caller may try again later.
+    """
+
+
+class SpoolWriteError(SpoolError):
+    """A commit failed in a way retrying cannot fix (a constraint or misuse: a bug).
+
+    Ends ``run``. Failures a retry may fix (a full disk, an I/O error, a lock)
+    never raise: ``run`` logs them and retries every ``WRITE_RETRY``.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,12 +289,18 @@ class DeadEntry:
     error: str | None
 
 
+#: One event's entries with the handle given to ``Spool.submit`` (None for entries no
+#: ``submit`` call made: re-queued by ``hipchatd spool retry``). Commits hand these out,
+#: so a caller matches what was committed (or refused) to what it submitted by identity.
+EventEntries: TypeAlias = tuple[object, list[Entry]]
+
+
 @dataclass(slots=True)
 class _Batch:
     """Work for the next commit: its marks (one transaction), then its new events."""
 
-    #: the entries of each new event (consecutive ids), in acceptance order.
-    events: list[list[Entry]] = field(default_factory=list)
+    #: each new event (its handle and its entries, consecutive ids), in acceptance order.
+    events: list[EventEntries] = field(default_factory=list)
     #: entries in ``events``.
     entries: int = 0
     #: (error, id)
@@ -291,9 +321,9 @@ class _Batch:
         self.dead[:0] = older.dead
         self.delivered[:0] = older.delivered
 
-    def prepend_events(self, older: list[list[Entry]]) -> None:
+    def prepend_events(self, older: list[EventEntries]) -> None:
         self.events[:0] = older
-        self.entries += sum(len(e) for e in older)
+        self.entries += sum(len(entries) for _, entries in older)
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,7 +438,12 @@ class Spool:
     # --- the daemon's side: buffer now, commit in run() -------------------------------------
 
     def submit(
-        self, event: Event, document: str, targets: Sequence[Target], accepted_at: float
+        self,
+        event: Event,
+        document: str,
+        targets: Sequence[Target],
+        accepted_at: float,
+        handle: object = None,
     ) -> bool:
         """Buffer one entry per target for the next group commit. Never blocks.
 
@@ -416,7 +451,10 @@ class Spool:
         in-flight and buffered entries plus ``len(targets)`` would exceed
         ``max_events`` (the caller logs the refusal), or once the spool is
         closed. The event is accepted only when ``on_committed`` sees its
-        entries.
+        entries: they come back together, as ``(handle, entries)``, ``handle``
+        being this object (``on_refused`` gets the same pair if the event
+        cannot be stored). With no targets there is nothing to store: True,
+        and ``handle`` never comes back.
         """
         count = len(targets)
         if self._closed or self._pending + self._unflushed + count > self._max_events:
@@ -429,7 +467,7 @@ class Spool:
             Entry(first + k, accepted_at, document, source, check, target, 0, None)
             for k, target in enumerate(targets)
         ]
-        self._buffer.events.append(entries)
+        self._buffer.events.append((handle, entries))
         self._buffer.entries += count
         self._next_id = first + count
         self._unflushed += count
@@ -466,16 +504,29 @@ class Spool:
         Entries an operator re-queued while the daemon was down are returned
         like the rest, with attempts and error reset and ``accepted_at`` now.
         """
-        self._data_version, entries = await self._call(partial(_load_pending, now=unix_now()))
+        self._data_version, entries = await self._read(
+            "the pending entries", partial(_load_pending, now=unix_now())
+        )
         return entries
 
     async def load_documents(self, ids: Sequence[int]) -> dict[int, str]:
-        """The documents of these pending entries; ids not pending are absent."""
-        return await self._call(partial(_load_documents, ids=list(ids)))
+        """The documents of these pending entries; ids not pending are absent.
+
+        Raises SpoolReadError when SQLite cannot read them.
+        """
+        return await self._read("event documents", partial(_load_documents, ids=list(ids)))
 
     async def list_dead(self) -> list[DeadEntry]:
         """Every dead-lettered entry, oldest id first."""
-        return await self._call(_list_dead)
+        return await self._read("the dead entries", _list_dead)
+
+    async def _read(self, what: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return await self._call(fn)
+        except sqlite3.Error as exc:
+            raise SpoolReadError(
+                f"cannot read {what} from the spool {self._path}: {_cause(exc)}"
+            ) from exc
 
     async def wait_for_room(self) -> None:
         """Return once fewer than ``HIGH_WATER`` new entries wait for their commit.
@@ -496,24 +547,28 @@ class Spool:
 
     async def run(
         self,
-        on_committed: Callable[[list[Entry]], None],
+        on_committed: Callable[[list[EventEntries]], None],
         *,
-        on_refused: Callable[[list[Entry]], None] | None = None,
+        on_refused: Callable[[EventEntries], None] | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Commit buffered work until cancelled; then flush what is left and close.
 
-        After each commit, ``on_committed`` gets the new entries (ids set, in
-        acceptance order), synchronously in this task; every ``RETRY_POLL``
-        it also gets the entries ``hipchatd spool retry`` re-queued. Marks
-        commit before new entries, in their own transaction. New events that
-        do not fit (``SQLITE_FULL``) are written in halves; an event that
-        alone does not fit is refused: ``event.refused`` is logged, ``writable``
-        set False, and ``on_refused`` gets its entries, in acceptance order
-        with the ``on_committed`` calls. Any other failed commit logs
-        ``spool.write_failed``, sets ``writable`` False and is retried every
-        ``WRITE_RETRY`` with its work kept. Every ``RETRY_POLL`` the file is
-        checked (``file_problem``).
+        After each commit, ``on_committed`` gets the new events, in acceptance
+        order, each as ``(handle, entries)``: the handle given to ``submit``
+        and all of that event's entries (ids set), synchronously in this task;
+        an event's entries are always committed together. Every ``RETRY_POLL``
+        it also gets the entries ``hipchatd spool retry`` re-queued, as one
+        ``(None, entries)``. Marks commit before new entries, in their own
+        transaction. New events that do not fit (``SQLITE_FULL``) are written
+        in halves; an event that alone does not fit is refused: ``event.refused``
+        is logged, ``writable`` set False, and ``on_refused`` gets its
+        ``(handle, entries)``, in acceptance order with the ``on_committed``
+        calls. Any other failed commit logs ``spool.write_failed``, sets
+        ``writable`` False and is retried every ``WRITE_RETRY`` with its work
+        kept; a failure no retry can fix (a constraint or misuse: a bug) ends
+        ``run`` with SpoolWriteError. Every ``RETRY_POLL`` the file is checked
+        (``file_problem``).
 
         On cancellation, a commit already running on the worker thread
         finishes first (SQLite cannot be stopped mid-transaction; at worst
@@ -527,9 +582,12 @@ class Spool:
             raise SpoolError(f"the spool {self._path} is closed")
         task_status.started()
         try:
-            await self._write_loop(on_committed, on_refused)
-        finally:
-            await self._shutdown()
+            try:
+                await self._write_loop(on_committed, on_refused)
+            finally:
+                await self._shutdown()
+        except sqlite3.Error as exc:
+            raise self._write_error(exc) from exc
 
     async def aclose(self) -> None:
         """Commit what is buffered (within ``SHUTDOWN_FLUSH``, shielded) and close.
@@ -537,12 +595,18 @@ class Spool:
         Idempotent. For a spool whose ``run`` task was started, cancel that
         task instead: it closes the spool on its way out.
         """
-        await self._shutdown()
+        try:
+            await self._shutdown()
+        except sqlite3.Error as exc:
+            raise self._write_error(exc) from exc
+
+    def _write_error(self, exc: sqlite3.Error) -> SpoolWriteError:
+        return SpoolWriteError(f"cannot commit to the spool {self._path}: {_cause(exc)}")
 
     async def _write_loop(
         self,
-        on_committed: Callable[[list[Entry]], None],
-        on_refused: Callable[[list[Entry]], None] | None,
+        on_committed: Callable[[list[EventEntries]], None],
+        on_refused: Callable[[EventEntries], None] | None,
     ) -> None:
         next_poll = trio.current_time() + RETRY_POLL
         while True:
@@ -559,12 +623,12 @@ class Spool:
                 requeued = await self._pick_up_requeued()
                 next_poll = trio.current_time() + RETRY_POLL
                 if requeued:
-                    on_committed(requeued)
+                    on_committed([(None, requeued)])
 
     async def _commit(
         self,
-        on_committed: Callable[[list[Entry]], None] | None,
-        on_refused: Callable[[list[Entry]], None] | None,
+        on_committed: Callable[[list[EventEntries]], None] | None,
+        on_refused: Callable[[EventEntries], None] | None,
         *,
         abandon_on_cancel: bool,
     ) -> bool:
@@ -575,7 +639,7 @@ class Spool:
         # A burst becomes several transactions (whole events each): commit latency and WAL size
         # stay bounded, and measured throughput is the same as one huge transaction.
         taken = entries = 0
-        for event in batch.events:
+        for _, event in batch.events:
             if taken and entries + len(event) > BATCH:
                 break
             taken += 1
@@ -641,9 +705,9 @@ class Spool:
 
     async def _write_events(
         self,
-        events: list[list[Entry]],
-        on_committed: Callable[[list[Entry]], None] | None,
-        on_refused: Callable[[list[Entry]], None] | None,
+        events: list[EventEntries],
+        on_committed: Callable[[list[EventEntries]], None] | None,
+        on_refused: Callable[[EventEntries], None] | None,
         abandon_on_cancel: bool,
     ) -> bool:
         """Commit ``events``, halving pieces that do not fit; refuse an event that alone does not.
@@ -666,7 +730,7 @@ class Spool:
                                 path=self._path,
                                 error=str(exc),
                                 events=len(piece),
-                                entries=sum(len(e) for e in piece),
+                                entries=sum(len(e) for _, e in piece),
                             )
                         half = len(piece) // 2
                         pieces += (piece[half:], piece[:half])
@@ -678,7 +742,7 @@ class Spool:
                 self._work.set()
                 if not _is_transient(exc):
                     raise
-                self._write_failed(exc, entries=sum(len(e) for e in piece), items=len(piece))
+                self._write_failed(exc, entries=sum(len(e) for _, e in piece), items=len(piece))
                 return False
             except BaseException:
                 # Cancelled before the thread started, or abandoned: keep the events.
@@ -686,19 +750,19 @@ class Spool:
                 self._work.set()
                 raise
             self.transactions += 1
-            committed = [entry for event in piece for entry in event]
-            self._unflushed -= len(committed)
+            self._unflushed -= sum(len(entries) for _, entries in piece)
             self._pending += inserted
             if on_committed is not None:
-                on_committed(committed)
+                on_committed(piece)
         return not refused
 
     def _refuse(
         self,
-        entries: list[Entry],
+        event: EventEntries,
         exc: sqlite3.DatabaseError,
-        on_refused: Callable[[list[Entry]], None] | None,
+        on_refused: Callable[[EventEntries], None] | None,
     ) -> None:
+        entries = event[1]
         self._unflushed -= len(entries)
         self.writable = False
         first = entries[0]
@@ -714,7 +778,7 @@ class Spool:
             nbytes=len(first.document.encode(errors="replace")),
         )
         if on_refused is not None:
-            on_refused(entries)
+            on_refused(event)
 
     def _write_failed(self, exc: sqlite3.DatabaseError, *, entries: int, items: int) -> None:
         log.error(
@@ -743,7 +807,9 @@ class Spool:
             )
         except sqlite3.DatabaseError as exc:
             if not _is_transient(exc):
-                raise
+                raise SpoolReadError(
+                    f"cannot read re-queued entries from the spool {self._path}: {_cause(exc)}"
+                ) from exc
             log.error("spool.poll_failed", path=self._path, error=str(exc))
             return []
         self._data_version = version
@@ -792,6 +858,12 @@ class Spool:
 
 
 # --- worker-thread functions: each one owns the connection while it runs -------------------
+
+
+def _cause(exc: sqlite3.Error) -> str:
+    """SQLite's message, with its error name when it has one (``disk I/O error (SQLITE_IOERR)``)."""
+    name = getattr(exc, "sqlite_errorname", None)
+    return f"{exc} ({name})" if name else str(exc) or type(exc).__name__
 
 
 def _is_transient(exc: sqlite3.DatabaseError) -> bool:
@@ -1189,16 +1261,16 @@ def _documents(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, str]:
     return documents
 
 
-def _write_batch(conn: sqlite3.Connection, batch: list[list[Entry]]) -> int:
+def _write_batch(conn: sqlite3.Connection, batch: list[EventEntries]) -> int:
     """Insert these new events (each document once, then one entry per target): entries written."""
     # Every statement releases the GIL while SQLite works and must win it back from a busy
     # event loop (up to sys.getswitchinterval(), 5 ms, each time): so a whole batch is a few
     # statements, never one per row. Beside a busy thread, one per row managed 400 entries/s.
     encode = _encode_target
-    documents = [(event[0].id, len(event), event[0].document) for event in batch]
+    documents = [(event[0].id, len(event), event[0].document) for _, event in batch]
     entries = [
         (e.id, e.accepted_at, e.source, e.check, encode(e.target), event[0].id)
-        for event in batch
+        for _, event in batch
         for e in event
     ]
     with _transaction(conn):

@@ -8,6 +8,7 @@ distinct rooms against the real emulator.
 
 from __future__ import annotations
 
+import ast
 import json
 import random
 import socket
@@ -31,7 +32,7 @@ from hipchatd.hipchat import Outcome, OutcomeKind
 from hipchatd.metrics import Metrics
 from hipchatd.render import Message
 from hipchatd.routing import Target
-from hipchatd.spool import Entry
+from hipchatd.spool import Entry, SpoolReadError
 from tests.conftest import classic_event, send_tcp, wait_until
 from tests.factories import make_event, make_settings, make_target
 from tests.processes import STARTUP, Child, wait_for
@@ -50,6 +51,8 @@ class RecordingSpool:
         self.attempts: list[int] = []
         #: set to make reading back a spilled document hang.
         self.hang_reads = False
+        #: reads of spilled documents that fail (SpoolReadError) before they work again.
+        self.failing_reads = 0
 
     def mark_delivered(self, ids: Iterable[int]) -> None:
         now = trio.current_time()
@@ -65,6 +68,9 @@ class RecordingSpool:
     async def load_documents(self, ids: Sequence[int]) -> dict[int, str]:
         if self.hang_reads:
             await trio.sleep_forever()
+        if self.failing_reads:
+            self.failing_reads -= 1
+            raise SpoolReadError("cannot read event documents from the spool: disk I/O error")
         return {i: json.dumps(classic_event()) for i in ids}
 
 
@@ -495,6 +501,47 @@ async def test_a_lane_that_keeps_failing_backs_off_and_the_others_go_on(
     # Backed off (1 s doubling to 60 s), not a tight loop of tracebacks.
     assert 3 <= errors <= 20
     assert len([n for n, _, _ in h.client.sent if n == "ops"]) == errors
+
+
+async def test_a_spool_that_cannot_be_read_back_is_retried_later(
+    start: Callable[..., Awaitable[Harness]], quick_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(600), capture_logs() as logs:
+        # No event kept in memory: every delivery reads its document back from the spool.
+        h = await start(memory_events=0)
+        h.spool.failing_reads = 2
+        entry = h.enqueue("ops")
+        await _until(lambda: len(h.spool.delivered) == 1)
+    assert [i for i, _ in h.spool.delivered] == [entry]
+    failed = [e for e in logs if e["event"] == "spool.read_failed"]
+    assert len(failed) == 2
+    assert failed[0]["room"] == "ops"
+    assert failed[0]["log_level"] == "error"
+    assert "disk I/O error" in failed[0]["error"]
+    assert failed[1]["retry_in"] > failed[0]["retry_in"] > 0
+    # An expected failure at the edge, not a bug: no internal error, nothing dead-lettered.
+    assert h.internal_errors() == 0.0
+    assert h.spool.dead == []
+
+
+def test_only_the_spool_knows_sqlite3() -> None:
+    """sqlite3 errors are translated inside hipchatd.spool; no other module imports it."""
+    package = Path(dispatch.__file__).parent
+    importers = []
+    for module in sorted(package.glob("*.py")):
+        if module.name == "spool.py":
+            continue
+        for node in ast.walk(ast.parse(module.read_text(), str(module))):
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            if any(name.split(".")[0] == "sqlite3" for name in names):
+                importers.append(module.name)
+    assert importers == []
 
 
 # --- the daemon's memory for rooms named once ---

@@ -39,8 +39,10 @@ from hipchatd.spool import (
     SPOOL_FILE,
     WRITE_RETRY,
     Entry,
+    EventEntries,
     Spool,
     SpoolError,
+    SpoolReadError,
     add_arguments,
     format_age,
 )
@@ -78,11 +80,15 @@ class Committed:
     """The ``on_committed`` callback: records each call, lets a test wait for a count."""
 
     def __init__(self) -> None:
+        #: the entries of each call.
         self.batches: list[list[Entry]] = []
+        #: each (handle, entries) handed out, in order.
+        self.events: list[EventEntries] = []
         self._changed = trio.Event()
 
-    def __call__(self, entries: list[Entry]) -> None:
-        self.batches.append(entries)
+    def __call__(self, events: list[EventEntries]) -> None:
+        self.batches.append([entry for _, entries in events for entry in entries])
+        self.events.extend(events)
         self._changed.set()
         self._changed = trio.Event()
 
@@ -143,6 +149,30 @@ async def test_committed_entries_come_back_in_acceptance_order(state_dir: str) -
         assert entries[2].document == second_doc
         assert entries[0].source == "sensu.test.local"
         assert (entries[0].attempts, entries[0].last_error) == (0, None)
+        assert spool.counts() == {"pending": 3, "dead": 0}
+
+
+async def test_each_event_comes_back_with_its_own_handle(state_dir: str) -> None:
+    """Commits are matched to submissions by identity; an event with no target stores nothing."""
+    first, nowhere, last = object(), object(), object()
+    with trio.fail_after(10):
+        spool = await Spool.open(state_dir, max_events=100)
+        second, second_doc = other_event("disk")
+        async with running(spool) as committed:
+            assert spool.submit(EVENT, DOCUMENT, [OPS, DEV], 1000.0, first)
+            assert spool.submit(EVENT, DOCUMENT, [], 1001.0, nowhere)
+            assert spool.buffered == 2
+            assert spool.submit(second, second_doc, [ONCALL], 1002.0, last)
+            await committed.wait_for(3)
+            await spool.flush()
+        assert [handle for handle, _ in committed.events] == [first, last]
+        assert committed.events[0][0] is first
+        assert committed.events[1][0] is last
+        assert [[e.target for e in entries] for _, entries in committed.events] == [
+            [OPS, DEV],
+            [ONCALL],
+        ]
+        assert [e.id for e in committed.entries] == [1, 2, 3]
         assert spool.counts() == {"pending": 3, "dead": 0}
 
 
@@ -386,6 +416,24 @@ async def test_the_shutdown_flush_is_bounded(
         release.set()
 
 
+async def test_a_poll_no_retry_can_fix_ends_run_with_spool_read_error(
+    tmp_path: Path, thread_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def mismatch(conn: sqlite3.Connection, now: float, last_version: int | None) -> Any:
+        raise sqlite3.IntegrityError("datatype mismatch")
+
+    monkeypatch.setattr(spool_module, "_pick_up", mismatch)
+    with trio.fail_after(60):
+        spool = await Spool.open(str(tmp_path), max_events=100)
+        with pytest.raises(SpoolReadError) as raised:
+            await spool.run(Committed())
+    assert str(raised.value) == (
+        f"cannot read re-queued entries from the spool {spool.path}: datatype mismatch"
+    )
+    assert isinstance(raised.value.__cause__, sqlite3.IntegrityError)
+    assert spool.closed
+
+
 CRASH_SCRIPT = """
 import json, os, signal, sys
 import trio
@@ -401,9 +449,9 @@ async def main():
     spool = await Spool.open(state_dir, max_events=count)
     seen = 0
 
-    def on_committed(entries):
+    def on_committed(events):
         nonlocal seen
-        seen += len(entries)
+        seen += sum(len(entries) for _, entries in events)
         if seen == count:
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -624,7 +672,8 @@ async def test_retry_is_picked_up_by_the_running_daemon(
     with trio.fail_after(60):
         spool = await Spool.open(str(tmp_path), max_events=100)
         async with running(spool) as committed:
-            spool.submit(EVENT, DOCUMENT, [OPS], 1000.0)
+            handle = object()
+            spool.submit(EVENT, DOCUMENT, [OPS], 1000.0, handle)
             (entry,) = await committed.wait_for(1)
             spool.mark_attempt([entry.id], "HTTP 500")
             spool.mark_dead([entry.id], "expired", None)
@@ -643,6 +692,8 @@ async def test_retry_is_picked_up_by_the_running_daemon(
             assert (retried.attempts, retried.last_error) == (0, None)
             assert retried.requeued
             assert not entry.requeued
+            # No submit made it: it comes back with no handle.
+            assert committed.events == [(handle, [entry]), (None, [retried])]
             assert retried.accepted_at > 1000.0
             assert spool.counts() == {"pending": 1, "dead": 0}
             assert [e["event"] for e in logs] == ["spool.requeued"]

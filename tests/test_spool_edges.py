@@ -20,12 +20,32 @@ import trio
 from structlog.testing import capture_logs
 from trio.testing import MockClock
 
+import hipchatd.spool as spool_module
 from hipchatd.config import Listen
 from hipchatd.emulator import Emulator
 from hipchatd.events import Event, parse_event
 from hipchatd.routing import Target
-from hipchatd.spool import RETRY_POLL, SCHEMA_VERSION, SPOOL_FILE, Entry, Spool, _os_cause
-from tests.conftest import StartDaemon, classic_event, load_fixture, send_tcp, wait_until
+from hipchatd.spool import (
+    RETRY_POLL,
+    SCHEMA_VERSION,
+    SPOOL_FILE,
+    Entry,
+    EventEntries,
+    Spool,
+    SpoolError,
+    SpoolReadError,
+    SpoolWriteError,
+    _os_cause,
+)
+from tests.conftest import (
+    StartDaemon,
+    classic_event,
+    load_fixture,
+    ndjson,
+    represented,
+    send_tcp,
+    wait_until,
+)
 from tests.test_spool import DOCUMENT, EVENT, OPS, Committed, spool_cli
 
 #: Bytes of the event document in the one-event-to-many-rooms case (as measured in the field).
@@ -48,13 +68,15 @@ def event_of(check: str, output_bytes: int = 100) -> tuple[Event, str]:
 
 
 class Refused:
-    """The ``on_refused`` callback: records the entries of each refused event."""
+    """The ``on_refused`` callback: records the handle and the entries of each refused event."""
 
     def __init__(self) -> None:
         self.events: list[list[Entry]] = []
+        self.handles: list[object] = []
 
-    def __call__(self, entries: list[Entry]) -> None:
-        self.events.append(entries)
+    def __call__(self, event: EventEntries) -> None:
+        self.handles.append(event[0])
+        self.events.append(event[1])
 
 
 @asynccontextmanager
@@ -328,10 +350,11 @@ async def test_marks_commit_and_an_event_that_cannot_fit_is_refused(
             with capture_logs() as logs:
                 spool.mark_delivered([first[0].id])
                 spool.mark_dead([first[1].id], "permanent", "Room not found")
+                # Each event's handle is its check name: what comes back says whose it is.
                 for check in ("a", "b"):
-                    spool.submit(*event_of(check, 1000), rooms(2), 1001.0)
-                spool.submit(huge, huge_doc, rooms(3), 1002.0)
-                spool.submit(later, later_doc, rooms(1), 1003.0)
+                    spool.submit(*event_of(check, 1000), rooms(2), 1001.0, check)
+                spool.submit(huge, huge_doc, rooms(3), 1002.0, "huge")
+                spool.submit(later, later_doc, rooms(1), 1003.0, "later")
                 await committed.wait_for(7)
                 await spool.flush()
                 assert spool.buffered == 0
@@ -341,6 +364,16 @@ async def test_marks_commit_and_an_event_that_cannot_fit_is_refused(
             assert spool.counts() == {"pending": 5, "dead": 1}
             assert [e.check for e in committed.entries[2:]] == ["a", "a", "b", "b", "later"]
             assert [[e.check for e in event] for event in refused.events] == [["huge"] * 3]
+            # The refused event in the middle leaves its neighbours paired with their own.
+            assert refused.handles == ["huge"]
+            assert [
+                (handle, [e.check for e in entries]) for handle, entries in committed.events
+            ] == [
+                (None, ["small", "small"]),
+                ("a", ["a", "a"]),
+                ("b", ["b", "b"]),
+                ("later", ["later"]),
+            ]
             [refusal] = [e for e in logs if e["event"] == "event.refused"]
             assert refusal["log_level"] == "error"
             assert refusal["error"] == "database or disk is full"
@@ -463,6 +496,77 @@ async def test_healthz_turns_503_when_the_spool_file_is_deleted_or_replaced(
     assert "restart hipchatd" in replaced.json()["reason"]
 
 
+# --- sqlite3 errors leave the spool as SpoolError ------------------------------------------
+
+
+async def test_reads_sqlite_cannot_do_raise_spool_read_error(tmp_path: Path) -> None:
+    """A closed connection under every read: SpoolReadError naming what, where and why."""
+    with trio.fail_after(30):
+        spool = await Spool.open(str(tmp_path), max_events=10)
+        async with running(spool) as (committed, _):
+            assert spool.submit(EVENT, DOCUMENT, [OPS], 1.0)
+            [entry] = await committed.wait_for(1)
+            assert spool._conn is not None
+            spool._conn.close()
+            reads = {
+                "event documents": spool.load_documents([entry.id]),
+                "the pending entries": spool.load_pending(),
+                "the dead entries": spool.list_dead(),
+            }
+            for what, read in reads.items():
+                with pytest.raises(SpoolReadError) as raised:
+                    await read
+                assert str(raised.value) == (
+                    f"cannot read {what} from the spool {spool.path}: "
+                    "Cannot operate on a closed database."
+                )
+                assert isinstance(raised.value, SpoolError)
+                assert isinstance(raised.value.__cause__, sqlite3.ProgrammingError)
+
+
+async def test_a_read_error_names_sqlites_error_and_the_spool_stays_usable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(conn: sqlite3.Connection, ids: list[int]) -> dict[int, str]:
+        conn.execute("SELECT document FROM no_such_table")
+        raise AssertionError("unreachable")
+
+    with trio.fail_after(30):
+        spool = await Spool.open(str(tmp_path), max_events=10)
+        async with running(spool) as (committed, _):
+            assert spool.submit(EVENT, DOCUMENT, [OPS], 1.0)
+            [entry] = await committed.wait_for(1)
+            with monkeypatch.context() as patched:
+                patched.setattr(spool_module, "_load_documents", broken)
+                with pytest.raises(SpoolReadError) as raised:
+                    await spool.load_documents([entry.id])
+            assert str(raised.value) == (
+                f"cannot read event documents from the spool {spool.path}: "
+                "no such table: no_such_table (SQLITE_ERROR)"
+            )
+            assert isinstance(raised.value.__cause__, sqlite3.OperationalError)
+            assert await spool.load_documents([entry.id]) == {entry.id: DOCUMENT}
+
+
+async def test_a_commit_no_retry_can_fix_ends_run_with_spool_write_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def constraint(conn: sqlite3.Connection, batch: list[EventEntries]) -> int:
+        raise sqlite3.IntegrityError("UNIQUE constraint failed: pending.id")
+
+    monkeypatch.setattr(spool_module, "_write_batch", constraint)
+    with trio.fail_after(30):
+        spool = await Spool.open(str(tmp_path), max_events=10)
+        assert spool.submit(EVENT, DOCUMENT, [OPS], 1.0)
+        with pytest.raises(SpoolWriteError) as raised:
+            await spool.run(Committed())
+    assert str(raised.value) == (
+        f"cannot commit to the spool {spool.path}: UNIQUE constraint failed: pending.id"
+    )
+    assert isinstance(raised.value.__cause__, sqlite3.IntegrityError)
+    assert spool.closed
+
+
 # --- the daemon around the spool -------------------------------------------------------------
 
 
@@ -494,6 +598,54 @@ async def test_the_daemon_refuses_an_event_the_spool_cannot_store_and_goes_on(
     [refusal] = [e for e in logs if e["event"] == "event.refused"]
     assert refusal["check"] == "huge"
     assert not [e for e in logs if e["event"] == "internal_error.caught"]
+
+
+async def test_an_event_refused_amid_one_commit_leaves_its_neighbours_as_themselves(
+    start_daemon: StartDaemon, emulator: Emulator, tmp_path: Path
+) -> None:
+    """Three events in one write, one commit: the middle one cannot be stored."""
+    with trio.fail_after(30):
+        app = await start_daemon(state_dir=str(tmp_path), room="ops")
+        conn = app.spool._conn
+        assert conn is not None
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages + 4}")
+        events = [
+            classic_event(name="before", output="fits"),
+            classic_event(name="huge", output="x" * 600_000),
+            classic_event(name="after", output="fits too"),
+        ]
+        with capture_logs() as logs:
+            await send_tcp(app.tcp_addresses[0], ndjson(events))
+            await wait_until(lambda: app.metrics.value("hipchatd_events_accepted_total") == 2)
+            await wait_until(lambda: represented(emulator) == 2)
+            await wait_until(lambda: app.spool.counts()["pending"] == 0)
+    text = "\n".join(m.message for m in emulator.messages)
+    assert "before" in text
+    assert "after" in text
+    assert "huge" not in text
+    assert app.metrics.value("hipchatd_events_rejected_total", reason="spool_full") == 1
+    [refusal] = [e for e in logs if e["event"] == "event.refused"]
+    assert refusal["check"] == "huge"
+    assert not [e for e in logs if e["event"] == "internal_error.caught"]
+
+
+async def test_an_event_routed_nowhere_shifts_no_other_event(
+    start_daemon: StartDaemon, emulator: Emulator
+) -> None:
+    """An event with no target stores nothing; the next event is still paired with itself."""
+    with trio.fail_after(30):
+        # No room configured: an event that names none goes nowhere.
+        app = await start_daemon(room=())
+        await send_tcp(app.tcp_addresses[0], json.dumps(classic_event(name="nowhere")).encode())
+        routed = classic_event(name="routed", output="to ops", hipchat={"room": "ops"})
+        await send_tcp(app.tcp_addresses[0], json.dumps(routed).encode())
+        await emulator.wait_for_messages(1)
+        await wait_until(lambda: app.spool.counts()["pending"] == 0)
+    assert [m.room for m in emulator.messages] == ["ops"]
+    assert "routed" in emulator.messages[0].message
+    assert "nowhere" not in emulator.messages[0].message
+    assert app.metrics.value("hipchatd_events_accepted_total") == 1
 
 
 async def test_list_dead_counts_the_attempt_that_was_refused(
