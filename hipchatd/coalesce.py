@@ -36,14 +36,22 @@ arithmetically as events are added and built once per message.
 
 from __future__ import annotations
 
-import html
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hipchatd.config import ApiVersion
 from hipchatd.events import Event
-from hipchatd.render import MAX_MESSAGE_CHARS, Message, color, render, sender_name, status_word
+from hipchatd.render import (
+    MAX_MESSAGE_CHARS,
+    Message,
+    clip,
+    color,
+    one_line,
+    render,
+    sender_name,
+    status_word,
+)
 from hipchatd.routing import Target
 
 __all__ = ["NAME_CHARS", "STATUS_ORDER", "SUMMARY_CHARS", "render_batch"]
@@ -58,7 +66,6 @@ STATUS_ORDER = ("CRITICAL", "UNKNOWN", "WARNING", "FLAPPING", "RESOLVED", "OK")
 
 #: Colour precedence; a colour render.color() might add later ranks last.
 _COLOR_RANK = {"red": 0, "gray": 1, "yellow": 2, "purple": 3, "green": 4}
-_ELLIPSIS = "…"
 _HTML_BREAK = "<br>"
 _WORD_INDEX = {word: index for index, word in enumerate(STATUS_ORDER)}
 #: Numbers whose count gains a digit when one is added (9 -> 10, 99 -> 100, ...).
@@ -248,7 +255,7 @@ def _item(event: Event, as_html: bool, names: dict[str, str]) -> _Item:
         name = f"{_name_part(namespace, as_html, names)}/{name}"
     notification = event.notification
     body = notification if notification and _NON_SPACE.search(notification) else event.output
-    summary = _clip(_first_line(body), SUMMARY_CHARS, as_html)
+    summary = clip(_first_line(body), SUMMARY_CHARS, as_html)
     head = f"<b>{word}</b>" if as_html else word
     # "HEAD NAME" then ": SUMMARY" when there is one.
     length = len(head) + 1 + len(name) + (len(summary) + 2 if summary else 0)
@@ -261,7 +268,7 @@ def _name_part(value: str, as_html: bool, names: dict[str, str]) -> str:
     value = value[: NAME_CHARS + 1]
     part = names.get(value)
     if part is None:
-        part = names[value] = _clip(_one_line(value), NAME_CHARS, as_html)
+        part = names[value] = clip(one_line(value), NAME_CHARS, as_html)
     return part
 
 
@@ -275,29 +282,3 @@ def _first_line(body: str) -> str:
     if len(line) <= SUMMARY_CHARS and found.end() < len(body):
         return line.rstrip()
     return line
-
-
-def _one_line(value: str) -> str:
-    return value.replace("\r\n", " ").replace("\r", " ").replace("\n", " ")
-
-
-def _escape(value: str, as_html: bool) -> str:
-    return html.escape(value, quote=True) if as_html else value
-
-
-def _clip(value: str, cap: int, as_html: bool) -> str:
-    """``value`` rendered, cut with an ellipsis to at most ``cap`` characters.
-
-    Cuts fall between source characters, never inside an HTML entity. Callers
-    pass at most ``cap + 1`` characters: more could not fit anyway.
-    """
-    rendered = _escape(value, as_html)
-    if len(rendered) <= cap:
-        return rendered
-    room = cap - len(_ELLIPSIS)
-    used = 0
-    for end, ch in enumerate(value):
-        used += len(_escape(ch, as_html))
-        if used > room:
-            return _escape(value[:end], as_html) + _ELLIPSIS
-    return rendered  # unreachable: the whole value renders longer than room

@@ -97,6 +97,7 @@ from hipchatd._http11 import (
     status_phrase,
 )
 from hipchatd.clock import unix_now
+from hipchatd.redaction import scrub
 
 __all__ = [
     "ApiError",
@@ -1130,8 +1131,8 @@ class Emulator:
         return self.room_latency.get(name, 0.0)
 
     def _record(self, method: str, path: str, status: int, token: str | None) -> None:
-        if token and token in path:
-            path = path.replace(token, "<redacted>")  # a token must never be recorded
+        if token:
+            path = scrub(path, token)  # a token must never be recorded, in any encoding
         self.requests.append(RequestRecord(method, path, status, trio.current_time()))
 
     # --- API dispatch (sync) ---

@@ -38,7 +38,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeGuard
 
-from hipchatd.config import MessageFormat, Overrides
+from hipchatd.config import MessageFormat, Overrides, Severity
 from hipchatd.errors import EventError
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "EventError",
     "HandleWhen",
     "parse_event",
+    "severity",
 ]
 
 Action = Literal["create", "resolve", "flapping"]
@@ -63,6 +64,9 @@ ANNOTATION_PREFIX: Final = "sensu.io/plugins/hipchat/config/"
 JSON_ATTRIBUTES_ANNOTATION: Final = "sensu.io.json_attributes"
 #: Sensu maps any status it does not know to "unknown"; 3 is that status.
 UNKNOWN_STATUS: Final = 3
+
+#: Sensu's severity of each status it names; every other status is "unknown".
+_SEVERITIES: Final[dict[int, Severity]] = {0: "ok", 1: "warning", 2: "critical"}
 
 _CLASSIC: Final = "Sensu Classic"
 _GO: Final = "Sensu Go"
@@ -170,6 +174,11 @@ class Event:
     def incident_key(self) -> tuple[str, str, str]:
         """(namespace, source, check): Go ids change every event, so incidents key by this."""
         return (self.namespace or "", self.source, self.check)
+
+
+def severity(status: int) -> Severity:
+    """Sensu's severity of a check status: 0 ok, 1 warning, 2 critical, anything else unknown."""
+    return _SEVERITIES.get(status, "unknown")
 
 
 def parse_event(document: Any) -> Event:

@@ -19,7 +19,7 @@ from collections.abc import Set
 from typing import Final
 
 from hipchatd.config import HipChatSettings
-from hipchatd.events import Action, Event
+from hipchatd.events import Action, Event, severity
 
 __all__ = ["DEFAULT_INTERVAL", "SKIP_REASONS", "handle_when_reason", "severity", "skip_reason"]
 
@@ -37,13 +37,6 @@ SKIP_REASONS: Final = (
     "repeat_suppressed",
     "not_announced",
 )
-
-_SEVERITIES: Final = {0: "ok", 1: "warning", 2: "critical"}
-
-
-def severity(status: int) -> str:
-    """Sensu's severity name of a status: 0 ok, 1 warning, 2 critical, anything else unknown."""
-    return _SEVERITIES.get(status, "unknown")
 
 
 def skip_reason(event: Event, settings: HipChatSettings) -> str | None:

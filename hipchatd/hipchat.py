@@ -52,7 +52,7 @@ from hipchatd import __version__
 from hipchatd.clock import unix_now
 from hipchatd.config import ApiVersion, HipChatSettings
 from hipchatd.errors import ConfigError
-from hipchatd.logconfig import scrub
+from hipchatd.redaction import scrub
 from hipchatd.render import Message
 from hipchatd.routing import Target
 
@@ -91,8 +91,6 @@ MAX_SERVER_WAIT = 360.0
 PROTOCOL_WARNING_INTERVAL = 60.0
 #: Exceptions followed down a ``raise ... from`` chain to find a description.
 _MAX_CAUSES = 8
-#: Replaces the API token wherever it shows up in error text.
-REDACTED = "[redacted]"
 #: Header prefixes of the two rate-limit families (matched case-insensitively).
 RATE_PREFIX = "X-Ratelimit"
 FLOOD_PREFIX = "X-FloodControl"
@@ -619,18 +617,14 @@ def _describe(exc: Exception) -> str:
 
 def _clean(text: str, token: str) -> str:
     """Error text for an Outcome: the token removed, one line, at most MAX_ERROR_CHARS."""
-    text = _SPACE.sub(" ", _redact(text, token)).strip()
+    # The token as typed, and escaped or quoted as it appears in a URL, a form
+    # body, a header's bytes repr or a JSON string.
+    text = _SPACE.sub(" ", scrub(text, token)).strip()
     # Redact again: collapsing whitespace may have joined what the first pass missed.
-    text = _redact(text, token)
+    text = scrub(text, token)
     if len(text) > MAX_ERROR_CHARS:
         text = text[: MAX_ERROR_CHARS - 1] + "…"
     return text
-
-
-def _redact(text: str, token: str) -> str:
-    # The token as typed, and escaped or quoted as it appears in a URL, a form
-    # body, a header's bytes repr or a JSON string.
-    return scrub(text, token, REDACTED)
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

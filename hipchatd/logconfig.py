@@ -6,121 +6,51 @@ console rendering on a TTY. Library modules only call
 ``[REDACTED]`` in every value of every log line, exception text included,
 before a renderer sees it; httpx and httpcore's stdlib logs go through the
 same chain at WARNING. A secret is caught in the forms it takes on its way
-out, not only as typed (:func:`secret_forms`).
+out, not only as typed (:func:`hipchatd.redaction.secret_forms`).
 """
 
 from __future__ import annotations
 
-import functools
 import io
-import json
 import logging
-import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
-from urllib.parse import quote, quote_plus
 
 import structlog
 
+from hipchatd.redaction import REDACTED, Redactor, scrub, secret_forms
+
 __all__ = [
     "REDACTED",
+    "SECRETS",
     "configure",
     "redact",
     "redact_secrets",
     "register_secret",
+    "reset_secrets",
     "scrub",
     "secret_forms",
 ]
 
-REDACTED = "[REDACTED]"
-
-#: Secrets shorter than this are not scrubbed: replacing "a" everywhere would
-#: mangle every line, and no real HipChat token is that short.
-_MIN_SECRET_LENGTH = 4
-
-_PERCENT = re.compile(r"%[0-9A-F]{2}")
-#: Every form of every registered secret, longest first (see :func:`secret_forms`).
-_secrets: tuple[str, ...] = ()
-#: ``_secrets`` as one pattern; None while there are none.
-_pattern: re.Pattern[str] | None = None
-
-
-@functools.lru_cache(maxsize=8)
-def secret_forms(value: str) -> tuple[str, ...]:
-    """The texts ``value`` may appear as in a log line or error, longest first.
-
-    As typed (so also inside ``Bearer <value>``), and as escaped on its way
-    out: ``repr`` of the string and of its UTF-8 bytes (``b'Bearer tok\\n'``
-    in an httpx error), JSON string escapes (``ensure_ascii`` on and off),
-    percent-encoding as a path segment or a form value, and the string
-    escapes applied once more to each of those (an error quoting an error).
-    Redaction matches the hex digits of percent-encoding in either case.
-    Forms shorter than the minimum secret length are left out; none at all
-    for a ``value`` shorter than that.
-    """
-    if len(value) < _MIN_SECRET_LENGTH:
-        return ()
-    forms = {value, *_quoted(value), *_percent_encoded(value)}
-    forms.update(quoted for form in list(forms) for quoted in _quoted(form))
-    kept = (form for form in forms if len(form) >= _MIN_SECRET_LENGTH)
-    return tuple(sorted(kept, key=lambda form: (-len(form), form)))
-
-
-def _quoted(value: str) -> set[str]:
-    return {
-        repr(value)[1:-1],
-        repr(value.encode("utf-8", "backslashreplace"))[2:-1],
-        json.dumps(value)[1:-1],
-        json.dumps(value, ensure_ascii=False)[1:-1],
-    }
-
-
-def _percent_encoded(value: str) -> set[str]:
-    # surrogatepass: a lone surrogate must not make redaction itself raise.
-    return {
-        quote(value, safe="", errors="surrogatepass"),
-        quote(value, errors="surrogatepass"),
-        quote_plus(value, errors="surrogatepass"),
-    }
-
-
-def _compile(forms: tuple[str, ...]) -> re.Pattern[str] | None:
-    if not forms:
-        return None
-    alternatives = []
-    for form in forms:
-        pieces = _PERCENT.split(form)
-        escapes = [f"%(?i:{m[0][1:]})" for m in _PERCENT.finditer(form)]
-        parts = [re.escape(pieces[0])]
-        for escape, piece in zip(escapes, pieces[1:], strict=True):
-            parts += [escape, re.escape(piece)]
-        alternatives.append("".join(parts))
-    return re.compile("|".join(alternatives))
-
-
-@functools.lru_cache(maxsize=8)
-def _pattern_for(value: str) -> re.Pattern[str] | None:
-    return _compile(secret_forms(value))
-
-
-def scrub(text: str, value: str, replacement: str = REDACTED) -> str:
-    """Return ``text`` with every form of ``value`` (see :func:`secret_forms`) replaced."""
-    pattern = _pattern_for(value)
-    return text if pattern is None else pattern.sub(replacement, text)
+#: The secrets this process never logs. One per process because structlog's
+#: configuration is too; tests start clean with :func:`reset_secrets`.
+SECRETS = Redactor()
 
 
 def register_secret(value: str) -> None:
     """Make ``value``, in each of its :func:`secret_forms`, unprintable in every log line."""
-    global _secrets, _pattern
-    forms = set(_secrets).union(secret_forms(value))
-    _secrets = tuple(sorted(forms, key=lambda form: (-len(form), form)))
-    _pattern = _compile(_secrets)
+    SECRETS.add(value)
+
+
+def reset_secrets() -> None:
+    """Forget every registered secret (a test's, before the next one starts)."""
+    SECRETS.reset()
 
 
 def redact(text: str) -> str:
     """Return ``text`` with every form of every registered secret replaced."""
-    return text if _pattern is None else _pattern.sub(REDACTED, text)
+    return SECRETS.redact(text)
 
 
 def _scrub(value: Any) -> Any:
@@ -142,7 +72,7 @@ def redact_secrets(
     logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     """structlog processor: scrub registered secrets from every value."""
-    if not _secrets:
+    if not SECRETS:
         return event_dict
     for key, value in event_dict.items():
         event_dict[key] = _scrub(value)

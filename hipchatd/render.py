@@ -28,16 +28,17 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from hipchatd.config import ApiVersion, MessageFormat, Severity
-from hipchatd.events import Event
+from hipchatd.events import Event, severity
 from hipchatd.routing import Target
 
 __all__ = [
     "MAX_MESSAGE_CHARS",
     "Message",
+    "clip",
     "color",
+    "one_line",
     "render",
     "sender_name",
-    "severity_name",
     "status_word",
 ]
 
@@ -97,24 +98,13 @@ class Message:
     sender: str
 
 
-def severity_name(status: int) -> Severity:
-    """Sensu's severity for a check status: 0 ok, 1 warning, 2 critical, anything else unknown."""
-    if status == 0:
-        return "ok"
-    if status == 1:
-        return "warning"
-    if status == 2:
-        return "critical"
-    return "unknown"
-
-
 def status_word(event: Event) -> str:
     """The message's leading word: RESOLVED, FLAPPING, or OK/WARNING/CRITICAL/UNKNOWN."""
     if event.action == "resolve":
         return "RESOLVED"
     if event.action == "flapping":
         return "FLAPPING"
-    return _STATUS_WORDS[severity_name(event.status)]
+    return _STATUS_WORDS[severity(event.status)]
 
 
 def color(event: Event) -> str:
@@ -123,7 +113,7 @@ def color(event: Event) -> str:
         return "green"
     if event.action == "flapping":
         return "purple"
-    return _SEVERITY_COLORS[severity_name(event.status)]
+    return _SEVERITY_COLORS[severity(event.status)]
 
 
 def sender_name(username: str, api_version: ApiVersion) -> str:
@@ -152,18 +142,18 @@ def render(event: Event, target: Target, api_version: ApiVersion) -> Message:
     esc: Callable[[str], str] = _escape_html if as_html else _plain
 
     word = status_word(event)
-    source = _clip(_one_line(event.source), _MAX_NAME_CHARS, as_html)
-    check = _clip(_one_line(event.check), _MAX_NAME_CHARS, as_html)
+    source = clip(one_line(event.source), _MAX_NAME_CHARS, as_html)
+    check = clip(one_line(event.check), _MAX_NAME_CHARS, as_html)
     head = f"<b>{word}</b> " if as_html else f"{word} "
     head += f"{source}/{check}"
 
     details: list[str] = []
     if event.occurrences > 1:
-        details.append(f"occurrences: {_clip(str(event.occurrences), _MAX_COUNT_CHARS, as_html)}")
+        details.append(f"occurrences: {clip(str(event.occurrences), _MAX_COUNT_CHARS, as_html)}")
     if event.playbook and event.playbook.strip():
         details.append(_playbook(event.playbook.strip(), as_html))
     if event.flavor == "go" and event.namespace and event.namespace != "default":
-        namespace = _clip(_one_line(event.namespace), _MAX_NAME_CHARS, as_html)
+        namespace = clip(one_line(event.namespace), _MAX_NAME_CHARS, as_html)
         details.append(f"namespace: {namespace}")
     newline = _HTML_BREAK if as_html else "\n"
     tail = newline + _SEPARATOR.join(details) if details else ""
@@ -204,7 +194,7 @@ def _playbook(playbook: str, as_html: bool) -> str:
         # A cut URL is a broken link: past the cap it is shown as clipped text instead.
         if len(href) <= _MAX_PLAYBOOK_CHARS:
             return f'<a href="{href}">Playbook</a>'
-    return "Playbook: " + _clip(_one_line(playbook), _MAX_PLAYBOOK_CHARS, as_html)
+    return "Playbook: " + clip(one_line(playbook), _MAX_PLAYBOOK_CHARS, as_html)
 
 
 def _is_web_url(value: str) -> bool:
@@ -223,8 +213,8 @@ def _normalize_newlines(value: str) -> str:
     return value.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def _one_line(value: str) -> str:
-    """Header fields stay on the first line: newlines become spaces."""
+def one_line(value: str) -> str:
+    """``value`` on one line: each line break (``\\r\\n``, ``\\r`` or ``\\n``) becomes a space."""
     return _normalize_newlines(value).replace("\n", " ")
 
 
@@ -262,8 +252,13 @@ def _fit_prefix(value: str, budget: int, as_html: bool) -> int:
     return len(window)
 
 
-def _clip(value: str, cap: int, as_html: bool) -> str:
-    """Render ``value``, cut with an ellipsis so the result is at most ``cap`` characters."""
+def clip(value: str, cap: int, as_html: bool) -> str:
+    """Render ``value``, cut with an ellipsis so the result is at most ``cap`` characters.
+
+    Cuts fall between source characters, never inside an HTML entity, and at
+    most ``cap`` characters of ``value`` are read, so a megabyte costs no more
+    than a short text.
+    """
     if not _rendered_len_at_least(value, cap + 1, as_html):
         return _escape_html(value) if as_html else value
     keep = _fit_prefix(value, cap - len(_ELLIPSIS), as_html)

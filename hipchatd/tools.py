@@ -24,6 +24,7 @@ import trio
 from hipchatd.config import Config, HipChatSettings
 from hipchatd.errors import ConfigError
 from hipchatd.hipchat import HipChatClient, Outcome, OutcomeKind, make_http_client
+from hipchatd.redaction import scrub
 from hipchatd.render import Message, sender_name
 from hipchatd.routing import Target
 
@@ -33,8 +34,6 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 #: Gray: the quietest HipChat colour, which no real alert uses for a failure.
 TEST_COLOR = "gray"
-#: Replaces the token should any text about to be printed hold it.
-_REDACTED = "[redacted]"
 #: Outcomes that say nothing about one target: every other target would fail the same way.
 _SERVER_WIDE = frozenset(
     {OutcomeKind.UNAUTHORIZED, OutcomeKind.TRANSPORT_ERROR, OutcomeKind.TIMEOUT}
@@ -128,9 +127,7 @@ async def _run(
     token = settings.api_token.reveal()
 
     def say(line: str) -> None:
-        if len(token) >= 4:  # as logconfig: a shorter "token" would mangle every line
-            line = line.replace(token, _REDACTED)
-        print(line, file=out, flush=True)
+        print(scrub(line, token), file=out, flush=True)
 
     if not targets:
         say("error: no room or user configured (hipchat.room, hipchat.user)")

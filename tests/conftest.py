@@ -7,7 +7,7 @@ import json
 import re
 import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import trio
 import trio.testing
 
 from hipchatd import app as app_module
+from hipchatd import logconfig
 from hipchatd.config import Config, DaemonSettings, HipChatSettings, Listen, Secret
 from hipchatd.emulator import Emulator
 
@@ -61,6 +62,14 @@ def make_config(emulator_url: str, **hipchat: Any) -> Config:
     daemon_keys.setdefault("state_dir", ":memory:")
     daemon = DaemonSettings(tcp=Listen("127.0.0.1", 0), udp=Listen("127.0.0.1", 0), **daemon_keys)
     return Config(hipchat=settings, daemon=daemon)
+
+
+@pytest.fixture(autouse=True)
+def clean_secrets() -> Iterator[None]:
+    """Every test starts with no registered secret and leaves none behind."""
+    logconfig.reset_secrets()
+    yield
+    logconfig.reset_secrets()
 
 
 @pytest.fixture

@@ -1317,6 +1317,22 @@ async def test_echo_lines_and_no_token_anywhere(
     assert WRONG not in everything
 
 
+async def test_a_token_is_never_recorded_in_any_encoding(
+    start: StartEmulator, client: httpx.AsyncClient
+) -> None:
+    """A client that puts its token in the path (as a room name) sends it percent-encoded."""
+    odd = "tok/with+odd chars-9f8e7d6c5b4a"
+    emu = await start(tokens=[odd], rooms=["sensu"])
+    with trio.fail_after(10):
+        response = await client.post(
+            f"{emu.url}/v2/room/{quote(odd, safe='')}/notification",
+            headers={"Authorization": f"Bearer {odd}"},
+            json={"message": "q"},
+        )
+    assert response.status_code == 404
+    assert [record.path for record in emu.requests] == ["/v2/room/[REDACTED]/notification"]
+
+
 async def test_keep_alive_serves_several_requests_on_one_connection(emu: Emulator) -> None:
     host, port = emu.url.removeprefix("http://").rsplit(":", 1)
     body = b'{"message": "ka"}'

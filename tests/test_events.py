@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from hipchatd.config import Overrides
-from hipchatd.events import EventError, HandleWhen, parse_event
+from hipchatd.events import EventError, HandleWhen, parse_event, severity
 from tests.factories import CLASSIC_CRITICAL
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -1062,3 +1062,12 @@ def test_a_timestamp_too_large_for_a_float_is_ignored() -> None:
     document["timestamp"] = 10**400
     document["check"]["executed"] = 10**400
     assert parse_event(document).timestamp == 0.0
+
+
+@pytest.mark.parametrize(
+    ("status", "name"),
+    [(0, "ok"), (1, "warning"), (2, "critical"), (3, "unknown"), (42, "unknown"), (-2, "unknown")],
+)
+def test_severity(status: int, name: str) -> None:
+    # The one mapping the filters (severities) and render (status word, colour) share.
+    assert severity(status) == name

@@ -591,7 +591,7 @@ async def test_other_exceptions_become_transport_errors_logged_loud(
         with capture_logs() as logs:
             outcome = await (c.auth_test(ROOM) if auth_test else c.send(ROOM, MESSAGE))
     assert outcome == Outcome(
-        OutcomeKind.TRANSPORT_ERROR, error="unexpected RuntimeError: a bug near [redacted]"
+        OutcomeKind.TRANSPORT_ERROR, error="unexpected RuntimeError: a bug near [REDACTED]"
     )
     assert [(e["event"], e["log_level"], e["exc_info"]) for e in logs] == [
         ("hipchat.request_failed", "error", True)
@@ -678,7 +678,7 @@ async def test_token_scrubbed_from_transport_errors(exc: Exception, api_version:
     assert_no_token(outcome)
     assert outcome.error is not None
     assert TOKEN[:6] not in outcome.error
-    assert "[redacted]" in outcome.error or outcome.error.endswith("…")
+    assert "[REDACTED]" in outcome.error or outcome.error.endswith("…")
 
 
 @pytest.mark.parametrize(
@@ -697,7 +697,7 @@ async def test_token_scrubbed_from_hipchat_errors(
         outcome = await client.send(ROOM, MESSAGE)
     assert_no_token(outcome)
     assert outcome.error is not None
-    assert "[redacted]" in outcome.error
+    assert "[REDACTED]" in outcome.error
 
 
 # --- rate-limit headers -------------------------------------------------------

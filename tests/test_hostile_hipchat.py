@@ -272,7 +272,7 @@ async def test_a_token_with_a_newline_fails_as_an_outcome_without_showing_it(
         assert b"auth_token=hostile-token-5f4e3d2c1b0a%0A" in hostile.requests[0].body
         return
     assert outcome.kind is OutcomeKind.TRANSPORT_ERROR
-    assert outcome.error == "LocalProtocolError: Illegal header value b'Bearer [redacted]'"
+    assert outcome.error == "LocalProtocolError: Illegal header value b'Bearer [REDACTED]'"
     assert "5f4e3d2c1b0a" not in repr(outcome)
 
 
@@ -286,7 +286,7 @@ async def test_the_daemon_logs_no_form_of_a_bad_token(
         while sum(e["event"] == "delivery.failed" for e in logs) < 3:
             await trio.sleep(1)
     failures = [e for e in logs if e["event"] == "delivery.failed"]
-    assert failures[0]["error"] == "LocalProtocolError: Illegal header value b'Bearer [redacted]'"
+    assert failures[0]["error"] == "LocalProtocolError: Illegal header value b'Bearer [REDACTED]'"
     assert "5f4e3d2c1b0a" not in repr(logs)
     assert hostile.requests == []
 

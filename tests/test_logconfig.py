@@ -12,6 +12,7 @@ import pytest
 import structlog
 
 from hipchatd import logconfig
+from hipchatd.redaction import MIN_SECRET_LENGTH, REDACTED, Redactor, scrub
 
 SECRET = "tok-9f8e7d6c5b4a"
 
@@ -98,4 +99,41 @@ def test_redact_survives_a_secret_with_a_lone_surrogate() -> None:
 def test_scrub_replaces_one_value_in_all_its_forms() -> None:
     value = "a/b+c d"
     text = f"{value} {quote(value, safe='')} {quote_plus(value)} {value.encode()!r}"
-    assert logconfig.scrub(text, value, "[x]") == "[x] [x] [x] b'[x]'"
+    r = logconfig.REDACTED
+    assert logconfig.scrub(text, value) == f"{r} {r} {r} b'{r}'"
+
+
+def test_a_test_registers_a_secret() -> None:
+    logconfig.register_secret("only-this-test-9f8e")
+    assert logconfig.redact("only-this-test-9f8e") == logconfig.REDACTED
+
+
+def test_the_next_test_starts_with_no_secret() -> None:
+    # Runs after the test above: its secret did not leak into this one.
+    assert not logconfig.SECRETS
+    assert logconfig.redact("only-this-test-9f8e") == "only-this-test-9f8e"
+
+
+def test_a_redactor_is_its_own() -> None:
+    one, other = Redactor("secret-one"), Redactor()
+    other.add("secret-two")
+    assert one.redact("secret-one secret-two") == "[REDACTED] secret-two"
+    assert other.redact("secret-one secret-two") == "secret-one [REDACTED]"
+    one.reset()
+    assert not one
+    assert one.redact("secret-one") == "secret-one"
+    assert other
+
+
+def test_a_redactor_ignores_secrets_below_the_minimum_length() -> None:
+    redactor = Redactor("a" * (MIN_SECRET_LENGTH - 1))
+    assert not redactor
+    assert redactor.redact("aaa aaaa") == "aaa aaaa"
+    redactor.add("b" * MIN_SECRET_LENGTH)
+    assert redactor.redact("bbbb") == REDACTED
+
+
+def test_one_marker_everywhere() -> None:
+    # The log chain, the HipChat client's error text and the tools print the same marker.
+    assert logconfig.REDACTED == REDACTED == "[REDACTED]"
+    assert scrub("token=s3cr3t", "s3cr3t") == "token=[REDACTED]"

@@ -16,10 +16,11 @@ from hipchatd.events import Event
 from hipchatd.render import (
     MAX_MESSAGE_CHARS,
     Message,
+    clip,
     color,
+    one_line,
     render,
     sender_name,
-    severity_name,
     status_word,
 )
 from tests.factories import make_target, sample_event
@@ -105,14 +106,6 @@ def test_status_word_and_colour(action: str, status: int, word: str, colour: str
     assert message.color == colour
     assert message.text.startswith(f"<b>{word}</b> sensu.test.local/testing")
     assert text_of(event).startswith(f"{word} sensu.test.local/testing")
-
-
-@pytest.mark.parametrize(
-    ("status", "name"),
-    [(0, "ok"), (1, "warning"), (2, "critical"), (3, "unknown"), (42, "unknown"), (-2, "unknown")],
-)
-def test_severity_name(status: int, name: str) -> None:
-    assert severity_name(status) == name
 
 
 # --- layout ------------------------------------------------------------------------
@@ -501,3 +494,26 @@ def test_property_sender_name(username: str) -> None:
     assert 1 <= len(v1) <= 15
     assert re.fullmatch(r"[A-Za-z0-9 _-]+", v1)
     assert sender_name(username, "v2") == username[:64]
+
+
+# --- the text helpers render and coalesce share ---------------------------------------
+
+
+def test_one_line_turns_every_line_break_into_a_space() -> None:
+    assert one_line("a\r\nb\rc\nd") == "a b c d"
+
+
+@pytest.mark.parametrize(
+    ("value", "cap", "as_html", "clipped"),
+    [
+        ("abc", 3, False, "abc"),
+        ("abcd", 3, False, "ab…"),
+        ("a<b", 6, True, "a&lt;b"),
+        ("a<b", 5, True, "a…"),  # never inside "&lt;"
+        ("x" * 1_000_000, 4, True, "xxx…"),
+    ],
+)
+def test_clip_renders_and_cuts_between_source_characters(
+    value: str, cap: int, as_html: bool, clipped: str
+) -> None:
+    assert clip(value, cap, as_html) == clipped
