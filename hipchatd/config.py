@@ -35,6 +35,8 @@ from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from hipchatd.errors import ConfigError
+from hipchatd.events import MessageFormat, Overrides, Severity
+from hipchatd.framing import Framing
 
 __all__ = [
     "Config",
@@ -43,15 +45,11 @@ __all__ = [
     "HipChatSettings",
     "Listen",
     "LoadResult",
-    "Overrides",
     "Secret",
     "load_config",
 ]
 
 ApiVersion = Literal["v1", "v2"]
-MessageFormat = Literal["html", "text"]
-Framing = Literal["auto", "eof", "newline", "length"]
-Severity = Literal["ok", "warning", "critical", "unknown"]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: The integration's documented default endpoint (HipChat Cloud, now gone).
@@ -129,16 +127,6 @@ class Secret:
 
     def __bool__(self) -> bool:
         return bool(self._value)
-
-
-@dataclass(frozen=True, slots=True)
-class Overrides:
-    """Per-check, per-client or per-contact HipChat attributes; ``None`` = not named."""
-
-    room: tuple[str, ...] | None = None
-    notify: bool | None = None
-    username: str | None = None
-    message_format: MessageFormat | None = None
 
 
 @dataclass(frozen=True, slots=True)

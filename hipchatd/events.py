@@ -38,7 +38,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeGuard
 
-from hipchatd.config import MessageFormat, Overrides, Severity
 from hipchatd.errors import EventError
 
 __all__ = [
@@ -48,11 +47,27 @@ __all__ = [
     "Event",
     "EventError",
     "HandleWhen",
+    "MessageFormat",
+    "Overrides",
+    "Severity",
     "parse_event",
     "severity",
 ]
 
 Action = Literal["create", "resolve", "flapping"]
+MessageFormat = Literal["html", "text"]
+Severity = Literal["ok", "warning", "critical", "unknown"]
+
+
+@dataclass(frozen=True, slots=True)
+class Overrides:
+    """Per-check, per-client or per-contact HipChat attributes; ``None`` = not named."""
+
+    room: tuple[str, ...] | None = None
+    notify: bool | None = None
+    username: str | None = None
+    message_format: MessageFormat | None = None
+
 
 #: Enterprise ``handle_when`` defaults: notify from the first occurrence, remind every 30 min.
 DEFAULT_HANDLE_WHEN_OCCURRENCES = 1

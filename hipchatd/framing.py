@@ -33,13 +33,15 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Literal
 
-from hipchatd.config import Framing
 from hipchatd.errors import FrameTooLarge
 from hipchatd.reasons import RejectReason
 
-__all__ = ["Decoder", "Document", "FrameTooLarge", "Rejected", "preview"]
+__all__ = ["Decoder", "Document", "FrameTooLarge", "Framing", "Rejected", "preview"]
+
+#: How a TCP stream is cut into frames (the ``hipchatd.framing`` setting).
+Framing = Literal["auto", "eof", "newline", "length"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,8 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from hipchatd.config import ApiVersion, MessageFormat, Severity
-from hipchatd.events import Event, severity
+from hipchatd.config import ApiVersion
+from hipchatd.events import Event, MessageFormat, Severity, severity
 from hipchatd.routing import Target
 
 __all__ = [

@@ -28,8 +28,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from hipchatd.config import HipChatSettings, MessageFormat, Overrides
-from hipchatd.events import Event
+from hipchatd.config import HipChatSettings
+from hipchatd.events import Event, MessageFormat, Overrides
 
 __all__ = ["Target", "route", "unknown_contacts"]
 

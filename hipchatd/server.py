@@ -24,9 +24,9 @@ import structlog
 import trio
 
 from hipchatd import boundary
-from hipchatd.config import DaemonSettings, Framing
+from hipchatd.config import DaemonSettings
 from hipchatd.errors import FrameTooLarge
-from hipchatd.framing import Decoder, Document, Rejected
+from hipchatd.framing import Decoder, Document, Framing, Rejected
 from hipchatd.metrics import Metrics
 from hipchatd.peers import LOG_WINDOW, AllowFrom, allowed, peer_address, warn_limited
 from hipchatd.reasons import RejectReason

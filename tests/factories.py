@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from hipchatd.config import HipChatSettings, Overrides, Secret
-from hipchatd.events import Event, HandleWhen
+from hipchatd.config import HipChatSettings, Secret
+from hipchatd.events import Event, HandleWhen, Overrides
 from hipchatd.routing import Target
 
 #: A minimal Classic event, as parse_event builds it: check_http on web-01 is critical.

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from hipchatd.config import Overrides
-from hipchatd.events import EventError, HandleWhen, parse_event, severity
+from hipchatd.events import EventError, HandleWhen, Overrides, parse_event, severity
 from tests.factories import CLASSIC_CRITICAL
+from tests.processes import child_env
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ALL_FIXTURES = sorted(path.name for path in FIXTURES.glob("*.json"))
@@ -1071,3 +1073,14 @@ def test_a_timestamp_too_large_for_a_float_is_ignored() -> None:
 def test_severity(status: int, name: str) -> None:
     # The one mapping the filters (severities) and render (status word, colour) share.
     assert severity(status) == name
+
+
+@pytest.mark.parametrize("module", ["hipchatd.events", "hipchatd.framing"])
+def test_vocabulary_modules_import_no_configuration(module: str) -> None:
+    """Overrides, MessageFormat, Severity and Framing live below config.py, which imports them."""
+    probe = f"import sys, {module}; print(sorted(m for m in sys.modules if 'hipchatd' in m))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], env=child_env(), capture_output=True, text=True, check=True
+    ).stdout
+    assert module in loaded
+    assert "hipchatd.config" not in loaded

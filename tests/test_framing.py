@@ -13,9 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hipchatd.config import Framing
 from hipchatd.errors import FrameTooLarge
-from hipchatd.framing import Decoder, Document, Rejected, preview
+from hipchatd.framing import Decoder, Document, Framing, Rejected, preview
 from hipchatd.reasons import RejectReason
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from hipchatd.config import MessageFormat, Overrides
-from hipchatd.events import Event, parse_event
+from hipchatd.events import Event, MessageFormat, Overrides, parse_event
 from hipchatd.routing import Target, route, unknown_contacts
 from tests.factories import make_event, make_settings
 

@@ -12,8 +12,9 @@ import trio
 import trio.testing
 
 from hipchatd import tools
-from hipchatd.config import Config, HipChatSettings, Overrides, Secret
+from hipchatd.config import Config, HipChatSettings, Secret
 from hipchatd.emulator import Emulator
+from hipchatd.events import Overrides
 from tests.conftest import TOKEN
 
 WRONG_TOKEN = "wrong-token-9876543210fedcba"
