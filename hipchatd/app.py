@@ -1,17 +1,23 @@
-"""run(): the one place the daemon's nursery tree is built.
+"""serve(): the one place the daemon's task tree is built, from the signals down.
 
 ::
 
-    run
-    ├── emulator.serve            (only with --emulator)
-    └── services
-        ├── spool.run             group commits; hands committed entries to the lanes
-        ├── dispatcher.run        one lane per room or user with work (reaped when idle)
-        ├── reject_log.run        reports rejection lines suppressed per peer
-        ├── connections           one task per Sensu connection (outlives accepting)
-        └── ingest scope
-            ├── server.serve_tcp  accept loops
-            └── server.serve_udp  datagram loop
+    serve                         SIGTERM/SIGINT: graceful stop, a second one: stop now;
+    │                             SIGHUP: _reload
+    ├── systemd.watchdog          WATCHDOG=1 every half WatchdogSec (started before recovery)
+    ├── _report_status            STATUS= every STATUS_INTERVAL
+    ├── _stop_gracefully          after the first SIGTERM/SIGINT: App.stop within shutdown_grace
+    └── run
+        ├── emulator.serve        (only with --emulator)
+        └── services
+            ├── spool.run         group commits; hands committed entries to the lanes
+            ├── dispatcher.run    one lane per room or user with work (reaped when idle)
+            ├── reject_log.run    reports rejection lines suppressed per peer
+            ├── connections       one task per Sensu connection (outlives accepting)
+            ├── ingest scope
+            │   ├── server.serve_tcp  accept loops
+            │   └── server.serve_udp  datagram loop
+            └── httpapi.serve_http    /metrics and /healthz (only with hipchatd.metrics)
 
 An event is accepted once the spool has committed it. ``App.stop`` is the
 graceful half of shutdown: stop accepting, let open connections finish and
@@ -21,22 +27,25 @@ in-flight deliveries complete; what is left stays in the spool.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
+import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TYPE_CHECKING
 
 import structlog
 import trio
 
-from hipchatd import logconfig
+from hipchatd import logconfig, systemd
 from hipchatd.budget import RateBudget
 from hipchatd.clock import unix_now
 from hipchatd.config import Config, DaemonSettings, HipChatSettings, Listen
 from hipchatd.dispatch import Dispatcher, Ticket
-from hipchatd.errors import EventError, StartupError
+from hipchatd.errors import ConfigError, EventError, StartupError
 from hipchatd.events import Event, parse_event
 from hipchatd.filters import skip_reason
 from hipchatd.framing import Document, preview
@@ -49,7 +58,10 @@ from hipchatd.server import ConnectionHandler, reject, serve_tcp, serve_udp
 from hipchatd.spool import Entry, EventEntries, Spool
 from hipchatd.systemd import InheritedSocket
 
-__all__ = ["App", "run"]
+if TYPE_CHECKING:
+    from hipchatd.config import LoadResult
+
+__all__ = ["App", "run", "serve"]
 
 log = structlog.get_logger()
 
@@ -354,6 +366,109 @@ async def _open_nursery(*, task_status: trio.TaskStatus[trio.Nursery]) -> None:
     async with trio.open_nursery() as nursery:
         task_status.started(nursery)
         await trio.sleep_forever()
+
+
+async def serve(
+    config: Config,
+    *,
+    with_emulator: bool = False,
+    inherited: Sequence[InheritedSocket] = (),
+    load: Callable[[], LoadResult],
+) -> None:
+    """The daemon from start to exit: ``run`` under the watchdog, signals and status.
+
+    systemd hears READY=1 once ``run`` serves and STATUS= every
+    STATUS_INTERVAL. SIGHUP adopts what ``load`` returns (see ``_reload``);
+    SIGTERM or SIGINT stops gracefully within ``shutdown_grace``, and a
+    second one stops at once. Returns once everything has stopped.
+    """
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async with trio.open_nursery() as nursery:
+            # Pings start before recovery so a long spool recovery is not a hang.
+            await nursery.start(systemd.watchdog)
+            running: App = await nursery.start(
+                partial(run, config, with_emulator=with_emulator, inherited=inherited)
+            )
+            # What start-up built lives as long as the daemon: keep it out of
+            # every later collection (httpx's per-request cycles are collected often).
+            gc.collect()
+            gc.freeze()
+            systemd.ready(running.status_line())
+            nursery.start_soon(_report_status, running)
+            stopping = False
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if signum == signal.SIGHUP:
+                    if not stopping:
+                        await _reload(running, load)
+                    continue
+                if not stopping:
+                    stopping = True
+                    grace = config.daemon.shutdown_grace
+                    systemd.stopping()
+                    log.info("daemon.stopping", signal=name, shutdown_grace=grace)
+                    nursery.start_soon(_stop_gracefully, running, grace, nursery.cancel_scope)
+                else:
+                    # A second signal: stop now. The spool is consistent at any point.
+                    log.warning("daemon.stopping_now", signal=name)
+                    nursery.cancel_scope.cancel()
+
+
+async def _stop_gracefully(running: App, grace: float, scope: trio.CancelScope) -> None:
+    with trio.move_on_after(grace) as waited:
+        await running.stop()
+    if waited.cancelled_caught:
+        log.warning("daemon.grace_expired", shutdown_grace=grace)
+    scope.cancel()
+
+
+#: Seconds between STATUS= updates to systemd.
+STATUS_INTERVAL = 30.0
+
+
+async def _report_status(running: App) -> None:
+    while True:
+        await trio.sleep(STATUS_INTERVAL)
+        systemd.status(running.status_line())
+
+
+async def _reload(running: App, load: Callable[[], LoadResult]) -> None:
+    """Adopt the configuration as it is now; on any failure keep the running one.
+
+    A SIGHUP must never stop the daemon: an invalid configuration is refused
+    with one ERROR line per problem, and anything unexpected while loading
+    (a bug) is logged with its traceback; both keep the old configuration.
+    """
+    systemd.reloading()
+    try:
+        result = await trio.to_thread.run_sync(load)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log.error("config.reload_failed", problem=problem)
+        for warning in exc.warnings:
+            log.warning("config.warning", warning=warning)
+        systemd.ready("reload failed, configuration unchanged; " + running.status_line())
+        return
+    except Exception as exc:
+        log.error(
+            "config.reload_failed",
+            problem=f"unexpected {type(exc).__name__} while loading the configuration (a bug)",
+            exc_info=True,
+        )
+        systemd.ready("reload failed, configuration unchanged; " + running.status_line())
+        return
+    for warning in result.warnings:
+        log.warning("config.warning", warning=warning)
+    restart = running.reload(result.config)
+    if restart:
+        log.warning("config.reload_needs_restart", keys=restart)
+    log.info(
+        "config.reloaded",
+        rooms=list(running.config.hipchat.room),
+        api_version=running.config.hipchat.api_version,
+        server_url=running.config.hipchat.server_url,
+    )
+    systemd.ready(running.status_line())
 
 
 async def run(

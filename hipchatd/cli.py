@@ -1,17 +1,17 @@
-"""Command line: argv -> config -> logging -> trio.run(app.run, ...) -> exit code."""
+"""Command line: argv -> config -> logging -> trio.run(app.serve, ...) -> exit code.
+
+Synchronous: the task tree, signals included, is ``app.serve``'s.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import os
-import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import structlog
 import trio
@@ -20,10 +20,6 @@ from hipchatd import __version__, logconfig, systemd
 from hipchatd.config import DEFAULT_STATE_DIR, Config, Listen, LoadResult, load_config
 from hipchatd.errors import ConfigError, HipchatdError, StartupError
 from hipchatd.spool import SpoolError
-from hipchatd.systemd import InheritedSocket
-
-if TYPE_CHECKING:
-    from hipchatd.app import App
 
 __all__ = ["main"]
 
@@ -164,103 +160,6 @@ def _check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _stop_gracefully(running: App, grace: float, scope: trio.CancelScope) -> None:
-    with trio.move_on_after(grace) as waited:
-        await running.stop()
-    if waited.cancelled_caught:
-        log.warning("daemon.grace_expired", shutdown_grace=grace)
-    scope.cancel()
-
-
-#: Seconds between STATUS= updates to systemd.
-STATUS_INTERVAL = 30.0
-
-
-async def _report_status(running: App) -> None:
-    while True:
-        await trio.sleep(STATUS_INTERVAL)
-        systemd.status(running.status_line())
-
-
-async def _reload(running: App, load: Callable[[], LoadResult]) -> None:
-    """Adopt the configuration as it is now; on any failure keep the running one.
-
-    A SIGHUP must never stop the daemon: an invalid configuration is refused
-    with one ERROR line per problem, and anything unexpected while loading
-    (a bug) is logged with its traceback; both keep the old configuration.
-    """
-    systemd.reloading()
-    try:
-        result = await trio.to_thread.run_sync(load)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            log.error("config.reload_failed", problem=problem)
-        for warning in exc.warnings:
-            log.warning("config.warning", warning=warning)
-        systemd.ready("reload failed, configuration unchanged; " + running.status_line())
-        return
-    except Exception as exc:
-        log.error(
-            "config.reload_failed",
-            problem=f"unexpected {type(exc).__name__} while loading the configuration (a bug)",
-            exc_info=True,
-        )
-        systemd.ready("reload failed, configuration unchanged; " + running.status_line())
-        return
-    for warning in result.warnings:
-        log.warning("config.warning", warning=warning)
-    restart = running.reload(result.config)
-    if restart:
-        log.warning("config.reload_needs_restart", keys=restart)
-    log.info(
-        "config.reloaded",
-        rooms=list(running.config.hipchat.room),
-        api_version=running.config.hipchat.api_version,
-        server_url=running.config.hipchat.server_url,
-    )
-    systemd.ready(running.status_line())
-
-
-async def _serve_until_signalled(
-    config: Config,
-    with_emulator: bool,
-    inherited: Sequence[InheritedSocket],
-    load: Callable[[], LoadResult],
-) -> None:
-    from hipchatd import app
-
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async with trio.open_nursery() as nursery:
-            # Pings start before recovery so a long spool recovery is not a hang.
-            await nursery.start(systemd.watchdog)
-            running: App = await nursery.start(
-                partial(app.run, config, with_emulator=with_emulator, inherited=inherited)
-            )
-            # What start-up built lives as long as the daemon: keep it out of
-            # every later collection (httpx's per-request cycles are collected often).
-            gc.collect()
-            gc.freeze()
-            systemd.ready(running.status_line())
-            nursery.start_soon(_report_status, running)
-            stopping = False
-            async for signum in signals:
-                name = signal.Signals(signum).name
-                if signum == signal.SIGHUP:
-                    if not stopping:
-                        await _reload(running, load)
-                    continue
-                if not stopping:
-                    stopping = True
-                    grace = config.daemon.shutdown_grace
-                    systemd.stopping()
-                    log.info("daemon.stopping", signal=name, shutdown_grace=grace)
-                    nursery.start_soon(_stop_gracefully, running, grace, nursery.cancel_scope)
-                else:
-                    # A second signal: stop now. The spool is consistent at any point.
-                    log.warning("daemon.stopping_now", signal=name)
-                    nursery.cancel_scope.cancel()
-
-
 def _serve(args: argparse.Namespace) -> int:
     try:
         result = _load(args.config, require_token=not args.emulator)
@@ -289,9 +188,13 @@ def _serve(args: argparse.Namespace) -> int:
         config = _with_state_dir(_with_port(reloaded.config, args.port), state_dir)
         return dataclasses.replace(reloaded, config=config)
 
+    from hipchatd import app
+
     failures: list[HipchatdError] = []
     try:
-        trio.run(_serve_until_signalled, config, args.emulator, inherited, load)
+        trio.run(
+            partial(app.serve, config, with_emulator=args.emulator, inherited=inherited, load=load)
+        )
     except* _FATAL as group:
         failures = _leaves(group)
     if failures:

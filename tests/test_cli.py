@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import io
 import json
 import os
@@ -20,9 +21,10 @@ import structlog
 import trio
 
 from hipchatd import __version__, cli
+from hipchatd import app as app_module
 from hipchatd.config import LoadResult
 from hipchatd.errors import ConfigError, StartupError
-from tests.conftest import FIXTURES, free_port
+from tests.conftest import FIXTURES, free_port, make_config, wait_until
 from tests.processes import STARTUP, Child
 
 HIPCHATD = [sys.executable, "-m", "hipchatd"]
@@ -343,7 +345,7 @@ def test_serve_with_a_ca_file_that_is_not_pem_is_refused_in_one_line(tmp_path: P
 
 
 class _Running:
-    """What ``cli._reload`` needs of a running daemon when loading fails."""
+    """What ``app._reload`` needs of a running daemon when loading fails."""
 
     reloaded = False
 
@@ -363,7 +365,7 @@ async def test_reload_survives_an_unexpected_error_while_loading() -> None:
 
     running = _Running()
     with trio.fail_after(10), structlog.testing.capture_logs() as logs:
-        await cli._reload(running, load)  # type: ignore[arg-type]
+        await app_module._reload(running, load)  # type: ignore[arg-type]
     assert not running.reloaded
     (failed,) = [record for record in logs if record["event"] == "config.reload_failed"]
     assert failed["log_level"] == "error"
@@ -376,11 +378,52 @@ async def test_reload_refused_logs_problems_as_errors_and_warnings_as_warnings()
         raise ConfigError(["a.json: hipchat.timeout: bad"], ["a.json: hipchat.x: unknown key"])
 
     with trio.fail_after(10), structlog.testing.capture_logs() as logs:
-        await cli._reload(_Running(), load)  # type: ignore[arg-type]
+        await app_module._reload(_Running(), load)  # type: ignore[arg-type]
     assert [(r["event"], r["log_level"]) for r in logs] == [
         ("config.reload_failed", "error"),
         ("config.warning", "warning"),
     ]
+
+
+async def test_app_serve_reloads_on_sighup_and_stops_on_sigterm() -> None:
+    """``app.serve`` is the top of the tree: it handles the signals ``cli`` runs it under."""
+    config = make_config("http://127.0.0.1:1", room="ops")
+    reloaded = make_config("http://127.0.0.1:1", room="dev")
+    with trio.fail_after(30), structlog.testing.capture_logs() as logs:
+
+        def events() -> list[str]:
+            return [record["event"] for record in logs]
+
+        async with trio.open_nursery() as nursery:
+            done = trio.Event()
+
+            async def serve() -> None:
+                try:
+                    await app_module.serve(
+                        config, with_emulator=True, load=lambda: LoadResult(reloaded)
+                    )
+                finally:
+                    gc.unfreeze()
+                    done.set()
+
+            nursery.start_soon(serve)
+            await wait_until(lambda: "daemon.started" in events())
+            os.kill(os.getpid(), signal.SIGHUP)
+            await wait_until(lambda: "config.reloaded" in events())
+            os.kill(os.getpid(), signal.SIGTERM)
+            await done.wait()
+    (reload,) = [record for record in logs if record["event"] == "config.reloaded"]
+    assert reload["rooms"] == ["dev"]
+    (stopping,) = [record for record in logs if record["event"] == "daemon.stopping"]
+    assert stopping["signal"] == "SIGTERM"
+
+
+def test_cli_opens_no_nursery_and_handles_no_signal() -> None:
+    """The task tree, signals included, is ``app.serve``'s; ``cli`` only runs it."""
+    source = Path(cli.__file__).read_text()
+    assert "open_nursery" not in source
+    assert "open_signal_receiver" not in source
+    assert "app.serve" in source
 
 
 # -- serve --port and send-event -------------------------------------------------------------
