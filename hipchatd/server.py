@@ -56,10 +56,12 @@ _conn_ids = itertools.count(1)
 def _peer_name(address: Any) -> str:
     if isinstance(address, tuple) and len(address) >= 2:
         host, port = address[0], address[1]
-        ip = peer_address(host)
-        if ip is not None and ip.version == 4:
-            # A dual-stack socket's ::ffff:10.1.2.3 is the IPv4 peer 10.1.2.3.
-            host = str(ip)
+        # Only an IPv6 form can be a dual-stack socket's ::ffff:10.1.2.3, the IPv4
+        # peer 10.1.2.3: a plain IPv4 host (every connection, usually) is not parsed.
+        if isinstance(host, str) and ":" in host:
+            ip = peer_address(host)
+            if ip is not None and ip.version == 4:
+                host = str(ip)
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
     return str(address) if address else "unknown"
 

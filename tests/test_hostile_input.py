@@ -389,14 +389,21 @@ def _document(text: str) -> Document:
     return Document(json.loads(text), len(text), text)
 
 
-async def test_a_sink_bug_loses_only_its_frame() -> None:
-    metrics = Metrics()
-    sunk: list[Any] = []
+def _buggy_sink(sunk: list[Any]) -> server.Sink:
+    """A sink that raises on ``{"bug": true}`` and keeps every other document's value."""
 
     def sink(document: Document, peer: str, transport: str) -> None:
         if document.value == {"bug": True}:
             raise ZeroDivisionError("a bug in the sink")
         sunk.append(document.value)
+
+    return sink
+
+
+async def test_a_sink_bug_loses_only_its_frame() -> None:
+    metrics = Metrics()
+    sunk: list[Any] = []
+    sink = _buggy_sink(sunk)
 
     frames = [
         _document('{"bug":true}'),
@@ -476,11 +483,7 @@ async def test_a_datagram_bug_loses_only_that_datagram(
     monkeypatch.setattr(server, "Decoder", Buggy)
     metrics = Metrics()
     sunk: list[Any] = []
-
-    def sink(document: Document, peer: str, transport: str) -> None:
-        if document.value == {"bug": True}:
-            raise ZeroDivisionError("a bug in the sink")
-        sunk.append(document.value)
+    sink = _buggy_sink(sunk)
 
     sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
     await sock.bind(("127.0.0.1", 0))
