@@ -248,9 +248,9 @@ def verify(payloads: Iterable[bytes], room: str | None = None) -> list[str]:
     (``room`` when given).
     """
     from hipchatd.config import HipChatSettings, Secret
-    from hipchatd.events import parse_event
-    from hipchatd.filters import skip_reason
-    from hipchatd.routing import route
+    from hipchatd.delivery.routing import route
+    from hipchatd.sensu.events import parse_event
+    from hipchatd.sensu.filters import skip_reason
 
     settings = HipChatSettings(api_token=Secret("x"), room=(ROOM,))
     problems: list[str] = []

@@ -80,8 +80,9 @@ def _accepts(port: int) -> bool:
 
 
 def spool_available() -> bool:
-    """Whether the daemon has a durable spool (``hipchatd/spool.py``, using ``state_dir``)."""
-    return (SOURCE / "hipchatd" / "spool.py").exists()
+    """Whether the daemon has a durable spool (``state_dir``): older trees kept it in one module."""
+    package = SOURCE / "hipchatd"
+    return (package / "delivery" / "spool").is_dir() or (package / "spool.py").exists()
 
 
 @functools.cache

@@ -496,9 +496,9 @@ def _udp_result(result: dict[str, Any], received: int, gen: dict[str, Any]) -> d
 def _bodies() -> list[str]:
     """The v2 notification bodies hipchatd would send for the ingest templates."""
     from hipchatd.config import HipChatSettings, Secret
-    from hipchatd.events import parse_event
-    from hipchatd.render import render
-    from hipchatd.routing import route
+    from hipchatd.delivery.render import render
+    from hipchatd.delivery.routing import route
+    from hipchatd.sensu.events import parse_event
 
     settings = HipChatSettings(api_token=Secret(TOKEN), room=(payloads.ROOM,))
     out = []
@@ -799,7 +799,7 @@ def scenario_pending(ctx: Context) -> dict[str, Any]:
     """
     s = ctx.sizes
     if not spool_available():
-        return {"available": False, "reason": "no spool yet (hipchatd/spool.py is absent)"}
+        return {"available": False, "reason": "no spool in this tree"}
     emulator = ctx.children.emulator(
         "emulator-pending",
         token=TOKEN,

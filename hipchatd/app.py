@@ -17,7 +17,7 @@
             ├── ingest scope
             │   ├── server.serve_tcp  accept loops
             │   └── server.serve_udp  datagram loop
-            └── httpapi.serve_http    /metrics and /healthz (only with hipchatd.metrics)
+            └── http.serve_http    /metrics and /healthz (only with hipchatd.metrics)
 
 An event is accepted once the spool has committed it. ``App.stop`` is the
 graceful half of shutdown: stop accepting, let open connections finish and
@@ -40,23 +40,23 @@ from typing import TYPE_CHECKING
 import structlog
 import trio
 
-from hipchatd import logconfig, systemd
-from hipchatd.budget import RateBudget
 from hipchatd.clock import unix_now
 from hipchatd.config import Config, DaemonSettings, HipChatSettings, Listen
-from hipchatd.dispatch import Dispatcher, Ticket
+from hipchatd.delivery.budget import RateBudget
+from hipchatd.delivery.hipchat import HipChatClient, make_http_client
+from hipchatd.delivery.lanes import Dispatcher, Ticket
+from hipchatd.delivery.routing import route
+from hipchatd.delivery.spool import Entry, EventEntries, Spool
 from hipchatd.errors import ConfigError, EventError, StartupError
-from hipchatd.events import Event, parse_event
-from hipchatd.filters import skip_reason
-from hipchatd.framing import Document, preview
-from hipchatd.hipchat import HipChatClient, make_http_client
+from hipchatd.ingest.listeners import ConnectionHandler, reject, serve_tcp, serve_udp
+from hipchatd.ingest.peers import reject_log, warn_if_exposed
 from hipchatd.metrics import NOTIFICATIONS, Metrics
-from hipchatd.peers import reject_log, warn_if_exposed
+from hipchatd.ops import logconfig, systemd
+from hipchatd.ops.systemd import InheritedSocket
 from hipchatd.reasons import RejectReason
-from hipchatd.routing import route
-from hipchatd.server import ConnectionHandler, reject, serve_tcp, serve_udp
-from hipchatd.spool import Entry, EventEntries, Spool
-from hipchatd.systemd import InheritedSocket
+from hipchatd.sensu.events import Event, parse_event
+from hipchatd.sensu.filters import skip_reason
+from hipchatd.sensu.framing import Document, preview
 
 if TYPE_CHECKING:
     from hipchatd.config import LoadResult
@@ -538,11 +538,11 @@ async def run(
                     conns = await services.start(_open_nursery)
                     await _start_ingest(services, app, conns, inherited)
                     if daemon.metrics is not None:
-                        from hipchatd import httpapi
+                        from hipchatd.ops.http import serve_http
 
                         http_listeners = await _open_metrics(daemon.metrics)
                         app.metrics_addresses = await services.start(
-                            httpapi.serve_http, http_listeners, metrics, app.health
+                            serve_http, http_listeners, metrics, app.health
                         )
                     log.info(
                         "daemon.started",
@@ -604,10 +604,10 @@ def _cannot_listen(exc: OSError, transport: str, listen: Listen) -> StartupError
 
 
 async def _open_metrics(listen: Listen) -> list[trio.SocketListener]:
-    from hipchatd import httpapi
+    from hipchatd.ops.http import open_http_listeners
 
     try:
-        return await httpapi.open_http_listeners(listen)
+        return await open_http_listeners(listen)
     except OSError as exc:
         fix = "choose another port (hipchatd.metrics.port)"
         raise StartupError.cannot_listen(

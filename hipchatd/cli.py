@@ -16,10 +16,11 @@ from pathlib import Path
 import structlog
 import trio
 
-from hipchatd import __version__, logconfig, systemd
+from hipchatd import __version__
 from hipchatd.config import DEFAULT_STATE_DIR, Config, Listen, LoadResult, load_config
+from hipchatd.delivery.spool import SpoolError
 from hipchatd.errors import ConfigError, HipchatdError, StartupError
-from hipchatd.spool import SpoolError
+from hipchatd.ops import logconfig, systemd
 
 __all__ = ["main"]
 
@@ -57,7 +58,9 @@ def _port(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from hipchatd import emulator, sendevent, spool
+    from hipchatd import emulator
+    from hipchatd.delivery import spool
+    from hipchatd.ops import sendevent
 
     parser = argparse.ArgumentParser(
         prog="hipchatd", description="Sensu socket handler that notifies HipChat rooms."
@@ -151,9 +154,9 @@ def _load_for_command(args: argparse.Namespace, *, require_token: bool) -> LoadR
 
 def _check_config(args: argparse.Namespace) -> int:
     if args.online:
-        from hipchatd import tools
+        from hipchatd.ops import probe
 
-        return _online(args, tools.check_online)
+        return _online(args, probe.check_online)
     if _load_for_command(args, require_token=True) is None:
         return EXIT_CONFIG
     print("OK")
@@ -259,7 +262,7 @@ def _online(args: argparse.Namespace, check: Callable[..., Awaitable[int]], *ext
 
 
 def _spool(args: argparse.Namespace) -> int:
-    from hipchatd import spool
+    from hipchatd.delivery import spool
 
     args.emulator = False
     result = _load_for_command(args, require_token=False)
@@ -269,7 +272,7 @@ def _spool(args: argparse.Namespace) -> int:
 
 
 def _send_event(args: argparse.Namespace) -> int:
-    from hipchatd import sendevent
+    from hipchatd.ops import sendevent
 
     # The daemon's address and max_frame_bytes; without --config and /etc/hipchatd, the
     # defaults. Its warnings are for check-config and serve.
@@ -317,8 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "send-event":
         return _send_event(args)
     if args.command == "send-test":
-        from hipchatd import tools
+        from hipchatd.ops import probe
 
-        return _online(args, tools.send_test, args.room)
+        return _online(args, probe.send_test, args.room)
     logconfig.configure(args.log_level)
     return _serve(args)

@@ -35,8 +35,8 @@ from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from hipchatd.errors import ConfigError
-from hipchatd.events import MessageFormat, Overrides, Severity
-from hipchatd.framing import Framing
+from hipchatd.sensu.events import MessageFormat, Overrides, Severity
+from hipchatd.sensu.framing import Framing
 
 __all__ = [
     "Config",

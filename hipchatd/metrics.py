@@ -11,8 +11,7 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from hipchatd.filters import SKIP_REASONS
-from hipchatd.reasons import RejectReason
+from hipchatd.reasons import RejectReason, SkipReason
 
 __all__ = [
     "CONNECTIONS_OPEN",
@@ -28,7 +27,6 @@ __all__ = [
     "NOTIFICATION_LATENCY",
     "RATELIMIT_REMAINING",
     "REJECT_REASONS",
-    "SKIP_REASONS",
     "SPOOL_EVENTS",
     "TRANSPORTS",
     "Metrics",
@@ -110,7 +108,7 @@ class Metrics:
         # Children looked up once: ``labels()`` costs more than ``inc()`` on the hot path.
         self.received = {t: self.events_received.labels(transport=t) for t in TRANSPORTS}
         self.rejected = {r: self.events_rejected.labels(reason=r) for r in REJECT_REASONS}
-        self.skipped = {r: self.events_skipped.labels(reason=r) for r in SKIP_REASONS}
+        self.skipped = {r: self.events_skipped.labels(reason=r) for r in SkipReason}
         self.internal_errors = {
             w: self.internal_errors_total.labels(where=w) for w in INTERNAL_ERROR_PLACES
         }

@@ -1,4 +1,5 @@
-"""Why input is refused: the values of ``hipchatd_events_rejected_total{reason}``.
+"""Why input is refused or an event skipped: the label values of
+``hipchatd_events_rejected_total{reason}`` and ``hipchatd_events_skipped_total{reason}``.
 
 The reason is decided where the input is refused (framing, the listeners,
 the intake) and travels as a :class:`RejectReason`; the metrics take their
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["RejectReason"]
+__all__ = ["RejectReason", "SkipReason"]
 
 
 class RejectReason(enum.StrEnum):
@@ -44,3 +45,25 @@ class RejectReason(enum.StrEnum):
     TOO_MANY_TARGETS = "too_many_targets"
     #: a peer outside ``allow_from``, dropped unread (listeners)
     NOT_ALLOWED = "not_allowed"
+
+
+class SkipReason(enum.StrEnum):
+    """Why a valid event is not notified: one label of ``hipchatd_events_skipped_total``.
+
+    The filters (:mod:`hipchatd.sensu.filters`) decide it; the order is their rule order.
+    """
+
+    #: the check says ``handle: false``
+    HANDLE_DISABLED = "handle_disabled"
+    #: status 0 that is not a resolve
+    STATUS_OK = "status_ok"
+    #: a severity the handler's ``severities`` do not list
+    SEVERITY = "severity"
+    #: a silenced event, and ``handle_silenced`` is not set
+    SILENCED = "silenced"
+    #: fewer occurrences than ``handle_when.occurrences``
+    BELOW_OCCURRENCES = "below_occurrences"
+    #: between two ``handle_when.reset`` repeats
+    REPEAT_SUPPRESSED = "repeat_suppressed"
+    #: a resolve of a problem that was never notified
+    NOT_ANNOUNCED = "not_announced"

@@ -3,7 +3,7 @@
 A :class:`Redactor` holds the secrets (the HipChat API token) that must never
 be printed and replaces each of them, in every form it takes on its way out
 (:func:`secret_forms`), with :data:`REDACTED`. The log processor uses the
-daemon's redactor (``hipchatd.logconfig``); the HipChat client's error texts,
+daemon's redactor (``hipchatd.ops.logconfig``); the HipChat client's error texts,
 and through them the spool's ``last_error``, use :func:`scrub` with the token
 they were sent with. Every module that prints a secret-bearing text goes
 through here, so the marker is spelled one way everywhere.

@@ -16,9 +16,9 @@ import trio
 import trio.testing
 
 from hipchatd import app as app_module
-from hipchatd import logconfig
 from hipchatd.config import Config, DaemonSettings, HipChatSettings, Listen, Secret
 from hipchatd.emulator import Emulator
+from hipchatd.ops import logconfig
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TOKEN = "s3cr3t-hipchat-token-0123456789abcdef"

@@ -10,8 +10,8 @@ from dataclasses import replace
 from typing import Any
 
 from hipchatd.config import HipChatSettings, Secret
-from hipchatd.events import Event, HandleWhen, Overrides
-from hipchatd.routing import Target
+from hipchatd.delivery.routing import Target
+from hipchatd.sensu.events import Event, HandleWhen, Overrides
 
 #: A minimal Classic event, as parse_event builds it: check_http on web-01 is critical.
 EVENT = Event(

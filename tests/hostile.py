@@ -13,10 +13,10 @@ from typing import Any
 import structlog
 import trio
 
-from hipchatd import logconfig
 from hipchatd.app import App
 from hipchatd.emulator import Emulator
 from hipchatd.metrics import INTERNAL_ERROR_PLACES
+from hipchatd.ops import logconfig
 from tests.conftest import TOKEN, classic_event, load_fixture, send_tcp, send_udp, wait_until
 
 #: The largest payload one UDP datagram can carry over IPv4.

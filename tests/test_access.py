@@ -21,8 +21,8 @@ from structlog.testing import capture_logs
 from hipchatd import app as app_module
 from hipchatd.config import DaemonSettings, Listen
 from hipchatd.emulator import Emulator
-from hipchatd.metrics import Metrics
-from hipchatd.peers import (
+from hipchatd.ingest.listeners import ConnectionHandler, reject, serve_tcp
+from hipchatd.ingest.peers import (
     LOG_LINES_PER_PEER,
     LOG_LINES_TOTAL,
     LOG_WINDOW,
@@ -35,8 +35,8 @@ from hipchatd.peers import (
     reject_log,
     warn_if_exposed,
 )
-from hipchatd.server import ConnectionHandler, reject, serve_tcp
-from hipchatd.systemd import InheritedSocket
+from hipchatd.metrics import Metrics
+from hipchatd.ops.systemd import InheritedSocket
 from tests.conftest import (
     StartDaemon,
     classic_event,

@@ -12,12 +12,11 @@ import pytest
 import trio
 import trio.testing
 
-from hipchatd import budget as budget_module
-from hipchatd.budget import RESET_MARGIN, RateBudget
 from hipchatd.clock import unix_now
 from hipchatd.config import HipChatSettings, Secret
-from hipchatd.emulator import Emulator
-from hipchatd.hipchat import (
+from hipchatd.delivery import budget as budget_module
+from hipchatd.delivery.budget import RESET_MARGIN, RateBudget
+from hipchatd.delivery.hipchat import (
     MAX_SERVER_WAIT,
     HipChatClient,
     Outcome,
@@ -25,8 +24,9 @@ from hipchatd.hipchat import (
     RateInfo,
     make_http_client,
 )
-from hipchatd.render import Message
-from hipchatd.routing import Target
+from hipchatd.delivery.render import Message
+from hipchatd.delivery.routing import Target
+from hipchatd.emulator import Emulator
 
 #: Absolute ceiling on the trio clock for one test.
 CEILING = 4 * 3600

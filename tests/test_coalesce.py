@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hipchatd.coalesce import NAME_CHARS, SUMMARY_CHARS, render_batch
-from hipchatd.events import Event
-from hipchatd.render import MAX_MESSAGE_CHARS, Message, render
-from hipchatd.routing import Target
+from hipchatd.delivery.coalesce import NAME_CHARS, SUMMARY_CHARS, render_batch
+from hipchatd.delivery.render import MAX_MESSAGE_CHARS, Message, render
+from hipchatd.delivery.routing import Target
+from hipchatd.sensu.events import Event
 from tests import factories
 
 HTML = factories.make_target(notify=False)

@@ -25,7 +25,7 @@ from hipchatd.config import (
     Secret,
     load_config,
 )
-from hipchatd.events import Overrides
+from hipchatd.sensu.events import Overrides
 
 #: distinctive, so a leak anywhere in a message is found by a substring search.
 TOKEN = "tok-5e7c3a9b1f04d2e8-never-print-me"

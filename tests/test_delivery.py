@@ -15,7 +15,7 @@ import trio
 import trio.testing
 from structlog.testing import capture_logs
 
-from hipchatd.dispatch import BACKOFF_CAP, backoff_delay
+from hipchatd.delivery.lanes import BACKOFF_CAP, backoff_delay
 from hipchatd.emulator import Emulator
 from tests.conftest import (
     TOKEN,

@@ -31,9 +31,11 @@ import trio.testing
 import trustme
 from structlog.testing import capture_logs
 
-from hipchatd import tools
 from hipchatd.clock import unix_now
 from hipchatd.config import Config, HipChatSettings, Secret
+from hipchatd.delivery.hipchat import HipChatClient, OutcomeKind, make_http_client
+from hipchatd.delivery.render import Message
+from hipchatd.delivery.routing import Target
 from hipchatd.emulator import (
     ApiError,
     Emulator,
@@ -53,9 +55,7 @@ from hipchatd.emulator import (
     v1_json,
     validate_v1_message,
 )
-from hipchatd.hipchat import HipChatClient, OutcomeKind, make_http_client
-from hipchatd.render import Message
-from hipchatd.routing import Target
+from hipchatd.ops import probe
 
 TOKEN = "emu-test-token-9f8e7d6c5b4a"
 WRONG = "wrong-token-0a1b2c3d"
@@ -1525,9 +1525,9 @@ async def test_https_check_online_and_send_test_trust_the_ca_file(
 
     outputs = [io.StringIO() for _ in range(3)]
     with trio.fail_after(10):
-        checked = await tools.check_online(config(ca_file=str(ca)), outputs[0])
-        sent = await tools.send_test(config(ca_file=str(ca)), None, outputs[1])
-        untrusted = await tools.check_online(config(), outputs[2])
+        checked = await probe.check_online(config(ca_file=str(ca)), outputs[0])
+        sent = await probe.send_test(config(ca_file=str(ca)), None, outputs[1])
+        untrusted = await probe.check_online(config(), outputs[2])
     assert (checked, sent, untrusted) == (0, 0, 1)
     assert outputs[0].getvalue() == "ok: room sensu (token accepted)\n"
     assert outputs[1].getvalue() == "sent: room sensu\n"

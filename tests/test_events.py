@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from hipchatd.events import EventError, HandleWhen, Overrides, parse_event, severity
+from hipchatd.sensu.events import EventError, HandleWhen, Overrides, parse_event, severity
 from tests.factories import CLASSIC_CRITICAL
 from tests.processes import child_env
 
@@ -1075,7 +1075,7 @@ def test_severity(status: int, name: str) -> None:
     assert severity(status) == name
 
 
-@pytest.mark.parametrize("module", ["hipchatd.events", "hipchatd.framing"])
+@pytest.mark.parametrize("module", ["hipchatd.sensu.events", "hipchatd.sensu.framing"])
 def test_vocabulary_modules_import_no_configuration(module: str) -> None:
     """Overrides, MessageFormat, Severity and Framing live below config.py, which imports them."""
     probe = f"import sys, {module}; print(sorted(m for m in sys.modules if 'hipchatd' in m))"

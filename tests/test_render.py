@@ -12,8 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hipchatd.events import Event
-from hipchatd.render import (
+from hipchatd.delivery.render import (
     MAX_MESSAGE_CHARS,
     Message,
     clip,
@@ -23,6 +22,7 @@ from hipchatd.render import (
     sender_name,
     status_word,
 )
+from hipchatd.sensu.events import Event
 from tests.factories import make_target, sample_event
 
 #: what a correct html message may contain: our tags, escaped text, valid entities.

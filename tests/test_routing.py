@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from hipchatd.events import Event, MessageFormat, Overrides, parse_event
-from hipchatd.routing import Target, route, unknown_contacts
+from hipchatd.delivery.routing import Target, route, unknown_contacts
+from hipchatd.sensu.events import Event, MessageFormat, Overrides, parse_event
 from tests.factories import make_event, make_settings
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -24,8 +24,8 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from hipchatd import spool as spool_module
 from hipchatd.config import Listen
+from hipchatd.delivery import spool as spool_module
 from hipchatd.emulator import Emulator
 from tests.conftest import StartDaemon, classic_event, free_port, send_tcp
 from tests.processes import Child

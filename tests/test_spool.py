@@ -1,4 +1,4 @@
-"""hipchatd.spool: the SQLite spool, its group commit, durability and the operator commands.
+"""hipchatd.delivery.spool: the SQLite spool, its group commit, durability, operator commands.
 
 Real SQLite throughout (a file under tmp_path, or ``":memory:"``). Tests about
 time run on ``thread_clock``, a MockClock that autojumps only after a short
@@ -28,10 +28,9 @@ import trio
 from structlog.testing import capture_logs
 from trio.testing import MockClock
 
-import hipchatd.spool as spool_module
-from hipchatd.events import Event, parse_event
-from hipchatd.routing import Target
-from hipchatd.spool import (
+import hipchatd.delivery.spool as spool_module
+from hipchatd.delivery.routing import Target
+from hipchatd.delivery.spool import (
     BATCH,
     RETRY_POLL,
     SCHEMA_VERSION,
@@ -46,6 +45,7 @@ from hipchatd.spool import (
     add_arguments,
     format_age,
 )
+from hipchatd.sensu.events import Event, parse_event
 from tests.conftest import load_fixture
 
 OPS = Target(kind="room", name="ops", notify=True, username="sensu", message_format="html")
@@ -437,9 +437,9 @@ async def test_a_poll_no_retry_can_fix_ends_run_with_spool_read_error(
 CRASH_SCRIPT = """
 import json, os, signal, sys
 import trio
-from hipchatd.events import parse_event
-from hipchatd.routing import Target
-from hipchatd.spool import Spool
+from hipchatd.sensu.events import parse_event
+from hipchatd.delivery.routing import Target
+from hipchatd.delivery.spool import Spool
 
 state_dir, count, document = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 event = parse_event(json.loads(document))

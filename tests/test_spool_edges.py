@@ -1,4 +1,4 @@
-"""hipchatd.spool at its edges: storage per event, schema migration, a full disk, a lost file.
+"""hipchatd.delivery.spool at its edges: storage per event, migration, a full disk, a lost file.
 
 Real SQLite files under tmp_path throughout. A full disk is SQLite's own
 ``SQLITE_FULL``, made deterministic with ``PRAGMA max_page_count`` on the
@@ -20,12 +20,10 @@ import trio
 from structlog.testing import capture_logs
 from trio.testing import MockClock
 
-import hipchatd.spool as spool_module
+import hipchatd.delivery.spool as spool_module
 from hipchatd.config import Listen
-from hipchatd.emulator import Emulator
-from hipchatd.events import Event, parse_event
-from hipchatd.routing import Target
-from hipchatd.spool import (
+from hipchatd.delivery.routing import Target
+from hipchatd.delivery.spool import (
     RETRY_POLL,
     SCHEMA_VERSION,
     SPOOL_FILE,
@@ -37,6 +35,8 @@ from hipchatd.spool import (
     SpoolWriteError,
     _os_cause,
 )
+from hipchatd.emulator import Emulator
+from hipchatd.sensu.events import Event, parse_event
 from tests.conftest import (
     StartDaemon,
     classic_event,

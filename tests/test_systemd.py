@@ -27,9 +27,9 @@ import trio
 import trio.testing
 from structlog.testing import capture_logs
 
-from hipchatd import systemd
 from hipchatd.config import DEFAULT_SHUTDOWN_GRACE, load_config
-from hipchatd.systemd import LISTEN_FDS_START, SystemdError
+from hipchatd.ops import systemd
+from hipchatd.ops.systemd import LISTEN_FDS_START, SystemdError
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -361,7 +361,7 @@ def test_garbled_variables_are_refused(variable: str, value: str) -> None:
 
 _CHILD = """
 import json, os
-from hipchatd import systemd
+from hipchatd.ops import systemd
 adopted = systemd.listen_fds()
 print(json.dumps({
     "sockets": [[s.name, s.kind, s.sock.getsockname()[1]] for s in adopted],

@@ -11,10 +11,10 @@ import pytest
 import trio
 import trio.testing
 
-from hipchatd import tools
 from hipchatd.config import Config, HipChatSettings, Secret
 from hipchatd.emulator import Emulator
-from hipchatd.events import Overrides
+from hipchatd.ops import probe
+from hipchatd.sensu.events import Overrides
 from tests.conftest import TOKEN
 
 WRONG_TOKEN = "wrong-token-9876543210fedcba"
@@ -48,7 +48,7 @@ def _lines(out: io.StringIO) -> list[str]:
 async def test_check_online_ok_posts_nothing(emu: Emulator, api_version: str) -> None:
     out = io.StringIO()
     with trio.fail_after(10):
-        code = await tools.check_online(
+        code = await probe.check_online(
             _config(emu.url, api_version=api_version, room=("sensu", "dev")), out
         )
     assert code == 0
@@ -70,7 +70,7 @@ async def test_check_online_wrong_token(emu: Emulator, api_version: str, reason:
     out = io.StringIO()
     config = _config(emu.url, api_token=WRONG_TOKEN, api_version=api_version, room=("sensu", "dev"))
     with trio.fail_after(10):
-        code = await tools.check_online(config, out)
+        code = await probe.check_online(config, out)
     assert code == 1
     assert _lines(out) == [
         f"error: token rejected: {reason}",
@@ -85,7 +85,7 @@ async def test_check_online_reports_a_room_error_and_goes_on(emu: Emulator) -> N
     emu.fail_next(1, 404)
     out = io.StringIO()
     with trio.fail_after(10):
-        code = await tools.check_online(_config(emu.url, room=("ops", "sensu")), out)
+        code = await probe.check_online(_config(emu.url, room=("ops", "sensu")), out)
     assert code == 1
     assert _lines(out) == ["error: room ops: 404 Not Found", "ok: room sensu (token accepted)"]
 
@@ -93,7 +93,7 @@ async def test_check_online_reports_a_room_error_and_goes_on(emu: Emulator) -> N
 async def test_check_online_checks_the_user_instead_of_rooms(emu: Emulator) -> None:
     out = io.StringIO()
     with trio.fail_after(10):
-        code = await tools.check_online(_config(emu.url, user="ops@example.com"), out)
+        code = await probe.check_online(_config(emu.url, user="ops@example.com"), out)
     assert code == 0
     assert _lines(out) == ["ok: user ops@example.com (token accepted)"]
     assert [r.path for r in emu.requests] == ["/v2/user/ops%40example.com/message"]
@@ -103,7 +103,7 @@ async def test_check_online_includes_contact_rooms_once(emu: Emulator) -> None:
     contacts = {"oncall": Overrides(room=("dev", "sensu")), "nobody": Overrides()}
     out = io.StringIO()
     with trio.fail_after(10):
-        code = await tools.check_online(_config(emu.url, contacts=contacts), out)
+        code = await probe.check_online(_config(emu.url, contacts=contacts), out)
     assert code == 0
     assert _lines(out) == ["ok: room sensu (token accepted)", "ok: room dev (token accepted)"]
 
@@ -114,7 +114,7 @@ async def test_check_online_unreachable_server_names_the_url() -> None:
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"  # bound, not listening
         out = io.StringIO()
         with trio.fail_after(10):
-            code = await tools.check_online(_config(url, room=("sensu", "dev")), out)
+            code = await probe.check_online(_config(url, room=("sensu", "dev")), out)
     assert code == 1
     first, *rest = _lines(out)
     assert first.startswith(f"error: cannot reach {url}: ConnectError")
@@ -128,7 +128,7 @@ async def test_check_online_timeout_is_the_configured_one(
     out = io.StringIO()
     with trio.fail_after(120):
         start = trio.current_time()
-        code = await tools.check_online(_config(emu.url, timeout=10.0), out)
+        code = await probe.check_online(_config(emu.url, timeout=10.0), out)
         elapsed = trio.current_time() - start
     assert code == 1
     assert _lines(out) == [
@@ -143,7 +143,7 @@ async def test_unusable_ca_file_is_reported(emu: Emulator, tmp_path: Path) -> No
     ca_file.write_text("not a certificate\n")
     out = io.StringIO()
     with trio.fail_after(10):
-        code = await tools.check_online(_config(emu.url, ca_file=str(ca_file)), out)
+        code = await probe.check_online(_config(emu.url, ca_file=str(ca_file)), out)
     assert code == 1
     [line] = _lines(out)
     assert line.startswith("error: hipchat.ca_file: cannot load CA certificates")
@@ -157,7 +157,7 @@ async def test_unusable_ca_file_is_reported(emu: Emulator, tmp_path: Path) -> No
 async def test_send_test_delivers_one_marked_message(emu: Emulator, api_version: str) -> None:
     out = io.StringIO()
     with trio.fail_after(10):
-        code = await tools.send_test(_config(emu.url, api_version=api_version), None, out)
+        code = await probe.send_test(_config(emu.url, api_version=api_version), None, out)
     assert code == 0
     assert _lines(out) == ["sent: room sensu"]
     [message] = emu.messages
@@ -174,7 +174,7 @@ async def test_send_test_delivers_one_marked_message(emu: Emulator, api_version:
 async def test_send_test_room_override(emu: Emulator) -> None:
     out = io.StringIO()
     with trio.fail_after(10):
-        code = await tools.send_test(_config(emu.url, room=("sensu",)), "dev", out)
+        code = await probe.send_test(_config(emu.url, room=("sensu",)), "dev", out)
     assert code == 0
     assert _lines(out) == ["sent: room dev"]
     assert [m.room for m in emu.messages] == ["dev"]
@@ -183,7 +183,7 @@ async def test_send_test_room_override(emu: Emulator) -> None:
 async def test_send_test_unknown_room_is_404(emu: Emulator) -> None:
     out = io.StringIO()
     with trio.fail_after(10):
-        code = await tools.send_test(_config(emu.url, room=("ops", "sensu")), None, out)
+        code = await probe.send_test(_config(emu.url, room=("ops", "sensu")), None, out)
     assert code == 1
     assert _lines(out) == ["error: room ops: 404 Room ops not found", "sent: room sensu"]
     assert [m.room for m in emu.messages] == ["sensu"]
@@ -192,7 +192,7 @@ async def test_send_test_unknown_room_is_404(emu: Emulator) -> None:
 async def test_send_test_v1_unknown_room(emu: Emulator) -> None:
     out = io.StringIO()
     with trio.fail_after(10):
-        code = await tools.send_test(_config(emu.url, api_version="v1"), "ops", out)
+        code = await probe.send_test(_config(emu.url, api_version="v1"), "ops", out)
     assert code == 1
     assert _lines(out) == ["error: room ops: 404 Room not found"]
     assert emu.messages == []
@@ -201,7 +201,7 @@ async def test_send_test_v1_unknown_room(emu: Emulator) -> None:
 async def test_send_test_to_the_user(emu: Emulator) -> None:
     out = io.StringIO()
     with trio.fail_after(10):
-        code = await tools.send_test(_config(emu.url, user="ops@example.com"), None, out)
+        code = await probe.send_test(_config(emu.url, user="ops@example.com"), None, out)
     assert code == 0
     assert _lines(out) == ["sent: user ops@example.com"]
     [message] = emu.messages
@@ -211,7 +211,7 @@ async def test_send_test_to_the_user(emu: Emulator) -> None:
 async def test_send_test_wrong_token(emu: Emulator) -> None:
     out = io.StringIO()
     with trio.fail_after(10):
-        code = await tools.send_test(_config(emu.url, api_token=WRONG_TOKEN), None, out)
+        code = await probe.send_test(_config(emu.url, api_token=WRONG_TOKEN), None, out)
     assert code == 1
     assert _lines(out) == [
         "error: token rejected: 401 Invalid OAuth session",
@@ -224,6 +224,6 @@ def test_test_message_fits_v1_sender_rules() -> None:
     settings = HipChatSettings(
         api_token=Secret(TOKEN), api_version="v1", username="Sensu Monitoring (prod)"
     )
-    message = tools.build_test_message(settings, hostname="web-01")
+    message = probe.build_test_message(settings, hostname="web-01")
     assert message.sender == "Sensu Monitorin"  # v1: 15 characters, no parentheses
     assert message.text.startswith("hipchatd test notification from web-01 — ")

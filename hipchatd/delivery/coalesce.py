@@ -3,7 +3,7 @@
 While a room cannot send (its last message is in flight, or the rate budget
 says wait), its events pile up; :func:`render_batch` turns them into
 messages that go out in acceptance order. One event is the normal
-:func:`hipchatd.render.render` message. Several become a summary (html;
+:func:`hipchatd.delivery.render.render` message. Several become a summary (html;
 text is the same without tags, lines joined by newlines)::
 
     12 events: 9 critical, 2 warning, 1 resolved<br>
@@ -41,8 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hipchatd.config import ApiVersion
-from hipchatd.events import Event
-from hipchatd.render import (
+from hipchatd.delivery.render import (
     MAX_MESSAGE_CHARS,
     Message,
     clip,
@@ -52,7 +51,8 @@ from hipchatd.render import (
     sender_name,
     status_word,
 )
-from hipchatd.routing import Target
+from hipchatd.delivery.routing import Target
+from hipchatd.sensu.events import Event
 
 __all__ = ["NAME_CHARS", "STATUS_ORDER", "SUMMARY_CHARS", "render_batch"]
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from hipchatd.config import HipChatSettings
-from hipchatd.events import Event, MessageFormat, Overrides
+from hipchatd.sensu.events import Event, MessageFormat, Overrides
 
 __all__ = ["Target", "route", "unknown_contacts"]
 

@@ -84,9 +84,9 @@ import structlog
 import trio
 
 from hipchatd.clock import unix_now
+from hipchatd.delivery.routing import Target
 from hipchatd.errors import HipchatdError
-from hipchatd.events import Event
-from hipchatd.routing import Target
+from hipchatd.sensu.events import Event
 
 __all__ = [
     "BATCH",

@@ -5,7 +5,7 @@ the lane of their target (a room, or a user), in acceptance order. A lane
 has at most one message in flight; while it cannot send (its previous
 message is in flight, the rate budget says wait, or a retry is due later),
 its entries accumulate, and when it can send again they go out together in
-the fewest messages (:mod:`hipchatd.coalesce`). So per target, messages go
+the fewest messages (:mod:`hipchatd.delivery.coalesce`). So per target, messages go
 out in acceptance order and a resolve never overtakes the alert it
 resolves.
 
@@ -48,16 +48,16 @@ import structlog
 import trio
 
 from hipchatd.boundary import caught
-from hipchatd.budget import RateBudget
 from hipchatd.clock import unix_now
-from hipchatd.coalesce import render_batch
 from hipchatd.config import HipChatSettings
+from hipchatd.delivery.budget import RateBudget
+from hipchatd.delivery.coalesce import render_batch
+from hipchatd.delivery.hipchat import HipChatClient, Outcome, OutcomeKind
+from hipchatd.delivery.routing import Target
+from hipchatd.delivery.spool import Entry, Spool, SpoolReadError
 from hipchatd.errors import EventError
-from hipchatd.events import Event, parse_event
-from hipchatd.hipchat import HipChatClient, Outcome, OutcomeKind
 from hipchatd.metrics import Metrics
-from hipchatd.routing import Target
-from hipchatd.spool import Entry, Spool, SpoolReadError
+from hipchatd.sensu.events import Event, parse_event
 
 __all__ = ["LANE_IDLE", "STUCK_SLACK", "Dispatcher", "Ticket", "backoff_delay"]
 

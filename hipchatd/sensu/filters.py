@@ -16,10 +16,10 @@ The rules run in this order and the first that applies names the reason:
 from __future__ import annotations
 
 from collections.abc import Set
-from typing import Final
+from typing import Final, Protocol
 
-from hipchatd.config import HipChatSettings
-from hipchatd.events import Action, Event, severity
+from hipchatd.reasons import SkipReason
+from hipchatd.sensu.events import Action, Event, severity
 
 __all__ = ["DEFAULT_INTERVAL", "SKIP_REASONS", "handle_when_reason", "severity", "skip_reason"]
 
@@ -28,30 +28,32 @@ __all__ = ["DEFAULT_INTERVAL", "SKIP_REASONS", "handle_when_reason", "severity",
 DEFAULT_INTERVAL: Final = 60
 
 #: Every reason ``skip_reason`` returns, in rule order (e.g. to pre-create counters at 0).
-SKIP_REASONS: Final = (
-    "handle_disabled",
-    "status_ok",
-    "severity",
-    "silenced",
-    "below_occurrences",
-    "repeat_suppressed",
-    "not_announced",
-)
+SKIP_REASONS: Final = tuple(SkipReason)
 
 
-def skip_reason(event: Event, settings: HipChatSettings) -> str | None:
+class FilterSettings(Protocol):
+    """The two settings the filters read (``HipChatSettings`` has them)."""
+
+    @property
+    def severities(self) -> Set[str]: ...
+
+    @property
+    def handle_silenced(self) -> bool: ...
+
+
+def skip_reason(event: Event, settings: FilterSettings) -> SkipReason | None:
     """Return why ``event`` is not notified (a short snake_case reason), or None to notify.
 
     The reasons are those of SKIP_REASONS; see the module docstring for the order.
     """
     if not event.handle:
-        return "handle_disabled"
+        return SkipReason.HANDLE_DISABLED
     if event.status == 0 and event.action != "resolve":
-        return "status_ok"
+        return SkipReason.STATUS_OK
     if not _severity_listed(event, settings.severities):
-        return "severity"
+        return SkipReason.SEVERITY
     if event.silenced and not settings.handle_silenced:
-        return "silenced"
+        return SkipReason.SILENCED
     return handle_when_reason(
         action=event.action,
         occurrences=event.occurrences,
@@ -94,7 +96,7 @@ def handle_when_reason(
     threshold: int,
     reset: int,
     interval: int | None,
-) -> str | None:
+) -> SkipReason | None:
     """The ``handle_when`` decision: a skip reason, or None to notify.
 
     Sensu Enterprise does not publish its arithmetic; this is that of the open
@@ -114,10 +116,10 @@ def handle_when_reason(
     n = 3, 33, 63, …, and the resolve is sent only if the incident reached 3.
     """
     if action == "resolve":
-        return None if watermark >= threshold else "not_announced"
+        return None if watermark >= threshold else SkipReason.NOT_ANNOUNCED
     if occurrences < threshold:
-        return "below_occurrences"
+        return SkipReason.BELOW_OCCURRENCES
     period = reset // (interval if interval is not None and interval > 0 else DEFAULT_INTERVAL)
     if occurrences > threshold and period != 0 and (occurrences - threshold) % period != 0:
-        return "repeat_suppressed"
+        return SkipReason.REPEAT_SUPPRESSED
     return None

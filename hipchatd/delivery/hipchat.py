@@ -51,10 +51,10 @@ import trio
 from hipchatd import __version__
 from hipchatd.clock import unix_now
 from hipchatd.config import ApiVersion, HipChatSettings
+from hipchatd.delivery.render import Message
+from hipchatd.delivery.routing import Target
 from hipchatd.errors import ConfigError
 from hipchatd.redaction import scrub
-from hipchatd.render import Message
-from hipchatd.routing import Target
 
 __all__ = [
     "MAX_BODY_BYTES",

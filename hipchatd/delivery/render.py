@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from hipchatd.config import ApiVersion
-from hipchatd.events import Event, MessageFormat, Severity, severity
-from hipchatd.routing import Target
+from hipchatd.delivery.routing import Target
+from hipchatd.sensu.events import Event, MessageFormat, Severity, severity
 
 __all__ = [
     "MAX_MESSAGE_CHARS",

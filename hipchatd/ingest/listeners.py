@@ -4,7 +4,7 @@ The server never writes to a socket and never waits on HipChat: each
 decoded document is handed to a synchronous sink, which only queues work.
 Bad input is logged with the peer, byte count, reason and a preview, and
 counted; it never affects another frame or connection. Those WARNINGs are
-rate-limited per peer host (:mod:`hipchatd.peers`); the counters count all.
+rate-limited per peer host (:mod:`hipchatd.ingest.peers`); the counters count all.
 
 Peers outside ``allow_from`` are refused before a byte is read. At
 ``max_connections`` the listeners stop accepting: new connections wait in
@@ -26,10 +26,10 @@ import trio
 from hipchatd import boundary
 from hipchatd.config import DaemonSettings
 from hipchatd.errors import FrameTooLarge
-from hipchatd.framing import Decoder, Document, Framing, Rejected
+from hipchatd.ingest.peers import LOG_WINDOW, AllowFrom, allowed, peer_address, warn_limited
 from hipchatd.metrics import Metrics
-from hipchatd.peers import LOG_WINDOW, AllowFrom, allowed, peer_address, warn_limited
 from hipchatd.reasons import RejectReason
+from hipchatd.sensu.framing import Decoder, Document, Framing, Rejected
 
 __all__ = ["ConnectionHandler", "Sink", "reject", "serve_tcp", "serve_udp"]
 
@@ -81,7 +81,7 @@ def reject(
     ``key`` is the counter's label; ``reason`` says the same in words for the log.
 
     The line is written only while the peer host's share of the log lasts
-    (:class:`hipchatd.peers.RejectLog`); the counter counts every rejection.
+    (:class:`hipchatd.ingest.peers.RejectLog`); the counter counts every rejection.
     """
     metrics.rejected[key].inc()
     warn_limited(

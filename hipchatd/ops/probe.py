@@ -22,11 +22,11 @@ from typing import Literal, TextIO
 import trio
 
 from hipchatd.config import Config, HipChatSettings
+from hipchatd.delivery.hipchat import HipChatClient, Outcome, OutcomeKind, make_http_client
+from hipchatd.delivery.render import Message, sender_name
+from hipchatd.delivery.routing import Target
 from hipchatd.errors import ConfigError
-from hipchatd.hipchat import HipChatClient, Outcome, OutcomeKind, make_http_client
 from hipchatd.redaction import scrub
-from hipchatd.render import Message, sender_name
-from hipchatd.routing import Target
 
 __all__ = ["TEST_COLOR", "build_test_message", "check_online", "configured_targets", "send_test"]
 

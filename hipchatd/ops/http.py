@@ -30,14 +30,14 @@ import trio
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from hipchatd import __version__
-from hipchatd._http11 import (
+from hipchatd.config import Listen
+from hipchatd.http11 import (
     RequestReader,
     rejection_status,
     send_response,
     start_next_cycle,
     status_phrase,
 )
-from hipchatd.config import Listen
 from hipchatd.metrics import Metrics
 
 __all__ = [

@@ -28,7 +28,7 @@ from typing import BinaryIO, TextIO
 
 from hipchatd.config import Config, DaemonSettings, Listen
 from hipchatd.errors import EventError
-from hipchatd.events import parse_event
+from hipchatd.sensu.events import parse_event
 
 __all__ = ["SEND_TIMEOUT", "add_arguments", "run"]
 

@@ -37,7 +37,7 @@ Policy: in each family both of these must allow the request.
 A header's limit replaces the configured one (the bucket gains or loses the
 capacity difference); new keys start with the last flood limit reported.
 
-No family can get stuck. :mod:`hipchatd.hipchat` drops a header family that
+No family can get stuck. :mod:`hipchatd.delivery.hipchat` drops a header family that
 breaks the protocol before it gets here, and this module does not trust
 what is left either: a limit below 1 is ignored (the last good one holds), a
 negative remaining counts as absent and one above the limit as nothing
@@ -65,7 +65,7 @@ from itertools import count
 import trio
 
 from hipchatd.clock import unix_now
-from hipchatd.hipchat import MAX_SERVER_WAIT, Outcome, OutcomeKind, RateInfo
+from hipchatd.delivery.hipchat import MAX_SERVER_WAIT, Outcome, OutcomeKind, RateInfo
 
 __all__ = [
     "BURST_DIVISOR",

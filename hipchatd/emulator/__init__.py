@@ -88,7 +88,8 @@ import structlog
 import trio
 
 from hipchatd import __version__
-from hipchatd._http11 import (
+from hipchatd.clock import unix_now
+from hipchatd.http11 import (
     RequestReader,
     rejection_status,
     send_events,
@@ -96,7 +97,6 @@ from hipchatd._http11 import (
     start_next_cycle,
     status_phrase,
 )
-from hipchatd.clock import unix_now
 from hipchatd.redaction import scrub
 
 __all__ = [
