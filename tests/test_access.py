@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from structlog.testing import capture_logs
 
 from hipchatd import app as app_module
 from hipchatd.config import DaemonSettings, Listen
@@ -46,6 +45,7 @@ from tests.conftest import (
     send_udp,
     wait_until,
 )
+from tests.logcapture import capture_logs
 
 
 def _nets(*items: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

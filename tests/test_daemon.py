@@ -6,7 +6,6 @@ import json
 
 import pytest
 import trio
-from structlog.testing import capture_logs
 
 from hipchatd.emulator import Emulator
 from tests.conftest import (
@@ -21,6 +20,7 @@ from tests.conftest import (
     send_udp,
     wait_until,
 )
+from tests.logcapture import capture_logs
 
 pytestmark = pytest.mark.usefixtures("emulator")
 

@@ -19,14 +19,13 @@ from typing import Any
 import pytest
 import structlog
 import trio
-from structlog.testing import capture_logs
 
 from hipchatd import app as app_module
-from hipchatd.app import MAX_NESTING
 from hipchatd.config import DaemonSettings
 from hipchatd.emulator import Emulator
 from hipchatd.errors import EventError
-from hipchatd.ingest import listeners
+from hipchatd.ingest import intake, listeners
+from hipchatd.ingest.intake import MAX_NESTING
 from hipchatd.metrics import Metrics
 from hipchatd.ops import logconfig
 from hipchatd.reasons import RejectReason
@@ -48,6 +47,7 @@ from tests.hostile import (
     send,
     unlimited_emulator,
 )
+from tests.logcapture import capture_logs
 from tests.processes import Child
 
 CORPUS = Path(__file__).parent / "corpus"
@@ -285,14 +285,14 @@ async def test_issue_packet_is_rejected_with_an_escaped_preview(
 def test_a_document_without_its_text_is_previewed_safely_and_depth_checked() -> None:
     """Documents not built by the decoder carry no text: re-encoding them must not raise."""
     surrogate = Document({"a": "\ud800"}, 14)
-    assert app_module._preview(surrogate) == '{"a": "\\ud800"}'
-    assert app_module._too_deep(surrogate) is None
+    assert intake._preview(surrogate) == '{"a": "\\ud800"}'
+    assert intake._too_deep(surrogate) is None
     deep: Any = []
     for _ in range(5000):
         deep = [deep]
     document = Document({"client": deep}, 10000)
-    assert app_module._preview(document) == "(a JSON dict that cannot be shown)"
-    assert app_module._too_deep(document) == f"client is nested deeper than {MAX_NESTING} levels"
+    assert intake._preview(document) == "(a JSON dict that cannot be shown)"
+    assert intake._too_deep(document) == f"client is nested deeper than {MAX_NESTING} levels"
 
 
 def test_preview_of_text_escapes_lone_surrogates_and_cuts() -> None:
@@ -508,14 +508,14 @@ async def test_live_daemon_survives_a_bug_while_handling_an_event(
     start_daemon: StartDaemon, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A bug reached by one event (here: routing) is counted; the next events are delivered."""
-    real_route = app_module.route
+    real_route = intake.route
 
     def buggy_route(event: Any, *args: Any) -> Any:
         if event.check == "poison":
             raise ZeroDivisionError("a bug in routing")
         return real_route(event, *args)
 
-    monkeypatch.setattr(app_module, "route", buggy_route)
+    monkeypatch.setattr(intake, "route", buggy_route)
     poison = encode(classic_event(name="poison"))
     with trio.fail_after(20), capture_logs() as logs:
         app = await _daemon(start_daemon)

@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from structlog.testing import capture_logs
 
 from hipchatd.clock import unix_now
 from hipchatd.delivery import lanes
@@ -34,6 +33,7 @@ from hipchatd.metrics import Metrics
 from hipchatd.sensu.events import Event
 from tests.conftest import classic_event, send_tcp, wait_until
 from tests.factories import make_event, make_settings, make_target
+from tests.logcapture import capture_logs
 from tests.processes import STARTUP, Child, wait_for
 
 SENT = Outcome(OutcomeKind.SENT, status=204)
