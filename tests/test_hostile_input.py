@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import structlog
 import trio
+import trio.testing
 
 from hipchatd import app as app_module
 from hipchatd.config import DaemonSettings
@@ -386,10 +387,6 @@ def test_log_lines_with_unencodable_text_are_written_escaped() -> None:
 # --- fault boundaries ----------------------------------------------------------------------
 
 
-def _document(text: str) -> Document:
-    return Document(json.loads(text), len(text), text)
-
-
 def _buggy_sink(sunk: list[Any]) -> listeners.Sink:
     """A sink that raises on ``{"bug": true}`` and keeps every other document's value."""
 
@@ -402,17 +399,15 @@ def _buggy_sink(sunk: list[Any]) -> listeners.Sink:
 
 
 async def test_a_sink_bug_loses_only_its_frame() -> None:
+    """Three frames on one connection: the one the sink raised on is lost, the others used."""
     metrics = Metrics()
     sunk: list[Any] = []
-    sink = _buggy_sink(sunk)
-
-    frames = [
-        _document('{"bug":true}'),
-        _document('{"ok":1}'),
-        Rejected(RejectReason.INVALID_JSON, "invalid JSON: x", 3, "{x}"),
-    ]
-    with capture_logs() as logs:
-        listeners._handle_frames(frames, sink, metrics, "127.0.0.1:9", "tcp")
+    handler = listeners.ConnectionHandler(DaemonSettings(), _buggy_sink(sunk), metrics)
+    client, server = trio.testing.memory_stream_pair()
+    with trio.fail_after(10), capture_logs() as logs:
+        await client.send_all(b'{"bug":true}\n{"ok":1}\n{x}\n')
+        await client.send_stream.aclose()
+        await handler(server, "127.0.0.1:9")
     assert sunk == [{"ok": 1}]
     assert metrics.value("hipchatd_internal_errors_total", where="frame") == 1
     assert metrics.value("hipchatd_events_received_total", transport="tcp") == 3
@@ -421,6 +416,7 @@ async def test_a_sink_bug_loses_only_its_frame() -> None:
     assert caught["log_level"] == "error"
     assert caught["where"] == "frame"
     assert caught["peer"] == "127.0.0.1:9"
+    assert isinstance(caught["conn_id"], int)
     assert caught["transport"] == "tcp"
     assert caught["exc_info"] is True
 
@@ -558,6 +554,8 @@ async def test_an_event_naming_2000_rooms_notifies_the_first_50(
     [warning] = [line for line in logs if line["event"] == "event.targets_refused"]
     assert warning["log_level"] == "warning"
     assert warning["event_id"] == "evt-2000-rooms"
+    assert warning["peer"].startswith("127.0.0.1:")
+    assert isinstance(warning["conn_id"], int)
     assert (warning["source"], warning["check"]) == ("sensu.test.local", "everywhere")
     assert (warning["targets"], warning["refused"]) == (2000, 1950)
     assert warning["max_targets_per_event"] == 50
