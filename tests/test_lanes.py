@@ -539,19 +539,15 @@ async def test_an_attempts_lines_carry_its_event_id_and_nothing_of_the_enqueuer(
     start: Callable[..., Awaitable[Harness]], quick_clock: trio.testing.MockClock
 ) -> None:
     """Bound per attempt, the client's lines too; a lane starts in no connection's context."""
-    calls = 0
+    answers = [Outcome(OutcomeKind.SERVER_ERROR, status=503), SENT, SENT]
 
-    async def unavailable_once(target: Target, message: Message) -> Outcome:
-        nonlocal calls
-        calls += 1
+    async def answer_in_turn(target: Target, message: Message) -> Outcome:
         # What hipchat.py logs while sending (a protocol warning, say) gets the id too.
         structlog.get_logger().warning("client.line")
-        if calls == 1:
-            return Outcome(OutcomeKind.SERVER_ERROR, status=503)
-        return SENT
+        return answers.pop(0)
 
     with trio.fail_after(600), capture_logs() as logs:
-        h = await start(client=ScriptedClient(unavailable_once))
+        h = await start(client=ScriptedClient(answer_in_turn))
         # Enqueued from a task with a connection's context: the lane must not inherit it.
         with structlog.contextvars.bound_contextvars(
             peer="192.0.2.1:5000", conn_id=7, event_id="stale"

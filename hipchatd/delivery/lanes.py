@@ -186,10 +186,7 @@ class _Grant:
 
 @dataclass(slots=True, eq=False)
 class Lane:
-    """One target's entries in acceptance order, and the task that sends them, one at a time.
-
-    :meth:`run` returns once the lane has been idle LANE_IDLE seconds; its dispatcher drops it.
-    """
+    """One target's entries in acceptance order, and the task that sends them, one at a time."""
 
     target: Target
     #: The rate budget's key: the budget is shared per room or user.

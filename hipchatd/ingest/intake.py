@@ -11,8 +11,8 @@
 ``accept`` is the listeners' sink: synchronous, it never blocks, and it
 runs in the task of the connection (or datagram) the document came in on,
 whose ``peer`` and ``conn_id`` are bound there. Once the document parses,
-``accept`` binds the event's ``event_id`` until it returns, so every line
-about the event, rejections included, names it.
+``accept`` binds the event's ``event_id``, ``source`` and ``check`` until it
+returns, so every line about the event names it.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ class Intake:
             )
             return
         # Bound, not passed: every line logged about the event from here on names it.
-        tokens = bind_contextvars(event_id=event.id)
+        tokens = bind_contextvars(event_id=event.id, source=event.source, check=event.check)
         try:
             self._admit(event, document)
         finally:
@@ -111,14 +111,7 @@ class Intake:
         reason = skip_reason(event, settings)
         if reason is not None:
             self._metrics.skipped[reason].inc()
-            log.debug(
-                "event.skipped",
-                source=event.source,
-                check=event.check,
-                status=event.status,
-                action=event.action,
-                reason=reason,
-            )
+            log.debug("event.skipped", status=event.status, action=event.action, reason=reason)
             return
         targets = route(event, settings, config.contacts)
         limit = config.daemon.max_targets_per_event
@@ -126,8 +119,6 @@ class Intake:
             self._metrics.rejected[RejectReason.TOO_MANY_TARGETS].inc()
             log.warning(
                 "event.targets_refused",
-                source=event.source,
-                check=event.check,
                 targets=len(targets),
                 refused=len(targets) - limit,
                 max_targets_per_event=limit,
@@ -148,8 +139,6 @@ class Intake:
         self._metrics.rejected[RejectReason.SPOOL_FULL].inc()
         log.error(
             "event.refused",
-            source=event.source,
-            check=event.check,
             reason="spool full",
             max_spool_events=config.daemon.max_spool_events,
         )

@@ -6,10 +6,10 @@ console rendering on a TTY. Library modules only call
 
 What a line is about is bound once with :mod:`structlog.contextvars`, in
 the task that handles it, not passed to each call: ``peer`` and ``conn_id``
-for a connection or a datagram (:mod:`hipchatd.ingest.listeners`),
-``event_id`` for an event while it is accepted
-(:mod:`hipchatd.ingest.intake`) and while an attempt delivers it
-(:mod:`hipchatd.delivery.lanes`). ``merge_contextvars`` adds them to every
+for a connection or a datagram (:mod:`hipchatd.ingest.listeners`);
+``event_id`` (with ``source`` and ``check``) for an event while it is
+accepted (:mod:`hipchatd.ingest.intake`), and ``event_id`` while an
+attempt delivers it (:mod:`hipchatd.delivery.lanes`). ``merge_contextvars`` adds them to every
 line, stdlib ones included; a key passed to the call wins. trio copies the
 context into each task it starts, so a binding reaches the tasks started
 under it and ends with its own.
