@@ -39,17 +39,12 @@ class RecordingSpool:
         self.submitted: list[tuple[Event, str, tuple[Target, ...], object]] = []
 
     def submit(
-        self,
-        event: Event,
-        document: str,
-        targets: Sequence[Target],
-        accepted_at: float,
-        handle: object = None,
+        self, event: Event, text: str, targets: Sequence[Target], at: float, handle: object
     ) -> bool:
         if self.closed or len(targets) > self.room:
             return False
         self.room -= len(targets)
-        self.submitted.append((event, document, tuple(targets), handle))
+        self.submitted.append((event, text, tuple(targets), handle))
         return True
 
     def committed(self) -> list[tuple[object, list[Entry]]]:
