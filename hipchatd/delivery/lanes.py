@@ -1,38 +1,32 @@
 """Delivery: one lane per target, durable, paced by HipChat's budget, coalescing.
 
-Every accepted event is in the spool, one entry per target. Entries wait in
-the lane of their target (a room, or a user), in acceptance order. A lane
-has at most one message in flight; while it cannot send (its previous
-message is in flight, the rate budget says wait, or a retry is due later),
-its entries accumulate, and when it can send again they go out together in
-the fewest messages (:mod:`hipchatd.delivery.coalesce`). So per target, messages go
-out in acceptance order and a resolve never overtakes the alert it
-resolves.
+Every accepted event is in the spool, one entry per target. Entries wait in the lane of
+their target (a room, or a user), in acceptance order. A lane has at most one message in
+flight; while it cannot send (its previous message is in flight, the rate budget says wait,
+or a retry is due later), its entries accumulate, and when it can send again they go out
+together in the fewest messages (:mod:`hipchatd.delivery.coalesce`). So per target, messages
+go out in acceptance order and a resolve never overtakes the alert it resolves.
 
-Outcomes: a 2xx removes the entries from the spool. A transient failure
-(rate limit, 5xx, transport error, timeout) retries the lane after the time
-HipChat named, or after an exponential backoff with full jitter. A
-permanent failure (400, 401, 403, 404) moves the entries to the
-dead-letter table at once.
+Outcomes: a 2xx removes the entries from the spool. A transient failure (rate limit, 5xx,
+transport error, timeout) retries the lane after the time HipChat named, or after an
+exponential backoff with full jitter. A permanent failure (400, 401, 403, 404) moves the
+entries to the dead-letter table at once.
 
-Expiry has its own timer. Every wait of a lane (for its retry time, for the
-rate budget, for a free connection) runs under a deadline at its oldest
-entry's ``accepted_at + max_age``; when it passes, the entries older than
-``max_age`` are dead-lettered as ``expired`` and the lane waits again for the
-rest. So ``max_age`` holds even while HipChat names a wait hours away, and a
-reload that changes ``max_age`` moves the deadlines of waiting lanes too.
+Expiry has its own timer. Every wait of a lane (for its retry time, for the rate budget, for
+a free connection) runs under a deadline at its oldest entry's ``accepted_at + max_age``;
+when it passes, the entries older than ``max_age`` are dead-lettered as ``expired`` and the
+lane waits again for the rest. So ``max_age`` holds even while HipChat names a wait hours
+away, and a reload that changes ``max_age`` moves the deadlines of waiting lanes too.
 
-A lane lives only while it has work: once it has had no entries, no retry
-due and nothing in flight for ``LANE_IDLE`` seconds, its task ends and the
-lane is dropped, so rooms named once in event data cost nothing later. A
-later entry for the same target starts a fresh lane.
+A lane lives only while it has work: once it has had no entries, no retry due and nothing in
+flight for ``LANE_IDLE`` seconds, its task ends and the lane is dropped, so rooms named once
+in event data cost nothing later. A later entry for the same target starts a fresh lane.
 
-Each attempt runs inside ``trio.move_on_after(timeout)``; a CapacityLimiter
-bounds concurrent requests (and matches the HTTP pool). An attempt is also a
-fault boundary: an unexpected exception in it (a bug) is logged with its
-traceback and counted (:func:`hipchatd.boundary.caught`), its budget grant
-is given back, and the lane backs off and retries like after a transient
-failure; the lane and every other lane go on.
+Each attempt runs inside ``trio.move_on_after(timeout)``; a CapacityLimiter bounds
+concurrent requests (and matches the HTTP pool). An attempt is also a fault boundary: an
+unexpected exception in it (a bug) is logged with its traceback and counted
+(:func:`hipchatd.boundary.caught`), its budget grant is given back, and the lane backs off
+and retries like after a transient failure; the lane and every other lane go on.
 """
 
 from __future__ import annotations
@@ -502,6 +496,11 @@ class Dispatcher:
         self._nursery: trio.Nursery | None = None
         #: The context lanes start in: the run task's, never that of the task enqueuing.
         self._context = contextvars.Context()
+
+    @property
+    def budget(self) -> RateBudget:
+        """The rate budget the next attempts draw from (``reconfigure`` may replace it)."""
+        return self._shared.budget
 
     def reconfigure(self, *, max_age: float, budget: RateBudget | None = None) -> None:
         """Apply a reloaded ``max_age`` and, for a new token or new limits, a new budget.
