@@ -29,7 +29,7 @@ from structlog.testing import capture_logs
 from trio.testing import MockClock
 
 from hipchatd.delivery.routing import Target
-from hipchatd.delivery.spool import Entry, EventEntries, SpoolError, SpoolReadError
+from hipchatd.delivery.spool import Entry, EventEntries, Spool, SpoolError, SpoolReadError
 from hipchatd.delivery.spool.sqlite import (
     BATCH,
     RETRY_POLL,
@@ -101,7 +101,7 @@ class Committed:
 
 
 @asynccontextmanager
-async def running(spool: SqliteSpool) -> AsyncIterator[Committed]:
+async def running(spool: Spool) -> AsyncIterator[Committed]:
     """``spool.run`` in a nursery; leaving cancels it, which flushes and closes the spool."""
     committed = Committed()
     async with trio.open_nursery() as nursery:

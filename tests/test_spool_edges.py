@@ -25,6 +25,7 @@ from hipchatd.delivery.routing import Target
 from hipchatd.delivery.spool import (
     Entry,
     EventEntries,
+    Spool,
     SpoolError,
     SpoolReadError,
     SpoolWriteError,
@@ -76,7 +77,7 @@ class Refused:
 
 
 @asynccontextmanager
-async def running(spool: SqliteSpool) -> AsyncIterator[tuple[Committed, Refused]]:
+async def running(spool: Spool) -> AsyncIterator[tuple[Committed, Refused]]:
     """``spool.run`` with both callbacks; leaving cancels it, which flushes and closes."""
     committed, refused = Committed(), Refused()
     async with trio.open_nursery() as nursery:
