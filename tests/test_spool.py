@@ -702,6 +702,8 @@ async def test_retry_is_picked_up_by_the_running_daemon(
             await spool.poll_now()
             assert len(committed.entries) == 2
             loaded = await spool.load_pending()
+    # A spool that stopped running is no longer woken (nor kept alive) by the registry.
+    assert files._watchers == {}
     assert [(e.id, e.attempts) for e in loaded] == [(entry.id, 0)]
 
 

@@ -17,7 +17,13 @@ from collections.abc import Sequence
 from typing import Final
 
 from hipchatd.delivery.routing import Target
-from hipchatd.delivery.spool import SpoolAdmin, SpoolError, open_admin
+from hipchatd.delivery.spool import (
+    DeadEntry,
+    PendingEntry,
+    SpoolAdmin,
+    SpoolError,
+    open_admin,
+)
 
 __all__ = ["add_arguments", "format_age", "run"]
 
@@ -63,7 +69,7 @@ def run(args: argparse.Namespace, state_dir: str) -> int:
         try:
             command: str = args.spool_command
             if command == "list":
-                return _list_dead(admin) if args.dead else _list_pending(admin)
+                return _list(admin, dead=args.dead)
             if command == "retry":
                 return _retry(admin, None if args.all else args.ids)
             purged = admin.purge_dead()
@@ -78,13 +84,16 @@ def _fail(message: str) -> int:
     return 1
 
 
-def _list_pending(admin: SpoolAdmin) -> int:
+def _list(admin: SpoolAdmin, *, dead: bool) -> int:
     now = time.time()
-    entries = admin.list_pending()
+    entries: Sequence[PendingEntry | DeadEntry] = (
+        admin.list_dead() if dead else admin.list_pending()
+    )
     if not entries:
-        print("no pending events")
+        print("no dead-lettered events" if dead else "no pending events")
         return 0
-    headers = ("ID", "AGE", "SOURCE/CHECK", "TARGET", "ATTEMPTS", "LAST ERROR")
+    last = ("REASON", "ERROR") if dead else ("LAST ERROR",)
+    headers = ("ID", "AGE", "SOURCE/CHECK", "TARGET", "ATTEMPTS", *last)
     rows = [
         (
             str(e.id),
@@ -92,7 +101,7 @@ def _list_pending(admin: SpoolAdmin) -> int:
             f"{e.source}/{e.check}",
             _target_label(e.target),
             str(e.attempts),
-            _cut(e.last_error),
+            *_outcome(e),
         )
         for e in entries
     ]
@@ -100,27 +109,11 @@ def _list_pending(admin: SpoolAdmin) -> int:
     return 0
 
 
-def _list_dead(admin: SpoolAdmin) -> int:
-    now = time.time()
-    entries = admin.list_dead()
-    if not entries:
-        print("no dead-lettered events")
-        return 0
-    headers = ("ID", "AGE", "SOURCE/CHECK", "TARGET", "ATTEMPTS", "REASON", "ERROR")
-    rows = [
-        (
-            str(e.id),
-            format_age(now - e.accepted_at),
-            f"{e.source}/{e.check}",
-            _target_label(e.target),
-            str(e.attempts),
-            e.reason,
-            _cut(e.error),
-        )
-        for e in entries
-    ]
-    print(_table(headers, rows))
-    return 0
+def _outcome(entry: PendingEntry | DeadEntry) -> tuple[str, ...]:
+    """The last columns of a listing: why it is dead and HipChat's error, or the last error."""
+    if isinstance(entry, DeadEntry):
+        return entry.reason, _cut(entry.error)
+    return (_cut(entry.last_error),)
 
 
 def _retry(admin: SpoolAdmin, ids: Sequence[int] | None) -> int:

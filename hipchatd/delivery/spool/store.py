@@ -6,7 +6,9 @@ committed event back (``on_committed``), lanes mark entries delivered, failed
 or dead. :class:`SpoolAdmin` is the operator's side (``hipchatd spool
 list|retry|purge``), safe while a daemon runs on the same store. Callers use
 these types only; a backend (SQLite today) implements both and translates
-its library's errors into :class:`SpoolError` and its subclasses.
+its library's errors into :class:`SpoolError` and its subclasses. Every
+name this module defines belongs to the interface; the package
+(:mod:`hipchatd.delivery.spool`) exports them.
 
 The contract every backend keeps:
 
@@ -33,21 +35,6 @@ import trio
 from hipchatd.delivery.routing import Target
 from hipchatd.errors import HipchatdError
 from hipchatd.sensu.events import Event
-
-__all__ = [
-    "DeadEntry",
-    "Entry",
-    "EventEntries",
-    "OnCommitted",
-    "OnRefused",
-    "PendingEntry",
-    "Requeued",
-    "Spool",
-    "SpoolAdmin",
-    "SpoolError",
-    "SpoolReadError",
-    "SpoolWriteError",
-]
 
 
 class SpoolError(HipchatdError):
