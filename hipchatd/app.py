@@ -46,7 +46,7 @@ from hipchatd.delivery.budget import RateBudget
 from hipchatd.delivery.hipchat import HipChatClient, make_http_client
 from hipchatd.delivery.lanes import Dispatcher, Ticket
 from hipchatd.delivery.routing import route
-from hipchatd.delivery.spool import Entry, EventEntries, Spool
+from hipchatd.delivery.spool import Entry, EventEntries, Spool, open_spool
 from hipchatd.errors import ConfigError, EventError, StartupError
 from hipchatd.ingest.listeners import ConnectionHandler, reject, serve_tcp, serve_udp
 from hipchatd.ingest.peers import reject_log, warn_if_exposed
@@ -493,7 +493,7 @@ async def run(
         daemon = config.daemon
         hipchat = config.hipchat
         metrics = Metrics()
-        spool = await Spool.open(daemon.state_dir, max_events=daemon.max_spool_events)
+        spool = await open_spool(daemon.state_dir, max_events=daemon.max_spool_events)
         try:
             async with make_http_client(hipchat, daemon.concurrency) as http:
                 app: App
