@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+from hipchatd.sensu.readers import json_type
+
 #: A key path in the merged document, e.g. ``("hipchatd", "tcp", "port")``.
 KeyPath = tuple[str, ...]
 
@@ -17,18 +19,9 @@ _MAX_SHOWN = 200
 
 
 def type_name(value: object) -> str:
-    """The JSON name of a decoded value's type ("string", "list", "null" ...)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "list"
-    return "object"
+    """The JSON name of a decoded value's type; "list" for an array, as the rules say it."""
+    name = json_type(value)
+    return "list" if name == "array" else name
 
 
 def a_type(value: object) -> str:
