@@ -6,6 +6,11 @@ text; :func:`classify` makes the :class:`Outcome` the budget and the lanes
 act on. :class:`~hipchatd.reasons.OutcomeKind` sits on the bottom floor, so the
 metrics take their failure labels from the same enum.
 
+HipChat reports two limits in header families of three (``-Limit``,
+``-Remaining``, ``-Reset`` as a Unix time): ``X-Ratelimit-*`` per token and
+``X-FloodControl-*`` per room or user
+(https://developer.atlassian.com/server/hipchat/hipchat-rest-api-rate-limits/).
+
 A wait the server names (``Retry-After``, ``X-Ratelimit-Reset``,
 ``X-FloodControl-Reset``) is never believed beyond :data:`MAX_SERVER_WAIT`.
 Such a wait, a limit of 0, a remaining count above the limit, and a malformed
@@ -50,7 +55,7 @@ RATE_PREFIX = "X-Ratelimit"
 FLOOD_PREFIX = "X-FloodControl"
 
 # v1 answers a rate-limited call with 403 (not 429), and so did the v2 beta;
-# the only known wording is "You have exceeded the rate limit." (reference §6.1).
+# the only known wording is "You have exceeded the rate limit.".
 _RATE_LIMIT_TEXT = re.compile(r"rate[ _-]?limit", re.IGNORECASE)
 _DECIMAL = re.compile(r"\d+(?:\.\d+)?")
 
