@@ -46,7 +46,7 @@ from hipchatd.config import Config, DaemonSettings, HipChatSettings, Listen
 from hipchatd.delivery.budget import RateBudget
 from hipchatd.delivery.hipchat import HipChatClient, make_http_client
 from hipchatd.delivery.lanes import Dispatcher
-from hipchatd.delivery.spool import Spool
+from hipchatd.delivery.spool import Spool, open_spool
 from hipchatd.errors import ConfigError, StartupError
 from hipchatd.ingest.intake import Intake
 from hipchatd.ingest.listeners import ConnectionHandler, serve_tcp, serve_udp
@@ -319,7 +319,7 @@ async def run(
         daemon = config.daemon
         hipchat = config.hipchat
         metrics = Metrics()
-        spool = await Spool.open(daemon.state_dir, max_events=daemon.max_spool_events)
+        spool = await open_spool(daemon.state_dir, max_events=daemon.max_spool_events)
         try:
             async with make_http_client(hipchat, daemon.concurrency) as http:
                 app: App

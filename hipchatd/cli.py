@@ -59,8 +59,7 @@ def _port(text: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     from hipchatd import emulator
-    from hipchatd.delivery import spool
-    from hipchatd.ops import sendevent
+    from hipchatd.ops import sendevent, spool_admin
 
     parser = argparse.ArgumentParser(
         prog="hipchatd", description="Sensu socket handler that notifies HipChat rooms."
@@ -113,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     spool_parser = sub.add_parser(
         "spool", help="list, retry or purge spooled events (safe while the daemon runs)"
     )
-    spool.add_arguments(spool_parser, parents=[where])
+    spool_admin.add_arguments(spool_parser, parents=[where])
 
     send = sub.add_parser(
         "send-event",
@@ -262,13 +261,13 @@ def _online(args: argparse.Namespace, check: Callable[..., Awaitable[int]], *ext
 
 
 def _spool(args: argparse.Namespace) -> int:
-    from hipchatd.delivery import spool
+    from hipchatd.ops import spool_admin
 
     args.emulator = False
     result = _load_for_command(args, require_token=False)
     if result is None:
         return EXIT_CONFIG
-    return spool.run(args, _state_dir(args, result.config, os.environ))
+    return spool_admin.run(args, _state_dir(args, result.config, os.environ))
 
 
 def _send_event(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from hipchatd.reasons import RejectReason, SkipReason
+from hipchatd.reasons import OutcomeKind, RejectReason, SkipReason
 
 __all__ = [
     "CONNECTIONS_OPEN",
@@ -52,16 +52,8 @@ TRANSPORTS = ("tcp", "udp")
 REJECT_REASONS: Final = tuple(RejectReason)
 #: Where a fault boundary caught an unexpected exception (a bug, counted and survived).
 INTERNAL_ERROR_PLACES = ("frame", "datagram", "connection", "lane", "spool")
-FAILURE_REASONS = (
-    "rate_limited",
-    "unauthorized",
-    "forbidden",
-    "not_found",
-    "bad_request",
-    "server_error",
-    "transport_error",
-    "timeout",
-)
+#: The labels of NOTIFICATIONS_FAILED: every OutcomeKind but SENT, in its order.
+FAILURE_REASONS: Final = tuple(kind.value for kind in OutcomeKind if kind is not OutcomeKind.SENT)
 
 
 class Metrics:

@@ -1,5 +1,6 @@
-"""Why input is refused or an event skipped: the label values of
-``hipchatd_events_rejected_total{reason}`` and ``hipchatd_events_skipped_total{reason}``.
+"""Why input is refused, an event skipped or a notification failed: the label values of
+``hipchatd_events_rejected_total{reason}``, ``hipchatd_events_skipped_total{reason}``
+and ``hipchatd_notifications_failed_total{reason}``.
 
 The reason is decided where the input is refused (framing, the listeners,
 the intake) and travels as a :class:`RejectReason`; the metrics take their
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["RejectReason", "SkipReason"]
+__all__ = ["OutcomeKind", "RejectReason", "SkipReason"]
 
 
 class RejectReason(enum.StrEnum):
@@ -67,3 +68,36 @@ class SkipReason(enum.StrEnum):
     REPEAT_SUPPRESSED = "repeat_suppressed"
     #: a resolve of a problem that was never notified
     NOT_ANNOUNCED = "not_announced"
+
+
+class OutcomeKind(enum.Enum):
+    """What one attempt to post to HipChat achieved (:class:`hipchatd.delivery.outcome.Outcome`).
+
+    Every kind but SENT is one label of ``hipchatd_notifications_failed_total``;
+    the value is the label, and the order is the order of the samples.
+    """
+
+    SENT = "sent"
+    RATE_LIMITED = "rate_limited"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    BAD_REQUEST = "bad_request"
+    SERVER_ERROR = "server_error"
+    TRANSPORT_ERROR = "transport_error"
+    TIMEOUT = "timeout"
+
+    @property
+    def transient(self) -> bool:
+        """Worth retrying later: rate limits, 5xx, transport errors, timeouts."""
+        return self in _TRANSIENT
+
+
+_TRANSIENT = frozenset(
+    {
+        OutcomeKind.RATE_LIMITED,
+        OutcomeKind.SERVER_ERROR,
+        OutcomeKind.TRANSPORT_ERROR,
+        OutcomeKind.TIMEOUT,
+    }
+)

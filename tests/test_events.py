@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from hipchatd.sensu import events, model
 from hipchatd.sensu.events import EventError, HandleWhen, Overrides, parse_event, severity
 from tests.factories import CLASSIC_CRITICAL
 from tests.processes import child_env
@@ -1075,12 +1076,27 @@ def test_severity(status: int, name: str) -> None:
     assert severity(status) == name
 
 
-@pytest.mark.parametrize("module", ["hipchatd.sensu.events", "hipchatd.sensu.framing"])
+@pytest.mark.parametrize(
+    "module",
+    ["hipchatd.sensu.events", "hipchatd.sensu.model", "hipchatd.sensu.framing"],
+)
 def test_vocabulary_modules_import_no_configuration(module: str) -> None:
-    """Overrides, MessageFormat, Severity and Framing live below config.py, which imports them."""
+    """Overrides, MessageFormat, Severity and Framing live below config, which imports them."""
     probe = f"import sys, {module}; print(sorted(m for m in sys.modules if 'hipchatd' in m))"
     loaded = subprocess.run(
         [sys.executable, "-c", probe], env=child_env(), capture_output=True, text=True, check=True
     ).stdout
     assert module in loaded
     assert "hipchatd.config" not in loaded
+
+
+def test_events_exports_the_model_it_builds() -> None:
+    """Callers import the parser and its model from one module: the model's own objects."""
+    exported = [name for name in model.__all__ if name in events.__all__]
+    assert set(model.__all__) - set(exported) == {
+        "DEFAULT_HANDLE_WHEN_OCCURRENCES",
+        "DEFAULT_HANDLE_WHEN_RESET",
+        "UNKNOWN_STATUS",
+    }
+    for name in exported:
+        assert getattr(events, name) is getattr(model, name), name

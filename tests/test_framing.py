@@ -585,7 +585,7 @@ def splits_of(data: bytes) -> st.SearchStrategy[list[bytes]]:
 
 @pytest.mark.parametrize("encoding", ENCODINGS)
 @given(docs=st.lists(json_objects, max_size=5), ensure_ascii=st.booleans(), data=st.data())
-@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_any_split_gives_the_same_documents(
     encoding: str, docs: list[Any], ensure_ascii: bool, data: st.DataObject
 ) -> None:
@@ -607,7 +607,7 @@ line_items = st.lists(
 
 @pytest.mark.parametrize("mode", ["newline", "auto"])
 @given(lines=line_items, eol=st.sampled_from([b"\n", b"\r\n"]), data=st.data())
-@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_any_split_gives_the_same_frames_with_rejects_mixed_in(
     mode: Framing, lines: list[bytes], eol: bytes, data: st.DataObject
 ) -> None:
@@ -646,7 +646,7 @@ fragments = st.sampled_from(
     limit=st.sampled_from([8, 32, LIMIT]),
     data=st.data(),
 )
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_any_bytes_any_split_same_outcome(
     mode: Framing, parts: list[bytes], limit: int, data: st.DataObject
 ) -> None:

@@ -27,8 +27,11 @@ from cryptography.x509.oid import NameOID
 from structlog.testing import capture_logs
 
 import hipchatd
+from hipchatd import reasons
 from hipchatd.clock import unix_now
 from hipchatd.config import HipChatSettings, Secret
+from hipchatd.delivery import hipchat as client_module
+from hipchatd.delivery import outcome
 from hipchatd.delivery.hipchat import (
     MAX_BODY_BYTES,
     MAX_ERROR_CHARS,
@@ -1277,3 +1280,49 @@ async def test_ca_file_is_trusted_over_loopback_tls(tmp_path: Path, trusted: boo
         assert outcome.error is not None
         assert outcome.error.startswith("ConnectError: ")
         assert "CERTIFICATE_VERIFY_FAILED" in outcome.error
+
+
+def test_the_client_returns_the_outcome_vocabulary() -> None:
+    """The client's results are the pure module's types, and the kinds the metrics' labels."""
+    for name in ("Outcome", "OutcomeKind", "RateInfo", "MAX_SERVER_WAIT"):
+        assert getattr(client_module, name) is getattr(outcome, name), name
+    for name in ("parse_rate_info", "parse_retry_after"):
+        assert getattr(client_module, name) is getattr(outcome, name), name
+    assert outcome.OutcomeKind is reasons.OutcomeKind
+
+
+def test_classify_reads_an_answer_without_a_client() -> None:
+    """Status, headers and error text -> Outcome, with no HTTP library involved."""
+    now = 1_000_000.0
+    reset = {"X-Ratelimit-Limit": "100", "X-Ratelimit-Remaining": "0"}
+    reset["X-Ratelimit-Reset"] = str(int(now) + 60)
+    sent = outcome.classify(204, reset, "", now=now)
+    assert sent == Outcome(OutcomeKind.SENT, status=204, rate=RateInfo(100, 0, now + 60))
+    # A 2xx answer carries no error text, whatever the caller passed.
+    assert outcome.classify(200, {}, "ignored", now=now).error is None
+
+    limited = outcome.classify(429, {"Retry-After": "30"}, "slow down", now=now)
+    assert (limited.kind, limited.error, limited.retry_at) == (
+        OutcomeKind.RATE_LIMITED,
+        "slow down",
+        now + 30,
+    )
+    # v1's rate limit is a 403 that says so; with no Retry-After the exhausted family decides.
+    v1 = outcome.classify(403, reset, "You have exceeded the rate limit.", now=now)
+    assert (v1.kind, v1.retry_at) == (OutcomeKind.RATE_LIMITED, now + 60)
+    assert outcome.classify(403, {}, "Forbidden", now=now).kind is OutcomeKind.FORBIDDEN
+    # Not transient: no retry time, even when the server names one.
+    assert outcome.classify(404, {"Retry-After": "5"}, "gone", now=now).retry_at is None
+
+
+def test_classify_reports_a_protocol_error_and_ignores_the_header() -> None:
+    warned: list[tuple[str, str, str, str]] = []
+
+    def warn(header: str, value: str, problem: str, instead: str) -> None:
+        warned.append((header, value, problem, instead))
+
+    now = 1_000_000.0
+    far = str(MAX_SERVER_WAIT * 10)
+    result = outcome.classify(503, {"Retry-After": far}, "busy", now=now, warn=warn)
+    assert (result.kind, result.retry_at) == (OutcomeKind.SERVER_ERROR, None)
+    assert [(h, v) for h, v, _, _ in warned] == [("Retry-After", far)]

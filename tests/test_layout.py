@@ -111,7 +111,7 @@ def test_nothing_imports_upward() -> None:
     ("library", "owner"),
     [
         # sqlite3 errors are translated inside the spool's SQLite backend.
-        ("sqlite3", "delivery/spool"),
+        ("sqlite3", "delivery/spool/sqlite"),
         # The HipChat client is the only code that knows httpx.
         ("httpx", "delivery/hipchat.py"),
     ],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hipchatd import metrics
 from hipchatd.metrics import Metrics
-from hipchatd.reasons import RejectReason
+from hipchatd.reasons import OutcomeKind, RejectReason
 
 
 def test_every_reject_reason_is_a_label_reading_zero_from_the_start() -> None:
@@ -61,3 +61,29 @@ def test_each_name_constant_is_a_series_on_metrics() -> None:
         assert constant == name
         # A histogram has no sample of its own name, only _bucket, _count and _sum.
         assert name in samples or f"{name}_count" in samples, name
+
+
+def test_every_failed_outcome_kind_is_a_label_reading_zero_from_the_start() -> None:
+    """The failure labels come from OutcomeKind itself: a new kind cannot go uncounted."""
+    registry = Metrics().registry
+    failed = [kind for kind in OutcomeKind if kind is not OutcomeKind.SENT]
+    assert tuple(kind.value for kind in failed) == metrics.FAILURE_REASONS
+    for kind in failed:
+        sample = registry.get_sample_value(metrics.NOTIFICATIONS_FAILED, {"reason": kind.value})
+        assert sample == 0.0, kind
+    # A delivered message is no failure.
+    assert registry.get_sample_value(metrics.NOTIFICATIONS_FAILED, {"reason": "sent"}) is None
+
+
+def test_failure_labels_are_the_documented_ones_in_order() -> None:
+    """The labels are an interface for dashboards: renaming one is a breaking change."""
+    assert metrics.FAILURE_REASONS == (
+        "rate_limited",
+        "unauthorized",
+        "forbidden",
+        "not_found",
+        "bad_request",
+        "server_error",
+        "transport_error",
+        "timeout",
+    )

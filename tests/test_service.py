@@ -25,7 +25,7 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from hipchatd.config import Listen
-from hipchatd.delivery import spool as spool_module
+from hipchatd.delivery.spool.sqlite import sql as spool_sql
 from hipchatd.emulator import Emulator
 from tests.conftest import StartDaemon, classic_event, free_port, send_tcp
 from tests.processes import Child
@@ -311,7 +311,7 @@ async def test_healthz_turns_503_when_the_spool_cannot_be_written(
         url = f"http://{app.metrics_addresses[0]}"
         async with httpx.AsyncClient() as client:
             assert (await client.get(f"{url}/healthz")).status_code == 200
-            monkeypatch.setattr(spool_module, "_write_batch", disk_full)
+            monkeypatch.setattr(spool_sql, "write_batch", disk_full)
             await send_tcp(app.tcp_addresses[0], json.dumps(_event("lost?")).encode())
             while app.spool.writable:
                 await trio.sleep(0.01)

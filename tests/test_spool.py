@@ -28,23 +28,21 @@ import trio
 from structlog.testing import capture_logs
 from trio.testing import MockClock
 
-import hipchatd.delivery.spool as spool_module
 from hipchatd.delivery.routing import Target
-from hipchatd.delivery.spool import (
+from hipchatd.delivery.spool import Entry, EventEntries, Spool, SpoolError, SpoolReadError
+from hipchatd.delivery.spool.sqlite import (
     BATCH,
     RETRY_POLL,
     SCHEMA_VERSION,
     SHUTDOWN_FLUSH,
     SPOOL_FILE,
     WRITE_RETRY,
-    Entry,
-    EventEntries,
-    Spool,
-    SpoolError,
-    SpoolReadError,
-    add_arguments,
-    format_age,
+    SqliteSpool,
+    files,
+    sql,
 )
+from hipchatd.ops import spool_admin
+from hipchatd.ops.spool_admin import add_arguments, format_age
 from hipchatd.sensu.events import Event, parse_event
 from tests.conftest import load_fixture
 
@@ -124,7 +122,7 @@ def spool_cli(capsys: pytest.CaptureFixture[str], state_dir: str, *argv: str) ->
     add_arguments(parser)
     args = parser.parse_args(argv)
     capsys.readouterr()
-    code = spool_module.run(args, state_dir)
+    code = spool_admin.run(args, state_dir)
     out, err = capsys.readouterr()
     return Ran(code, out, err)
 
@@ -134,7 +132,7 @@ def spool_cli(capsys: pytest.CaptureFixture[str], state_dir: str, *argv: str) ->
 
 async def test_committed_entries_come_back_in_acceptance_order(state_dir: str) -> None:
     with trio.fail_after(10):
-        spool = await Spool.open(state_dir, max_events=100)
+        spool = await SqliteSpool.open(state_dir, max_events=100)
         second, second_doc = other_event("disk")
         async with running(spool) as committed:
             assert spool.submit(EVENT, DOCUMENT, [OPS, DEV], 1000.0)
@@ -156,7 +154,7 @@ async def test_each_event_comes_back_with_its_own_handle(state_dir: str) -> None
     """Commits are matched to submissions by identity; an event with no target stores nothing."""
     first, nowhere, last = object(), object(), object()
     with trio.fail_after(10):
-        spool = await Spool.open(state_dir, max_events=100)
+        spool = await SqliteSpool.open(state_dir, max_events=100)
         second, second_doc = other_event("disk")
         async with running(spool) as committed:
             assert spool.submit(EVENT, DOCUMENT, [OPS, DEV], 1000.0, first)
@@ -178,7 +176,7 @@ async def test_each_event_comes_back_with_its_own_handle(state_dir: str) -> None
 
 async def test_submits_of_one_tick_are_one_transaction(state_dir: str) -> None:
     with trio.fail_after(10):
-        spool = await Spool.open(state_dir, max_events=10_000)
+        spool = await SqliteSpool.open(state_dir, max_events=10_000)
         async with running(spool) as committed:
             for i in range(500):
                 assert spool.submit(EVENT, DOCUMENT, [OPS], float(i))
@@ -191,7 +189,7 @@ async def test_submits_of_one_tick_are_one_transaction(state_dir: str) -> None:
 async def test_a_burst_commits_in_batch_sized_transactions(state_dir: str) -> None:
     count = 2 * BATCH + 10
     with trio.fail_after(20):
-        spool = await Spool.open(state_dir, max_events=10_000)
+        spool = await SqliteSpool.open(state_dir, max_events=10_000)
         async with running(spool) as committed:
             for _ in range(count):
                 spool.submit(EVENT, DOCUMENT, [OPS], 0.0)
@@ -203,7 +201,7 @@ async def test_a_burst_commits_in_batch_sized_transactions(state_dir: str) -> No
 async def test_reopened_spool_loads_what_was_not_delivered(tmp_path: Path) -> None:
     state_dir = str(tmp_path)
     with trio.fail_after(10):
-        spool = await Spool.open(state_dir, max_events=100)
+        spool = await SqliteSpool.open(state_dir, max_events=100)
         async with running(spool) as committed:
             for i in range(5):
                 spool.submit(EVENT, DOCUMENT, [OPS if i % 2 else ONCALL], 1000.0 + i)
@@ -214,7 +212,7 @@ async def test_reopened_spool_loads_what_was_not_delivered(tmp_path: Path) -> No
             spool.mark_dead([ids[2]], "permanent", "Room not found")
         assert spool.closed
 
-        reopened = await Spool.open(state_dir, max_events=100)
+        reopened = await SqliteSpool.open(state_dir, max_events=100)
         assert reopened.counts() == {"pending": 3, "dead": 1}
         loaded = await reopened.load_pending()
         await reopened.aclose()
@@ -231,13 +229,13 @@ async def test_reopened_spool_loads_what_was_not_delivered(tmp_path: Path) -> No
 
 async def test_ids_are_never_reused(tmp_path: Path) -> None:
     with trio.fail_after(10):
-        spool = await Spool.open(str(tmp_path), max_events=100)
+        spool = await SqliteSpool.open(str(tmp_path), max_events=100)
         async with running(spool) as committed:
             spool.submit(EVENT, DOCUMENT, [OPS, DEV], 0.0)
             first = await committed.wait_for(2)
             spool.mark_delivered([first[1].id])
             spool.mark_dead([first[0].id], "expired", None)
-        reopened = await Spool.open(str(tmp_path), max_events=100)
+        reopened = await SqliteSpool.open(str(tmp_path), max_events=100)
         assert await reopened.load_pending() == []
         async with running(reopened) as committed:
             reopened.submit(EVENT, DOCUMENT, [OPS], 0.0)
@@ -247,7 +245,7 @@ async def test_ids_are_never_reused(tmp_path: Path) -> None:
 
 async def test_mark_delivered_removes_entries(state_dir: str) -> None:
     with trio.fail_after(10):
-        spool = await Spool.open(state_dir, max_events=100)
+        spool = await SqliteSpool.open(state_dir, max_events=100)
         async with running(spool) as committed:
             spool.submit(EVENT, DOCUMENT, [OPS, DEV, ONCALL], 0.0)
             entries = await committed.wait_for(3)
@@ -260,7 +258,7 @@ async def test_mark_delivered_removes_entries(state_dir: str) -> None:
 async def test_scattered_and_repeated_marks_remove_exactly_those_entries(state_dir: str) -> None:
     """Deletes go by runs of consecutive ids: gaps, repeats and any order remove only these."""
     with trio.fail_after(10):
-        spool = await Spool.open(state_dir, max_events=100)
+        spool = await SqliteSpool.open(state_dir, max_events=100)
         async with running(spool) as committed:
             for _ in range(20):
                 spool.submit(EVENT, DOCUMENT, [OPS], 0.0)
@@ -280,22 +278,22 @@ async def test_a_large_batch_fits_the_historical_variable_limit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Multi-row INSERTs follow SQLite's variable limit: 999 before SQLite 3.32."""
-    write_batch = spool_module._write_batch
+    write_batch = sql.write_batch
 
     def limited(conn: sqlite3.Connection, batch: Any) -> Any:
         conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
         return write_batch(conn, batch)
 
-    monkeypatch.setattr(spool_module, "_write_batch", limited)
+    monkeypatch.setattr(sql, "write_batch", limited)
     count = BATCH - 23
     with trio.fail_after(20):
-        spool = await Spool.open(str(tmp_path), max_events=10_000)
+        spool = await SqliteSpool.open(str(tmp_path), max_events=10_000)
         async with running(spool) as committed:
             for i in range(count):
                 spool.submit(EVENT, DOCUMENT, [(OPS, DEV, ONCALL)[i % 3]], float(i))
             entries = await committed.wait_for(count)
             assert spool.transactions == 1
-        reopened = await Spool.open(str(tmp_path), max_events=10_000)
+        reopened = await SqliteSpool.open(str(tmp_path), max_events=10_000)
         loaded = await reopened.load_pending()
         await reopened.aclose()
     assert loaded == entries
@@ -304,7 +302,7 @@ async def test_a_large_batch_fits_the_historical_variable_limit(
 
 async def test_mark_dead_moves_entries_with_reason_and_error(state_dir: str) -> None:
     with trio.fail_after(10):
-        spool = await Spool.open(state_dir, max_events=100)
+        spool = await SqliteSpool.open(state_dir, max_events=100)
         async with running(spool) as committed:
             spool.submit(EVENT, DOCUMENT, [OPS, DEV, ONCALL], 1000.0)
             ops, dev, _ = await committed.wait_for(3)
@@ -324,7 +322,7 @@ async def test_mark_dead_moves_entries_with_reason_and_error(state_dir: str) -> 
 
 async def test_a_full_spool_refuses_new_events_and_keeps_the_oldest(state_dir: str) -> None:
     with trio.fail_after(10):
-        spool = await Spool.open(state_dir, max_events=10)
+        spool = await SqliteSpool.open(state_dir, max_events=10)
         async with running(spool) as committed:
             for i in range(10):
                 assert spool.submit(EVENT, DOCUMENT, [OPS], float(i))
@@ -343,7 +341,7 @@ async def test_a_full_spool_refuses_new_events_and_keeps_the_oldest(state_dir: s
 
 async def test_the_cap_counts_entries_not_yet_committed(state_dir: str) -> None:
     with trio.fail_after(10):
-        spool = await Spool.open(state_dir, max_events=10)
+        spool = await SqliteSpool.open(state_dir, max_events=10)
         async with running(spool) as committed:
             for _ in range(8):
                 assert spool.submit(EVENT, DOCUMENT, [OPS], 0.0)
@@ -359,14 +357,14 @@ async def test_the_cap_counts_entries_not_yet_committed(state_dir: str) -> None:
 
 async def test_cancelling_run_commits_what_is_buffered(tmp_path: Path) -> None:
     with trio.fail_after(10):
-        spool = await Spool.open(str(tmp_path), max_events=100)
+        spool = await SqliteSpool.open(str(tmp_path), max_events=100)
         async with trio.open_nursery() as nursery:
             await nursery.start(spool.run, Committed())
             for i in range(3):
                 spool.submit(EVENT, DOCUMENT, [OPS], float(i))
             nursery.cancel_scope.cancel()
         assert not spool.submit(EVENT, DOCUMENT, [OPS], 9.0)
-        reopened = await Spool.open(str(tmp_path), max_events=100)
+        reopened = await SqliteSpool.open(str(tmp_path), max_events=100)
         loaded = await reopened.load_pending()
         await reopened.aclose()
     assert [e.accepted_at for e in loaded] == [0.0, 1.0, 2.0]
@@ -374,11 +372,11 @@ async def test_cancelling_run_commits_what_is_buffered(tmp_path: Path) -> None:
 
 async def test_aclose_commits_what_is_buffered(tmp_path: Path) -> None:
     with trio.fail_after(10):
-        spool = await Spool.open(str(tmp_path), max_events=100)
+        spool = await SqliteSpool.open(str(tmp_path), max_events=100)
         spool.submit(EVENT, DOCUMENT, [OPS, DEV], 0.0)
         await spool.aclose()
         await spool.aclose()
-        reopened = await Spool.open(str(tmp_path), max_events=100)
+        reopened = await SqliteSpool.open(str(tmp_path), max_events=100)
         assert [e.target for e in await reopened.load_pending()] == [OPS, DEV]
         await reopened.aclose()
 
@@ -386,7 +384,7 @@ async def test_aclose_commits_what_is_buffered(tmp_path: Path) -> None:
 async def test_the_shutdown_flush_is_bounded(
     tmp_path: Path, thread_clock: MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    write_batch = spool_module._write_batch
+    write_batch = sql.write_batch
     calls = 0
     release = threading.Event()
 
@@ -397,10 +395,10 @@ async def test_the_shutdown_flush_is_bounded(
             release.wait(10)
         return write_batch(conn, batch)
 
-    monkeypatch.setattr(spool_module, "_write_batch", stuck_after_first)
+    monkeypatch.setattr(sql, "write_batch", stuck_after_first)
     try:
         with trio.fail_after(60):
-            spool = await Spool.open(str(tmp_path), max_events=100)
+            spool = await SqliteSpool.open(str(tmp_path), max_events=100)
             with capture_logs() as logs:
                 async with running(spool) as committed:
                     spool.submit(EVENT, DOCUMENT, [OPS], 0.0)
@@ -422,9 +420,9 @@ async def test_a_poll_no_retry_can_fix_ends_run_with_spool_read_error(
     def mismatch(conn: sqlite3.Connection, now: float, last_version: int | None) -> Any:
         raise sqlite3.IntegrityError("datatype mismatch")
 
-    monkeypatch.setattr(spool_module, "_pick_up", mismatch)
+    monkeypatch.setattr(sql, "pick_up", mismatch)
     with trio.fail_after(60):
-        spool = await Spool.open(str(tmp_path), max_events=100)
+        spool = await SqliteSpool.open(str(tmp_path), max_events=100)
         with pytest.raises(SpoolReadError) as raised:
             await spool.run(Committed())
     assert str(raised.value) == (
@@ -439,14 +437,14 @@ import json, os, signal, sys
 import trio
 from hipchatd.sensu.events import parse_event
 from hipchatd.delivery.routing import Target
-from hipchatd.delivery.spool import Spool
+from hipchatd.delivery.spool import open_spool
 
 state_dir, count, document = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 event = parse_event(json.loads(document))
 target = Target("room", "ops", True, "sensu", "html")
 
 async def main():
-    spool = await Spool.open(state_dir, max_events=count)
+    spool = await open_spool(state_dir, max_events=count)
     seen = 0
 
     def on_committed(events):
@@ -477,7 +475,7 @@ async def test_committed_entries_survive_kill_9(tmp_path: Path) -> None:
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
         assert process.returncode == -signal.SIGKILL, process.stderr.decode()
-        spool = await Spool.open(str(tmp_path), max_events=count)
+        spool = await SqliteSpool.open(str(tmp_path), max_events=count)
         loaded = await spool.load_pending()
         await spool.aclose()
     assert [e.id for e in loaded] == list(range(1, count + 1))
@@ -488,11 +486,11 @@ async def test_a_failing_commit_is_retried_with_its_batch(
     tmp_path: Path, thread_clock: MockClock
 ) -> None:
     with trio.fail_after(60):
-        spool = await Spool.open(str(tmp_path), max_events=100)
+        spool = await SqliteSpool.open(str(tmp_path), max_events=100)
         async with running(spool) as committed:
             # A read-only connection: every write fails as on a read-only or full disk.
-            assert spool._conn is not None
-            spool._conn.execute("PRAGMA query_only = ON")
+            assert spool._worker.conn is not None
+            spool._worker.conn.execute("PRAGMA query_only = ON")
             with capture_logs() as logs:
                 spool.submit(EVENT, DOCUMENT, [OPS, DEV], 0.0)
                 await trio.sleep(WRITE_RETRY / 2)
@@ -500,7 +498,7 @@ async def test_a_failing_commit_is_retried_with_its_batch(
                 assert committed.entries == []
                 spool.submit(EVENT, DOCUMENT, [ONCALL], 1.0)
                 await trio.sleep(WRITE_RETRY)
-                spool._conn.execute("PRAGMA query_only = OFF")
+                spool._worker.conn.execute("PRAGMA query_only = OFF")
                 entries = await committed.wait_for(3)
             assert spool.writable
             assert [e.target for e in entries] == [OPS, DEV, ONCALL]
@@ -512,19 +510,19 @@ async def test_a_failing_commit_is_retried_with_its_batch(
         assert "readonly" in failures[0]["error"]
         assert any(entry["event"] == "spool.write_recovered" for entry in logs)
 
-        reopened = await Spool.open(str(tmp_path), max_events=100)
+        reopened = await SqliteSpool.open(str(tmp_path), max_events=100)
         assert [e.target for e in await reopened.load_pending()] == [OPS, DEV, ONCALL]
         await reopened.aclose()
 
 
 async def test_the_memory_spool_is_not_kept(tmp_path: Path) -> None:
     with trio.fail_after(10):
-        spool = await Spool.open(":memory:", max_events=10)
+        spool = await SqliteSpool.open(":memory:", max_events=10)
         async with running(spool) as committed:
             spool.submit(EVENT, DOCUMENT, [OPS], 0.0)
             await committed.wait_for(1)
         assert spool.path == ":memory:"
-        fresh = await Spool.open(":memory:", max_events=10)
+        fresh = await SqliteSpool.open(":memory:", max_events=10)
         assert await fresh.load_pending() == []
         await fresh.aclose()
     assert not any(tmp_path.iterdir())  # noqa: ASYNC240 (a tmp dir listing, after the run)
@@ -533,7 +531,7 @@ async def test_the_memory_spool_is_not_kept(tmp_path: Path) -> None:
 async def test_a_new_spool_is_private(tmp_path: Path) -> None:
     state_dir = tmp_path / "new" / "state"
     with trio.fail_after(10):
-        spool = await Spool.open(str(state_dir), max_events=10)
+        spool = await SqliteSpool.open(str(state_dir), max_events=10)
         await spool.aclose()
     assert (state_dir.stat().st_mode & 0o777) == 0o700
     assert ((state_dir / SPOOL_FILE).stat().st_mode & 0o777) == 0o600
@@ -560,7 +558,7 @@ async def test_open_errors_name_the_path_the_cause_and_the_fix(
     (a_directory / SPOOL_FILE).mkdir(parents=True)
     locked = tmp_path / "locked"
     with trio.fail_after(10):
-        await (await Spool.open(str(locked), max_events=10)).aclose()
+        await (await SqliteSpool.open(str(locked), max_events=10)).aclose()
     cases = [
         (a_file, f"{a_file} is not a directory; set hipchatd.state_dir"),
         (a_file / "state", f"{a_file} is not a directory; set hipchatd.state_dir"),
@@ -572,14 +570,14 @@ async def test_open_errors_name_the_path_the_cause_and_the_fix(
         (tmp_path / "in-use", f"another hipchatd process (pid {os.getpid()}) is using it"),
     ]
     # Another program (an sqlite3 shell, say) holds a write lock; waiting 5 s adds nothing here.
-    monkeypatch.setattr(spool_module, "BUSY_TIMEOUT_MS", 50)
+    monkeypatch.setattr(files, "BUSY_TIMEOUT_MS", 50)
     holder = sqlite3.connect(locked / SPOOL_FILE, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
     with trio.fail_after(10):
-        in_use = await Spool.open(str(tmp_path / "in-use"), max_events=10)
+        in_use = await SqliteSpool.open(str(tmp_path / "in-use"), max_events=10)
         for state_dir, cause in cases:
             with pytest.raises(SpoolError) as info:
-                await Spool.open(str(state_dir), max_events=10)
+                await SqliteSpool.open(str(state_dir), max_events=10)
             message = str(info.value)
             assert message.startswith(f"cannot open the spool {state_dir / SPOOL_FILE}: ")
             assert cause in message
@@ -587,17 +585,17 @@ async def test_open_errors_name_the_path_the_cause_and_the_fix(
         holder.close()
         await in_use.aclose()
         for state_dir in (tmp_path / "in-use", locked):
-            reopened = await Spool.open(str(state_dir), max_events=10)
+            reopened = await SqliteSpool.open(str(state_dir), max_events=10)
             await reopened.aclose()
 
 
 # --- operator commands -----------------------------------------------------------------------
 
 
-async def spool_with_history(state_dir: str) -> tuple[Spool, list[Entry]]:
+async def spool_with_history(state_dir: str) -> tuple[SqliteSpool, list[Entry]]:
     """A closed spool file: one entry delivered, one retried, two dead, one waiting."""
     now = time.time()
-    spool = await Spool.open(state_dir, max_events=100)
+    spool = await SqliteSpool.open(state_dir, max_events=100)
     disk, disk_doc = other_event("check_disk")
     async with running(spool) as committed:
         spool.submit(EVENT, DOCUMENT, [OPS, DEV], now - 192.5)
@@ -657,7 +655,7 @@ async def test_list_dead_shows_reasons(tmp_path: Path, capsys: pytest.CaptureFix
 
 async def test_list_of_an_empty_spool(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with trio.fail_after(10):
-        await (await Spool.open(str(tmp_path), max_events=10)).aclose()
+        await (await SqliteSpool.open(str(tmp_path), max_events=10)).aclose()
     assert spool_cli(capsys, str(tmp_path), "list") == (0, "no pending events\n", "")
     assert spool_cli(capsys, str(tmp_path), "list", "--dead") == (
         0,
@@ -669,8 +667,9 @@ async def test_list_of_an_empty_spool(tmp_path: Path, capsys: pytest.CaptureFixt
 async def test_retry_is_picked_up_by_the_running_daemon(
     tmp_path: Path, thread_clock: MockClock, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Run in this process, the operator's retry wakes the writer at once (no poll waited)."""
     with trio.fail_after(60):
-        spool = await Spool.open(str(tmp_path), max_events=100)
+        spool = await SqliteSpool.open(str(tmp_path), max_events=100)
         async with running(spool) as committed:
             handle = object()
             spool.submit(EVENT, DOCUMENT, [OPS], 1000.0, handle)
@@ -686,7 +685,7 @@ async def test_retry_is_picked_up_by_the_running_daemon(
             asked = trio.current_time()
             with capture_logs() as logs:
                 _, retried = await committed.wait_for(2)
-            assert trio.current_time() - asked <= RETRY_POLL
+            assert trio.current_time() - asked < RETRY_POLL / 2
             assert retried.id == entry.id
             assert (retried.target, retried.document) == (OPS, DOCUMENT)
             assert (retried.attempts, retried.last_error) == (0, None)
@@ -698,11 +697,38 @@ async def test_retry_is_picked_up_by_the_running_daemon(
             assert spool.counts() == {"pending": 1, "dead": 0}
             assert [e["event"] for e in logs] == ["spool.requeued"]
 
-            # Picked up once: the next polls hand out nothing more.
-            await trio.sleep(3 * RETRY_POLL)
+            # Picked up once: the next looks hand out nothing more.
+            await spool.poll_now()
+            await spool.poll_now()
             assert len(committed.entries) == 2
             loaded = await spool.load_pending()
+    # A spool that stopped running is no longer woken (nor kept alive) by the registry.
+    assert files._watchers == {}
     assert [(e.id, e.attempts) for e in loaded] == [(entry.id, 0)]
+
+
+async def test_a_retry_from_another_process_is_picked_up_by_the_poll(
+    tmp_path: Path,
+    thread_clock: MockClock,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A commit no in-process wake-up announces (another process's) is seen by data_version."""
+    monkeypatch.setattr(files, "announce_change", lambda path: None)
+    with trio.fail_after(60):
+        spool = await SqliteSpool.open(str(tmp_path), max_events=100)
+        async with running(spool) as committed:
+            spool.submit(EVENT, DOCUMENT, [OPS], 1000.0)
+            (entry,) = await committed.wait_for(1)
+            spool.mark_dead([entry.id], "expired", None)
+            await spool.flush()
+            ran = spool_cli(capsys, str(tmp_path), "retry", str(entry.id))
+            assert ran.out.endswith(f"picks them up within {RETRY_POLL:g} s)\n")
+            asked = trio.current_time()
+            _, retried = await committed.wait_for(2)
+            assert trio.current_time() - asked <= RETRY_POLL
+            assert (retried.id, retried.requeued) == (entry.id, True)
+            assert spool.counts() == {"pending": 1, "dead": 0}
 
 
 async def test_retry_while_the_daemon_is_down_is_loaded_at_start(
@@ -713,11 +739,11 @@ async def test_retry_while_the_daemon_is_down_is_loaded_at_start(
         ran = spool_cli(capsys, str(tmp_path), "retry", "--all")
         assert ran.code == 0
         assert ran.out.startswith("re-queued 2 dead-lettered events ")
-        spool = await Spool.open(str(tmp_path), max_events=100)
+        spool = await SqliteSpool.open(str(tmp_path), max_events=100)
         assert spool.counts() == {"pending": 3, "dead": 0}
         loaded = await spool.load_pending()
         async with running(spool) as committed:
-            await trio.sleep(RETRY_POLL + 0.5)
+            await spool.poll_now()
     assert [e.id for e in loaded] == [e.id for e in entries[1:]]
     assert [(e.attempts, e.last_error) for e in loaded[1:]] == [(0, None), (0, None)]
     assert not any(e.requeued for e in loaded)
@@ -753,7 +779,7 @@ async def test_purge_deletes_dead_entries(
             "no dead-lettered events\n",
             "",
         )
-        spool = await Spool.open(str(tmp_path), max_events=100)
+        spool = await SqliteSpool.open(str(tmp_path), max_events=100)
         assert spool.counts() == {"pending": 1, "dead": 0}
         await spool.aclose()
 

@@ -20,21 +20,18 @@ import trio
 from structlog.testing import capture_logs
 from trio.testing import MockClock
 
-import hipchatd.delivery.spool as spool_module
 from hipchatd.config import Listen
 from hipchatd.delivery.routing import Target
 from hipchatd.delivery.spool import (
-    RETRY_POLL,
-    SCHEMA_VERSION,
-    SPOOL_FILE,
     Entry,
     EventEntries,
     Spool,
     SpoolError,
     SpoolReadError,
     SpoolWriteError,
-    _os_cause,
 )
+from hipchatd.delivery.spool.sqlite import SCHEMA_VERSION, SPOOL_FILE, SqliteSpool, sql
+from hipchatd.delivery.spool.sqlite.files import os_cause
 from hipchatd.emulator import Emulator
 from hipchatd.sensu.events import Event, parse_event
 from tests.conftest import (
@@ -113,12 +110,12 @@ async def test_an_event_to_many_rooms_stores_its_document_once(tmp_path: Path) -
     event, document = event_of("big", LARGE_DOCUMENT)
     targets = rooms(ROOMS)
     with trio.fail_after(60):
-        spool = await Spool.open(str(tmp_path), max_events=10_000)
+        spool = await SqliteSpool.open(str(tmp_path), max_events=10_000)
         async with running(spool) as (committed, _):
             assert spool.submit(event, document, targets, 1000.0)
             entries = await committed.wait_for(ROOMS)
             loaded = await spool.load_documents([e.id for e in entries])
-        reopened = await Spool.open(str(tmp_path), max_events=10_000)
+        reopened = await SqliteSpool.open(str(tmp_path), max_events=10_000)
         recovered = await reopened.load_pending()
         await reopened.aclose()
     assert [e.target for e in recovered] == targets
@@ -140,7 +137,7 @@ async def test_a_document_leaves_with_its_last_entry(
     second, second_doc = event_of("second")
     path = tmp_path / SPOOL_FILE
     with trio.fail_after(20):
-        spool = await Spool.open(str(tmp_path), max_events=100)
+        spool = await SqliteSpool.open(str(tmp_path), max_events=100)
         async with running(spool) as (committed, _):
             spool.submit(first, first_doc, rooms(3), 1000.0)
             spool.submit(second, second_doc, rooms(2), 1001.0)
@@ -270,7 +267,7 @@ async def test_a_version_1_spool_is_migrated_in_place(
     assert "start the daemon once to upgrade it" in before.err
     with trio.fail_after(20):
         with capture_logs() as logs:
-            spool = await Spool.open(str(state_dir), max_events=100)
+            spool = await SqliteSpool.open(str(state_dir), max_events=100)
         assert [e for e in logs if e["event"] == "spool.migrated"] == [
             {
                 "event": "spool.migrated",
@@ -318,7 +315,7 @@ async def test_a_version_1_spool_is_migrated_in_place(
     after = spool_cli(capsys, str(state_dir), "retry", "--all")
     assert after.code == 0
     with trio.fail_after(20):
-        reopened = await Spool.open(str(state_dir), max_events=100)
+        reopened = await SqliteSpool.open(str(state_dir), max_events=100)
         retried = await reopened.load_pending()
         await reopened.aclose()
     assert [(e.id, e.document) for e in retried] == [
@@ -339,14 +336,14 @@ async def test_marks_commit_and_an_event_that_cannot_fit_is_refused(
     huge, huge_doc = event_of("huge", 600_000)
     later, later_doc = event_of("later", 1000)
     with trio.fail_after(60):
-        spool = await Spool.open(str(tmp_path), max_events=100)
+        spool = await SqliteSpool.open(str(tmp_path), max_events=100)
         async with running(spool) as (committed, refused):
             spool.submit(small, small_doc, rooms(2), 1000.0)
             first = await committed.wait_for(2)
-            assert spool._conn is not None
-            pages = spool._conn.execute("PRAGMA page_count").fetchone()[0]
+            assert spool._worker.conn is not None
+            pages = spool._worker.conn.execute("PRAGMA page_count").fetchone()[0]
             # A few pages of room: small events fit, 600 KB does not.
-            spool._conn.execute(f"PRAGMA max_page_count = {pages + 4}")
+            spool._worker.conn.execute(f"PRAGMA max_page_count = {pages + 4}")
             with capture_logs() as logs:
                 spool.mark_delivered([first[0].id])
                 spool.mark_dead([first[1].id], "permanent", "Room not found")
@@ -385,7 +382,7 @@ async def test_marks_commit_and_an_event_that_cannot_fit_is_refused(
             spool.submit(small, small_doc, rooms(1), 1004.0)
             await committed.wait_for(8)
             assert spool.writable
-    reopened = await Spool.open(str(tmp_path), max_events=100)
+    reopened = await SqliteSpool.open(str(tmp_path), max_events=100)
     kept = await reopened.load_pending()
     dead = await reopened.list_dead()
     await reopened.aclose()
@@ -398,14 +395,14 @@ async def test_marks_are_committed_while_new_events_keep_failing(
 ) -> None:
     """Deliveries free the spool even when every write of new events fails."""
     with trio.fail_after(60):
-        spool = await Spool.open(str(tmp_path), max_events=100)
+        spool = await SqliteSpool.open(str(tmp_path), max_events=100)
         async with running(spool) as (committed, _):
             spool.submit(EVENT, DOCUMENT, rooms(3), 1000.0)
             first = await committed.wait_for(3)
-            assert spool._conn is not None
+            assert spool._worker.conn is not None
             # No new row fits anywhere: every insert fails, deletes still work.
-            pages = spool._conn.execute("PRAGMA page_count").fetchone()[0]
-            spool._conn.execute(f"PRAGMA max_page_count = {pages}")
+            pages = spool._worker.conn.execute("PRAGMA page_count").fetchone()[0]
+            spool._worker.conn.execute(f"PRAGMA max_page_count = {pages}")
             with capture_logs() as logs:
                 spool.submit(*event_of("blocked", 200_000), rooms(1), 1001.0)
                 spool.mark_delivered([e.id for e in first])
@@ -419,13 +416,13 @@ async def test_deliveries_commit_when_other_marks_do_not_fit(
 ) -> None:
     """Deliveries only delete: they go alone when an error text or a dead letter has no room."""
     with trio.fail_after(60):
-        spool = await Spool.open(str(tmp_path), max_events=100)
+        spool = await SqliteSpool.open(str(tmp_path), max_events=100)
         async with running(spool) as (committed, _):
             spool.submit(EVENT, DOCUMENT, rooms(2), 1000.0)
             first, second = await committed.wait_for(2)
-            assert spool._conn is not None
-            pages = spool._conn.execute("PRAGMA page_count").fetchone()[0]
-            spool._conn.execute(f"PRAGMA max_page_count = {pages}")
+            assert spool._worker.conn is not None
+            pages = spool._worker.conn.execute("PRAGMA page_count").fetchone()[0]
+            spool._worker.conn.execute(f"PRAGMA max_page_count = {pages}")
             with capture_logs() as logs:
                 spool.mark_attempt([first.id], "HTTP 500: " + "e" * 200_000)
                 spool.mark_delivered([second.id])
@@ -434,7 +431,7 @@ async def test_deliveries_commit_when_other_marks_do_not_fit(
                 assert [e["event"] for e in logs] == ["spool.write_failed"]
                 assert not spool.writable
                 # Room again: the kept attempt is committed at the next try.
-                spool._conn.execute(f"PRAGMA max_page_count = {2**30}")
+                spool._worker.conn.execute(f"PRAGMA max_page_count = {2**30}")
                 while not spool.writable:
                     await trio.sleep(0.1)
             loaded = await spool.load_pending()
@@ -451,18 +448,19 @@ async def test_a_deleted_or_replaced_spool_file_is_noticed(
 ) -> None:
     path = tmp_path / SPOOL_FILE
     with trio.fail_after(60):
-        spool = await Spool.open(str(tmp_path), max_events=100)
+        spool = await SqliteSpool.open(str(tmp_path), max_events=100)
         async with running(spool):
             assert spool.file_problem() is None
             with capture_logs() as logs:
                 path.unlink()
                 deleted = spool.file_problem()
-                await trio.sleep(2 * RETRY_POLL)
+                # The writer's look, as every RETRY_POLL, without waiting for one.
+                await spool.poll_now()
                 other = tmp_path / "other.sqlite3"
                 other.write_bytes(b"")
                 other.rename(path)
                 replaced = spool.file_problem()
-                await trio.sleep(2 * RETRY_POLL)
+                await spool.poll_now()
     assert deleted is not None
     assert f"spool file {path} was deleted while hipchatd runs" in deleted
     assert "restart hipchatd" in deleted
@@ -502,12 +500,12 @@ async def test_healthz_turns_503_when_the_spool_file_is_deleted_or_replaced(
 async def test_reads_sqlite_cannot_do_raise_spool_read_error(tmp_path: Path) -> None:
     """A closed connection under every read: SpoolReadError naming what, where and why."""
     with trio.fail_after(30):
-        spool = await Spool.open(str(tmp_path), max_events=10)
+        spool = await SqliteSpool.open(str(tmp_path), max_events=10)
         async with running(spool) as (committed, _):
             assert spool.submit(EVENT, DOCUMENT, [OPS], 1.0)
             [entry] = await committed.wait_for(1)
-            assert spool._conn is not None
-            spool._conn.close()
+            assert spool._worker.conn is not None
+            spool._worker.conn.close()
             reads = {
                 "event documents": spool.load_documents([entry.id]),
                 "the pending entries": spool.load_pending(),
@@ -532,12 +530,12 @@ async def test_a_read_error_names_sqlites_error_and_the_spool_stays_usable(
         raise AssertionError("unreachable")
 
     with trio.fail_after(30):
-        spool = await Spool.open(str(tmp_path), max_events=10)
+        spool = await SqliteSpool.open(str(tmp_path), max_events=10)
         async with running(spool) as (committed, _):
             assert spool.submit(EVENT, DOCUMENT, [OPS], 1.0)
             [entry] = await committed.wait_for(1)
             with monkeypatch.context() as patched:
-                patched.setattr(spool_module, "_load_documents", broken)
+                patched.setattr(sql, "load_documents", broken)
                 with pytest.raises(SpoolReadError) as raised:
                     await spool.load_documents([entry.id])
             assert str(raised.value) == (
@@ -554,9 +552,9 @@ async def test_a_commit_no_retry_can_fix_ends_run_with_spool_write_error(
     def constraint(conn: sqlite3.Connection, batch: list[EventEntries]) -> int:
         raise sqlite3.IntegrityError("UNIQUE constraint failed: pending.id")
 
-    monkeypatch.setattr(spool_module, "_write_batch", constraint)
+    monkeypatch.setattr(sql, "write_batch", constraint)
     with trio.fail_after(30):
-        spool = await Spool.open(str(tmp_path), max_events=10)
+        spool = await SqliteSpool.open(str(tmp_path), max_events=10)
         assert spool.submit(EVENT, DOCUMENT, [OPS], 1.0)
         with pytest.raises(SpoolWriteError) as raised:
             await spool.run(Committed())
@@ -576,7 +574,7 @@ async def test_the_daemon_refuses_an_event_the_spool_cannot_store_and_goes_on(
     """The refused event is not accepted; the next one is delivered as itself."""
     with trio.fail_after(30):
         app = await start_daemon(state_dir=str(tmp_path), room="ops")
-        conn = app.spool._conn
+        conn = app.spool._worker.conn
         assert conn is not None
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
         conn.execute(f"PRAGMA max_page_count = {pages + 4}")
@@ -606,7 +604,7 @@ async def test_an_event_refused_amid_one_commit_leaves_its_neighbours_as_themsel
     """Three events in one write, one commit: the middle one cannot be stored."""
     with trio.fail_after(30):
         app = await start_daemon(state_dir=str(tmp_path), room="ops")
-        conn = app.spool._conn
+        conn = app.spool._worker.conn
         assert conn is not None
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
         conn.execute(f"PRAGMA max_page_count = {pages + 4}")
@@ -673,9 +671,9 @@ async def test_list_dead_counts_the_attempt_that_was_refused(
 
 def test_os_causes_say_what_to_do() -> None:
     """Causes tests cannot make real as root: permission denied, a read-only file system."""
-    denied = _os_cause(PermissionError(13, "Permission denied", "/srv/state"), "/srv/state/x")
+    denied = os_cause(PermissionError(13, "Permission denied", "/srv/state"), "/srv/state/x")
     assert denied.startswith("permission denied on /srv/state; give the user hipchatd runs as (")
     assert f"uid {os.geteuid()}" in denied
-    read_only = _os_cause(OSError(30, "Read-only file system"), "/srv/state/x")
+    read_only = os_cause(OSError(30, "Read-only file system"), "/srv/state/x")
     assert read_only.startswith("/srv/state is on a read-only file system;")
     assert "ReadWritePaths=" in read_only

@@ -65,7 +65,7 @@ from itertools import count
 import trio
 
 from hipchatd.clock import unix_now
-from hipchatd.delivery.hipchat import MAX_SERVER_WAIT, Outcome, OutcomeKind, RateInfo
+from hipchatd.delivery.outcome import MAX_SERVER_WAIT, Outcome, OutcomeKind, RateInfo
 
 __all__ = [
     "BURST_DIVISOR",

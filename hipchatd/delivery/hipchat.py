@@ -1,4 +1,4 @@
-"""The HipChat HTTP client: v1 and v2 requests, outcome classification.
+"""The HipChat HTTP client: v1 and v2 requests, each answer made an Outcome.
 
 The only module that knows httpx. It never raises: every attempt becomes an
 Outcome, a HipChat answer, a transport failure and a bug alike (a bug is also
@@ -19,6 +19,9 @@ Everything a server sends is bounded before it is believed:
   ``Retry-After``) is ignored, so the budget counts the request itself over
   its configured window and a retry waits the normal backoff.
 
+The answer becomes an Outcome in :mod:`hipchatd.delivery.outcome` (pure, no
+httpx), whose names this module re-exports: they are what the client returns.
+
 Requests (see the HipChat API reference shipped with the project):
 
 * v2 room: ``POST {base}/v2/room/{room}/notification``, JSON, ``Authorization: Bearer``.
@@ -32,15 +35,11 @@ left unescaped (:func:`room_path`) and sent to the server byte for byte.
 
 from __future__ import annotations
 
-import email.utils
-import enum
 import json
 import math
 import re
 import ssl
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -51,6 +50,17 @@ import trio
 from hipchatd import __version__
 from hipchatd.clock import unix_now
 from hipchatd.config import ApiVersion, HipChatSettings
+from hipchatd.delivery.outcome import (
+    MAX_SERVER_WAIT,
+    Outcome,
+    OutcomeKind,
+    ProtocolWarn,
+    RateInfo,
+    classify,
+    header,
+    parse_rate_info,
+    parse_retry_after,
+)
 from hipchatd.delivery.render import Message
 from hipchatd.delivery.routing import Target
 from hipchatd.errors import ConfigError
@@ -81,90 +91,19 @@ MAX_BODY_BYTES = 64 * 1024
 #: delivery; the body is read only so the connection can be reused, and one
 #: that drips must not turn a delivered message into a timeout and a duplicate.
 SENT_BODY_GRACE = 1.0
-#: Seconds at most that any wait a server names is believed (Retry-After, a
-#: reset header). HipChat's windows are 5 minutes for the token's rate limit and
-#: 1 minute for flood control, so a wait that ends within 6 minutes covers every
-#: real one; a later one is a protocol error, never a stalled room.
-MAX_SERVER_WAIT = 360.0
 #: Seconds between two protocol-error WARNINGs about the same header: a broken
 #: server answers every request the same way.
 PROTOCOL_WARNING_INTERVAL = 60.0
 #: Exceptions followed down a ``raise ... from`` chain to find a description.
 _MAX_CAUSES = 8
-#: Header prefixes of the two rate-limit families (matched case-insensitively).
-RATE_PREFIX = "X-Ratelimit"
-FLOOD_PREFIX = "X-FloodControl"
 #: The message ``auth_test`` requests carry; HipChat validates it but posts nothing.
 AUTH_TEST_MESSAGE = "hipchatd auth test"
 #: v1 requires ``from`` (1-15 characters); ``auth_test`` has no Message to take it from.
 AUTH_TEST_SENDER = "hipchatd"
 
-# v1 answers a rate-limited call with 403 (not 429), and so did the v2 beta;
-# the only known wording is "You have exceeded the rate limit." (reference §6.1).
-_RATE_LIMIT_TEXT = re.compile(r"rate[ _-]?limit", re.IGNORECASE)
-_DECIMAL = re.compile(r"\d+(?:\.\d+)?")
 _TAG = re.compile(r"<[^>]*>")
 _SPACE = re.compile(r"\s+")
 _SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-class OutcomeKind(enum.Enum):
-    SENT = "sent"
-    RATE_LIMITED = "rate_limited"
-    UNAUTHORIZED = "unauthorized"
-    FORBIDDEN = "forbidden"
-    NOT_FOUND = "not_found"
-    BAD_REQUEST = "bad_request"
-    SERVER_ERROR = "server_error"
-    TRANSPORT_ERROR = "transport_error"
-    TIMEOUT = "timeout"
-
-    @property
-    def transient(self) -> bool:
-        """Worth retrying later: rate limits, 5xx, transport errors, timeouts."""
-        return self in _TRANSIENT
-
-
-_TRANSIENT = frozenset(
-    {
-        OutcomeKind.RATE_LIMITED,
-        OutcomeKind.SERVER_ERROR,
-        OutcomeKind.TRANSPORT_ERROR,
-        OutcomeKind.TIMEOUT,
-    }
-)
-
-
-@dataclass(frozen=True, slots=True)
-class RateInfo:
-    """One rate-limit header family: limit, remaining, reset (absolute Unix time)."""
-
-    limit: int | None
-    remaining: int | None
-    reset: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What one attempt achieved."""
-
-    kind: OutcomeKind
-    #: HTTP status, None when no response arrived.
-    status: int | None = None
-    #: HipChat's own error message, or the transport error's description.
-    error: str | None = None
-    #: ``X-Ratelimit-*`` (per token).
-    rate: RateInfo | None = None
-    #: ``X-FloodControl-*`` (per room or user).
-    flood: RateInfo | None = None
-    #: absolute Unix time HipChat asked us to come back (Retry-After or a reset header).
-    #: Set only for transient kinds; may lie in the past when clocks disagree.
-    retry_at: float | None = None
-
-    @classmethod
-    def timeout(cls, seconds: float) -> Outcome:
-        """The outcome a caller records when its cancel scope ended the attempt."""
-        return cls(OutcomeKind.TIMEOUT, error=f"no answer from HipChat within {seconds:g} s")
 
 
 # v1 has no private-message method (reference §13 lists only v2's); refuse
@@ -183,43 +122,6 @@ def room_path(name: str) -> str:
     ``Café`` -> ``Caf%C3%A9``. HipChat decodes the segment exactly once.
     """
     return quote(_wire_text(name), safe="")
-
-
-def parse_rate_info(headers: Mapping[str, str], prefix: str) -> RateInfo | None:
-    """Read ``{prefix}-Limit``, ``-Remaining`` and ``-Reset``, header names in any case.
-
-    ``Reset`` is an absolute Unix time, integer or float (``1366037820``,
-    ``1412564640.0``). A value that does not parse becomes None; the function
-    never raises. Returns None when none of the three headers is present.
-    """
-    limit = _header(headers, f"{prefix}-Limit")
-    remaining = _header(headers, f"{prefix}-Remaining")
-    reset = _header(headers, f"{prefix}-Reset")
-    if limit is None and remaining is None and reset is None:
-        return None
-    return RateInfo(limit=_count(limit), remaining=_count(remaining), reset=_decimal(reset))
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """``Retry-After`` as an absolute Unix time: delay seconds from ``now``, or an HTTP-date.
-
-    Delay seconds may carry a fraction. Garbage, negative values and dates
-    without a year-month-day-time become None; the function never raises.
-    """
-    if value is None:
-        return None
-    value = value.strip()
-    seconds = _decimal(value)
-    if seconds is not None:
-        return now + seconds
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when.tzinfo is None:
-        # RFC 9110 dates are GMT; "-0000" parses as naive.
-        when = when.replace(tzinfo=UTC)
-    return when.timestamp()
 
 
 def make_http_client(settings: HipChatSettings, concurrency: int) -> httpx.AsyncClient:
@@ -421,12 +323,6 @@ class HipChatClient:
 #: Characters of a bad header value quoted in a protocol-error WARNING.
 _MAX_VALUE_CHARS = 64
 
-_Warn = Callable[[str, str, str, str], None]
-
-
-def _ignore_protocol_error(header: str, value: str, problem: str, instead: str) -> None:
-    pass
-
 
 async def _read_body(response: httpx.Response) -> bytes:
     """Up to MAX_BODY_BYTES of the body, as sent (no decompression: see make_http_client).
@@ -480,92 +376,11 @@ def _classify(
     *,
     now: float,
     token: str,
-    warn: _Warn = _ignore_protocol_error,
+    warn: ProtocolWarn,
 ) -> Outcome:
-    rate = _checked_rate_info(headers, RATE_PREFIX, now, warn)
-    flood = _checked_rate_info(headers, FLOOD_PREFIX, now, warn)
-    if 200 <= status < 300:
-        return Outcome(OutcomeKind.SENT, status=status, rate=rate, flood=flood)
-    error = _clean(_error_text(status, headers, content), token)
-    kind = _kind(status, error)
-    retry_at = None
-    if kind.transient:
-        retry_at = _checked_retry_after(headers, now, warn)
-        if retry_at is None and kind is OutcomeKind.RATE_LIMITED:
-            retry_at = _reset_at(rate, flood)
-        if retry_at is not None:
-            retry_at = min(retry_at, now + MAX_SERVER_WAIT)
-    return Outcome(kind, status=status, error=error, rate=rate, flood=flood, retry_at=retry_at)
-
-
-def _checked_rate_info(
-    headers: Mapping[str, str], prefix: str, now: float, warn: _Warn
-) -> RateInfo | None:
-    """parse_rate_info, or None (and a warning) when the family breaks the protocol."""
-    info = parse_rate_info(headers, prefix)
-    if info is None:
-        return None
-    names = {field: f"{prefix}-{field.capitalize()}" for field in ("limit", "remaining", "reset")}
-    instead = f"ignored the {prefix}-* headers; counted the request against the configured budget"
-    values = {field: _header(headers, name) for field, name in names.items()}
-    problems: list[tuple[str, str]] = []
-    for field, parsed in (("limit", info.limit), ("remaining", info.remaining)):
-        if values[field] is not None and parsed is None:
-            problems.append((field, "not a non-negative integer"))
-    if values["reset"] is not None and info.reset is None:
-        problems.append(("reset", "not a Unix time"))
-    if info.limit == 0:
-        problems.append(("limit", "a limit of 0 allows no request ever"))
-    elif info.limit is not None and info.remaining is not None and info.remaining > info.limit:
-        problems.append(("remaining", f"more than the limit of {info.limit}"))
-    if info.reset is not None and info.reset > now + MAX_SERVER_WAIT:
-        ahead = min(info.reset - now, 1e18)  # a finite number of seconds to print
-        problems.append(
-            ("reset", f"{math.ceil(ahead)} s ahead, more than the {MAX_SERVER_WAIT:g} s believed")
-        )
-    for field, problem in problems:
-        warn(names[field], values[field] or "", problem, instead)
-    return None if problems else info
-
-
-def _checked_retry_after(headers: Mapping[str, str], now: float, warn: _Warn) -> float | None:
-    """parse_retry_after, or None (and a warning) when the value breaks the protocol."""
-    value = _header(headers, "Retry-After")
-    if value is None:
-        return None
-    at = parse_retry_after(value, now)
-    instead = "ignored Retry-After; retried after the normal backoff"
-    if at is None:
-        warn("Retry-After", value, "neither non-negative delay seconds nor an HTTP-date", instead)
-    elif not at <= now + MAX_SERVER_WAIT:
-        problem = f"more than the {MAX_SERVER_WAIT:g} s believed"
-        warn("Retry-After", value, problem, instead)
-        return None
-    return at
-
-
-def _kind(status: int, error: str) -> OutcomeKind:
-    if status == 429 or (status == 403 and _RATE_LIMIT_TEXT.search(error)):
-        return OutcomeKind.RATE_LIMITED
-    if status == 401:
-        return OutcomeKind.UNAUTHORIZED
-    if status == 403:
-        return OutcomeKind.FORBIDDEN
-    if status == 404:
-        return OutcomeKind.NOT_FOUND
-    if 500 <= status < 600:
-        return OutcomeKind.SERVER_ERROR
-    # Other 4xx, and 3xx (redirects are not followed: server_url is wrong).
-    return OutcomeKind.BAD_REQUEST
-
-
-def _reset_at(rate: RateInfo | None, flood: RateInfo | None) -> float | None:
-    # The exhausted family decides; flood control first, it is the narrower one.
-    for info in (flood, rate):
-        if info is not None and info.remaining == 0 and info.reset is not None:
-            return info.reset
-    resets = [info.reset for info in (flood, rate) if info is not None and info.reset is not None]
-    return max(resets, default=None)
+    # HipChat's error text is read only from a failed answer's body.
+    error = "" if 200 <= status < 300 else _clean(_error_text(status, headers, content), token)
+    return classify(status, headers, error, now=now, warn=warn)
 
 
 def _error_text(status: int, headers: Mapping[str, str], content: bytes) -> str:
@@ -574,7 +389,7 @@ def _error_text(status: int, headers: Mapping[str, str], content: bytes) -> str:
         return message
     reason = httpx.codes.get_reason_phrase(status)
     text = f"{status} {reason}" if reason else f"HTTP {status}"
-    location = _header(headers, "Location")
+    location = header(headers, "Location")
     if 300 <= status < 400 and location:
         text += f" to {location}"
     body = _TAG.sub(" ", content.decode("utf-8", errors="replace"))
@@ -625,29 +440,6 @@ def _clean(text: str, token: str) -> str:
     if len(text) > MAX_ERROR_CHARS:
         text = text[: MAX_ERROR_CHARS - 1] + "…"
     return text
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    # httpx.Headers is case-insensitive already; a plain dict (tests, callers) is not.
-    wanted = name.lower()
-    for key, value in headers.items():
-        if key.lower() == wanted:
-            return value
-    return None
-
-
-def _count(value: str | None) -> int | None:
-    number = _decimal(value)
-    if number is None or not number.is_integer():
-        return None
-    return int(number)
-
-
-def _decimal(value: str | None) -> float | None:
-    # A strict pattern: float() would also take "nan", "inf", "-1" and "1_0".
-    if value is None or not _DECIMAL.fullmatch(value := value.strip()):
-        return None
-    return float(value)
 
 
 def _wire_text(text: str) -> str:

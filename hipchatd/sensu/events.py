@@ -27,22 +27,58 @@ Where Classic-style attributes come from (``handle``, ``handle_when``,
   ``room``, ``notify``, ``username``, ``message_format``, ``contacts`` on the
   check and the entity; ``handle_when``, ``notification``, ``playbook`` on the
   check. ``playbook`` also reads a plain ``playbook`` check annotation first.
+
+This module recognises the shape and reads it; the model it builds is
+:mod:`hipchatd.sensu.model` (re-exported here, so callers import both from
+one place), and the lenient value readers both shapes share are
+:mod:`hipchatd.sensu.readers`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Final, Literal, TypeGuard
+from collections.abc import Mapping
+from typing import Any, Final
 
 from hipchatd.errors import EventError
+from hipchatd.sensu.model import (
+    UNKNOWN_STATUS,
+    Action,
+    Event,
+    HandleWhen,
+    MessageFormat,
+    Overrides,
+    Severity,
+    severity,
+)
+from hipchatd.sensu.readers import (
+    MAX_NAME_CHARS,
+    attribute_contacts,
+    attribute_overrides,
+    first_timestamp,
+    interval_seconds,
+    is_int,
+    is_mapping,
+    json_type,
+    occurrence_count,
+    read_handle_when,
+    read_message_format,
+    read_names,
+    required_int,
+    required_name,
+    required_object,
+    string_or_empty,
+    text_or_none,
+    unique,
+    utf8,
+    watermark,
+)
 
 __all__ = [
     "ANNOTATION_PREFIX",
     "JSON_ATTRIBUTES_ANNOTATION",
+    "MAX_NAME_CHARS",
     "Action",
     "Event",
     "EventError",
@@ -54,39 +90,14 @@ __all__ = [
     "severity",
 ]
 
-Action = Literal["create", "resolve", "flapping"]
-MessageFormat = Literal["html", "text"]
-Severity = Literal["ok", "warning", "critical", "unknown"]
-
-
-@dataclass(frozen=True, slots=True)
-class Overrides:
-    """Per-check, per-client or per-contact HipChat attributes; ``None`` = not named."""
-
-    room: tuple[str, ...] | None = None
-    notify: bool | None = None
-    username: str | None = None
-    message_format: MessageFormat | None = None
-
-
-#: Enterprise ``handle_when`` defaults: notify from the first occurrence, remind every 30 min.
-DEFAULT_HANDLE_WHEN_OCCURRENCES = 1
-DEFAULT_HANDLE_WHEN_RESET = 1800
-
 #: sensu-plugin-sdk's override keyspace, ``sensu.io/plugins/<plugin>/config/<option>``.
 ANNOTATION_PREFIX: Final = "sensu.io/plugins/hipchat/config/"
 #: Where sensu-translator stores a Classic check's custom attributes (a JSON string).
 JSON_ATTRIBUTES_ANNOTATION: Final = "sensu.io.json_attributes"
-#: Sensu maps any status it does not know to "unknown"; 3 is that status.
-UNKNOWN_STATUS: Final = 3
-
-#: Sensu's severity of each status it names; every other status is "unknown".
-_SEVERITIES: Final[dict[int, Severity]] = {0: "ok", 1: "warning", 2: "critical"}
 
 _CLASSIC: Final = "Sensu Classic"
 _GO: Final = "Sensu Go"
 _ACTIONS: Final[tuple[Action, ...]] = ("create", "resolve", "flapping")
-_FORMATS: Final[tuple[MessageFormat, ...]] = ("html", "text")
 #: Classic history entries are strings such as "2"; anything else is not a status.
 _NUMERIC = re.compile(r"\s*[+-]?[0-9]+\s*")
 #: The whitespace json.loads skips around a document.
@@ -95,21 +106,11 @@ _JSON_BLANKS: Final = " \t\n\r"
 _MAX_KEYS_SHOWN = 12
 #: Characters of each key shown in that message.
 _MAX_KEY_CHARS = 40
-_MISSING: Final = object()
-#: Shared: it is frozen, and most checks and entities name no HipChat attributes.
-_NO_OVERRIDES: Final = Overrides()
 #: The only type a valid Go history status has; ``bool`` and ``float`` take the slow path.
 _INT_ONLY: Final = frozenset({int})
 #: Digits of the longest history entry read as a status: exit codes are 0-255, and
 #: int() refuses a string over sys.get_int_max_str_digits() (4,300) with ValueError.
 _MAX_STATUS_DIGITS: Final = 10
-#: A lone UTF-16 surrogate: JSON's ``\ud800``-``\udfff`` escapes decode to one, and no
-#: UTF-8 encoder (log output, SQLite, HTTP) accepts it.
-_SURROGATE: Final = re.compile("[\ud800-\udfff]")
-#: Characters of the longest room or contact name an event may give: twice HipChat's
-#: 50-character limit on room names. A longer string never names a room, and as a URL
-#: path segment it could not even be sent.
-MAX_NAME_CHARS: Final = 100
 
 # sensu-plugin-sdk looks an option up lowercased first, then as written
 # (``SetAnnotationValue``). Every option name here is lowercase, so both are one key.
@@ -135,67 +136,6 @@ _CHECK_ANNOTATIONS: Final = _ENTITY_ANNOTATIONS | {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class HandleWhen:
-    """The check's ``handle_when`` attribute (Sensu Enterprise)."""
-
-    occurrences: int = DEFAULT_HANDLE_WHEN_OCCURRENCES
-    reset: int = DEFAULT_HANDLE_WHEN_RESET
-
-
-#: Shared: it is frozen, and most checks have no ``handle_when``.
-_DEFAULT_HANDLE_WHEN: Final = HandleWhen()
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One Sensu event, whichever version sent it."""
-
-    #: the event ``id`` as sent; "" when absent (Go omits an empty id). Not an incident key.
-    id: str
-    flavor: Literal["classic", "go"]
-    #: proxy ``check.source`` / ``check.proxy_entity_name`` if set, else client/entity name.
-    source: str
-    check: str
-    status: int
-    output: str
-    notification: str | None
-    playbook: str | None
-    action: Action
-    #: consecutive results with this status (Classic top-level, Go ``check.occurrences``).
-    occurrences: int
-    #: the highest ``occurrences`` of the incident; never below ``occurrences``.
-    occurrences_watermark: int
-    #: ``check.interval`` in seconds; None for cron checks or when absent.
-    interval: int | None
-    silenced: bool
-    #: statuses, oldest first, including the current result.
-    history: tuple[int, ...]
-    #: Go namespace (``metadata.namespace`` or the entity's); None for Classic.
-    namespace: str | None
-    #: epoch seconds: the event's ``timestamp``, else ``check.executed``, else 0.0.
-    timestamp: float
-    #: ``check.handle`` (Go: the check or its json_attributes); False means "never handle".
-    handle: bool
-    handle_when: HandleWhen
-    #: HipChat attributes named by the check (``check.hipchat``, ``hipchat_room``, annotations).
-    check_overrides: Overrides
-    #: HipChat attributes named by the client / entity.
-    client_overrides: Overrides
-    #: contact names from ``contact``/``contacts`` on the check, then the client, deduplicated.
-    contacts: tuple[str, ...]
-
-    @property
-    def incident_key(self) -> tuple[str, str, str]:
-        """(namespace, source, check): Go ids change every event, so incidents key by this."""
-        return (self.namespace or "", self.source, self.check)
-
-
-def severity(status: int) -> Severity:
-    """Sensu's severity of a check status: 0 ok, 1 warning, 2 critical, anything else unknown."""
-    return _SEVERITIES.get(status, "unknown")
-
-
 def parse_event(document: Any) -> Event:
     """Build an Event from a decoded JSON document.
 
@@ -203,8 +143,8 @@ def parse_event(document: Any) -> Event:
     wrong type, at which key) when the document is not a Sensu event. No
     other exception escapes for any JSON-decodable input.
     """
-    if not _is_mapping(document):
-        raise EventError(f"not a Sensu event: expected a JSON object, got {_json_type(document)}")
+    if not is_mapping(document):
+        raise EventError(f"not a Sensu event: expected a JSON object, got {json_type(document)}")
     if "client" in document and "action" in document:
         return _parse_classic(document)
     if "entity" in document:
@@ -220,36 +160,36 @@ def parse_event(document: Any) -> Event:
 
 
 def _parse_classic(doc: Mapping[str, Any]) -> Event:
-    client = _required_object(doc, "client", "client", _CLASSIC)
-    check = _required_object(doc, "check", "check", _CLASSIC)
-    client_name = _required_name(client, "name", "client.name", _CLASSIC)
-    check_name = _required_name(check, "name", "check.name", _CLASSIC)
-    status = _required_int(check, "status", "check.status", _CLASSIC)
+    client = required_object(doc, "client", "client", _CLASSIC)
+    check = required_object(doc, "check", "check", _CLASSIC)
+    client_name = required_name(client, "name", "client.name", _CLASSIC)
+    check_name = required_name(check, "name", "check.name", _CLASSIC)
+    status = required_int(check, "status", "check.status", _CLASSIC)
     action = _classic_action(doc.get("action"))
-    occurrences = _count(doc.get("occurrences"))
-    contacts = _attribute_contacts(check) + _attribute_contacts(client)
+    occurrences = occurrence_count(doc.get("occurrences"))
+    contacts = attribute_contacts(check) + attribute_contacts(client)
     return Event(
-        id=_string(doc.get("id")),
+        id=string_or_empty(doc.get("id")),
         flavor="classic",
-        source=_text(check.get("source")) or client_name,
+        source=text_or_none(check.get("source")) or client_name,
         check=check_name,
         status=status,
-        output=_string(check.get("output")),
-        notification=_text(check.get("notification")),
-        playbook=_text(check.get("playbook")),
+        output=string_or_empty(check.get("output")),
+        notification=text_or_none(check.get("notification")),
+        playbook=text_or_none(check.get("playbook")),
         action=action,
         occurrences=occurrences,
-        occurrences_watermark=_watermark(doc.get("occurrences_watermark"), occurrences),
-        interval=_interval(check.get("interval")),
+        occurrences_watermark=watermark(doc.get("occurrences_watermark"), occurrences),
+        interval=interval_seconds(check.get("interval")),
         silenced=doc.get("silenced") is True,
         history=_classic_history(check.get("history")),
         namespace=None,
-        timestamp=_timestamp(doc.get("timestamp"), check.get("executed")),
+        timestamp=first_timestamp(doc.get("timestamp"), check.get("executed")),
         handle=check.get("handle") is not False,
-        handle_when=_handle_when(check.get("handle_when")),
-        check_overrides=_attribute_overrides(check),
-        client_overrides=_attribute_overrides(client),
-        contacts=_unique(contacts) if contacts else (),
+        handle_when=read_handle_when(check.get("handle_when")),
+        check_overrides=attribute_overrides(check),
+        client_overrides=attribute_overrides(client),
+        contacts=unique(contacts) if contacts else (),
     )
 
 
@@ -258,7 +198,7 @@ def _classic_action(value: object) -> Action:
         if value == action:
             return action
     # Cut a long value: the message is logged, and the document is not ours to echo.
-    got = json.dumps(value[:40]) if isinstance(value, str) else _json_type(value)
+    got = json.dumps(value[:40]) if isinstance(value, str) else json_type(value)
     raise EventError(
         f'{_CLASSIC} event: action: expected one of "create", "resolve", "flapping", got {got}'
     )
@@ -283,7 +223,7 @@ def _classic_history(value: object) -> tuple[int, ...]:
 
 
 def _classic_status(entry: object) -> int:
-    if _is_int(entry):
+    if is_int(entry):
         return entry
     if isinstance(entry, str) and len(entry) <= _MAX_STATUS_DIGITS and _NUMERIC.fullmatch(entry):
         return int(entry)
@@ -294,78 +234,78 @@ def _classic_status(entry: object) -> int:
 
 
 def _parse_go(doc: Mapping[str, Any]) -> Event:
-    entity = _required_object(doc, "entity", "entity", _GO)
-    entity_meta = _required_object(entity, "metadata", "entity.metadata", _GO)
-    entity_name = _required_name(entity_meta, "name", "entity.metadata.name", _GO)
+    entity = required_object(doc, "entity", "entity", _GO)
+    entity_meta = required_object(entity, "metadata", "entity.metadata", _GO)
+    entity_name = required_name(entity_meta, "name", "entity.metadata.name", _GO)
     if doc.get("check") is None:
         kind = " (metrics-only event)" if doc.get("metrics") is not None else ""
         raise EventError(f'{_GO} event for entity "{entity_name}" has no check{kind}')
-    check = _required_object(doc, "check", "check", _GO)
-    check_meta = _required_object(check, "metadata", "check.metadata", _GO)
-    check_name = _required_name(check_meta, "name", "check.metadata.name", _GO)
-    status = _required_int(check, "status", "check.status", _GO)
+    check = required_object(doc, "check", "check", _GO)
+    check_meta = required_object(check, "metadata", "check.metadata", _GO)
+    check_name = required_name(check_meta, "name", "check.metadata.name", _GO)
+    status = required_int(check, "status", "check.status", _GO)
     history = _go_history(check.get("history"))
-    occurrences = _count(check.get("occurrences"))
+    occurrences = occurrence_count(check.get("occurrences"))
 
     check_ann = _read_annotations(check_meta, _CHECK_ANNOTATIONS)
     if check_ann is None:
         check_attrs = check
-        notification = _text(check.get("notification"))
-        playbook = _text(check.get("playbook"))
-        handle_when = _handle_when(check.get("handle_when"))
-        check_overrides = _attribute_overrides(check)
-        check_contacts = _attribute_contacts(check)
+        notification = text_or_none(check.get("notification"))
+        playbook = text_or_none(check.get("playbook"))
+        handle_when = read_handle_when(check.get("handle_when"))
+        check_overrides = attribute_overrides(check)
+        check_contacts = attribute_contacts(check)
     else:
         check_attrs = _with_json_attributes(check, check_ann)
-        notification = _annotation(check_ann, _NOTIFICATION) or _text(
+        notification = _annotation(check_ann, _NOTIFICATION) or text_or_none(
             check_attrs.get("notification")
         )
         playbook = (
             _annotation(check_ann, "playbook")
             or _annotation(check_ann, _PLAYBOOK)
-            or _text(check_attrs.get("playbook"))
+            or text_or_none(check_attrs.get("playbook"))
         )
         handle_when_value = _json_value(_annotation(check_ann, _HANDLE_WHEN), "{")
-        handle_when = _handle_when(
-            handle_when_value if _is_mapping(handle_when_value) else check_attrs.get("handle_when")
+        handle_when = read_handle_when(
+            handle_when_value if is_mapping(handle_when_value) else check_attrs.get("handle_when")
         )
-        check_overrides = _annotation_overrides(check_ann, _attribute_overrides(check_attrs))
-        check_contacts = _annotation_contacts(check_ann) + _attribute_contacts(check_attrs)
+        check_overrides = _annotation_overrides(check_ann, attribute_overrides(check_attrs))
+        check_contacts = _annotation_contacts(check_ann) + attribute_contacts(check_attrs)
 
     entity_ann = _read_annotations(entity_meta, _ENTITY_ANNOTATIONS)
     if entity_ann is None:
-        client_overrides = _attribute_overrides(entity)
-        entity_contacts = _attribute_contacts(entity)
+        client_overrides = attribute_overrides(entity)
+        entity_contacts = attribute_contacts(entity)
     else:
         entity_attrs = _with_json_attributes(entity, entity_ann)
-        client_overrides = _annotation_overrides(entity_ann, _attribute_overrides(entity_attrs))
-        entity_contacts = _annotation_contacts(entity_ann) + _attribute_contacts(entity_attrs)
+        client_overrides = _annotation_overrides(entity_ann, attribute_overrides(entity_attrs))
+        entity_contacts = _annotation_contacts(entity_ann) + attribute_contacts(entity_attrs)
 
     contacts = check_contacts + entity_contacts
     silenced_ids = check.get("silenced")
     return Event(
-        id=_string(doc.get("id")),
+        id=string_or_empty(doc.get("id")),
         flavor="go",
-        source=_text(check.get("proxy_entity_name")) or entity_name,
+        source=text_or_none(check.get("proxy_entity_name")) or entity_name,
         check=check_name,
         status=status,
-        output=_string(check.get("output")),
+        output=string_or_empty(check.get("output")),
         notification=notification,
         playbook=playbook,
         action=_go_action(check.get("state"), status, history),
         occurrences=occurrences,
-        occurrences_watermark=_watermark(check.get("occurrences_watermark"), occurrences),
-        interval=_interval(check.get("interval")),
+        occurrences_watermark=watermark(check.get("occurrences_watermark"), occurrences),
+        interval=interval_seconds(check.get("interval")),
         silenced=check.get("is_silenced") is True
         or (isinstance(silenced_ids, list) and len(silenced_ids) > 0),
         history=history,
         namespace=_go_namespace(doc, entity_meta, check_meta),
-        timestamp=_timestamp(doc.get("timestamp"), check.get("executed")),
+        timestamp=first_timestamp(doc.get("timestamp"), check.get("executed")),
         handle=check_attrs.get("handle") is not False,
         handle_when=handle_when,
         check_overrides=check_overrides,
         client_overrides=client_overrides,
-        contacts=_unique(contacts) if contacts else (),
+        contacts=unique(contacts) if contacts else (),
     )
 
 
@@ -385,8 +325,8 @@ def _go_history(value: object) -> tuple[int, ...]:
 
 
 def _go_status(entry: object) -> int:
-    status = entry.get("status") if _is_mapping(entry) else None
-    return status if _is_int(status) else UNKNOWN_STATUS
+    status = entry.get("status") if is_mapping(entry) else None
+    return status if is_int(status) else UNKNOWN_STATUS
 
 
 def _go_action(state: object, status: int, history: tuple[int, ...]) -> Action:
@@ -409,9 +349,13 @@ def _go_namespace(
 ) -> str:
     # Old Go versions send ``metadata: {}``; the entity and check carry it too.
     top = doc.get("metadata")
-    if _is_mapping(top) and (text := _text(top.get("namespace"))):
+    if is_mapping(top) and (text := text_or_none(top.get("namespace"))):
         return text
-    return _text(entity_meta.get("namespace")) or _text(check_meta.get("namespace")) or "default"
+    return (
+        text_or_none(entity_meta.get("namespace"))
+        or text_or_none(check_meta.get("namespace"))
+        or "default"
+    )
 
 
 def _read_annotations(
@@ -422,7 +366,7 @@ def _read_annotations(
     Values are not checked here: read them with :func:`_annotation`.
     """
     annotations = metadata.get("annotations")
-    if _is_mapping(annotations) and not annotations.keys().isdisjoint(wanted):
+    if is_mapping(annotations) and not annotations.keys().isdisjoint(wanted):
         return annotations
     return None
 
@@ -430,7 +374,7 @@ def _read_annotations(
 def _annotation(annotations: Mapping[str, Any], key: str) -> str | None:
     """The annotation ``key``; a value that is not a string, or is empty, counts as absent."""
     value = annotations.get(key)
-    return _utf8(value) if isinstance(value, str) and value else None
+    return utf8(value) if isinstance(value, str) and value else None
 
 
 def _with_json_attributes(
@@ -438,7 +382,7 @@ def _with_json_attributes(
 ) -> Mapping[str, Any]:
     """``obj`` updated with its ``sensu.io.json_attributes`` object, as sensu-plugin merges it."""
     extra = _json_value(_annotation(annotations, JSON_ATTRIBUTES_ANNOTATION), "{")
-    if not _is_mapping(extra):
+    if not is_mapping(extra):
         return obj
     return {**obj, **extra}
 
@@ -452,18 +396,18 @@ def _annotation_overrides(annotations: Mapping[str, Any], base: Overrides) -> Ov
     if room is None and notify_raw is None and username is None and message_format_raw is None:
         return base
     notify = _json_bool(notify_raw)
-    rooms = _strings(_list_value(room)) if room is not None else None
+    rooms = read_names(_list_value(room)) if room is not None else None
     return Overrides(
         room=rooms if rooms is not None else base.room,
         notify=notify if notify is not None else base.notify,
         username=username or base.username,
-        message_format=_message_format(message_format_raw) or base.message_format,
+        message_format=read_message_format(message_format_raw) or base.message_format,
     )
 
 
 def _annotation_contacts(annotations: Mapping[str, Any]) -> tuple[str, ...]:
     raw = _annotation(annotations, _CONTACTS)
-    return (_strings(_list_value(raw)) or ()) if raw is not None else ()
+    return (read_names(_list_value(raw)) or ()) if raw is not None else ()
 
 
 def _list_value(raw: str) -> object:
@@ -497,185 +441,6 @@ def _json_value(raw: str | None, opener: str) -> object:
         return json.loads(raw)
     except (ValueError, RecursionError):
         return None
-
-
-# --- Classic-style attributes (both flavours) ------------------------------------------------
-
-
-def _attribute_overrides(attrs: Mapping[str, Any]) -> Overrides:
-    """The ``hipchat`` object, with the community plugin's ``hipchat_room`` as a room fallback."""
-    hipchat = attrs.get("hipchat")
-    legacy_room = attrs.get("hipchat_room")
-    if hipchat is None and legacy_room is None:
-        return _NO_OVERRIDES
-    if not _is_mapping(hipchat):
-        return Overrides(room=_strings(legacy_room))
-    notify = hipchat.get("notify")
-    room = _strings(hipchat.get("room"))
-    return Overrides(
-        room=room if room is not None else _strings(legacy_room),
-        notify=notify if isinstance(notify, bool) else None,
-        username=_text(hipchat.get("username")),
-        message_format=_message_format(hipchat.get("message_format")),
-    )
-
-
-def _attribute_contacts(attrs: Mapping[str, Any]) -> tuple[str, ...]:
-    contact = attrs.get("contact")
-    contacts = attrs.get("contacts")
-    if contact is None and contacts is None:
-        return ()
-    return (_strings(contact) or ()) + (_strings(contacts) or ())
-
-
-def _handle_when(value: object) -> HandleWhen:
-    """``value`` read key by key if it is an object; bad keys keep their default."""
-    if not _is_mapping(value):
-        return _DEFAULT_HANDLE_WHEN
-    occurrences = value.get("occurrences")
-    reset = value.get("reset")
-    return HandleWhen(
-        occurrences=occurrences
-        if _is_int(occurrences) and occurrences >= 1
-        else DEFAULT_HANDLE_WHEN_OCCURRENCES,
-        reset=reset if _is_int(reset) and reset >= 0 else DEFAULT_HANDLE_WHEN_RESET,
-    )
-
-
-def _message_format(value: object) -> MessageFormat | None:
-    if isinstance(value, str):
-        lowered = value.strip().lower()
-        for fmt in _FORMATS:
-            if lowered == fmt:
-                return fmt
-    return None
-
-
-def _strings(value: object) -> tuple[str, ...] | None:
-    """A string or a list of strings, stripped and deduplicated; None if it names nothing.
-
-    Integers are accepted as strings: HipChat room ids are numbers. A name
-    longer than MAX_NAME_CHARS is ignored like any other bad value.
-    """
-    if value is None:
-        return None
-    if type(value) is str:
-        name = _utf8(value.strip())
-        return (name,) if name and len(name) <= MAX_NAME_CHARS else None
-    items = value if isinstance(value, list) else [value]
-    names = [_utf8(str(item).strip()) for item in items if isinstance(item, str) or _is_int(item)]
-    unique = _unique(name for name in names if name and len(name) <= MAX_NAME_CHARS)
-    return unique or None
-
-
-# --- small readers ---------------------------------------------------------------------------
-
-
-def _is_mapping(value: object) -> TypeGuard[Mapping[Any, Any]]:
-    """A JSON object: decoded JSON gives a dict, which skips the slower ABC check."""
-    return type(value) is dict or isinstance(value, Mapping)
-
-
-def _required_object(
-    parent: Mapping[str, Any], key: str, path: str, flavor: str
-) -> Mapping[str, Any]:
-    value = parent.get(key, _MISSING)
-    if not _is_mapping(value):
-        raise _wrong(flavor, path, "an object", value)
-    return value
-
-
-def _required_name(parent: Mapping[str, Any], key: str, path: str, flavor: str) -> str:
-    value = parent.get(key, _MISSING)
-    if not isinstance(value, str) or not value:
-        raise _wrong(flavor, path, "a non-empty string", value)
-    return _utf8(value)
-
-
-def _required_int(parent: Mapping[str, Any], key: str, path: str, flavor: str) -> int:
-    value = parent.get(key, _MISSING)
-    if not _is_int(value):
-        raise _wrong(flavor, path, "an integer", value)
-    return value
-
-
-def _wrong(flavor: str, path: str, expected: str, value: object) -> EventError:
-    if value is _MISSING:
-        return EventError(f"{flavor} event: {path} is missing (expected {expected})")
-    got = "an empty string" if value == "" else _json_type(value)
-    return EventError(f"{flavor} event: {path}: expected {expected}, got {got}")
-
-
-def _is_int(value: object) -> TypeGuard[int]:
-    """A JSON integer: ``bool`` is an ``int`` subclass in Python, and not one."""
-    return type(value) is int or (isinstance(value, int) and not isinstance(value, bool))
-
-
-def _count(value: object) -> int:
-    """An occurrence count: a non-negative integer, else 1 (sensu-plugin's default)."""
-    return value if _is_int(value) and value >= 0 else 1
-
-
-def _watermark(value: object, occurrences: int) -> int:
-    # Go before 5.9 sent a broken watermark (0); it can never be below the current run.
-    if _is_int(value):
-        return max(value, occurrences)
-    return occurrences
-
-
-def _interval(value: object) -> int | None:
-    return value if _is_int(value) and value > 0 else None
-
-
-def _timestamp(*candidates: object) -> float:
-    for value in candidates:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            try:
-                number = float(value)
-            except OverflowError:  # an integer JSON allows but no clock reaches
-                continue
-            if math.isfinite(number):
-                return number
-    return 0.0
-
-
-def _string(value: object) -> str:
-    return _utf8(value) if isinstance(value, str) else ""
-
-
-def _text(value: object) -> str | None:
-    """A non-empty string, else None."""
-    return _utf8(value) if isinstance(value, str) and value else None
-
-
-def _utf8(text: str) -> str:
-    """``text`` with each lone surrogate replaced by U+FFFD, as Go's encoding/json decodes it.
-
-    Every string an Event holds goes through here, so logging, the spool
-    and HipChat never meet a character UTF-8 cannot encode.
-    """
-    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
-
-
-def _unique(items: Iterable[str]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(items))
-
-
-def _json_type(value: object) -> str:
-    """The JSON name of a decoded value's type, for error messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list | tuple):
-        return "array"
-    if isinstance(value, Mapping):
-        return "object"
-    return type(value).__name__
 
 
 def _keys(document: Mapping[Any, Any]) -> str:

@@ -180,17 +180,7 @@ class Decoder:
     methods raise ``RuntimeError``.
     """
 
-    __slots__ = (
-        "_buf",
-        "_depth",
-        "_in_string",
-        "_lifecycle",
-        "_limit",
-        "_mode",
-        "_pos",
-        "_start",
-        "_state",
-    )
+    __slots__ = ("_buf", "_lifecycle", "_limit", "_mode", "_pos", "_text")
 
     def __init__(self, mode: Framing, max_frame_bytes: int) -> None:
         if mode not in _MODES:
@@ -199,13 +189,12 @@ class Decoder:
         self._mode: str = "" if mode == "auto" else mode
         self._limit = max_frame_bytes
         self._lifecycle = _OPEN
+        # eof, newline and length frames; JSON text keeps its own buffer.
         self._buf = bytearray()
-        # The current frame starts at _buf[_start]; scanning resumes at _pos.
-        self._start = 0
+        # newline: the bytes before _buf[_pos] hold no newline.
         self._pos = 0
-        self._state = _BETWEEN
-        self._depth = 0
-        self._in_string = False
+        #: the JSON text cutter, made once the mode is JSON text.
+        self._text: _JsonText | None = None
 
     def feed(self, data: bytes) -> list[Document | Rejected]:
         """Consume a chunk; return the frames it completed.
@@ -222,7 +211,10 @@ class Decoder:
             mode = self._mode = "length" if data[0] == 0 else "json"
         try:
             if mode == "json":
-                return self._feed_json(data)
+                text = self._text
+                if text is None:
+                    text = self._text = _JsonText(self._limit)
+                return text.feed(data)
             if mode == "length":
                 return self._feed_length(data)
             if mode == "newline":
@@ -231,6 +223,7 @@ class Decoder:
         except FrameTooLarge:
             self._lifecycle = _FAILED
             self._buf = bytearray()
+            self._text = None
             raise
 
     def close(self) -> list[Document | Rejected]:
@@ -241,10 +234,11 @@ class Decoder:
         """
         self._check_open()
         self._lifecycle = _CLOSED
+        if self._text is not None:
+            text, self._text = self._text, None
+            return text.close()
         buf, self._buf = self._buf, bytearray()
         mode = self._mode
-        if mode == "json":
-            return self._close_json(buf)
         if mode == "length":
             return _close_length(buf)
         if _NON_WS.search(buf) is None:
@@ -309,9 +303,29 @@ class Decoder:
         del buf[:off]
         return out
 
-    # -- JSON text -------------------------------------------------------------
 
-    def _feed_json(self, data: bytes) -> list[Document | Rejected]:
+class _JsonText:
+    """The JSON text cutter: Sensu's framing, fast path and slow path (module docstring).
+
+    Fed the chunks of one stream once its mode is JSON text; :meth:`close`
+    ends the stream. Raises FrameTooLarge as :class:`Decoder` documents;
+    the Decoder then drops it.
+    """
+
+    __slots__ = ("_buf", "_depth", "_in_string", "_limit", "_pos", "_start", "_state")
+
+    def __init__(self, max_frame_bytes: int) -> None:
+        self._limit = max_frame_bytes
+        self._buf = bytearray()
+        # The current frame starts at _buf[_start]; scanning resumes at _pos.
+        self._start = 0
+        self._pos = 0
+        self._state = _BETWEEN
+        self._depth = 0
+        self._in_string = False
+
+    def feed(self, data: bytes) -> list[Document | Rejected]:
+        """Consume a chunk; return the frames it completed."""
         out: list[Document | Rejected] = []
         # The fast path may read at most this many bytes in this call (module docstring).
         budget = 2 * len(data)
@@ -459,7 +473,9 @@ class Decoder:
         self._state, self._start, self._pos = state, 0, pos - start
         self._depth, self._in_string = depth, in_string
 
-    def _close_json(self, buf: bytearray) -> list[Document | Rejected]:
+    def close(self) -> list[Document | Rejected]:
+        """The stream ended: an unfinished frame is a Rejected, or a Document if a bare scalar."""
+        buf, self._buf = self._buf, bytearray()
         state = self._state
         if state == _SCALAR:
             return [_decode(buf.rstrip(_JSON_WS))]

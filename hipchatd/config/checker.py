@@ -1,0 +1,237 @@
+"""Validation of the merged scopes: every problem and warning one line naming its file.
+
+The :class:`Checker` reads each scope with the rules of
+:mod:`hipchatd.config.rules`, finds the API token among its three sources,
+and checks the rules that involve more than one key. It never raises: the
+caller raises one ConfigError with every problem found.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hipchatd.config.describe import KeyPath, a_type, describe, dotted
+from hipchatd.config.files import NotRegular, read_regular
+from hipchatd.config.rules import CONTACT_RULES, HIPCHAT_RULES, RENAMED_KEYS, Reject, Rule
+from hipchatd.config.settings import (
+    TOKEN_CREDENTIAL,
+    TOKEN_ENV,
+    DaemonSettings,
+    HipChatSettings,
+    Secret,
+)
+from hipchatd.sensu.events import Overrides
+
+#: What a token may contain: printable ASCII without spaces (``!`` to ``~``). It
+#: goes in an HTTP header (v2's ``Authorization: Bearer``), which cannot carry
+#: control characters and encodes only Latin-1, and in v1's form body.
+_TOKEN_FIRST, _TOKEN_LAST = "\x21", "\x7e"
+
+
+class Checker:
+    """Validates the merged scopes, collecting problems and warnings, each naming its file."""
+
+    def __init__(self, origin: Mapping[KeyPath, str], problems: list[str]) -> None:
+        self.origin = origin
+        self.problems = problems
+        self.warnings: list[str] = []
+
+    def source(self, path: KeyPath) -> str:
+        for end in range(len(path), 0, -1):
+            if path[:end] in self.origin:
+                return self.origin[path[:end]]
+        return "(defaults)"
+
+    def problem(self, path: KeyPath, message: str) -> None:
+        self.problems.append(f"{self.source(path)}: {dotted(path)}: {message}")
+
+    def reject(self, path: KeyPath, value: object, rule: Rule, why: str = "") -> None:
+        got = f"{a_type(value)} (value hidden)" if rule.secret else describe(value)
+        self.problem(path, f"got {got}{': ' + why if why else ''}; expected {rule.expected}")
+
+    def read(
+        self, obj: Mapping[str, Any], rules: Mapping[str, Rule], path: KeyPath
+    ) -> dict[str, Any]:
+        """Convert every known key of ``obj``; warn about the others."""
+        values: dict[str, Any] = {}
+        for key, value in obj.items():
+            at = (*path, key)
+            rule = rules.get(key)
+            if rule is None:
+                self.unknown(at, rules)
+                continue
+            if value is None and rule.nullable:
+                values[key] = None
+                continue
+            if rule.fields is not None:
+                if not isinstance(value, dict):
+                    self.reject(at, value, rule)
+                    continue
+                value = self.read(value, rule.fields, at)
+            try:
+                values[key] = rule.convert(value)
+            except Reject as exc:
+                self.reject(at, value, rule, str(exc))
+        return values
+
+    def unknown(self, path: KeyPath, rules: Mapping[str, Rule]) -> None:
+        key = path[-1]
+        guess = RENAMED_KEYS.get(key.lower()) if rules is HIPCHAT_RULES else None
+        if guess is None:
+            close = difflib.get_close_matches(key, list(rules), n=1)
+            guess = close[0] if close else None
+        hint = f'did you mean "{guess}"?' if guess else "ignored"
+        self.warnings.append(f"{self.source(path)}: {dotted(path)}: unknown key; {hint}")
+
+    def scope(
+        self, merged: Mapping[str, Any], name: str, rules: Mapping[str, Rule]
+    ) -> dict[str, Any]:
+        obj = merged.get(name, {})
+        if not isinstance(obj, dict):
+            # The type only: a misplaced scope may well hold the token.
+            self.problem((name,), f"got {a_type(obj)}; expected an object")
+            return {}
+        return self.read(obj, rules, (name,))
+
+    def contacts(self, merged: Mapping[str, Any]) -> dict[str, Overrides]:
+        """Each contact's ``hipchat`` object; other integrations' objects are not ours to check."""
+        scope = merged.get("contacts", {})
+        if not isinstance(scope, dict):
+            self.problem(("contacts",), f"got {describe(scope)}; expected an object of contacts")
+            return {}
+        contacts: dict[str, Overrides] = {}
+        for name, contact in scope.items():
+            at = ("contacts", name)
+            if not isinstance(contact, dict):
+                expected = "an object of per-integration settings"
+                self.problem(at, f"got {describe(contact)}; expected {expected}")
+                continue
+            hipchat = contact.get("hipchat", {})
+            if not isinstance(hipchat, dict):
+                expected = "an object with room, notify, username or message_format"
+                self.problem((*at, "hipchat"), f"got {describe(hipchat)}; expected {expected}")
+                continue
+            contacts[name] = Overrides(**self.read(hipchat, CONTACT_RULES, (*at, "hipchat")))
+        return contacts
+
+    def token(
+        self,
+        from_files: str | None,
+        given_in_files: bool,
+        env: Mapping[str, str],
+        required: bool,
+        sources: Sequence[str],
+    ) -> Secret:
+        """The token from the first source that has one (see load_config)."""
+        credential = _credential_path(env)
+        from_env = env.get(TOKEN_ENV, "").strip() or None
+        if given_in_files:
+            file = self.source(("hipchat", "api_token"))
+            used = f"hipchat.api_token from {file}"
+            shadowed = [str(credential)] if credential is not None else []
+            shadowed += [TOKEN_ENV] if from_env else []
+            for other in shadowed:
+                self.warnings.append(f"{other}: ignored; using {used}")
+            return self.checked(from_files or "", f"{file}: hipchat.api_token")
+        if credential is not None:
+            if from_env:
+                self.warnings.append(f"{TOKEN_ENV}: ignored; using {credential}")
+            return self.checked(self.read_credential(credential), str(credential))
+        if from_env:
+            return self.checked(from_env, TOKEN_ENV)
+        if required:
+            files = ", ".join(sources) or "(no configuration files)"
+            self.problems.append(
+                f"{files}: hipchat.api_token: missing; expected a string in the hipchat scope,"
+                f" or {TOKEN_ENV}, or $CREDENTIALS_DIRECTORY/{TOKEN_CREDENTIAL}"
+            )
+        return Secret("")
+
+    def checked(self, token: str, where: str) -> Secret:
+        """``token`` as a Secret, or a problem naming ``where`` if it cannot be sent."""
+        why = _token_problem(token)
+        if why is not None:
+            self.problems.append(f"{where}: {why}")
+        return Secret(token)
+
+    def read_credential(self, path: Path) -> str:
+        try:
+            # Surrounding whitespace is never part of a token: ``echo`` adds a newline.
+            token = read_regular(path).decode("utf-8").strip()
+        except NotRegular as exc:
+            self.problems.append(f"{path}: {exc}; expected a file holding the HipChat API token")
+            return ""
+        except OSError as exc:
+            self.problems.append(f"{path}: cannot read: {exc.strerror or exc}")
+            return ""
+        except UnicodeDecodeError:
+            self.problems.append(f"{path}: not UTF-8 text; expected the HipChat API token")
+            return ""
+        if not token:
+            self.problems.append(f"{path}: empty; expected the HipChat API token")
+        return token
+
+    def cross(
+        self, settings: HipChatSettings, daemon: DaemonSettings, contacts: Mapping[str, Overrides]
+    ) -> None:
+        """Rules that involve more than one key."""
+        if settings.server_url.lower().startswith("http://"):
+            self.warnings.append(
+                f"{self.source(('hipchat', 'server_url'))}: hipchat.server_url: plain http://;"
+                " the API token would travel in clear text, use https://"
+            )
+        if settings.api_version == "v1":
+            v1 = f'with api_version "v1" from {self.source(("hipchat", "api_version"))}'
+            if settings.user is not None:
+                self.problem(
+                    ("hipchat", "user"),
+                    f'got {describe(settings.user)} {v1}; expected api_version "v2",'
+                    " the only API that can message a user",
+                )
+        limit = daemon.max_targets_per_event
+        named = [(("hipchat", "room"), settings.room)] + [
+            (("contacts", name, "hipchat", "room"), contact.room)
+            for name, contact in contacts.items()
+        ]
+        for path, rooms in named:
+            if rooms is not None and len(rooms) > limit:
+                self.warnings.append(
+                    f"{self.source(path)}: {dotted(path)}: {len(rooms)} rooms, but"
+                    f" hipchatd.max_targets_per_event is {limit}: an event routed here"
+                    f" notifies only the first {limit}; raise the limit to at least {len(rooms)}"
+                )
+        if daemon.tcp is None and daemon.udp is None:
+            files = sorted({self.source(("hipchatd", "tcp")), self.source(("hipchatd", "udp"))})
+            self.problems.append(
+                f"{', '.join(files)}: hipchatd.tcp, hipchatd.udp: both null;"
+                " expected at least one listener"
+            )
+
+
+def _token_problem(token: str) -> str | None:
+    """Why ``token`` cannot be sent, naming the first bad character's class and place."""
+    for index, char in enumerate(token, start=1):
+        if _TOKEN_FIRST <= char <= _TOKEN_LAST:
+            continue
+        if char.isspace():
+            kind = "whitespace"
+        elif char.isascii():
+            kind = "a control character"
+        else:
+            kind = "a non-ASCII character"
+        return (
+            f"the token (value hidden) contains {kind} at character {index} of {len(token)};"
+            " expected printable ASCII without spaces, as HipChat issues them"
+        )
+    return None
+
+
+def _credential_path(env: Mapping[str, str]) -> Path | None:
+    directory = env.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return None
+    path = Path(directory) / TOKEN_CREDENTIAL
+    return path if path.exists() else None

@@ -1,0 +1,259 @@
+"""The schema: one rule per key, each a converter and the expected value in words.
+
+A converter returns the typed value or raises :class:`Reject`, whose message
+(if any) says why beyond "expected ...". A new setting is one line in a table
+here and one field in a dataclass of :mod:`hipchatd.config.settings`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+import ssl
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, get_args
+from urllib.parse import urlsplit
+
+from hipchatd.config.describe import describe
+from hipchatd.config.files import NotRegular, read_regular
+from hipchatd.config.settings import (
+    DEFAULT_HOST,
+    DEFAULT_METRICS_PORT,
+    DEFAULT_PORT,
+    MIN_MAX_FRAME_BYTES,
+    ApiVersion,
+    Listen,
+    Network,
+)
+from hipchatd.sensu.events import MessageFormat, Severity
+from hipchatd.sensu.framing import Framing
+
+
+class Reject(ValueError):
+    """A value does not fit its rule; the message, if any, says why beyond "expected ..."."""
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise Reject
+    return value
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise Reject
+    return value
+
+
+def _seconds(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Reject
+    if not (math.isfinite(value) and value > 0):
+        raise Reject
+    return float(value)
+
+
+def _integer(low: int, high: int | None = None) -> Callable[[object], int]:
+    def convert(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise Reject
+        if value < low or (high is not None and value > high):
+            raise Reject
+        return value
+
+    return convert
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[object], str]:
+    def convert(value: object) -> str:
+        if value not in choices:
+            raise Reject
+        return str(value)
+
+    return convert
+
+
+def _quoted(choices: tuple[str, ...]) -> str:
+    return ", ".join(f'"{c}"' for c in choices)
+
+
+def _rooms(value: object) -> tuple[str, ...]:
+    if isinstance(value, str) and value:
+        return (value,)
+    if isinstance(value, list) and value and all(isinstance(r, str) and r for r in value):
+        return tuple(value)
+    raise Reject
+
+
+def _severities(value: object) -> frozenset[str]:
+    if isinstance(value, list) and all(v in _SEVERITIES for v in value):
+        return frozenset(value)
+    raise Reject
+
+
+def _server_url(value: object) -> str:
+    if not isinstance(value, str):
+        raise Reject
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 -- raises ValueError for a port out of range
+    except ValueError as exc:
+        raise Reject(str(exc)) from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise Reject
+    if parts.query or parts.fragment:
+        raise Reject("a query or fragment cannot prefix API paths")
+    return value.rstrip("/")
+
+
+def _ca_bundle(value: object) -> str:
+    """A regular file that loads as PEM CA certificates, as the HTTP client will load it."""
+    if not isinstance(value, str) or not value:
+        raise Reject
+    try:
+        data = read_regular(Path(value))
+    except FileNotFoundError:
+        raise Reject("no such file") from None
+    except NotRegular as exc:
+        raise Reject(str(exc)) from None
+    except OSError as exc:
+        raise Reject(f"cannot read: {exc.strerror or exc}") from None
+    try:
+        # What was read, not the path again: the file was checked to be regular.
+        ssl.create_default_context(cadata=data.decode("ascii"))
+    except UnicodeDecodeError:
+        raise Reject("not PEM text (DER? `openssl x509 -inform der` converts it)") from None
+    except (ssl.SSLError, ValueError) as exc:
+        # "no start line: cadata does not contain a certificate (_ssl.c:4020)"
+        reason = re.sub(r"\s*\(_ssl\.c:\d+\)$", "", str(exc.args[-1] if exc.args else exc))
+        raise Reject(f"no CA certificate could be loaded from it ({reason})") from None
+    return value
+
+
+def _networks(value: object) -> tuple[Network, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise Reject
+    networks: list[Network] = []
+    for item in value:
+        if not isinstance(item, str):
+            raise Reject(f"{describe(item)} is not a string")
+        try:
+            # strict=False: "10.1.2.3/8" means the network that holds it, as in most ACLs.
+            networks.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            raise Reject(f"{describe(item)} is not an IP address or network") from None
+    return tuple(networks)
+
+
+def _listen(values: Mapping[str, Any]) -> Listen:
+    return Listen(values.get("host", DEFAULT_HOST), values.get("port", DEFAULT_PORT))
+
+
+def _metrics_listen(values: Mapping[str, Any]) -> Listen:
+    return Listen(values.get("host", DEFAULT_HOST), values.get("port", DEFAULT_METRICS_PORT))
+
+
+# -- the schema: one line per key ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """How to read one key: ``convert`` raises Reject unless the value is ``expected``."""
+
+    convert: Callable[[Any], Any]
+    expected: str
+    #: the value is quoted in no message, only its type.
+    secret: bool = False
+    #: JSON null is accepted as None.
+    nullable: bool = False
+    #: an object whose keys are read with these rules; ``convert`` gets the results.
+    fields: Mapping[str, Rule] | None = None
+
+
+def _choice(literal: Any) -> Rule:
+    """A rule accepting exactly the strings of a ``Literal`` type."""
+    choices: tuple[str, ...] = get_args(literal)
+    return Rule(_one_of(choices), f"one of {_quoted(choices)}")
+
+
+def _at_least(low: int) -> Rule:
+    return Rule(_integer(low), f"an integer >= {low}")
+
+
+_SEVERITIES: tuple[str, ...] = get_args(Severity)
+_SECONDS = Rule(_seconds, "a number of seconds > 0")
+_BOOLEAN = Rule(_boolean, "true or false")
+_NAME = Rule(_string, "a non-empty string")
+
+HIPCHAT_RULES: Mapping[str, Rule] = {
+    "api_token": Rule(_string, "a non-empty string", secret=True),
+    "server_url": Rule(
+        _server_url, 'an http(s) URL with a host, e.g. "https://hipchat.example.com"'
+    ),
+    "api_version": _choice(ApiVersion),
+    "username": _NAME,
+    "room": Rule(_rooms, "a room name or a non-empty list of room names"),
+    "notify": _BOOLEAN,
+    "timeout": _SECONDS,
+    "message_format": _choice(MessageFormat),
+    "severities": Rule(_severities, f"a list of {_quoted(_SEVERITIES)}"),
+    "handle_silenced": _BOOLEAN,
+    "user": Rule(_string, "a non-empty string: a user id, e-mail or @mention name"),
+    "ca_file": Rule(_ca_bundle, "the path of a readable PEM file"),
+    "rate_limit": _at_least(1),
+    "flood_limit": _at_least(1),
+}
+
+_LISTEN: Mapping[str, Rule] = {
+    "host": Rule(_string, "a non-empty string: a host name or IP address"),
+    "port": Rule(_integer(0, 65535), "an integer from 0 to 65535"),
+}
+_LISTEN_RULE = Rule(
+    _listen,
+    'an object {"host": string, "port": integer}, or null to disable',
+    nullable=True,
+    fields=_LISTEN,
+)
+
+DAEMON_RULES: Mapping[str, Rule] = {
+    "tcp": _LISTEN_RULE,
+    "udp": _LISTEN_RULE,
+    "framing": _choice(Framing),
+    "max_frame_bytes": _at_least(MIN_MAX_FRAME_BYTES),
+    "idle_timeout": _SECONDS,
+    "max_connections": _at_least(1),
+    "queue_size": _at_least(1),
+    "concurrency": _at_least(1),
+    "state_dir": Rule(_string, 'a directory path, or ":memory:" for a spool that is not kept'),
+    "max_spool_events": _at_least(1),
+    "max_age": _SECONDS,
+    "shutdown_grace": _SECONDS,
+    "metrics": Rule(
+        _metrics_listen,
+        'an object {"host": string, "port": integer}, or null to disable',
+        nullable=True,
+        fields=_LISTEN,
+    ),
+    "allow_from": Rule(
+        _networks,
+        'a list of IP addresses or networks, e.g. ["10.0.0.0/8", "::1"], or null for any peer',
+        nullable=True,
+    ),
+    "max_targets_per_event": _at_least(1),
+}
+
+#: A contact's ``hipchat`` object (Sensu Enterprise contact routing).
+CONTACT_RULES: Mapping[str, Rule] = {
+    "room": HIPCHAT_RULES["room"],
+    "notify": HIPCHAT_RULES["notify"],
+    "username": HIPCHAT_RULES["username"],
+    "message_format": HIPCHAT_RULES["message_format"],
+}
+
+#: Keys of the community plugin's ``hipchat`` scope (sensu-plugins-hipchat), and ours.
+RENAMED_KEYS = {"apikey": "api_token", "apiversion": "api_version", "from": "username"}

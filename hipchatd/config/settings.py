@@ -1,0 +1,161 @@
+"""The configuration's model: frozen dataclasses nested by concern, and their defaults.
+
+Each default is a named constant with its unit and the reason for its value.
+:func:`hipchatd.config.load_config` builds these only from validated values,
+so nothing downstream re-validates.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from hipchatd.sensu.events import MessageFormat, Overrides
+from hipchatd.sensu.framing import Framing
+
+ApiVersion = Literal["v1", "v2"]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: The integration's documented default endpoint (HipChat Cloud, now gone).
+DEFAULT_SERVER_URL = "https://api.hipchat.com"
+#: Seconds: the integration's hard stop for one notification attempt.
+DEFAULT_TIMEOUT = 10.0
+#: The integration notifies on these unless told otherwise; resolves pass by history.
+DEFAULT_SEVERITIES: frozenset[str] = frozenset({"warning", "critical", "unknown"})
+#: Sensu's conventional socket-handler port region; TCP and UDP share it.
+DEFAULT_PORT = 3033
+#: Bytes: a Go event with long output is tens of KB; 1 MiB leaves room and bounds memory.
+DEFAULT_MAX_FRAME_BYTES = 1024 * 1024
+#: Seconds a peer may take to complete one event before it is closed.
+DEFAULT_IDLE_TIMEOUT = 30.0
+#: Concurrent connections; Sensu Go's default pipeline has 100 workers.
+DEFAULT_MAX_CONNECTIONS = 1024
+#: Pending events whose parsed form stays in memory; the rest are read back from the spool.
+DEFAULT_QUEUE_SIZE = 2_000
+#: Concurrent HipChat requests (also the HTTP pool size).
+DEFAULT_CONCURRENCY = 16
+#: The spool's home; the systemd unit's ``StateDirectory=hipchatd``.
+DEFAULT_STATE_DIR = "/var/lib/hipchatd"
+#: Events kept pending at most; past it new events are refused, the oldest kept.
+DEFAULT_MAX_SPOOL_EVENTS = 100_000
+#: Seconds an event may wait for delivery before it is dead-lettered as expired.
+DEFAULT_MAX_AGE = 3600.0
+#: Seconds SIGTERM leaves open connections and in-flight deliveries to finish.
+DEFAULT_SHUTDOWN_GRACE = 5.0
+#: Requests per 5 minutes assumed before HipChat reports its own (HipChat Server user tokens).
+DEFAULT_RATE_LIMIT = 100
+#: Messages per minute per room (HipChat's flood control).
+DEFAULT_FLOOD_LIMIT = 30
+#: Prometheus exposition port when ``metrics`` names no port.
+DEFAULT_METRICS_PORT = 9533
+#: Loopback unless told otherwise: events are unauthenticated, and Sensu is usually local.
+DEFAULT_HOST = "127.0.0.1"
+#: Bytes: a smaller frame could not hold even a minimal Sensu event.
+MIN_MAX_FRAME_BYTES = 1024
+#: Rooms and users one event may notify: routing names a handful; thousands is abuse
+#: (each target is a spool entry, a lane and a request).
+DEFAULT_MAX_TARGETS_PER_EVENT = 50
+
+#: Environment variable holding the HipChat API token.
+TOKEN_ENV = "HIPCHAT_API_TOKEN"
+#: File name of the token in ``$CREDENTIALS_DIRECTORY`` (systemd ``LoadCredential=``).
+TOKEN_CREDENTIAL = "hipchat_api_token"
+
+
+class Secret:
+    """A string that never shows itself in ``repr``, ``str`` or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """Return the secret itself; only the HTTP client should call this."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """An address to listen on."""
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class HipChatSettings:
+    """The ``hipchat`` scope, as Sensu Enterprise's integration defines it, plus extensions."""
+
+    api_token: Secret
+    server_url: str = DEFAULT_SERVER_URL
+    api_version: ApiVersion = "v2"
+    username: str = "sensu"
+    room: tuple[str, ...] = ("sensu",)
+    notify: bool = False
+    timeout: float = DEFAULT_TIMEOUT
+    message_format: MessageFormat = "html"
+    severities: frozenset[str] = DEFAULT_SEVERITIES
+    handle_silenced: bool = False
+    user: str | None = None
+    ca_file: str | None = None
+    rate_limit: int = DEFAULT_RATE_LIMIT
+    flood_limit: int = DEFAULT_FLOOD_LIMIT
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonSettings:
+    """The ``hipchatd`` scope: the daemon's own settings."""
+
+    tcp: Listen | None = Listen(DEFAULT_HOST, DEFAULT_PORT)
+    udp: Listen | None = Listen(DEFAULT_HOST, DEFAULT_PORT)
+    framing: Framing = "auto"
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    queue_size: int = DEFAULT_QUEUE_SIZE
+    concurrency: int = DEFAULT_CONCURRENCY
+    state_dir: str = DEFAULT_STATE_DIR
+    max_spool_events: int = DEFAULT_MAX_SPOOL_EVENTS
+    max_age: float = DEFAULT_MAX_AGE
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    metrics: Listen | None = None
+    #: peers that may send events; None: any peer that can reach the listeners.
+    allow_from: tuple[Network, ...] | None = None
+    max_targets_per_event: int = DEFAULT_MAX_TARGETS_PER_EVENT
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything hipchatd reads from its configuration."""
+
+    hipchat: HipChatSettings
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    #: contact name -> that contact's ``hipchat`` overrides (Enterprise contact routing).
+    contacts: Mapping[str, Overrides] = field(default_factory=dict)
+    #: the files that were read, in merge order.
+    sources: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    """A loaded configuration and the warnings (unknown keys, plain http) to log."""
+
+    config: Config
+    warnings: tuple[str, ...] = ()

@@ -1,0 +1,105 @@
+"""The event model: one immutable Event, whichever Sensu version sent it.
+
+Pure data and Sensu's vocabulary (actions, message formats, severities).
+:func:`hipchatd.sensu.events.parse_event` builds an Event from either shape
+of Sensu's JSON, and re-exports this module's names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Literal
+
+__all__ = [
+    "DEFAULT_HANDLE_WHEN_OCCURRENCES",
+    "DEFAULT_HANDLE_WHEN_RESET",
+    "UNKNOWN_STATUS",
+    "Action",
+    "Event",
+    "HandleWhen",
+    "MessageFormat",
+    "Overrides",
+    "Severity",
+    "severity",
+]
+
+Action = Literal["create", "resolve", "flapping"]
+MessageFormat = Literal["html", "text"]
+Severity = Literal["ok", "warning", "critical", "unknown"]
+
+
+@dataclass(frozen=True, slots=True)
+class Overrides:
+    """Per-check, per-client or per-contact HipChat attributes; ``None`` = not named."""
+
+    room: tuple[str, ...] | None = None
+    notify: bool | None = None
+    username: str | None = None
+    message_format: MessageFormat | None = None
+
+
+#: Enterprise ``handle_when`` defaults: notify from the first occurrence, remind every 30 min.
+DEFAULT_HANDLE_WHEN_OCCURRENCES = 1
+DEFAULT_HANDLE_WHEN_RESET = 1800
+#: Sensu maps any status it does not know to "unknown"; 3 is that status.
+UNKNOWN_STATUS: Final = 3
+
+#: Sensu's severity of each status it names; every other status is "unknown".
+_SEVERITIES: Final[dict[int, Severity]] = {0: "ok", 1: "warning", 2: "critical"}
+
+
+@dataclass(frozen=True, slots=True)
+class HandleWhen:
+    """The check's ``handle_when`` attribute (Sensu Enterprise)."""
+
+    occurrences: int = DEFAULT_HANDLE_WHEN_OCCURRENCES
+    reset: int = DEFAULT_HANDLE_WHEN_RESET
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One Sensu event, whichever version sent it."""
+
+    #: the event ``id`` as sent; "" when absent (Go omits an empty id). Not an incident key.
+    id: str
+    flavor: Literal["classic", "go"]
+    #: proxy ``check.source`` / ``check.proxy_entity_name`` if set, else client/entity name.
+    source: str
+    check: str
+    status: int
+    output: str
+    notification: str | None
+    playbook: str | None
+    action: Action
+    #: consecutive results with this status (Classic top-level, Go ``check.occurrences``).
+    occurrences: int
+    #: the highest ``occurrences`` of the incident; never below ``occurrences``.
+    occurrences_watermark: int
+    #: ``check.interval`` in seconds; None for cron checks or when absent.
+    interval: int | None
+    silenced: bool
+    #: statuses, oldest first, including the current result.
+    history: tuple[int, ...]
+    #: Go namespace (``metadata.namespace`` or the entity's); None for Classic.
+    namespace: str | None
+    #: epoch seconds: the event's ``timestamp``, else ``check.executed``, else 0.0.
+    timestamp: float
+    #: ``check.handle`` (Go: the check or its json_attributes); False means "never handle".
+    handle: bool
+    handle_when: HandleWhen
+    #: HipChat attributes named by the check (``check.hipchat``, ``hipchat_room``, annotations).
+    check_overrides: Overrides
+    #: HipChat attributes named by the client / entity.
+    client_overrides: Overrides
+    #: contact names from ``contact``/``contacts`` on the check, then the client, deduplicated.
+    contacts: tuple[str, ...]
+
+    @property
+    def incident_key(self) -> tuple[str, str, str]:
+        """(namespace, source, check): Go ids change every event, so incidents key by this."""
+        return (self.namespace or "", self.source, self.check)
+
+
+def severity(status: int) -> Severity:
+    """Sensu's severity of a check status: 0 ok, 1 warning, 2 critical, anything else unknown."""
+    return _SEVERITIES.get(status, "unknown")
