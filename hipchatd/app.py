@@ -10,28 +10,30 @@
     └── run
         ├── emulator.serve        (only with --emulator)
         └── services
-            ├── spool.run         group commits; hands committed entries to the lanes
-            ├── dispatcher.run    one lane per room or user with work (reaped when idle)
+            ├── dispatcher.run    one lane task per room or user with work (reaped when idle)
+            ├── spool.run         group commits; Intake.committed hands them to the lanes
             ├── reject_log.run    reports rejection lines suppressed per peer
-            ├── connections       one task per Sensu connection (outlives accepting)
+            ├── connections       one ConnectionHandler task per Sensu connection
+            │                     (outlives accepting)
             ├── ingest scope
-            │   ├── server.serve_tcp  accept loops
-            │   └── server.serve_udp  datagram loop
+            │   ├── listeners.serve_tcp  accept loops
+            │   └── listeners.serve_udp  one datagram loop per UDP socket
             └── http.serve_http    /metrics and /healthz (only with hipchatd.metrics)
 
-An event is accepted once the spool has committed it. ``App.stop`` is the
-graceful half of shutdown: stop accepting, let open connections finish and
-in-flight deliveries complete; what is left stays in the spool.
+The listeners hand each decoded document to ``Intake.accept``
+(:mod:`hipchatd.ingest.intake`: parse, filter, route, spool) in the task
+that read it. An event is accepted once the spool has committed it.
+``App.stop`` is the graceful half of shutdown: stop accepting, let open
+connections finish and in-flight deliveries complete; what is left stays
+in the spool.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import signal
 import socket
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -40,23 +42,18 @@ from typing import TYPE_CHECKING
 import structlog
 import trio
 
-from hipchatd.clock import unix_now
 from hipchatd.config import Config, DaemonSettings, HipChatSettings, Listen
 from hipchatd.delivery.budget import RateBudget
 from hipchatd.delivery.hipchat import HipChatClient, make_http_client
-from hipchatd.delivery.lanes import Dispatcher, Ticket
-from hipchatd.delivery.routing import route
-from hipchatd.delivery.spool import Entry, EventEntries, Spool, open_spool
-from hipchatd.errors import ConfigError, EventError, StartupError
-from hipchatd.ingest.listeners import ConnectionHandler, reject, serve_tcp, serve_udp
+from hipchatd.delivery.lanes import Dispatcher
+from hipchatd.delivery.spool import Spool, open_spool
+from hipchatd.errors import ConfigError, StartupError
+from hipchatd.ingest.intake import Intake
+from hipchatd.ingest.listeners import ConnectionHandler, serve_tcp, serve_udp
 from hipchatd.ingest.peers import reject_log, warn_if_exposed
 from hipchatd.metrics import NOTIFICATIONS, Metrics
 from hipchatd.ops import logconfig, systemd
 from hipchatd.ops.systemd import InheritedSocket
-from hipchatd.reasons import RejectReason
-from hipchatd.sensu.events import Event, parse_event
-from hipchatd.sensu.filters import skip_reason
-from hipchatd.sensu.framing import Document, preview
 
 if TYPE_CHECKING:
     from hipchatd.config import LoadResult
@@ -64,14 +61,6 @@ if TYPE_CHECKING:
 __all__ = ["App", "run", "serve"]
 
 log = structlog.get_logger()
-
-
-@dataclass(slots=True, eq=False)
-class _Submitted:
-    """The handle ``App.accept`` gives ``Spool.submit``: it comes back with the event's entries."""
-
-    ticket: Ticket
-    event: Event
 
 
 @dataclass(eq=False)
@@ -83,6 +72,7 @@ class App:
     client: HipChatClient
     spool: Spool
     dispatcher: Dispatcher
+    intake: Intake
     connections: ConnectionHandler
     tcp_addresses: list[tuple[str, int]] = field(default_factory=list)
     udp_address: tuple[str, int] | None = None
@@ -145,117 +135,6 @@ class App:
         self.dispatcher.reconfigure(max_age=kept.max_age, budget=budget)
         return restart
 
-    def accept(self, document: Document, peer: str, transport: str) -> None:
-        """Sink for the listeners: parse, filter, route, spool. Never blocks.
-
-        A document nested deeper than MAX_NESTING is refused before it is
-        read; an event routed to more than ``max_targets_per_event`` targets
-        notifies only the first that many.
-        """
-        try:
-            too_deep = _too_deep(document)
-            if too_deep is not None:
-                raise EventError(f"not a Sensu event: {too_deep}")
-            event = parse_event(document.value)
-        except EventError as exc:
-            reject(
-                self.metrics,
-                RejectReason.NOT_EVENT,
-                peer=peer,
-                transport=transport,
-                nbytes=document.nbytes,
-                reason=str(exc),
-                preview=_preview(document),
-            )
-            return
-        settings = self.config.hipchat
-        reason = skip_reason(event, settings)
-        if reason is not None:
-            self.metrics.skipped[reason].inc()
-            log.debug(
-                "event.skipped",
-                event_id=event.id,
-                source=event.source,
-                check=event.check,
-                status=event.status,
-                action=event.action,
-                reason=reason,
-            )
-            return
-        targets = route(event, settings, self.config.contacts)
-        limit = self.config.daemon.max_targets_per_event
-        if len(targets) > limit:
-            self.metrics.rejected[RejectReason.TOO_MANY_TARGETS].inc()
-            log.warning(
-                "event.targets_refused",
-                event_id=event.id,
-                source=event.source,
-                check=event.check,
-                peer=peer,
-                targets=len(targets),
-                refused=len(targets) - limit,
-                max_targets_per_event=limit,
-            )
-            targets = targets[:limit]
-        accepted_at = unix_now()
-        # json.dumps escapes lone surrogates; _too_deep has bounded its recursion.
-        text = document.text or json.dumps(document.value, separators=(",", ":"))
-        # Sources and checks repeat across events: one string each for the lanes.
-        ticket = Ticket(
-            event.id, sys.intern(event.source), sys.intern(event.check), accepted_at, len(targets)
-        )
-        if not self.spool.submit(event, text, targets, accepted_at, _Submitted(ticket, event)):
-            if self.spool.closed:
-                log.warning("event.refused", event_id=event.id, reason="shutting down")
-                return
-            self.metrics.rejected[RejectReason.SPOOL_FULL].inc()
-            log.error(
-                "event.refused",
-                event_id=event.id,
-                source=event.source,
-                check=event.check,
-                peer=peer,
-                reason="spool full",
-                max_spool_events=self.config.daemon.max_spool_events,
-            )
-            return
-
-    def _committed(self, events: Sequence[EventEntries]) -> None:
-        """The spool committed ``events``: they are accepted; hand their entries to the lanes.
-
-        Each event's entries come with the handle ``accept`` submitted them
-        with, all of them at once: the event is accepted here.
-        """
-        batch: list[tuple[Entry, Ticket, Event | None]] = []
-        for submitted, entries in events:
-            if isinstance(submitted, _Submitted):
-                ticket, event = submitted.ticket, submitted.event
-                batch.extend((entry, ticket, event) for entry in entries)
-                self.metrics.events_accepted.inc()
-            else:
-                # Re-queued from the dead-letter table by ``hipchatd spool retry``.
-                batch.extend((entry, _ticket_for(entry), None) for entry in entries)
-        self.dispatcher.enqueue(batch)
-
-    def _refused(self, event: EventEntries) -> None:
-        """The spool could not store this submitted event (it logged why): never accepted."""
-        self.metrics.rejected[RejectReason.SPOOL_FULL].inc()
-
-    def recover(self, entries: Sequence[Entry]) -> None:
-        """Queue what a previous run left pending, in acceptance order."""
-        tickets: dict[tuple[float, str, str], Ticket] = {}
-        batch: list[tuple[Entry, Ticket, Event | None]] = []
-        for entry in entries:
-            key = (entry.accepted_at, entry.source, entry.check)
-            ticket = tickets.get(key)
-            if ticket is None:
-                ticket = tickets[key] = _ticket_for(entry, remaining=0)
-            ticket.remaining += 1
-            batch.append((entry, ticket, None))
-        self.dispatcher.enqueue(batch)
-        if entries:
-            log.info("spool.recovered", entries=len(entries), events=len(tickets))
-
     async def stop(self) -> None:
         """Stop accepting; wait for open connections, then for in-flight deliveries.
 
@@ -269,55 +148,6 @@ class App:
 
 #: Bytes of kernel receive buffer asked for the UDP socket.
 UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
-
-#: Levels of arrays and objects a document may nest: Ruby's JSON.parse default
-#: ``max_nesting``, so Sensu Classic itself never parses deeper. A fixed bound
-#: keeps every later reader of the document (the spool, re-parsing, tools) well
-#: inside the interpreter's recursion limit, whatever its stack depth.
-MAX_NESTING = 100
-
-#: Characters of a refused document shown in its log line.
-_PREVIEW_CHARS = 120
-
-
-def _too_deep(document: Document) -> str | None:
-    """Where ``document`` nests deeper than MAX_NESTING, or None when it does not.
-
-    Depth never exceeds the number of opening brackets, and counting them
-    in the text costs next to nothing: only documents with more than
-    MAX_NESTING brackets are walked, without recursion.
-    """
-    value = document.value
-    text = document.text
-    if text and text.count("[") + text.count("{") <= MAX_NESTING:
-        return None
-    if not isinstance(value, dict | list):
-        return None
-    stack: list[tuple[object, int, str]] = [
-        (child, 2, str(key) if isinstance(value, dict) else f"[{key}]")
-        for key, child in (value.items() if isinstance(value, dict) else enumerate(value))
-    ]
-    while stack:
-        node, depth, top = stack.pop()
-        if not isinstance(node, dict | list):
-            continue
-        if depth > MAX_NESTING:
-            return f"{preview(top, 40)} is nested deeper than {MAX_NESTING} levels"
-        children = node.values() if isinstance(node, dict) else node
-        stack.extend((child, depth + 1, top) for child in children)
-    return None
-
-
-def _preview(document: Document) -> str:
-    """The document as received, escaped and cut: rendering it again could raise."""
-    if document.text:
-        return preview(document.text, _PREVIEW_CHARS)
-    try:
-        text = json.dumps(document.value)
-    except (ValueError, RecursionError):
-        return f"(a JSON {type(document.value).__name__} that cannot be shown)"
-    return preview(text, _PREVIEW_CHARS)
-
 
 #: Daemon settings read once at start: listeners, the spool, the pool.
 _RESTART_KEYS = (
@@ -341,10 +171,6 @@ def _budget_key(settings: HipChatSettings) -> tuple[object, ...]:
 
 def _spool_count(spool: Spool, state: str) -> float:
     return spool.counts()[state]
-
-
-def _ticket_for(entry: Entry, remaining: int = 1) -> Ticket:
-    return Ticket("", entry.source, entry.check, entry.accepted_at, remaining)
 
 
 async def _bind_udp(listen: Listen) -> trio.socket.SocketType:
@@ -508,9 +334,10 @@ async def run(
                     max_age=daemon.max_age,
                     memory_events=daemon.queue_size,
                 )
+                intake = Intake(lambda: app.config, metrics, spool, dispatcher)
                 connections = ConnectionHandler(
                     daemon,
-                    lambda *a: app.accept(*a),
+                    intake.accept,
                     metrics,
                     spool.wait_for_room,
                     allow_from=lambda: app.config.daemon.allow_from,
@@ -521,6 +348,7 @@ async def run(
                     HipChatClient(hipchat, http),
                     spool,
                     dispatcher,
+                    intake,
                     connections,
                     emulator_url=emulator_url,
                 )
@@ -530,9 +358,9 @@ async def run(
                     )
                 async with trio.open_nursery() as services:
                     await services.start(dispatcher.run)
-                    app.recover(await spool.load_pending())
+                    intake.recover(await spool.load_pending())
                     await services.start(
-                        partial(spool.run, app._committed, on_refused=app._refused)
+                        partial(spool.run, intake.committed, on_refused=intake.refused)
                     )
                     services.start_soon(reject_log(metrics).run)
                     conns = await services.start(_open_nursery)
@@ -656,7 +484,7 @@ async def _serve_udp_owned(sock: trio.socket.SocketType, app: App) -> None:
         await serve_udp(
             sock,
             app.config.daemon,
-            app.accept,
+            app.intake.accept,
             app.metrics,
             app.spool.wait_for_room,
             allow_from=lambda: app.config.daemon.allow_from,

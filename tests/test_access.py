@@ -14,14 +14,14 @@ from functools import partial
 from typing import Any
 
 import pytest
+import structlog
 import trio
 import trio.testing
-from structlog.testing import capture_logs
 
 from hipchatd import app as app_module
 from hipchatd.config import DaemonSettings, Listen
 from hipchatd.emulator import Emulator
-from hipchatd.ingest.listeners import ConnectionHandler, reject, serve_tcp
+from hipchatd.ingest.listeners import ConnectionHandler, reject, serve_tcp, serve_udp
 from hipchatd.ingest.peers import (
     LOG_LINES_PER_PEER,
     LOG_LINES_TOTAL,
@@ -46,6 +46,7 @@ from tests.conftest import (
     send_udp,
     wait_until,
 )
+from tests.logcapture import capture_logs
 
 
 def _nets(*items: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -457,6 +458,39 @@ async def test_unexpected_error_ends_only_that_connection(nursery: trio.Nursery)
     assert metrics.value("hipchatd_internal_errors_total", where="connection") == 1
     assert metrics.value("hipchatd_connections_open") == 0
     assert handler.active == 0
+
+
+# -- what each line names --------------------------------------------------------
+
+
+async def test_each_datagram_names_its_peer_and_its_own_conn_id(nursery: trio.Nursery) -> None:
+    """The lines of one datagram share a conn_id; the next datagram gets another."""
+    metrics = Metrics()
+    contexts: list[dict[str, Any]] = []
+
+    def sink(document: Any, peer: str, transport: str) -> None:
+        contexts.append(structlog.contextvars.get_contextvars())
+
+    server = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    await server.bind(("127.0.0.1", 0))
+    sender = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    await sender.bind(("127.0.0.1", 0))
+    peer = f"127.0.0.1:{sender.getsockname()[1]}"
+    with trio.fail_after(10), server, sender, capture_logs() as logs:
+        await nursery.start(serve_udp, server, DaemonSettings(), sink, metrics)
+        await sender.sendto(b'{bad}\n{"ok":1}\n{worse}\n', server.getsockname())
+        await sender.sendto(b"{bad again}", server.getsockname())
+        await wait_until(lambda: _rejected_total(metrics) == 3)
+        nursery.cancel_scope.cancel()
+    rejected = [e for e in logs if e["event"] == "input.rejected"]
+    assert [e["peer"] for e in rejected] == [peer] * 3
+    first, second, third = (e["conn_id"] for e in rejected)
+    assert first == second != third
+    assert [(c["peer"], c["conn_id"]) for c in contexts] == [(peer, first)]
+
+
+def _rejected_total(metrics: Metrics) -> float:
+    return metrics.value("hipchatd_events_rejected_total", reason="invalid_json")
 
 
 # -- the log bound ---------------------------------------------------------------

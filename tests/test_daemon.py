@@ -6,7 +6,6 @@ import json
 
 import pytest
 import trio
-from structlog.testing import capture_logs
 
 from hipchatd.emulator import Emulator
 from tests.conftest import (
@@ -21,6 +20,7 @@ from tests.conftest import (
     send_udp,
     wait_until,
 )
+from tests.logcapture import capture_logs
 
 pytestmark = pytest.mark.usefixtures("emulator")
 
@@ -244,3 +244,27 @@ async def test_token_never_logged(emulator: Emulator, start_daemon: StartDaemon)
     assert any(e["event"] == "delivery.failed" for e in logs)
     assert rendered
     assert not [line for line in rendered if TOKEN in line]
+
+
+async def test_lines_name_their_connection_and_their_event(
+    start_daemon: StartDaemon, emulator: Emulator
+) -> None:
+    """A connection's lines carry its peer and conn_id; an event's, delivery included, its id."""
+    emulator.fail_next(1, 500)
+    event = _event("named", room=["ops", "dev"])
+    event["id"] = "evt-named"
+    with trio.fail_after(10), capture_logs() as logs:
+        app = await start_daemon(max_targets_per_event=1)
+        await send_tcp(app.tcp_addresses[0], b"{oops}\n" + json.dumps(event).encode())
+        await wait_until(lambda: any(e["event"] == "event.delivered" for e in logs))
+    [rejected] = [e for e in logs if e["event"] == "input.rejected"]
+    [refused] = [e for e in logs if e["event"] == "event.targets_refused"]
+    assert rejected["peer"].startswith("127.0.0.1:")
+    assert (refused["peer"], refused["conn_id"]) == (rejected["peer"], rejected["conn_id"])
+    assert "event_id" not in rejected
+    assert refused["event_id"] == "evt-named"
+    [failed] = [e for e in logs if e["event"] == "delivery.failed"]
+    [delivered] = [e for e in logs if e["event"] == "event.delivered"]
+    assert failed["event_id"] == delivered["event_id"] == "evt-named"
+    # A lane serves every connection: it carries none of their context.
+    assert not {"peer", "conn_id"} & (failed.keys() | delivered.keys())

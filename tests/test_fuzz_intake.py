@@ -25,8 +25,9 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hipchatd.app import MAX_NESTING, App
+from hipchatd.app import App
 from hipchatd.emulator import Emulator
+from hipchatd.ingest.intake import MAX_NESTING
 from tests.conftest import StartDaemon
 from tests.hostile import (
     MAX_DATAGRAM,

@@ -19,14 +19,14 @@ from typing import Any
 import pytest
 import structlog
 import trio
-from structlog.testing import capture_logs
+import trio.testing
 
 from hipchatd import app as app_module
-from hipchatd.app import MAX_NESTING
 from hipchatd.config import DaemonSettings
 from hipchatd.emulator import Emulator
 from hipchatd.errors import EventError
-from hipchatd.ingest import listeners
+from hipchatd.ingest import intake, listeners
+from hipchatd.ingest.intake import MAX_NESTING
 from hipchatd.metrics import Metrics
 from hipchatd.ops import logconfig
 from hipchatd.reasons import RejectReason
@@ -48,6 +48,7 @@ from tests.hostile import (
     send,
     unlimited_emulator,
 )
+from tests.logcapture import capture_logs
 from tests.processes import Child
 
 CORPUS = Path(__file__).parent / "corpus"
@@ -285,14 +286,14 @@ async def test_issue_packet_is_rejected_with_an_escaped_preview(
 def test_a_document_without_its_text_is_previewed_safely_and_depth_checked() -> None:
     """Documents not built by the decoder carry no text: re-encoding them must not raise."""
     surrogate = Document({"a": "\ud800"}, 14)
-    assert app_module._preview(surrogate) == '{"a": "\\ud800"}'
-    assert app_module._too_deep(surrogate) is None
+    assert intake._preview(surrogate) == '{"a": "\\ud800"}'
+    assert intake._too_deep(surrogate) is None
     deep: Any = []
     for _ in range(5000):
         deep = [deep]
     document = Document({"client": deep}, 10000)
-    assert app_module._preview(document) == "(a JSON dict that cannot be shown)"
-    assert app_module._too_deep(document) == f"client is nested deeper than {MAX_NESTING} levels"
+    assert intake._preview(document) == "(a JSON dict that cannot be shown)"
+    assert intake._too_deep(document) == f"client is nested deeper than {MAX_NESTING} levels"
 
 
 def test_preview_of_text_escapes_lone_surrogates_and_cuts() -> None:
@@ -386,10 +387,6 @@ def test_log_lines_with_unencodable_text_are_written_escaped() -> None:
 # --- fault boundaries ----------------------------------------------------------------------
 
 
-def _document(text: str) -> Document:
-    return Document(json.loads(text), len(text), text)
-
-
 def _buggy_sink(sunk: list[Any]) -> listeners.Sink:
     """A sink that raises on ``{"bug": true}`` and keeps every other document's value."""
 
@@ -402,17 +399,15 @@ def _buggy_sink(sunk: list[Any]) -> listeners.Sink:
 
 
 async def test_a_sink_bug_loses_only_its_frame() -> None:
+    """Three frames on one connection: the one the sink raised on is lost, the others used."""
     metrics = Metrics()
     sunk: list[Any] = []
-    sink = _buggy_sink(sunk)
-
-    frames = [
-        _document('{"bug":true}'),
-        _document('{"ok":1}'),
-        Rejected(RejectReason.INVALID_JSON, "invalid JSON: x", 3, "{x}"),
-    ]
-    with capture_logs() as logs:
-        listeners._handle_frames(frames, sink, metrics, "127.0.0.1:9", "tcp")
+    handler = listeners.ConnectionHandler(DaemonSettings(), _buggy_sink(sunk), metrics)
+    client, server = trio.testing.memory_stream_pair()
+    with trio.fail_after(10), capture_logs() as logs:
+        await client.send_all(b'{"bug":true}\n{"ok":1}\n{x}\n')
+        await client.send_stream.aclose()
+        await handler(server, "127.0.0.1:9")
     assert sunk == [{"ok": 1}]
     assert metrics.value("hipchatd_internal_errors_total", where="frame") == 1
     assert metrics.value("hipchatd_events_received_total", transport="tcp") == 3
@@ -421,6 +416,7 @@ async def test_a_sink_bug_loses_only_its_frame() -> None:
     assert caught["log_level"] == "error"
     assert caught["where"] == "frame"
     assert caught["peer"] == "127.0.0.1:9"
+    assert isinstance(caught["conn_id"], int)
     assert caught["transport"] == "tcp"
     assert caught["exc_info"] is True
 
@@ -508,14 +504,14 @@ async def test_live_daemon_survives_a_bug_while_handling_an_event(
     start_daemon: StartDaemon, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A bug reached by one event (here: routing) is counted; the next events are delivered."""
-    real_route = app_module.route
+    real_route = intake.route
 
     def buggy_route(event: Any, *args: Any) -> Any:
         if event.check == "poison":
             raise ZeroDivisionError("a bug in routing")
         return real_route(event, *args)
 
-    monkeypatch.setattr(app_module, "route", buggy_route)
+    monkeypatch.setattr(intake, "route", buggy_route)
     poison = encode(classic_event(name="poison"))
     with trio.fail_after(20), capture_logs() as logs:
         app = await _daemon(start_daemon)
@@ -558,6 +554,8 @@ async def test_an_event_naming_2000_rooms_notifies_the_first_50(
     [warning] = [line for line in logs if line["event"] == "event.targets_refused"]
     assert warning["log_level"] == "warning"
     assert warning["event_id"] == "evt-2000-rooms"
+    assert warning["peer"].startswith("127.0.0.1:")
+    assert isinstance(warning["conn_id"], int)
     assert (warning["source"], warning["check"]) == ("sensu.test.local", "everywhere")
     assert (warning["targets"], warning["refused"]) == (2000, 1950)
     assert warning["max_targets_per_event"] == 50

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 import trio
 import trio.testing
-from structlog.testing import capture_logs
 
 from hipchatd.clock import unix_now
 from hipchatd.delivery import lanes
@@ -34,6 +34,7 @@ from hipchatd.metrics import Metrics
 from hipchatd.sensu.events import Event
 from tests.conftest import classic_event, send_tcp, wait_until
 from tests.factories import make_event, make_settings, make_target
+from tests.logcapture import capture_logs
 from tests.processes import STARTUP, Child, wait_for
 
 SENT = Outcome(OutcomeKind.SENT, status=204)
@@ -331,6 +332,12 @@ async def test_max_age_fires_while_the_retry_is_ten_hours_away(
     assert expired["reason"] == "expired"
     assert expired["log_level"] == "error"
     assert expired["max_age"] == 300.0
+    # Expiry runs between attempts: the failed attempt's event_id is not left bound.
+    assert expired["event_ids"] == [f"ev-{stale}"]
+    assert "event_id" not in expired
+    failed = [e for e in logs if e["event"] == "delivery.failed"]
+    assert failed
+    assert failed[0]["event_id"] == f"ev-{stale}"
 
 
 async def test_max_age_fires_while_the_budget_never_grants(
@@ -445,6 +452,8 @@ async def test_an_exception_in_send_is_caught_counted_and_retried(
     [caught] = [e for e in logs if e["event"] == "internal_error.caught"]
     assert caught["where"] == "lane"
     assert caught["room"] in {"ops", "dev"}
+    # The bug was in an attempt: its line names the event being sent.
+    assert caught["event_id"] == {"ops": f"ev-{entry}", "dev": f"ev-{entry + 1}"}[caught["room"]]
     assert caught["log_level"] == "error"
     assert caught["exc_info"] is True
     # The grant was given back, and the lane did not die.
@@ -521,6 +530,39 @@ async def test_a_spool_that_cannot_be_read_back_is_retried_later(
     # An expected failure at the edge, not a bug: no internal error, nothing dead-lettered.
     assert h.internal_errors() == 0.0
     assert h.spool.dead == []
+
+
+# --- what each line names ---
+
+
+async def test_an_attempts_lines_carry_its_event_id_and_nothing_of_the_enqueuer(
+    start: Callable[..., Awaitable[Harness]], quick_clock: trio.testing.MockClock
+) -> None:
+    """Bound per attempt, the client's lines too; a lane starts in no connection's context."""
+    answers = [Outcome(OutcomeKind.SERVER_ERROR, status=503), SENT, SENT]
+
+    async def answer_in_turn(target: Target, message: Message) -> Outcome:
+        # What hipchat.py logs while sending (a protocol warning, say) gets the id too.
+        structlog.get_logger().warning("client.line")
+        return answers.pop(0)
+
+    with trio.fail_after(600), capture_logs() as logs:
+        h = await start(client=ScriptedClient(answer_in_turn))
+        # Enqueued from a task with a connection's context: the lane must not inherit it.
+        with structlog.contextvars.bound_contextvars(
+            peer="192.0.2.1:5000", conn_id=7, event_id="stale"
+        ):
+            first = h.enqueue("ops")
+        await _until(lambda: len(h.spool.delivered) == 1)
+        second = h.enqueue("ops", check="later")
+        await _until(lambda: len(h.spool.delivered) == 2)
+    client_lines = [e for e in logs if e["event"] == "client.line"]
+    assert [e["event_id"] for e in client_lines] == [f"ev-{first}", f"ev-{first}", f"ev-{second}"]
+    [failed] = [e for e in logs if e["event"] == "delivery.failed"]
+    assert failed["event_id"] == f"ev-{first}"
+    delivered = [e for e in logs if e["event"] == "event.delivered"]
+    assert [e["event_id"] for e in delivered] == [f"ev-{first}", f"ev-{second}"]
+    assert not [e for e in logs if "peer" in e or "conn_id" in e]
 
 
 # --- the daemon's memory for rooms named once ---

@@ -137,3 +137,24 @@ def test_one_marker_everywhere() -> None:
     # The log chain, the HipChat client's error text and the tools print the same marker.
     assert logconfig.REDACTED == REDACTED == "[REDACTED]"
     assert scrub("token=s3cr3t", "s3cr3t") == "token=[REDACTED]"
+
+
+def test_bound_context_is_merged_into_every_line_and_redacted(stream: io.StringIO) -> None:
+    """Keys bound with structlog.contextvars reach each line, stdlib ones too, redacted."""
+    log = structlog.get_logger()
+    with structlog.contextvars.bound_contextvars(peer="192.0.2.7:4000", conn_id=3):
+        log.warning("input.rejected", reason="invalid JSON")
+        with structlog.contextvars.bound_contextvars(event_id=f"id-{SECRET}"):
+            logging.getLogger("httpx").warning("request failed")
+            # A key passed to the call wins over the bound one.
+            log.info("event.delivered", event_id="evt-2")
+    log.info("daemon.stopping")
+    text = stream.getvalue()
+    assert SECRET not in text
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert [(line.get("peer"), line.get("conn_id"), line.get("event_id")) for line in lines] == [
+        ("192.0.2.7:4000", 3, None),
+        ("192.0.2.7:4000", 3, f"id-{REDACTED}"),
+        ("192.0.2.7:4000", 3, "evt-2"),
+        (None, None, None),
+    ]

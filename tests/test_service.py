@@ -361,7 +361,7 @@ async def test_reload_adopts_rooms_and_limits_and_names_what_needs_a_restart(
 ) -> None:
     with trio.fail_after(20):
         app = await start_daemon(room=("before",))
-        old_budget = app.dispatcher._budget
+        old_budget = app.dispatcher.budget
         new = dataclasses.replace(
             app.config,
             hipchat=dataclasses.replace(app.config.hipchat, room=("after",), rate_limit=7),
@@ -376,5 +376,5 @@ async def test_reload_adopts_rooms_and_limits_and_names_what_needs_a_restart(
     assert app.config.daemon.max_frame_bytes == 1024 * 1024
     assert app.config.daemon.max_age == 60.0
     # New limits (or a new token) start a new budget.
-    assert app.dispatcher._budget is not old_budget
-    assert app.dispatcher._budget.snapshot()["rate_limit"] == 7
+    assert app.dispatcher.budget is not old_budget
+    assert app.dispatcher.budget.snapshot()["rate_limit"] == 7

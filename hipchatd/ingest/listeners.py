@@ -6,6 +6,10 @@ Bad input is logged with the peer, byte count, reason and a preview, and
 counted; it never affects another frame or connection. Those WARNINGs are
 rate-limited per peer host (:mod:`hipchatd.ingest.peers`); the counters count all.
 
+Every line logged while a connection or a datagram is handled carries its
+``peer`` and a ``conn_id`` (one counter for both, so an id names one unit of
+input), bound with :mod:`structlog.contextvars` in the task that reads it.
+
 Peers outside ``allow_from`` are refused before a byte is read. At
 ``max_connections`` the listeners stop accepting: new connections wait in
 the kernel's listen backlog, and a sender sees a real failure only when
@@ -22,6 +26,7 @@ from typing import Any
 
 import structlog
 import trio
+from structlog.contextvars import bind_contextvars, bound_contextvars, reset_contextvars
 
 from hipchatd import boundary
 from hipchatd.config import DaemonSettings
@@ -50,6 +55,7 @@ _RECEIVE_SIZE = 65536
 #: The largest UDP payload IPv4 can carry.
 _DATAGRAM_SIZE = 65535
 
+#: ``conn_id`` of each connection and datagram, unique within the process.
 _conn_ids = itertools.count(1)
 
 
@@ -136,9 +142,7 @@ def _handle_frames(
             try:
                 sink(frame, peer, transport)
             except Exception:
-                boundary.caught(
-                    metrics, "frame", peer=peer, transport=transport, nbytes=frame.nbytes
-                )
+                boundary.caught(metrics, "frame", transport=transport, nbytes=frame.nbytes)
         else:
             reject(
                 metrics,
@@ -228,7 +232,8 @@ class _SlotListener(trio.abc.Listener[trio.SocketStream]):
 class ConnectionHandler:
     """Reads one Sensu connection to its end; counts and bounds open connections.
 
-    ``allow_from`` reads the running allow list (a reload may change it);
+    ``allow_from`` reads the running allow list (a reload may change it),
+    checked by :func:`serve_tcp` before a connection reaches the handler;
     by default it is ``settings.allow_from``.
     """
 
@@ -255,37 +260,33 @@ class ConnectionHandler:
         """Return once no connection is being read."""
         await self._idle.wait()
 
-    async def __call__(self, stream: trio.SocketStream) -> None:
-        """Read ``stream`` to its end and close it; a peer outside ``allow_from`` is closed unread.
+    async def __call__(self, stream: trio.abc.ReceiveStream, peer: str) -> None:
+        """Read ``stream`` to its end and close it; ``peer`` names the sender.
 
-        This is the connection's fault boundary: an unexpected exception is
-        reported by :func:`hipchatd.boundary.caught` and ends this connection only.
+        Any trio stream will do (the handler never writes, nor looks at a
+        socket): :func:`serve_tcp` passes accepted connections, having
+        refused peers outside ``allow_from``. ``peer`` and a new ``conn_id``
+        are bound for every line logged meanwhile. This is the connection's
+        fault boundary: an unexpected exception is reported by
+        :func:`hipchatd.boundary.caught` and ends this connection only.
         """
-        conn_id = next(_conn_ids)
-        try:
-            address = stream.socket.getpeername()
-        except OSError:
-            address = None
-        if _refused(self.metrics, self.allow_from, address, "tcp"):
-            await stream.aclose()
-            return
-        peer = _peer_name(address)
-        self.active += 1
-        if self._idle.is_set():
-            self._idle = trio.Event()
-        self.metrics.connections_open.inc()
-        try:
-            await self._read(stream, peer, conn_id)
-        except Exception:
-            boundary.caught(self.metrics, "connection", peer=peer, conn_id=conn_id)
-        finally:
-            self.active -= 1
-            if not self.active:
-                self._idle.set()
-            self.metrics.connections_open.dec()
-            await stream.aclose()
+        with bound_contextvars(peer=peer, conn_id=next(_conn_ids)):
+            self.active += 1
+            if self._idle.is_set():
+                self._idle = trio.Event()
+            self.metrics.connections_open.inc()
+            try:
+                await self._read(stream, peer)
+            except Exception:
+                boundary.caught(self.metrics, "connection")
+            finally:
+                self.active -= 1
+                if not self.active:
+                    self._idle.set()
+                self.metrics.connections_open.dec()
+                await stream.aclose()
 
-    async def _read(self, stream: trio.SocketStream, peer: str, conn_id: int) -> None:
+    async def _read(self, stream: trio.abc.ReceiveStream, peer: str) -> None:
         settings = self.settings
         decoder = Decoder(settings.framing, settings.max_frame_bytes)
         received = 0
@@ -299,7 +300,8 @@ class ConnectionHandler:
                         _handle_frames(decoder.close(), self.sink, self.metrics, peer, "tcp")
                         return
                     received += len(data)
-                    frames = decoder.feed(data)
+                    # bytes() of bytes is the same object: a copy only for a bytearray.
+                    frames = decoder.feed(bytes(data))
                     if frames:
                         _handle_frames(frames, self.sink, self.metrics, peer, "tcp")
                         # Waiting for the spool is not the peer being idle.
@@ -315,12 +317,11 @@ class ConnectionHandler:
                     transport="tcp",
                     nbytes=exc.size,
                     reason=str(exc),
-                    conn_id=conn_id,
                     action="connection closed",
                 )
                 return
             except trio.BrokenResourceError as exc:
-                log.info("connection.reset", peer=peer, conn_id=conn_id, error=str(exc))
+                log.info("connection.reset", error=str(exc))
                 return
         if scope.cancelled_caught:
             self.metrics.rejected[RejectReason.IDLE_TIMEOUT].inc()
@@ -328,7 +329,6 @@ class ConnectionHandler:
                 self.metrics,
                 "connection.timed_out",
                 peer=peer,
-                conn_id=conn_id,
                 idle_timeout=settings.idle_timeout,
                 nbytes=received,
                 reason="no complete event within idle_timeout",
@@ -342,8 +342,9 @@ async def serve_tcp(
     handler_nursery: trio.Nursery | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Accept Sensu connections on ``listeners`` until cancelled.
+    """Accept Sensu connections on ``listeners`` until cancelled; ``handler`` reads each.
 
+    A peer outside the handler's ``allow_from`` is closed unread.
     ``trio.serve_listeners`` provides the accept loop and its EMFILE back-off.
     Each listener accepts only while fewer than ``max_connections``
     connections are open; the slot is freed when the handler returns.
@@ -354,7 +355,14 @@ async def serve_tcp(
 
     async def hold_slot(stream: trio.SocketStream) -> None:
         try:
-            await handler(stream)
+            try:
+                address = stream.socket.getpeername()
+            except OSError:
+                address = None
+            if _refused(handler.metrics, handler.allow_from, address, "tcp"):
+                await stream.aclose()
+                return
+            await handler(stream, _peer_name(address))
         finally:
             handler.slots.release()
 
@@ -394,10 +402,14 @@ async def serve_udp(
         if _refused(metrics, permitted, address, "udp", len(data)):
             continue
         peer = _peer_name(address)
+        # Reset before the next datagram: this task reads them all.
+        tokens = bind_contextvars(peer=peer, conn_id=next(_conn_ids))
         try:
             _handle_datagram(data, peer, mode, settings, sink, metrics)
         except Exception:
-            boundary.caught(metrics, "datagram", peer=peer, transport="udp", nbytes=len(data))
+            boundary.caught(metrics, "datagram", transport="udp", nbytes=len(data))
+        finally:
+            reset_contextvars(**tokens)
         await room()
 
 

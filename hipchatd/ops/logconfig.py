@@ -2,7 +2,19 @@
 
 Configured once, before ``trio.run``: JSON lines when stdout is not a TTY,
 console rendering on a TTY. Library modules only call
-``structlog.get_logger()``. Every registered secret is replaced by
+``structlog.get_logger()``.
+
+What a line is about is bound once with :mod:`structlog.contextvars`, in
+the task that handles it, not passed to each call: ``peer`` and ``conn_id``
+for a connection or a datagram (:mod:`hipchatd.ingest.listeners`);
+``event_id`` (with ``source`` and ``check``) for an event while it is
+accepted (:mod:`hipchatd.ingest.intake`), and ``event_id`` while an
+attempt delivers it (:mod:`hipchatd.delivery.lanes`). ``merge_contextvars`` adds them to every
+line, stdlib ones included; a key passed to the call wins. trio copies the
+context into each task it starts, so a binding reaches the tasks started
+under it and ends with its own.
+
+Every registered secret is replaced by
 ``[REDACTED]`` in every value of every log line, exception text included,
 before a renderer sees it; httpx and httpcore's stdlib logs go through the
 same chain at WARNING. A secret is caught in the forms it takes on its way
