@@ -28,6 +28,7 @@ from __future__ import annotations
 import errno
 import socket
 from collections.abc import Sequence
+from typing import Any
 
 
 class HipchatdError(Exception):
@@ -93,9 +94,14 @@ class EventError(HipchatdError):
 
 
 class FrameTooLarge(HipchatdError):
-    """A frame exceeds ``max_frame_bytes``."""
+    """A frame exceeds ``max_frame_bytes``.
+
+    ``frames`` holds the frames the same chunk completed before the oversized
+    one (the decoder fills it in): they are whole and must still be handled.
+    """
 
     def __init__(self, size: int, limit: int) -> None:
         self.size = size
         self.limit = limit
+        self.frames: list[Any] = []
         super().__init__(f"frame of at least {size} bytes exceeds max_frame_bytes={limit}")

@@ -319,6 +319,18 @@ async def test_a_frame_too_large_closes_the_connection() -> None:
     assert _received(metrics) == 2
 
 
+async def test_events_sent_with_a_frame_too_large_in_one_write_are_kept() -> None:
+    """An oversized frame closes the connection, but the events before it were whole."""
+    handler, sunk, metrics = _handler(max_frame_bytes=1024)
+    big = b'{"check": {"output": "' + b"x" * 2000 + b'"}}\n'
+    chunk = _compact(_event("first")) + b"\n" + _compact(_event("second")) + b"\n" + big
+    with trio.fail_after(CEILING):
+        await _serve(handler, [chunk])
+    assert [v["check"]["name"] for v in sunk.values] == ["first", "second"]
+    assert _rejected(metrics, "frame_too_large") == 1
+    assert _received(metrics) == 3
+
+
 @pytest.mark.parametrize(
     ("framing", "cut"),
     [

@@ -470,6 +470,26 @@ def test_whitespace_between_documents_does_not_count_toward_the_limit() -> None:
     assert values(decode(every(stream, 10), "auto", limit=10)) == [{"a": 1}, {"b": 2}]
 
 
+@pytest.mark.parametrize("mode", ["auto", "newline", "length"])
+def test_frames_before_an_oversized_one_in_the_same_chunk_are_kept(mode: Framing) -> None:
+    """Good frames the chunk completed before the oversized one travel with the exception."""
+    good = [b'{"a":1}', b'{"b":2}']
+    big = b'{"c":"' + b"x" * 200 + b'"}'
+    if mode == "length":
+        chunk = b"".join(length_prefixed(frame) for frame in [*good, big])
+    else:
+        chunk = b"\n".join([*good, big]) + b"\n"
+    decoder = Decoder(mode, 100)
+    with pytest.raises(FrameTooLarge) as info:
+        decoder.feed(chunk)
+    assert values(info.value.frames) == [{"a": 1}, {"b": 2}]
+    # A chunk whose first frame is the oversized one has nothing before it.
+    decoder = Decoder(mode, 100)
+    with pytest.raises(FrameTooLarge) as info:
+        decoder.feed(length_prefixed(big) if mode == "length" else big + b"\n")
+    assert info.value.frames == []
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_decoder_refuses_use_after_frame_too_large(mode: Framing) -> None:
     decoder = Decoder(mode, 4)

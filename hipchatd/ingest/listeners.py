@@ -309,6 +309,7 @@ class ConnectionHandler:
                         await self.room()
                         scope.deadline = trio.current_time() + settings.idle_timeout
             except FrameTooLarge as exc:
+                _handle_frames(exc.frames, self.sink, self.metrics, peer, "tcp")
                 self.metrics.received["tcp"].inc()
                 reject(
                     self.metrics,
@@ -420,6 +421,7 @@ def _handle_datagram(
     try:
         frames = [*decoder.feed(data), *decoder.close()]
     except FrameTooLarge as exc:
+        _handle_frames(exc.frames, sink, metrics, peer, "udp")
         metrics.received["udp"].inc()
         reject(
             metrics,

@@ -199,8 +199,10 @@ class Decoder:
     def feed(self, data: bytes) -> list[Document | Rejected]:
         """Consume a chunk; return the frames it completed.
 
-        Raises FrameTooLarge when a frame grows past ``max_frame_bytes``; the
-        caller closes the connection. The decoder is unusable afterwards.
+        Raises FrameTooLarge when a frame grows past ``max_frame_bytes``, with
+        the frames completed before it in the exception's ``frames``; the
+        caller handles those and closes the connection. The decoder is
+        unusable afterwards.
         """
         self._check_open()
         if not data:
@@ -209,22 +211,27 @@ class Decoder:
         if not mode:
             # A length prefix below 16 MiB starts with 0x00; JSON text never does.
             mode = self._mode = "length" if data[0] == 0 else "json"
+        out: list[Document | Rejected] = []
         try:
             if mode == "json":
                 text = self._text
                 if text is None:
                     text = self._text = _JsonText(self._limit)
-                return text.feed(data)
-            if mode == "length":
-                return self._feed_length(data)
-            if mode == "newline":
-                return self._feed_newline(data)
-            return self._feed_eof(data)
-        except FrameTooLarge:
+                text.feed(data, out)
+            elif mode == "length":
+                self._feed_length(data, out)
+            elif mode == "newline":
+                self._feed_newline(data, out)
+            else:
+                self._feed_eof(data)
+        except FrameTooLarge as exc:
             self._lifecycle = _FAILED
             self._buf = bytearray()
             self._text = None
+            # Frames the chunk completed before the oversized one are good input.
+            exc.frames = list(out)
             raise
+        return out
 
     def close(self) -> list[Document | Rejected]:
         """The peer closed: return what the remaining bytes hold.
@@ -255,17 +262,15 @@ class Decoder:
 
     # -- eof, newline, length ------------------------------------------------
 
-    def _feed_eof(self, data: bytes) -> list[Document | Rejected]:
+    def _feed_eof(self, data: bytes) -> None:
         self._buf += data
         if len(self._buf) > self._limit:
             raise FrameTooLarge(len(self._buf), self._limit)
-        return []
 
-    def _feed_newline(self, data: bytes) -> list[Document | Rejected]:
+    def _feed_newline(self, data: bytes, out: list[Document | Rejected]) -> None:
         buf = self._buf
         buf += data
         limit = self._limit
-        out: list[Document | Rejected] = []
         start = 0
         # Bytes before _pos were searched for a newline by an earlier feed.
         pos = self._pos
@@ -280,13 +285,11 @@ class Decoder:
             raise FrameTooLarge(len(buf) - start, limit)
         del buf[:start]
         self._pos = len(buf)
-        return out
 
-    def _feed_length(self, data: bytes) -> list[Document | Rejected]:
+    def _feed_length(self, data: bytes, out: list[Document | Rejected]) -> None:
         buf = self._buf
         buf += data
         limit = self._limit
-        out: list[Document | Rejected] = []
         off, n = 0, len(buf)
         while n - off >= _PREFIX_BYTES:
             size = int.from_bytes(buf[off : off + _PREFIX_BYTES], "big")
@@ -301,7 +304,6 @@ class Decoder:
                 out.append(Rejected(RejectReason.TRUNCATED, "empty frame", 0, ""))
             off = end
         del buf[:off]
-        return out
 
 
 class _JsonText:
@@ -324,9 +326,8 @@ class _JsonText:
         self._depth = 0
         self._in_string = False
 
-    def feed(self, data: bytes) -> list[Document | Rejected]:
-        """Consume a chunk; return the frames it completed."""
-        out: list[Document | Rejected] = []
+    def feed(self, data: bytes, out: list[Document | Rejected]) -> None:
+        """Consume a chunk; append the frames it completed to ``out``."""
         # The fast path may read at most this many bytes in this call (module docstring).
         budget = 2 * len(data)
         buf = self._buf
@@ -334,17 +335,16 @@ class _JsonText:
             # Nothing pending: parse straight from the chunk and keep only the rest.
             m = _NON_WS.search(data)
             if m is None:
-                return out
+                return
             budget -= len(data) - m.start()
             stop = self._fast(data, m.start(), out)
             if stop == len(data):
-                return out
+                return
             buf += memoryview(data)[stop:]
             self._begin(0)
         else:
             buf += data
         self._scan(out, budget)
-        return out
 
     def _begin(self, start: int) -> None:
         """Start the slow path on a frame whose first byte is ``_buf[start]``."""
