@@ -41,8 +41,8 @@ from hipchatd.emulator import (
     Emulator,
     FixedWindow,
     ReceivedMessage,
+    Reject,
     TLSUnavailable,
-    _Reject,
     add_arguments,
     decode_segment,
     echo_line,
@@ -198,7 +198,7 @@ def test_v1_from_rules(sender: str, ok: bool) -> None:
     if ok:
         assert validate_v1_message(params).sender == sender
     else:
-        with pytest.raises(_Reject):
+        with pytest.raises(Reject):
             validate_v1_message(params)
 
 
