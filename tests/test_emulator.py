@@ -55,6 +55,13 @@ from hipchatd.emulator import (
     v1_json,
     validate_v1_message,
 )
+from hipchatd.emulator.api import NOT_FOUND_TEXT, ROUTES
+from hipchatd.emulator.server import (
+    KEEPALIVE_IDLE_TIMEOUT,
+    MAX_BODY_BYTES,
+    MAX_HEADER_BYTES,
+    REQUEST_READ_TIMEOUT,
+)
 from hipchatd.ops import probe
 
 TOKEN = "emu-test-token-9f8e7d6c5b4a"
@@ -151,6 +158,20 @@ def test_match_route() -> None:
     assert (route.name, route.param, route.methods) == ("v2_notification", "a%20b", ("POST",))
     assert match_route(("v2", "room", "", "notification")) is None
     assert match_route(("v2", "room", "a", "b", "notification")) is None
+
+
+def test_every_route_holds_a_handler_and_matches_its_own_pattern() -> None:
+    """The table is the dispatch: each entry names its handler; a path built from it finds it."""
+    for endpoint in ROUTES:
+        assert callable(endpoint.handler), endpoint.name
+        segments = tuple("x" if part == "*" else part for part in endpoint.pattern)
+        route = match_route(segments)
+        assert route is not None, endpoint.name
+        assert route.endpoint == endpoint
+        assert route.param == ("x" if "*" in endpoint.pattern else None)
+    controls = {endpoint.name for endpoint in ROUTES if endpoint.control}
+    assert controls == {"admin_messages", "admin_requests", "admin_faults", "admin_reset"}
+    assert all(endpoint.pattern[0] in ("v1", "v2") for endpoint in ROUTES if not endpoint.control)
 
 
 def test_py2_repr_matches_the_servers_messages() -> None:
@@ -1398,6 +1419,83 @@ async def test_unknown_path_is_404_in_v2_shape(emu: Emulator, client: httpx.Asyn
     error = response.json()["error"]
     assert (error["code"], error["type"]) == (404, "Not Found")
     assert admin.status_code == 404
+
+
+async def test_every_api_endpoint_is_answered_by_its_handler(
+    emu: Emulator, client: httpx.AsyncClient
+) -> None:
+    """No entry of the route table falls through to 404 or 405."""
+    statuses: dict[str, int] = {}
+    with trio.fail_after(10):
+        for endpoint in ROUTES:
+            if endpoint.control:
+                continue
+            path = "/".join("sensu" if part == "*" else part for part in endpoint.pattern)
+            url = f"{emu.url}/{path}?auth_token={TOKEN}"
+            response = await client.request(endpoint.methods[0], url)
+            statuses[endpoint.name] = response.status_code
+    assert all(status not in (404, 405) for status in statuses.values()), statuses
+    assert statuses["v2_room_get"] == 200
+    assert statuses["v2_notification"] == 400  # no message: the handler validated it
+
+
+async def test_unknown_path_under_v1_is_404_in_v1_shape(
+    emu: Emulator, client: httpx.AsyncClient
+) -> None:
+    with trio.fail_after(10):
+        response = await client.get(f"{emu.url}/v1/rooms/nothing?auth_token={TOKEN}")
+    assert response.status_code == 404
+    assert response.content == v1_error_body(ApiError(404, NOT_FOUND_TEXT))
+    assert "X-RateLimit-Remaining" in response.headers
+
+
+async def test_oversized_headers_get_431_in_v2_shape(emu: Emulator) -> None:
+    big = b"X-Big: " + b"a" * MAX_HEADER_BYTES + b"\r\n"
+    with trio.fail_after(10):
+        answer = await raw_exchange(emu, b"GET /v2/room HTTP/1.1\r\nHost: x\r\n" + big)
+    assert answer.startswith(b"HTTP/1.1 431 ")
+    assert b'"code": 431' in answer
+    assert emu.requests == []
+
+
+async def test_oversized_chunked_body_gets_413(emu: Emulator) -> None:
+    head = (
+        b"POST /v2/room/sensu/notification HTTP/1.1\r\nHost: x\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    size = MAX_BODY_BYTES + 1
+    chunk = f"{size:x}\r\n".encode() + b"a" * size + b"\r\n"
+    with trio.fail_after(10):
+        answer = await raw_exchange(emu, head + chunk)
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert emu.requests[-1].status == 413
+    assert emu.messages == []
+
+
+async def test_idle_connection_is_closed_after_the_keepalive_time(
+    emu: Emulator, autojump_clock: trio.testing.MockClock
+) -> None:
+    host, port = emu.url.removeprefix("http://").rsplit(":", 1)
+    with trio.fail_after(KEEPALIVE_IDLE_TIMEOUT + 10):
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            start = trio.current_time()
+            assert await stream.receive_some(1024) == b""
+    assert trio.current_time() - start == pytest.approx(KEEPALIVE_IDLE_TIMEOUT)
+
+
+async def test_slow_request_is_cut_off_after_the_read_timeout(
+    emu: Emulator, autojump_clock: trio.testing.MockClock
+) -> None:
+    host, port = emu.url.removeprefix("http://").rsplit(":", 1)
+    with trio.fail_after(REQUEST_READ_TIMEOUT + 10):
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            await stream.send_all(b"POST /v2/room/sensu/notification HTTP/1.1\r\nHost: x\r\n")
+            start = trio.current_time()
+            assert await stream.receive_some(1024) == b""
+    assert trio.current_time() - start == pytest.approx(REQUEST_READ_TIMEOUT)
+    assert emu.requests == []
 
 
 # --- command line -------------------------------------------------------------

@@ -42,6 +42,7 @@ RECEIVE_CHUNK = 65536
 #: The port ``hipchatd emulator`` listens on unless told otherwise.
 DEFAULT_PORT = 8780
 
+#: The request loop's bounds for the emulator (see the constants above).
 LIMITS = Limits(
     max_header_bytes=MAX_HEADER_BYTES,
     max_body_bytes=MAX_BODY_BYTES,

@@ -35,6 +35,7 @@ from hipchatd.metrics import Metrics
 
 __all__ = [
     "KEEPALIVE_IDLE_TIMEOUT",
+    "LIMITS",
     "MAX_BODY_BYTES",
     "MAX_CONNECTIONS",
     "MAX_HEADER_BYTES",
@@ -67,7 +68,8 @@ _JSON = "application/json"
 _TEXT = "text/plain; charset=utf-8"
 _ALLOWED = ("GET", "HEAD")
 
-_LIMITS = Limits(
+#: The request loop's bounds for this server (see the constants above).
+LIMITS = Limits(
     max_header_bytes=MAX_HEADER_BYTES,
     max_body_bytes=MAX_BODY_BYTES,
     read_timeout=REQUEST_READ_TIMEOUT,
@@ -127,7 +129,7 @@ class _Server:
                 return
             self._open += 1
             try:
-                await serve_connection(stream, self, _LIMITS, server=f"hipchatd/{__version__}")
+                await serve_connection(stream, self, LIMITS, server=f"hipchatd/{__version__}")
             finally:
                 self._open -= 1
 
