@@ -57,19 +57,21 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class Head:
-    """A request line, as soon as it arrived: its method and its raw target."""
+    """A request's line and headers, as soon as they arrived, before its body.
+
+    Header names are lowercase; of a repeated header, the first value wins.
+    """
 
     method: str
+    #: the target as sent: not split, not decoded
     target: bytes
+    headers: Mapping[str, str]
 
 
 @dataclass(frozen=True, slots=True)
-class Request:
-    """One complete request; header names are lowercase, the first value wins."""
+class Request(Head):
+    """One complete request: its head and its whole body."""
 
-    method: str
-    target: bytes
-    headers: Mapping[str, str]
     body: bytes
 
 
@@ -147,7 +149,6 @@ async def _read_request(
 ) -> Request | Response | None:
     """One request; a Response refuses it (answer, then close), None means just close."""
     head: Head | None = None
-    fields: list[tuple[bytes, bytes]] = []
     body = bytearray()
     started = False
     with trio.move_on_after(limits.idle_timeout) as scope:
@@ -163,10 +164,9 @@ async def _read_request(
                     scope.deadline = trio.current_time() + limits.read_timeout
                 conn.receive_data(bytes(data))
             elif isinstance(event, h11.Request):
-                head = Head(event.method.decode("ascii"), event.target)
-                fields = list(event.headers)
+                head = _head(event)
                 handler.started(head)
-                declared = _content_length(fields)
+                declared = _content_length(event)
                 if declared is not None and declared > limits.max_body_bytes:
                     return handler.refused(TOO_LARGE, head)
                 if conn.they_are_waiting_for_100_continue:
@@ -178,10 +178,7 @@ async def _read_request(
                     return handler.refused(TOO_LARGE, head)
             elif isinstance(event, h11.EndOfMessage):
                 assert head is not None
-                headers: dict[str, str] = {}
-                for name, value in fields:
-                    headers.setdefault(name.decode("ascii"), value.decode("latin-1"))
-                return Request(head.method, head.target, headers, bytes(body))
+                return Request(head.method, head.target, head.headers, bytes(body))
             else:  # ConnectionClosed, or PAUSED which cannot happen before EndOfMessage
                 return None
     log.debug("http.connection_closed", reason="request too slow" if started else "idle")
@@ -199,8 +196,15 @@ def _malformed(
     return handler.refused(exc.error_status_hint, None)
 
 
-def _content_length(fields: list[tuple[bytes, bytes]]) -> int | None:
-    for name, value in fields:
+def _head(event: h11.Request) -> Head:
+    headers: dict[str, str] = {}
+    for name, value in event.headers:
+        headers.setdefault(name.decode("ascii"), value.decode("latin-1"))
+    return Head(event.method.decode("ascii"), event.target, headers)
+
+
+def _content_length(event: h11.Request) -> int | None:
+    for name, value in event.headers:
         if name == b"content-length":
             return int(value)  # h11 has already checked it is a valid integer
     return None

@@ -137,7 +137,7 @@ def answer_api(site: Site, request: Request, target: Target) -> Response:
         response = _dispatch(site, call, request, target)
     except Reject as exc:
         response = error_response(call.api, exc.error, xml=call.fmt == "xml")
-    site.limiter.decorate(call, response)
+    site.limits.decorate(call, response)
     site.record(request.method, target.path, response.status, call.presented)
     return response
 
@@ -153,7 +153,7 @@ def answer_control(site: Site, request: Request, target: Target) -> Response:
 
 def room_delay(site: Site, request: Request, target: Target) -> float:
     """The ``room_latency`` of the room the request addresses, 0 when none."""
-    if not site.faults.room_latency:
+    if not site.room_latency:
         return 0.0
     route = match_route(target.segments)
     if route is None or route.endpoint.room is None:
@@ -162,7 +162,7 @@ def room_delay(site: Site, request: Request, target: Target) -> float:
         name = v1_params(request, target).get("room_id", "")
     else:
         name = decode_segment(route.param or "")
-    return site.faults.room_latency.get(site.rooms.name_of(name), 0.0)
+    return site.room_latency.get(site.rooms.name_of(name), 0.0)
 
 
 def _route(request: Request, target: Target) -> Route:
@@ -192,7 +192,7 @@ def _dispatch(site: Site, call: Call, request: Request, target: Target) -> Respo
         raise Reject(failure)
     if call.token is None:
         raise Reject(ApiError(401, V1_UNAUTHORIZED if call.api == "v1" else V2_UNAUTHORIZED))
-    site.limiter.take_rate(call)
+    site.limits.take_rate(call)
     auth_test = params.get("auth_test") if call.api == "v1" else target.query.get("auth_test")
     if auth_test is not None and auth_test.lower() == "true":
         return json_response(202, AUTH_TEST_BODY)
@@ -235,7 +235,7 @@ def _v2_notification(ex: Exchange) -> Response:
     note = validate_notification(
         _v2_body(ex), from_max=site.rules.from_max, lenient_notify=site.rules.lenient_notify
     )
-    site.limiter.take_flood(ex.call, ("room", str(room.id)))
+    site.limits.take_flood(ex.call, ("room", str(room.id)))
     site.rooms.deliver_notification("v2", room, note)
     return Response(204)
 
@@ -246,7 +246,7 @@ def _v2_room_message(ex: Exchange) -> Response:
     # §7: send_message caps the message at 1,000 characters and ignores `from`.
     text = string(_v2_body(ex), "message", required=True, min_len=1, max_len=V2_ROOM_MESSAGE_MAX)
     assert text is not None
-    ex.site.limiter.take_flood(ex.call, ("room", str(room.id)))
+    ex.site.limits.take_flood(ex.call, ("room", str(room.id)))
     message = ReceivedMessage(
         kind="room_message",
         api_version="v2",
@@ -274,7 +274,7 @@ def _v2_user_message(ex: Exchange) -> Response:
     assert text is not None
     notify = boolean(body, "notify", lenient=rules.lenient_notify)
     message_format = enum(body, "message_format", MESSAGE_FORMATS, "text")
-    ex.site.limiter.take_flood(ex.call, ("user", user))
+    ex.site.limits.take_flood(ex.call, ("user", user))
     ex.site.rooms.deliver(
         ReceivedMessage(
             kind="user_message",
@@ -416,7 +416,7 @@ def _v1_body(call: Call, obj: Mapping[str, Json]) -> Response:
 def _v1_message(ex: Exchange) -> Response:
     fields = validate_v1_message(ex.params)
     room = ex.site.rooms.v1_room(fields.room_id)
-    ex.site.limiter.take_flood(ex.call, ("room", str(room.id)))
+    ex.site.limits.take_flood(ex.call, ("room", str(room.id)))
     ex.site.rooms.deliver_notification("v1", room, fields)
     return _v1_body(ex.call, {"status": "sent"})
 

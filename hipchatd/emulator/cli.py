@@ -114,7 +114,7 @@ def _print_line(line: str) -> None:
 
 
 def _startup_line(emulator: Emulator, args: argparse.Namespace, tls: _Tls | None = None) -> str:
-    rooms = emulator.rooms.describe()
+    rooms, limits = emulator.rooms.describe(), emulator.limits
     tokens = (
         f"{len(set(args.tokens))} token(s) accepted"
         if args.tokens
@@ -123,8 +123,8 @@ def _startup_line(emulator: Emulator, args: argparse.Namespace, tls: _Tls | None
     auto = ", unknown rooms auto-created" if args.auto_create_rooms else ""
     return (
         f"hipchatd emulator listening on {emulator.url}; rooms: {rooms}{auto}; "
-        f"rate limit {emulator.rate_limit}/{emulator.rate_window:g}s per token, "
-        f"flood control {emulator.flood_limit}/{emulator.flood_window:g}s per room; {tokens}"
+        f"rate limit {limits.rate_limit}/{limits.rate_window:g}s per token, "
+        f"flood control {limits.flood_limit}/{limits.flood_window:g}s per room; {tokens}"
         + (f"; CA certificate in {tls.ca_path}" if tls is not None and tls.ca_path else "")
     )
 

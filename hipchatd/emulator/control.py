@@ -45,10 +45,10 @@ def faults(ex: Exchange) -> Response:
     site = ex.site
     change = parse_faults(parse_v2_body("application/json", ex.request.body, parse_form=False))
     if change.latency is not None:
-        site.faults.latency = change.latency
+        site.latency = change.latency
     if change.fail is not None:
         site.faults.fail_next(*change.fail)
-    site.limiter.set_limits(rate_limit=change.rate_limit, flood_limit=change.flood_limit)
+    site.limits.set_limits(rate_limit=change.rate_limit, flood_limit=change.flood_limit)
     if change.down_for:
         # Down before answering: this control request is served all the same.
         site.faults.go_down_for(change.down_for)
@@ -56,10 +56,10 @@ def faults(ex: Exchange) -> Response:
         site.faults.set_down(False)
     fail_count, fail_status = site.faults.pending_failure
     state = {
-        "latency": site.faults.latency,
+        "latency": site.latency,
         "fail_next": {"count": fail_count, "status": fail_status},
-        "rate_limit": site.limiter.rate_limit,
-        "flood_limit": site.limiter.flood_limit,
+        "rate_limit": site.limits.rate_limit,
+        "flood_limit": site.limits.flood_limit,
         "down_for": change.down_for or 0,
         "down": site.faults.down,
     }

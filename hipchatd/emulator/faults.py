@@ -1,12 +1,9 @@
-"""Injected faults: latency, failed answers, an outage (``down_for``), and its connections.
+"""Injected faults: failed answers, an outage (``down_for``), and the connections it resets.
 
 An outage is what a client of a dead server sees: every open API connection
 is reset (RST, not FIN), and each new API request is read and its connection
 reset, unanswered and undelivered. The ``/_emulator/*`` control endpoints
 stay up on the same address, so an outage can be watched and ended early.
-``latency`` (and per-room ``room_latency``) delays the handling of a
-request, so a client that gives up during the delay still gets its message
-delivered: the duplicate risk a slow real server poses.
 """
 
 from __future__ import annotations
@@ -96,24 +93,13 @@ def parse_faults(body: Mapping[str, Json]) -> FaultChange:
         fail = (times if times is not None else 1, status if status is not None else 503)
         if not 400 <= fail[1] <= 599:
             raise Reject(ApiError(400, "fail_next.status must be 400-599"))
-    return FaultChange(
-        latency=latency,
-        fail=fail,
-        rate_limit=rate_limit,
-        flood_limit=flood_limit,
-        down_for=down_for,
-        up=up,
-    )
+    return FaultChange(latency, fail, rate_limit, flood_limit, down_for, up)
 
 
 class Faults:
     """The fault switches, and the open connections an outage resets."""
 
     def __init__(self) -> None:
-        #: seconds added before every API answer
-        self.latency = 0.0
-        #: extra seconds before answering requests addressed to a room, by room name
-        self.room_latency: dict[str, float] = {}
         self.connections: set[Connection] = set()
         self._fail_count = 0
         self._fail_status = 503
@@ -152,10 +138,9 @@ class Faults:
         self._fail_count -= 1
         return ApiError(self._fail_status, status_phrase(self._fail_status))
 
-    def clear(self, latency: float) -> None:
-        """End every fault (an outage too); latency goes back to ``latency``."""
+    def clear(self) -> None:
+        """End the injected failures and an outage."""
         self._fail_count, self._fail_status = 0, 503
-        self.latency = latency
         self.come_up()
 
     def set_down(self, down: bool) -> None:

@@ -19,7 +19,7 @@ from hipchatd import __version__
 from hipchatd.emulator import api
 from hipchatd.emulator.faults import Connection, socket_of
 from hipchatd.emulator.limits import Call, Limiter
-from hipchatd.emulator.records import ReceivedMessage, RequestRecord
+from hipchatd.emulator.records import ReceivedMessage
 from hipchatd.emulator.rooms import Rooms
 from hipchatd.emulator.site import Site
 from hipchatd.emulator.validation import Rules
@@ -44,21 +44,18 @@ DEFAULT_PORT = 8780
 
 #: The request loop's bounds for the emulator (see the constants above).
 LIMITS = Limits(
-    max_header_bytes=MAX_HEADER_BYTES,
-    max_body_bytes=MAX_BODY_BYTES,
-    read_timeout=REQUEST_READ_TIMEOUT,
-    idle_timeout=KEEPALIVE_IDLE_TIMEOUT,
-    receive_chunk=RECEIVE_CHUNK,
+    MAX_HEADER_BYTES, MAX_BODY_BYTES, REQUEST_READ_TIMEOUT, KEEPALIVE_IDLE_TIMEOUT, RECEIVE_CHUNK
 )
 _SERVER = f"hipchatd-emulator/{__version__}"
 
 
-class Emulator:
+class Emulator(Site):
     """A HipChat API server holding rooms, recorded messages and fault switches.
 
     Run it with ``await nursery.start(emulator.serve)``; it serves until
     cancelled. All state lives in this object: tests read ``messages`` and
     ``requests`` directly, out-of-process users read ``/_emulator/*``.
+    ``latency`` and ``room_latency`` may be set at any time.
     """
 
     def __init__(
@@ -77,103 +74,57 @@ class Emulator:
         parse_form_v2: bool = False,
         echo: Callable[[str], None] | None = None,
     ) -> None:
-        limiter = Limiter(
+        limits = Limiter(
             rate_limit=rate_limit,
             rate_window=rate_window,
             flood_limit=flood_limit,
             flood_window=flood_window,
             float_reset=float_reset,
         )
-        self._site = Site(
+        super().__init__(
             tokens=tokens,
             rules=Rules(strict_from_25, lenient_notify, parse_form_v2),
             rooms=Rooms(rooms, auto_create=auto_create_rooms, echo=echo),
-            limiter=limiter,
+            limits=limits,
         )
         self._serving = False
-
-    # --- state ---
-
-    @property
-    def url(self) -> str:
-        """The base URL being served (``http://127.0.0.1:PORT``), "" before serving."""
-        return self._site.url
 
     @property
     def messages(self) -> list[ReceivedMessage]:
         """Every accepted message, oldest first."""
-        return self._site.rooms.messages
-
-    @property
-    def requests(self) -> list[RequestRecord]:
-        """Every answered API request, oldest first (control requests are not recorded)."""
-        return self._site.requests
-
-    @property
-    def rooms(self) -> Rooms:
-        """The rooms, by id and by name."""
-        return self._site.rooms
+        return self.rooms.messages
 
     @property
     def auto_create_rooms(self) -> bool:
         """Whether an unknown room is created on first use."""
-        return self._site.rooms.auto_create
+        return self.rooms.auto_create
 
     @auto_create_rooms.setter
     def auto_create_rooms(self, value: bool) -> None:
-        self._site.rooms.auto_create = value
-
-    @property
-    def latency(self) -> float:
-        """Seconds added before every API answer."""
-        return self._site.faults.latency
-
-    @latency.setter
-    def latency(self, seconds: float) -> None:
-        self._site.faults.latency = seconds
-
-    @property
-    def room_latency(self) -> dict[str, float]:
-        """Extra seconds before answering requests addressed to a room, by room name."""
-        return self._site.faults.room_latency
+        self.rooms.auto_create = value
 
     @property
     def rate_limit(self) -> int:
         """Requests per token per rate window."""
-        return self._site.limiter.rate_limit
-
-    @property
-    def flood_limit(self) -> int:
-        """Messages per room (or user) per flood window."""
-        return self._site.limiter.flood_limit
-
-    @property
-    def rate_window(self) -> float:
-        """Seconds of the per-token window."""
-        return self._site.limiter.rate_window
-
-    @property
-    def flood_window(self) -> float:
-        """Seconds of the per-room (or user) window."""
-        return self._site.limiter.flood_window
+        return self.limits.rate_limit
 
     @property
     def down(self) -> bool:
         """Whether API requests are being refused (:meth:`set_down`, ``down_for``)."""
-        return self._site.faults.down
+        return self.faults.down
 
     # --- controls ---
 
     def add_room(self, name: str) -> int:
         """Create a room and return its id (1, 2, ...); an existing name returns its id."""
-        return self._site.rooms.add(name)
+        return self.rooms.add(name)
 
     async def wait_for_messages(self, count: int) -> None:
         """Return once at least ``count`` messages were accepted; wakes on arrival, no polling.
 
         Takes no timeout: wrap it in ``trio.fail_after``.
         """
-        await self._site.rooms.wait_for(count)
+        await self.rooms.wait_for(count)
 
     def fail_next(self, count: int, status: int = 503) -> None:
         """Answer the next ``count`` API requests with ``status`` in the v1/v2 error shape.
@@ -181,11 +132,11 @@ class Emulator:
         Replaces any pending count. The requests are not authenticated, not
         rate counted and deliver nothing.
         """
-        self._site.faults.fail_next(count, status)
+        self.faults.fail_next(count, status)
 
     def set_limits(self, *, rate_limit: int | None = None, flood_limit: int | None = None) -> None:
         """Change the per-token and per-recipient limits; counts so far are kept."""
-        self._site.limiter.set_limits(rate_limit=rate_limit, flood_limit=flood_limit)
+        self.limits.set_limits(rate_limit=rate_limit, flood_limit=flood_limit)
 
     def count_status(self, status: int) -> int:
         """How many recorded requests were answered with ``status``."""
@@ -196,7 +147,7 @@ class Emulator:
 
         An outage (:meth:`set_down`, ``down_for``) is a fault too: it ends.
         """
-        self._site.reset()
+        super().reset()
 
     def set_down(self, down: bool) -> None:
         """Fail every API request as a dead server does (True), or serve again (False).
@@ -211,7 +162,7 @@ class Emulator:
         Going up cancels a pending ``down_for`` return. Raises RuntimeError
         outside :meth:`serve`.
         """
-        self._site.faults.set_down(down)
+        self.faults.set_down(down)
 
     # --- lifecycle ---
 
@@ -233,33 +184,32 @@ class Emulator:
         """
         if self._serving:
             raise RuntimeError("this Emulator is already serving")
-        site = self._site
         sockets = await trio.open_tcp_listeners(port, host=host)
         listeners: list[trio.abc.Listener[trio.abc.Stream]] = list(sockets)
-        site.scheme = "http"
+        self.scheme = "http"
         if ssl_context is not None:
-            site.scheme = "https"
+            self.scheme = "https"
             # https_compatible: HTTPS clients close without close_notify (RFC 2818 §2.2.2).
             listeners = [
                 trio.SSLListener(sock, ssl_context, https_compatible=True) for sock in sockets
             ]
         first = sockets[0].socket
-        site.url = _base_url(site.scheme, first.family, first.getsockname())
-        site.baseline = (site.limiter.rate_limit, site.limiter.flood_limit, site.faults.latency)
-        site.rooms.open()
+        self.url = _base_url(self.scheme, first.family, first.getsockname())
+        self.baseline = (self.limits.rate_limit, self.limits.flood_limit, self.latency)
+        self.rooms.open()
         self._serving = True
         try:
             async with trio.open_nursery() as nursery:
-                site.faults.attach(nursery, site.url)
+                self.faults.attach(nursery, self.url)
                 await nursery.start(trio.serve_listeners, self._handle_connection, listeners)
-                task_status.started(site.url)
+                task_status.started(self.url)
         finally:
             self._serving = False
-            site.faults.attach(None)
+            self.faults.attach(None)
 
     async def _handle_connection(self, stream: trio.abc.Stream) -> None:
         connection = Connection(socket_of(stream))
-        self._site.faults.connections.add(connection)
+        self.faults.connections.add(connection)
         try:
             if isinstance(stream, trio.SSLStream):
                 with trio.move_on_after(REQUEST_READ_TIMEOUT):
@@ -267,12 +217,12 @@ class Emulator:
                     connection.handshaken = True
                 if not connection.handshaken:
                     return  # a slow or silent TLS client: close without an answer
-            handler = _ConnectionHandler(self._site, connection)
+            handler = _ConnectionHandler(self, connection)
             await serve_connection(stream, handler, LIMITS, server=_SERVER)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client failed the TLS handshake or went away during it
         finally:
-            self._site.faults.connections.discard(connection)
+            self.faults.connections.discard(connection)
             await trio.aclose_forcefully(stream)
 
 
@@ -302,12 +252,12 @@ class _ConnectionHandler:
         if head is None or target is None:
             # A raw space in a room name failed with 400 on HipChat too (S52, S54).
             response = error_response("v2", ApiError(status, status_phrase(status)))
-            site.limiter.decorate(Call("v2"), response)
+            site.limits.decorate(Call("v2"), response)
             return response
         call = Call(target.api)
         response = error_response(call.api, ApiError(status, "Request body is over 1 MiB"))
         if not target.control:
-            site.limiter.decorate(call, response)
+            site.limits.decorate(call, response)
             site.record(head.method, target.path, response.status, None)
         return response
 
@@ -326,7 +276,7 @@ class _ConnectionHandler:
             return api.answer_control(site, request, target)
         if site.faults.down:
             return None
-        delay = site.faults.latency + api.room_delay(site, request, target)
+        delay = site.latency + api.room_delay(site, request, target)
         if delay > 0:
             await trio.sleep(delay)
         if site.faults.down or self._connection.dropped:

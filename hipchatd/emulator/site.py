@@ -24,21 +24,27 @@ class Site:
     """The emulated HipChat: tokens, rules, rooms and messages, limits, faults, request log."""
 
     def __init__(
-        self, *, tokens: Iterable[str], rules: Rules, rooms: Rooms, limiter: Limiter
+        self, *, tokens: Iterable[str], rules: Rules, rooms: Rooms, limits: Limiter
     ) -> None:
         self.tokens = frozenset(tokens)
         if "" in self.tokens:
             raise ValueError("tokens must be non-empty strings")
         self.rules = rules
         self.rooms = rooms
-        self.limiter = limiter
+        self.limits = limits
         self.faults = Faults()
+        #: Seconds added before every API answer. Like ``room_latency`` (extra
+        #: seconds for requests addressed to a room, by room name), it delays the
+        #: handling of a request, so a client that gives up during the delay still
+        #: gets its message delivered: the duplicate risk a slow real server poses.
+        self.latency = 0.0
+        self.room_latency: dict[str, float] = {}
         self.requests: list[RequestRecord] = []
         #: the scheme and base URL serving started with
         self.scheme = "http"
         self.url = ""
         #: rate limit, flood limit and latency when serving started, restored by reset()
-        self.baseline = (limiter.rate_limit, limiter.flood_limit, 0.0)
+        self.baseline = (limits.rate_limit, limits.flood_limit, 0.0)
 
     def token_ok(self, token: str | None) -> bool:
         """Whether ``token`` is accepted: any non-empty one in open mode."""
@@ -54,10 +60,11 @@ class Site:
         """Clear messages, requests, counts and faults (an outage ends); rooms stay."""
         self.rooms.messages.clear()
         self.requests.clear()
-        self.limiter.clear()
+        self.limits.clear()
         rate_limit, flood_limit, latency = self.baseline
-        self.limiter.rate_limit, self.limiter.flood_limit = rate_limit, flood_limit
-        self.faults.clear(latency)
+        self.limits.rate_limit, self.limits.flood_limit = rate_limit, flood_limit
+        self.latency = latency
+        self.faults.clear()
 
     def base(self, request: Request) -> str:
         """The scheme and host the client used, for links; the served URL if Host is odd."""

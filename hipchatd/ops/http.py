@@ -70,11 +70,7 @@ _ALLOWED = ("GET", "HEAD")
 
 #: The request loop's bounds for this server (see the constants above).
 LIMITS = Limits(
-    max_header_bytes=MAX_HEADER_BYTES,
-    max_body_bytes=MAX_BODY_BYTES,
-    read_timeout=REQUEST_READ_TIMEOUT,
-    idle_timeout=KEEPALIVE_IDLE_TIMEOUT,
-    receive_chunk=RECEIVE_CHUNK,
+    MAX_HEADER_BYTES, MAX_BODY_BYTES, REQUEST_READ_TIMEOUT, KEEPALIVE_IDLE_TIMEOUT, RECEIVE_CHUNK
 )
 
 
