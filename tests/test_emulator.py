@@ -44,6 +44,7 @@ from hipchatd.emulator import (
     Reject,
     TLSUnavailable,
     add_arguments,
+    add_parser,
     decode_segment,
     echo_line,
     match_route,
@@ -1534,6 +1535,14 @@ async def _read_line(stream: trio.abc.ReceiveStream, buffer: bytearray) -> str:
     line, _, rest = bytes(buffer).partition(b"\n")
     buffer[:] = rest
     return line.decode()
+
+
+def test_add_parser_adds_the_emulator_subcommand() -> None:
+    """``hipchatd emulator`` is the one line ``add_parser(sub)`` in the top command line."""
+    parser = argparse.ArgumentParser(prog="hipchatd")
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["emulator", "--port", "9", "--token", "t", "--tls"])
+    assert (args.command, args.port, args.tokens, args.tls) == ("emulator", 9, ["t"], True)
 
 
 @pytest.mark.parametrize("tokens", [["--token", "cli-secret"], []])
