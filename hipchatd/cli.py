@@ -121,8 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_argument(send)
     sendevent.add_arguments(send, port_type=_port)
 
-    emu = sub.add_parser("emulator", help="run the HipChat API emulator")
-    emulator.add_arguments(emu)
+    emulator.add_parser(sub)
     return parser
 
 

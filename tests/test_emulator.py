@@ -41,9 +41,10 @@ from hipchatd.emulator import (
     Emulator,
     FixedWindow,
     ReceivedMessage,
+    Reject,
     TLSUnavailable,
-    _Reject,
     add_arguments,
+    add_parser,
     decode_segment,
     echo_line,
     match_route,
@@ -54,6 +55,13 @@ from hipchatd.emulator import (
     v1_error_body,
     v1_json,
     validate_v1_message,
+)
+from hipchatd.emulator.api import NOT_FOUND_TEXT, ROUTES
+from hipchatd.emulator.server import (
+    KEEPALIVE_IDLE_TIMEOUT,
+    MAX_BODY_BYTES,
+    MAX_HEADER_BYTES,
+    REQUEST_READ_TIMEOUT,
 )
 from hipchatd.ops import probe
 
@@ -153,6 +161,20 @@ def test_match_route() -> None:
     assert match_route(("v2", "room", "a", "b", "notification")) is None
 
 
+def test_every_route_holds_a_handler_and_matches_its_own_pattern() -> None:
+    """The table is the dispatch: each entry names its handler; a path built from it finds it."""
+    for endpoint in ROUTES:
+        assert callable(endpoint.handler), endpoint.name
+        segments = tuple("x" if part == "*" else part for part in endpoint.pattern)
+        route = match_route(segments)
+        assert route is not None, endpoint.name
+        assert route.endpoint == endpoint
+        assert route.param == ("x" if "*" in endpoint.pattern else None)
+    controls = {endpoint.name for endpoint in ROUTES if endpoint.control}
+    assert controls == {"admin_messages", "admin_requests", "admin_faults", "admin_reset"}
+    assert all(endpoint.pattern[0] in ("v1", "v2") for endpoint in ROUTES if not endpoint.control)
+
+
 def test_py2_repr_matches_the_servers_messages() -> None:
     assert py2_repr("Red") == "u'Red'"
     assert py2_repr("Café") == "u'Caf\\xe9'"
@@ -198,7 +220,7 @@ def test_v1_from_rules(sender: str, ok: bool) -> None:
     if ok:
         assert validate_v1_message(params).sender == sender
     else:
-        with pytest.raises(_Reject):
+        with pytest.raises(Reject):
             validate_v1_message(params)
 
 
@@ -1400,6 +1422,81 @@ async def test_unknown_path_is_404_in_v2_shape(emu: Emulator, client: httpx.Asyn
     assert admin.status_code == 404
 
 
+async def test_every_api_endpoint_is_answered_by_its_handler(
+    emu: Emulator, client: httpx.AsyncClient
+) -> None:
+    """No entry of the route table falls through to 404 or 405."""
+    statuses: dict[str, int] = {}
+    with trio.fail_after(10):
+        for endpoint in ROUTES:
+            if endpoint.control:
+                continue
+            path = "/".join("sensu" if part == "*" else part for part in endpoint.pattern)
+            url = f"{emu.url}/{path}?auth_token={TOKEN}"
+            response = await client.request(endpoint.methods[0], url)
+            statuses[endpoint.name] = response.status_code
+    assert all(status not in (404, 405) for status in statuses.values()), statuses
+    assert statuses["v2_room_get"] == 200
+    assert statuses["v2_notification"] == 400  # no message: the handler validated it
+
+
+async def test_unknown_path_under_v1_is_404_in_v1_shape(
+    emu: Emulator, client: httpx.AsyncClient
+) -> None:
+    with trio.fail_after(10):
+        response = await client.get(f"{emu.url}/v1/rooms/nothing?auth_token={TOKEN}")
+    assert response.status_code == 404
+    assert response.content == v1_error_body(ApiError(404, NOT_FOUND_TEXT))
+    assert "X-RateLimit-Remaining" in response.headers
+
+
+async def test_oversized_headers_get_431_in_v2_shape(emu: Emulator) -> None:
+    big = b"X-Big: " + b"a" * MAX_HEADER_BYTES + b"\r\n"
+    with trio.fail_after(10):
+        answer = await raw_exchange(emu, b"GET /v2/room HTTP/1.1\r\nHost: x\r\n" + big)
+    assert answer.startswith(b"HTTP/1.1 431 ")
+    assert b'"code": 431' in answer
+    assert emu.requests == []
+
+
+async def test_oversized_chunked_body_gets_413(emu: Emulator) -> None:
+    head = (
+        b"POST /v2/room/sensu/notification HTTP/1.1\r\nHost: x\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    size = MAX_BODY_BYTES + 1
+    chunk = f"{size:x}\r\n".encode() + b"a" * size + b"\r\n"
+    with trio.fail_after(10):
+        answer = await raw_exchange(emu, head + chunk)
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert emu.requests[-1].status == 413
+    assert emu.messages == []
+
+
+@pytest.mark.parametrize(
+    ("sent", "timeout"),
+    [
+        pytest.param(b"", KEEPALIVE_IDLE_TIMEOUT, id="idle"),
+        pytest.param(
+            b"POST /v2/room/sensu/notification HTTP/1.1\r\n", REQUEST_READ_TIMEOUT, id="slow"
+        ),
+    ],
+)
+async def test_idle_and_slow_connections_are_closed_unanswered(
+    emu: Emulator, autojump_clock: trio.testing.MockClock, sent: bytes, timeout: float
+) -> None:
+    """Idle: closed after the keep-alive time; a request begun: after the read timeout."""
+    host, port = emu.url.removeprefix("http://").rsplit(":", 1)
+    with trio.fail_after(timeout + 10):
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            await stream.send_all(sent)
+            start = trio.current_time()
+            assert await stream.receive_some(1024) == b""
+    assert trio.current_time() - start == pytest.approx(timeout)
+    assert emu.requests == []
+
+
 # --- command line -------------------------------------------------------------
 
 
@@ -1438,6 +1535,14 @@ async def _read_line(stream: trio.abc.ReceiveStream, buffer: bytearray) -> str:
     line, _, rest = bytes(buffer).partition(b"\n")
     buffer[:] = rest
     return line.decode()
+
+
+def test_add_parser_adds_the_emulator_subcommand() -> None:
+    """``hipchatd emulator`` is the one line ``add_parser(sub)`` in the top command line."""
+    parser = argparse.ArgumentParser(prog="hipchatd")
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["emulator", "--port", "9", "--token", "t", "--tls"])
+    assert (args.command, args.port, args.tokens, args.tls) == ("emulator", 9, ["t"], True)
 
 
 @pytest.mark.parametrize("tokens", [["--token", "cli-secret"], []])

@@ -217,3 +217,26 @@ async def test_connections_over_the_limit_are_closed(
                 assert await second.closed_by_server()
             first.conn.start_next_cycle()
             assert (await first.get("/healthz"))[0] == 200
+
+
+async def test_declared_oversized_body_is_refused_before_it_is_sent(server: Server) -> None:
+    with trio.fail_after(10):
+        raw = await _raw(server)
+        async with raw.stream:
+            headers = [("Host", "x"), ("Content-Length", str(http.MAX_BODY_BYTES + 1))]
+            await raw.send(h11.Request(method="GET", target="/metrics", headers=headers))
+            status, body = await raw.response()
+            assert (status, body) == (413, b"request body too large\n")
+            assert await raw.closed_by_server()
+
+
+async def test_malformed_request_gets_400_and_close(server: Server) -> None:
+    with trio.fail_after(10):
+        raw = await _raw(server)
+        async with raw.stream:
+            await raw.stream.send_all(b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n")
+            reply = b""
+            while chunk := await raw.stream.receive_some(65536):
+                reply += chunk
+    assert reply.startswith(b"HTTP/1.1 400 ")
+    assert reply.endswith(b"\r\n\r\nBad Request\n")

@@ -9,8 +9,9 @@ monitoring probe, enabled by the ``hipchatd.metrics`` setting:
 * ``HEAD`` on both; anything else on them 405, any other path 404.
 
 Connections are kept alive (Prometheus reuses one per target). Every request
-is bounded: headers to :data:`MAX_HEADER_BYTES`, a body (GET needs none; it
-is read and discarded) to :data:`MAX_BODY_BYTES`, a request to
+is bounded (by the request loop of :mod:`hipchatd.http11`): headers to
+:data:`MAX_HEADER_BYTES`, a body (GET needs none; it is read and discarded)
+to :data:`MAX_BODY_BYTES`, a request to
 :data:`REQUEST_READ_TIMEOUT` seconds from its first byte, an idle connection
 to :data:`KEEPALIVE_IDLE_TIMEOUT`, and :data:`MAX_CONNECTIONS` at once.
 Nothing here is authenticated: listen on loopback (the default) or behind
@@ -21,27 +22,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from functools import partial
 
-import h11
 import structlog
 import trio
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from hipchatd import __version__
 from hipchatd.config import Listen
-from hipchatd.http11 import (
-    RequestReader,
-    rejection_status,
-    send_response,
-    start_next_cycle,
-    status_phrase,
-)
+from hipchatd.http11 import Head, Limits, Request, Response, serve_connection, status_phrase
 from hipchatd.metrics import Metrics
 
 __all__ = [
     "KEEPALIVE_IDLE_TIMEOUT",
+    "LIMITS",
     "MAX_BODY_BYTES",
     "MAX_CONNECTIONS",
     "MAX_HEADER_BYTES",
@@ -74,20 +68,10 @@ _JSON = "application/json"
 _TEXT = "text/plain; charset=utf-8"
 _ALLOWED = ("GET", "HEAD")
 
-
-@dataclass(slots=True)
-class _Response:
-    status: int
-    body: bytes = b""
-    content_type: str = _TEXT
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    close: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class _Request:
-    method: str
-    path: str
+#: The request loop's bounds for this server (see the constants above).
+LIMITS = Limits(
+    MAX_HEADER_BYTES, MAX_BODY_BYTES, REQUEST_READ_TIMEOUT, KEEPALIVE_IDLE_TIMEOUT, RECEIVE_CHUNK
+)
 
 
 async def open_http_listeners(listen: Listen) -> list[trio.SocketListener]:
@@ -127,6 +111,8 @@ def _address(listener: trio.SocketListener) -> str:
 
 
 class _Server:
+    """The ops server's :class:`~hipchatd.http11.Handler`: one for all its connections."""
+
     def __init__(self, metrics: Metrics, health: HealthCheck) -> None:
         self._metrics = metrics
         self._health = health
@@ -139,104 +125,45 @@ class _Server:
                 return
             self._open += 1
             try:
-                await self._serve_connection(stream)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return  # the client went away
+                await serve_connection(stream, self, LIMITS, server=f"hipchatd/{__version__}")
             finally:
                 self._open -= 1
 
-    async def _serve_connection(self, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
-        while True:
-            request = await _read_request(conn, stream)
-            if request is None:
-                return
-            if isinstance(request, _Response):
-                await _send(conn, stream, request, head=False)
-                return
-            response = self._respond(request)
-            await _send(conn, stream, response, head=request.method == "HEAD")
-            log.debug(
-                "http.request_served",
-                method=request.method,
-                path=request.path,
-                status=response.status,
-            )
-            if not start_next_cycle(conn):
-                return
+    def started(self, head: Head) -> None:
+        """Nothing to do before the body: every request is answered the same way."""
 
-    def _respond(self, request: _Request) -> _Response:
-        if request.path not in ("/metrics", "/healthz"):
-            return _Response(404, b"not found\n")
-        if request.method not in _ALLOWED:
-            return _Response(405, b"method not allowed\n", headers=[("Allow", ", ".join(_ALLOWED))])
-        if request.path == "/metrics":
-            return _Response(
+    def refused(self, status: int, head: Head | None) -> Response:
+        """A short text answer naming the refusal."""
+        text = "request body too large" if status == 413 else status_phrase(status)
+        return Response(status, f"{text}\n".encode(), _TEXT)
+
+    async def respond(self, request: Request) -> Response:
+        """The answer to one request, logged at DEBUG."""
+        path = request.target.decode("ascii", "replace").partition("?")[0]
+        response = self._answer(request.method, path)
+        log.debug("http.request_served", method=request.method, path=path, status=response.status)
+        return response
+
+    def _answer(self, method: str, path: str) -> Response:
+        if path not in ("/metrics", "/healthz"):
+            return Response(404, b"not found\n", _TEXT)
+        if method not in _ALLOWED:
+            allow = [("Allow", ", ".join(_ALLOWED))]
+            return Response(405, b"method not allowed\n", _TEXT, allow)
+        if path == "/metrics":
+            return Response(
                 200,
                 generate_latest(self._metrics.registry),
-                content_type=CONTENT_TYPE_LATEST,
-                headers=[("Cache-Control", "no-store")],
+                CONTENT_TYPE_LATEST,
+                [("Cache-Control", "no-store")],
             )
         healthy, reason = self._health()
         document: dict[str, str] = (
             {"status": "ok"} if healthy else {"status": "unavailable", "reason": reason}
         )
-        return _Response(
+        return Response(
             200 if healthy else 503,
             json.dumps(document).encode() + b"\n",
-            content_type=_JSON,
-            headers=[("Cache-Control", "no-store")],
+            _JSON,
+            [("Cache-Control", "no-store")],
         )
-
-
-async def _read_request(
-    conn: h11.Connection, stream: trio.SocketStream
-) -> _Request | _Response | None:
-    """One request; a _Response means answer it and close, None means just close."""
-    started: h11.Request | None = None
-    body_bytes = 0
-    with trio.move_on_after(KEEPALIVE_IDLE_TIMEOUT) as scope:
-        reader = RequestReader(
-            conn, stream, scope, read_timeout=REQUEST_READ_TIMEOUT, chunk=RECEIVE_CHUNK
-        )
-        while True:
-            try:
-                event = await reader.next_event()
-            except h11.RemoteProtocolError as exc:
-                return _protocol_error(conn, exc)
-            if isinstance(event, h11.Request):
-                started = event
-            elif isinstance(event, h11.Data):
-                body_bytes += len(event.data)
-                if body_bytes > MAX_BODY_BYTES:
-                    return _Response(413, b"request body too large\n", close=True)
-            elif isinstance(event, h11.EndOfMessage):
-                assert started is not None
-                method = started.method.decode("ascii", "replace")
-                target = started.target.decode("ascii", "replace")
-                return _Request(method, target.partition("?")[0])
-            else:  # ConnectionClosed
-                return None
-    log.debug("http.connection_closed", reason="request too slow" if reader.started else "idle")
-    return None
-
-
-def _protocol_error(conn: h11.Connection, exc: h11.RemoteProtocolError) -> _Response | None:
-    status = rejection_status(conn, exc)
-    if status is None:
-        return None
-    return _Response(status, f"{status_phrase(status)}\n".encode(), close=True)
-
-
-async def _send(
-    conn: h11.Connection, stream: trio.SocketStream, response: _Response, *, head: bool
-) -> None:
-    headers = [
-        ("Server", f"hipchatd/{__version__}"),
-        ("Content-Type", response.content_type),
-        ("Content-Length", str(len(response.body))),
-        *response.headers,
-    ]
-    if response.close:
-        headers.append(("Connection", "close"))
-    await send_response(conn, stream, response.status, headers, b"" if head else response.body)
