@@ -109,6 +109,14 @@ class Handler(Protocol):
     async def respond(self, request: Request) -> Response | None:
         """The answer to ``request``; None ends the connection unanswered."""
 
+    def failed(self, request: Request) -> Response:
+        """The answer when :meth:`respond` raised: a bug, reported by the handler.
+
+        Called inside the ``except`` block, so the handler can log the
+        traceback; the loop sends the answer and ends the connection. Other
+        connections are served as before.
+        """
+
 
 async def serve_connection(
     stream: trio.abc.Stream, handler: Handler, limits: Limits, *, server: str
@@ -117,8 +125,9 @@ async def serve_connection(
 
     Returns when the client closes, goes idle past ``limits.idle_timeout``,
     is too slow, goes away, or sends a request that ends the connection; it
-    does not close ``stream`` (the caller does). Exceptions from ``handler``
-    propagate.
+    does not close ``stream`` (the caller does). The loop is the fault
+    boundary of one request: an exception from ``handler.respond`` is
+    answered with ``handler.failed`` and ends that connection only.
     """
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
     try:
@@ -131,7 +140,11 @@ async def serve_connection(
                 await _send(conn, stream, outcome, server, head=False)
                 await _linger(stream, limits)
                 return
-            response = await handler.respond(outcome)
+            try:
+                response = await handler.respond(outcome)
+            except Exception:
+                response = handler.failed(outcome)
+                response.close = True
             if response is None:
                 return
             await _send(conn, stream, response, server, head=outcome.method == "HEAD")

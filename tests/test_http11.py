@@ -6,6 +6,7 @@ and the emulator's), so neither loses a bound it had when the loop was its own.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -40,6 +41,10 @@ class Recorder:
     unanswered: bool = False
     #: whether refused() answers (else it sends nothing)
     answer_refusals: bool = True
+    #: respond() raises, as a bug would
+    broken: bool = False
+    #: the requests failed() was asked to answer, with the exception being handled
+    failures: list[tuple[Request, BaseException | None]] = field(default_factory=list)
 
     def started(self, head: Head) -> None:
         self.heads.append(head)
@@ -50,11 +55,17 @@ class Recorder:
 
     async def respond(self, request: Request) -> Response | None:
         self.requests.append(request)
+        if self.broken:
+            raise RuntimeError("a bug in the handler")
         if self.unanswered:
             return None
         if self.answer is not None:
             return self.answer
         return Response(200, b"echo:" + request.body, "text/plain")
+
+    def failed(self, request: Request) -> Response:
+        self.failures.append((request, sys.exc_info()[1]))
+        return Response(500, b"failed\n", "text/plain")
 
 
 @dataclass
@@ -332,3 +343,27 @@ async def test_expect_100_continue_is_answered_before_the_body() -> None:
             rest = await loop.stream.receive_some(65536)
     assert rest.startswith(b"HTTP/1.1 200 ")
     assert handler.requests[0].body == b"data"
+
+
+@SERVERS
+async def test_a_handler_that_raises_gets_500_and_only_its_connection_ends(
+    limits: Limits,
+) -> None:
+    """The loop is one request's fault boundary: the bug is answered, nothing else stops."""
+    broken = Recorder(broken=True)
+    with trio.fail_after(10):
+        async with serving(broken, limits) as loop:
+            await loop.request("GET", "/metrics")
+            response, body = await loop.response()
+            assert await loop.rest() == b""  # the connection ended after the answer
+            await loop.done.wait()
+        # The next connection is served as before.
+        async with serving(Recorder(), limits) as loop:
+            await loop.request("POST", "/", b"next")
+            _, after = await loop.response()
+    assert (response.status_code, body) == (500, b"failed\n")
+    assert _header(response, b"connection") == b"close"
+    [(request, exc)] = broken.failures
+    assert request.target == b"/metrics"
+    assert isinstance(exc, RuntimeError)
+    assert after == b"echo:next"

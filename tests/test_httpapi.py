@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import h11
 import httpx
@@ -13,6 +14,7 @@ import trio
 import trio.testing
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
 
 from hipchatd.config import Listen
 from hipchatd.metrics import Metrics
@@ -240,3 +242,26 @@ async def test_malformed_request_gets_400_and_close(server: Server) -> None:
                 reply += chunk
     assert reply.startswith(b"HTTP/1.1 400 ")
     assert reply.endswith(b"\r\n\r\nBad Request\n")
+
+
+async def test_a_bug_while_answering_is_counted_and_answered_500(
+    server: Server, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ops server's fault boundary: one ERROR line, one count, a 500; it keeps serving."""
+    real = http._Server._answer
+
+    def broken(self: Any, method: str, path: str) -> Any:
+        if path == "/healthz":
+            raise RuntimeError("a bug while answering")
+        return real(self, method, path)
+
+    monkeypatch.setattr(http._Server, "_answer", broken)
+    with trio.fail_after(10), capture_logs() as logs:
+        failed = await client.get(f"{server.url}/healthz")
+        metrics = await client.get(f"{server.url}/metrics")
+    assert failed.status_code == 500
+    assert metrics.status_code == 200
+    samples = _samples(metrics.text)
+    assert samples[("hipchatd_internal_errors_total", (("where", "http"),))] == 1.0
+    [line] = [entry for entry in logs if entry["event"] == "internal_error.caught"]
+    assert (line["where"], line["log_level"]) == ("http", "error")

@@ -13,6 +13,7 @@ import ssl
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import structlog
 import trio
 
 from hipchatd import __version__
@@ -25,6 +26,8 @@ from hipchatd.emulator.site import Site
 from hipchatd.emulator.validation import Rules
 from hipchatd.emulator.wire import ApiError, error_response, split_target
 from hipchatd.http11 import Head, Limits, Request, Response, serve_connection, status_phrase
+
+log = structlog.get_logger()
 
 #: Request bodies above this get 413; a Sensu event message is a few KiB.
 MAX_BODY_BYTES = 1024 * 1024
@@ -268,6 +271,11 @@ class _ConnectionHandler:
         if response is None:
             self._connection.drop()
         return response
+
+    def failed(self, request: Request) -> Response:
+        """A bug in the emulator: logged with its traceback, answered 500 in the v2 shape."""
+        log.error("emulator.request_failed", method=request.method, exc_info=True)
+        return error_response("v2", ApiError(500, "Internal Server Error"))
 
     async def _answer(self, request: Request) -> Response | None:
         site = self._site

@@ -28,7 +28,7 @@ import structlog
 import trio
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from hipchatd import __version__
+from hipchatd import __version__, boundary
 from hipchatd.config import Listen
 from hipchatd.http11 import Head, Limits, Request, Response, serve_connection, status_phrase
 from hipchatd.metrics import Metrics
@@ -143,6 +143,11 @@ class _Server:
         response = self._answer(request.method, path)
         log.debug("http.request_served", method=request.method, path=path, status=response.status)
         return response
+
+    def failed(self, request: Request) -> Response:
+        """A bug while answering: reported at its fault boundary, answered 500."""
+        boundary.caught(self._metrics, "http", method=request.method)
+        return Response(500, b"internal error\n", _TEXT)
 
     def _answer(self, method: str, path: str) -> Response:
         if path not in ("/metrics", "/healthz"):
