@@ -51,7 +51,7 @@ TRANSPORTS = ("tcp", "udp")
 #: The labels of EVENTS_REJECTED: one per RejectReason, in its order.
 REJECT_REASONS: Final = tuple(RejectReason)
 #: Where a fault boundary caught an unexpected exception (a bug, counted and survived).
-INTERNAL_ERROR_PLACES = ("frame", "datagram", "connection", "lane", "spool", "http")
+INTERNAL_ERROR_PLACES = ("frame", "datagram", "connection", "lane", "http")
 #: The labels of NOTIFICATIONS_FAILED: every OutcomeKind but SENT, in its order.
 FAILURE_REASONS: Final = tuple(kind.value for kind in OutcomeKind if kind is not OutcomeKind.SENT)
 
