@@ -675,7 +675,7 @@ async def test_room_lookup_links_self_is_postable(emu: Emulator, client: httpx.A
 async def test_room_list_and_405s(emu: Emulator, client: httpx.AsyncClient) -> None:
     with trio.fail_after(10):
         listing = await client.get(f"{emu.url}/v2/room", headers=AUTH)
-        # S49: an unencoded '#' cut the POST down to /v2/room/, which answered 405.
+        # An unencoded '#' cut the POST down to /v2/room/: 405 (docs/hipchat-api.md §5).
         cut = await client.post(f"{emu.url}/v2/room/", json={"message": "x"}, headers=AUTH)
         wrong_method = await client.get(f"{emu.url}/v2/room/sensu/notification", headers=AUTH)
     assert [item["name"] for item in listing.json()["items"]] == ["sensu", "ops"]
@@ -1390,7 +1390,7 @@ async def test_oversized_body_gets_413(emu: Emulator) -> None:
 
 
 async def test_raw_space_in_path_is_400(emu: Emulator) -> None:
-    """HipChat answered 400 to an unencoded space (S52); h11 refuses the request line."""
+    """HipChat answered 400 to a raw space (docs/hipchat-api.md §5); h11 refuses the line."""
     with trio.fail_after(10):
         answer = await raw_exchange(
             emu, b"POST /v2/room/my room/notification HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -1582,7 +1582,7 @@ async def test_run_prints_startup_and_echo_lines_and_exits_0_on_sigterm(
 
 # --- HTTPS ----------------------------------------------------------------------
 
-#: HypChat picks a JSON object's class by matching its links.self (S12, restobject.py).
+#: HypChat picks a JSON object's class by matching its links.self (docs/hipchat-api.md §9).
 HYPCHAT_ROOM = re.compile(r"https://[^/]+/v2/room/[^/]+$")
 HYPCHAT_USER = re.compile(r"https://[^/]+/v2/user/[^/]+$")
 HYPCHAT_ROOMS = re.compile(r"https://[^/]+/v2/room$")

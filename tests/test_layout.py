@@ -7,6 +7,7 @@ them). Lazy imports inside functions count as much as those at the top.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -125,3 +126,79 @@ def test_one_owner_per_foreign_library(library: str, owner: str) -> None:
         if any(name.split(".")[0] == library for _, name in _imports(module)):
             importers.append(relative)
     assert importers == []
+
+
+# --- Citations: every reference in the code resolves inside the repository ---
+
+ROOT = PACKAGE.parent
+#: The page a bare section number or source id means, in a module that names it.
+API_DOC = "docs/hipchat-api.md"
+#: ``docs/<file>.md §N``, ``RFC <n> §N`` or a bare ``§N``, each with an optional ``qN``.
+_SECTION_CITE = re.compile(
+    r"(?:(RFC \d+) |`{0,2}(docs/[\w.-]+\.md)`{0,2}\s*)?§(\d+(?:\.\d+)*)(?: q(\d+))?"
+)
+_SOURCE_ID = re.compile(r"\bS\d+b?\b")
+#: Citations of reference pages outside the repository.
+_OUTSIDE = re.compile(r"(?<![\w/])(?:hipchat-api|sensu)\.md|reference\s+§|shared/referenc[e]")
+_HEADING = re.compile(r"^#{2,} (\d+(?:\.\d+)*)\.? ", re.MULTILINE)
+_QUESTION_ROW = re.compile(r"^\| q(\d+) \|", re.MULTILINE)
+_SOURCE_ENTRY = re.compile(r"^- (S\d+b?) (.*)$", re.MULTILINE)
+
+
+def _cited_files() -> Iterator[Path]:
+    for folder in ("hipchatd", "tests", "bench"):
+        yield from sorted((ROOT / folder).rglob("*.py"))
+
+
+def _anchors(page: str) -> tuple[set[str], set[str], dict[str, str]]:
+    """A docs page's section numbers, open-question numbers and sources (id -> entry)."""
+    text = (ROOT / page).read_text(encoding="utf-8")
+    sources = dict(_SOURCE_ENTRY.findall(text))
+    return set(_HEADING.findall(text)), set(_QUESTION_ROW.findall(text)), sources
+
+
+def _unresolved(where: str, text: str, names_api_doc: bool) -> Iterator[str]:
+    for match in _SECTION_CITE.finditer(text):
+        rfc, page, section, question = match.groups()
+        if rfc is not None:
+            continue
+        if page is None:
+            if not names_api_doc:
+                yield f"{where}: bare {match.group(0)!r} in a file that names no docs page"
+                continue
+            page = API_DOC
+        if not (ROOT / page).is_file():
+            yield f"{where}: {match.group(0)!r} names a missing page"
+            continue
+        sections, questions, _ = _anchors(page)
+        if section not in sections:
+            yield f"{where}: {match.group(0)!r} names no section of {page}"
+        elif question is not None and question not in questions:
+            yield f"{where}: {match.group(0)!r} names no open question of {page}"
+    sources = _anchors(API_DOC)[2]
+    for match in _SOURCE_ID.finditer(text):
+        if not names_api_doc:
+            yield f"{where}: source id {match.group(0)} in a file that names no docs page"
+        elif match.group(0) not in sources:
+            yield f"{where}: source id {match.group(0)} is not listed in {API_DOC}"
+
+
+def test_code_citations_resolve_inside_the_repository() -> None:
+    """Every ``docs/<file>.md §N`` (and bare section, question or source id) resolves."""
+    problems = []
+    for path in _cited_files():
+        where = path.relative_to(ROOT).as_posix()
+        text = path.read_text(encoding="utf-8")
+        problems += _unresolved(where, text, API_DOC in text)
+        problems += [f"{where}: cites {m.group(0)!r}" for m in _OUTSIDE.finditer(text)]
+    assert problems == []
+
+
+def test_api_page_resolves_its_own_references() -> None:
+    """The page's own section and source references resolve; each source has a public address."""
+    text = (ROOT / API_DOC).read_text(encoding="utf-8")
+    problems = list(_unresolved(API_DOC, text, names_api_doc=True))
+    for source, entry in _anchors(API_DOC)[2].items():
+        if "https://" not in entry:
+            problems.append(f"{API_DOC}: {source} has no public address")
+    assert problems == []

@@ -81,7 +81,7 @@ async def test_check_online_wrong_token(emu: Emulator, api_version: str, reason:
 
 
 async def test_check_online_reports_a_room_error_and_goes_on(emu: Emulator) -> None:
-    """HipChat's auth_test checks token and method (reference §2); a room error still shows."""
+    """auth_test checks token and method (docs/hipchat-api.md §2); a room error still shows."""
     emu.fail_next(1, 404)
     out = io.StringIO()
     with trio.fail_after(10):

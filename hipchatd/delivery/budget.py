@@ -5,7 +5,7 @@ minutes on HipChat Cloud, 100 for HipChat Server user tokens) and each room
 or user to 30 messages per minute (flood control). It reports both on every
 response: ``X-Ratelimit-Limit/-Remaining/-Reset`` for the token and
 ``X-FloodControl-*`` for the recipient, resets as absolute Unix times that
-may be integers or floats (reference §6). :class:`RateBudget` keeps one
+may be integers or floats (docs/hipchat-api.md §6). :class:`RateBudget` keeps one
 *family* for the token and one per key (a room name, or ``"user:<id>"``),
 and a request may go out only when both its families allow it.
 

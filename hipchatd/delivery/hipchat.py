@@ -106,7 +106,7 @@ _SPACE = re.compile(r"\s+")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-# v1 has no private-message method (reference §13 lists only v2's); refuse
+# v1 has no private-message method (docs/hipchat-api.md §13); refuse
 # without a request so a misconfiguration reads as what it is.
 _V1_HAS_NO_USER_MESSAGES = Outcome(
     OutcomeKind.BAD_REQUEST,
@@ -117,7 +117,7 @@ _V1_HAS_NO_USER_MESSAGES = Outcome(
 def room_path(name: str) -> str:
     """Percent-encode a room name (or user id / e-mail) as a single path segment.
 
-    Nothing is left unescaped (reference §5): ``my room`` -> ``my%20room``,
+    Nothing is left unescaped (docs/hipchat-api.md §5): ``my room`` -> ``my%20room``,
     ``ops/alerts`` -> ``ops%2Falerts``, ``#x`` -> ``%23x``, ``a+b`` -> ``a%2Bb``,
     ``Café`` -> ``Caf%C3%A9``. HipChat decodes the segment exactly once.
     """
@@ -168,7 +168,7 @@ class HipChatClient:
         base = httpx.URL(settings.server_url)
         self._origin = base.copy_with(raw_path=b"/", fragment=None)
         # Keep a path prefix (HipChat Server behind a proxy) but never double the
-        # slash: HipChat does not collapse "//" (reference §11 q10).
+        # slash: HipChat does not collapse "//" (docs/hipchat-api.md §11 q10).
         self._prefix = base.raw_path.partition(b"?")[0].rstrip(b"/")
         #: header name (lower case) -> (Unix time of its last WARNING, suppressed since).
         self._warned: dict[str, tuple[float, int]] = {}
@@ -220,7 +220,7 @@ class HipChatClient:
     async def auth_test(self, target: Target) -> Outcome:
         """Ask HipChat whether the token may post to ``target``, without posting.
 
-        v2 sends the real request with ``?auth_test=true`` (reference §2):
+        v2 sends the real request with ``?auth_test=true`` (docs/hipchat-api.md §2):
         HipChat checks token, scope and recipient and answers 202 instead of
         delivering. v1 documents no such answer; ``auth_test=true`` in the
         ``rooms/message`` form is the nearest equivalent. Should a server

@@ -45,11 +45,11 @@ __all__ = [
 #: HipChat rejects longer messages with 400 (v1 and v2).
 MAX_MESSAGE_CHARS = 10_000
 
-#: v1 ``from``: the server's own error says "between 1 and 15 characters" (hipchat-api.md §11 q2).
+#: v1 ``from``: HipChat's error says "between 1 and 15 characters" (docs/hipchat-api.md §11 q2).
 V1_SENDER_MAX_CHARS = 15
 #: v2 ``from``: 0-64 characters in the later API documentation (0-25 in 2015).
 V2_SENDER_MAX_CHARS = 64
-#: v1 ``from`` may hold letters, digits, ``-``, ``_`` and spaces (hipchat-api.md §3.1).
+#: v1 ``from`` may hold letters, digits, ``-``, ``_`` and spaces (docs/hipchat-api.md §3.1).
 _V1_SENDER_DROP = re.compile(r"[^A-Za-z0-9 _-]+")
 #: the integration's default ``username``; used when nothing printable is left for v1.
 DEFAULT_SENDER = "sensu"
@@ -72,8 +72,9 @@ _STATUS_WORDS: dict[Severity, str] = {
     "critical": "CRITICAL",
     "unknown": "UNKNOWN",
 }
-#: Colours as the community handlers use them, with unknown gray like the
-#: in-process extension (sensu.md §7); HipChat accepts lowercase names only.
+#: Colours as the community handlers use them, with unknown gray like the Sensu
+#: in-process extension; HipChat accepts lowercase names only (docs/hipchat-api.md §4.1).
+#: https://github.com/sensu/sensu-community-plugins/blob/73a39dc/extensions/handlers/hipchat.rb
 _SEVERITY_COLORS: dict[Severity, str] = {
     "ok": "green",
     "warning": "yellow",

@@ -2,9 +2,9 @@
 
 HipChat Cloud is gone, so hipchatd's end-to-end tests, and users who want to
 try a configuration, talk to this emulator instead. It enforces the rules in
-``hipchat-api.md`` (the project's HipChat reference); section numbers below
-(§) point into it. Where the reference lists an open question, the emulator
-implements the choice from its §11 table.
+``docs/hipchat-api.md``; section numbers (§) and source ids (S…) below point
+into it. Where that page lists an open question, the emulator implements
+the choice from its §11 table.
 
 Served endpoints (all need a token unless noted):
 
@@ -26,7 +26,7 @@ as HipChat's did: HypChat follows them, and picks a room's class (the one with
 ``notification()``) by matching ``links.self`` against ``https://...`` (S12).
 
 The package, by job (each module's docstring holds its part of the rules,
-and the choices the reference leaves open, marked *[inferred]*):
+and the choices that page leaves open, marked *[inferred]*):
 
 - :mod:`~hipchatd.emulator.server`: :class:`Emulator`, its state, controls and
   lifecycle; its connections are served by the shared loop of

@@ -7,7 +7,8 @@ no endpoint gets 404; a known path with the wrong method gets 405 with
 an API handler runs, the dispatch authenticates the token, applies an
 injected failure and counts the request against the token's rate limit;
 v1 ``auth_test=true`` answers 202 with the v2 body *[inferred]* and
-performs nothing.
+performs nothing. Section numbers (§) and source ids (S…) point into
+``docs/hipchat-api.md``.
 """
 
 from __future__ import annotations

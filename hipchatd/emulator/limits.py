@@ -1,6 +1,6 @@
 """HipChat's rate limit and flood control: fixed windows, refusals, and their headers.
 
-The token limit (§6) counts every authenticated request to a known endpoint,
+The token limit (docs/hipchat-api.md §6) counts every authenticated request to a known endpoint,
 including ones answered 400 or 404 (unknown room) and ``auth_test``; auth
 failures, unknown paths, 405, 406 and injected ``fail_next`` answers do not
 count. Flood control is per room (per user for private messages) and also

@@ -1,4 +1,7 @@
-"""The emulator's world: rooms, the users written to, and the messages accepted."""
+"""The emulator's world: rooms, the users written to, and the messages accepted.
+
+Section numbers (§) and source ids (S…) point into ``docs/hipchat-api.md``.
+"""
 
 from __future__ import annotations
 

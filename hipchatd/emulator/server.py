@@ -253,7 +253,7 @@ class _ConnectionHandler:
             self._connection.drop()
             return None
         if head is None or target is None:
-            # A raw space in a room name failed with 400 on HipChat too (S52, S54).
+            # A raw space in a room name failed with 400 on HipChat too (docs/hipchat-api.md §5).
             response = error_response("v2", ApiError(status, status_phrase(status)))
             site.limits.decorate(Call("v2"), response)
             return response

@@ -70,7 +70,7 @@ class Site:
         """The scheme and host the client used, for links; the served URL if Host is odd."""
         host = request.headers.get("host", "")
         # As HipChat did: clients such as HypChat follow these links, and pick the
-        # room's class by an https:// pattern (S12).
+        # room's class by an https:// pattern (docs/hipchat-api.md §9).
         return f"{self.scheme}://{host}" if _HOST_HEADER.fullmatch(host) else self.url
 
 

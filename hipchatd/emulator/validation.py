@@ -1,7 +1,7 @@
 """HipChat's request rules (pure): field types, lengths, enumerations, required fields.
 
 Each rule raises :class:`Reject` carrying the 400 HipChat gave for it;
-section numbers (§) name the part of HipChat's API these rules come from
+section numbers (§) and source ids (S…) point into ``docs/hipchat-api.md``
 (v1: §3, v2 notification and card: §4, room names: §5, open questions: §11).
 Validation messages other than the two observed ones (notify type, colour
 enumeration) follow the wording of the same schema validator, whose templates

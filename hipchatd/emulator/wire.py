@@ -1,9 +1,9 @@
 """HipChat's wire shapes (pure): request targets, v1 and v2 bodies, error bodies.
 
 v2 bodies are pretty-printed JSON (2-space indent, sorted keys) and errors
-``{"error": {"code", "message", "type", ...}}`` (§4.3). v1 bodies are
-compact JSON with ``/`` escaped as ``\\/``, errors with keys in the order
-code, type, message (§3.2), or XML with ``format=xml``.
+``{"error": {"code", "message", "type", ...}}``; v1 bodies are compact JSON
+with ``/`` escaped as ``\\/``, errors with keys in the order code, type,
+message, or XML with ``format=xml`` (docs/hipchat-api.md §3.2, §4.3).
 """
 
 from __future__ import annotations
