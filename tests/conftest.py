@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -72,15 +74,55 @@ def clean_secrets() -> Iterator[None]:
     logconfig.reset_secrets()
 
 
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    """trio's mock clock, jumping only after 20 ms of real idleness.
+#: Real seconds every task must have waited before the mock clock jumps, while no
+#: worker thread runs: loopback I/O between the tasks of one process is ready by then.
+IO_GRACE = 0.001
+
+
+class ClockHold:
+    """Holds trio's autojumping mock clock still while a worker thread runs.
 
     The spool runs SQLite in a worker thread, and a task waiting on a thread
-    looks idle: with a threshold of 0 the clock would leap ahead while a
-    commit is still running.
+    looks idle to trio: a plain autojumping clock leaps ahead while a commit
+    is still running, unless its threshold covers the slowest commit of a
+    loaded machine (and then every jump costs that much real time). So the
+    clock jumps after IO_GRACE of real idleness, except while a call of
+    ``trio.to_thread.run_sync`` (wrapped by the ``clock_hold`` fixture) is
+    running: then its threshold is infinite until the last thread returned.
     """
-    return trio.testing.MockClock(autojump_threshold=0.02)
+
+    def __init__(self) -> None:
+        self.clock = trio.testing.MockClock(autojump_threshold=IO_GRACE)
+        #: worker threads running now.
+        self.threads = 0
+        #: False for a test that leaves a worker thread stuck on purpose and wants time to go on.
+        self.enabled = True
+
+    async def run_sync(self, run_sync: Callable[..., Awaitable[Any]], *args: Any, **kw: Any) -> Any:
+        self._count(+1)
+        try:
+            return await run_sync(*args, **kw)
+        finally:
+            self._count(-1)
+
+    def _count(self, change: int) -> None:
+        self.threads += change
+        held = self.threads > 0 and self.enabled
+        self.clock.autojump_threshold = math.inf if held else IO_GRACE
+
+
+@pytest.fixture
+def clock_hold(monkeypatch: pytest.MonkeyPatch) -> ClockHold:
+    """A :class:`ClockHold`, told about every ``trio.to_thread.run_sync`` of the test."""
+    hold = ClockHold()
+    monkeypatch.setattr(trio.to_thread, "run_sync", partial(hold.run_sync, trio.to_thread.run_sync))
+    return hold
+
+
+@pytest.fixture
+def autojump_clock(clock_hold: ClockHold) -> trio.testing.MockClock:
+    """trio's mock clock, jumping whenever every task waits and no worker thread runs."""
+    return clock_hold.clock
 
 
 @pytest.fixture

@@ -100,10 +100,9 @@ def table_count(path: Path, table: str) -> int:
 
 
 @pytest.fixture
-def thread_clock() -> MockClock:
-    """Real time: an autojumping clock would jump over SQLite's work on a worker thread
-    (a loaded machine easily takes 50 ms there) straight to the test's ceiling."""
-    return MockClock(rate=1.0)
+def thread_clock(autojump_clock: MockClock) -> MockClock:
+    """The mock clock that never jumps while SQLite works on a worker thread."""
+    return autojump_clock
 
 
 # --- one document per event ------------------------------------------------------------------
