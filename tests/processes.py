@@ -78,19 +78,35 @@ class Child:
 
     def wait_line(self, predicate: Callable[[str], bool], timeout: float = STARTUP) -> str:
         """The first output line (seen so far or later) that satisfies ``predicate``."""
+        return self.wait_lines(predicate, 1, timeout)[0]
+
+    def wait_lines(
+        self, predicate: Callable[[str], bool], count: int, timeout: float = STARTUP
+    ) -> list[str]:
+        """The first ``count`` output lines (seen so far or later) that satisfy ``predicate``.
+
+        Wakes on each new line (no polling); fails after ``timeout`` seconds
+        or once the child has exited and its output is read.
+        """
         deadline = time.monotonic() + timeout
         seen = 0
+        found: list[str] = []
+        if count <= 0:
+            return found
         with self._changed:
             while True:
                 for line in self.lines[seen:]:
                     if predicate(line):
-                        return line
+                        found.append(line)
+                        if len(found) == count:
+                            return found
                 seen = len(self.lines)
                 left = deadline - time.monotonic()
                 if left <= 0 or (self.popen.poll() is not None and not self._reader.is_alive()):
                     raise AssertionError(
-                        f"no such line from hipchatd {' '.join(self.args)} within {timeout:g} s "
-                        f"(exit code {self.popen.poll()}):\n{''.join(self.lines)}"
+                        f"{len(found)} of {count} such lines from hipchatd {' '.join(self.args)} "
+                        f"within {timeout:g} s (exit code {self.popen.poll()}):\n"
+                        + "".join(self.lines)
                     )
                 self._changed.wait(min(left, 0.2))
 
