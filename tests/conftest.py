@@ -205,3 +205,13 @@ async def wait_until(predicate: Callable[[], bool], step: float = 0.05) -> None:
     """Poll ``predicate`` on trio's clock (for state with no event to wait on)."""
     while not predicate():
         await trio.sleep(step)
+
+
+async def until_delivered(emulator: Emulator, predicate: Callable[[], bool]) -> None:
+    """Return once ``predicate`` holds, looking again at each message the emulator accepts.
+
+    For conditions on what was delivered: wakes on arrival, no polling.
+    Takes no timeout: wrap it in ``trio.fail_after``.
+    """
+    while not predicate():
+        await emulator.wait_for_messages(len(emulator.messages) + 1)
