@@ -112,11 +112,15 @@ class ClockHold:
 
 
 @pytest.fixture
-def clock_hold(monkeypatch: pytest.MonkeyPatch) -> ClockHold:
-    """A :class:`ClockHold`, told about every ``trio.to_thread.run_sync`` of the test."""
+def clock_hold() -> Iterator[ClockHold]:
+    """A :class:`ClockHold`, told about every ``trio.to_thread.run_sync`` of the test.
+
+    Its own patch: a test's ``monkeypatch.undo()`` leaves it in place.
+    """
     hold = ClockHold()
-    monkeypatch.setattr(trio.to_thread, "run_sync", partial(hold.run_sync, trio.to_thread.run_sync))
-    return hold
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(trio.to_thread, "run_sync", partial(hold.run_sync, trio.to_thread.run_sync))
+        yield hold
 
 
 @pytest.fixture

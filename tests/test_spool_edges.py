@@ -570,7 +570,7 @@ async def test_a_commit_no_retry_can_fix_ends_run_with_spool_write_error(
 
 
 async def test_the_daemon_refuses_an_event_the_spool_cannot_store_and_goes_on(
-    start_daemon: StartDaemon, emulator: Emulator, tmp_path: Path
+    start_daemon: StartDaemon, emulator: Emulator, tmp_path: Path, thread_clock: MockClock
 ) -> None:
     """The refused event is not accepted; the next one is delivered as itself."""
     with trio.fail_after(30):
@@ -600,7 +600,7 @@ async def test_the_daemon_refuses_an_event_the_spool_cannot_store_and_goes_on(
 
 
 async def test_an_event_refused_amid_one_commit_leaves_its_neighbours_as_themselves(
-    start_daemon: StartDaemon, emulator: Emulator, tmp_path: Path
+    start_daemon: StartDaemon, emulator: Emulator, tmp_path: Path, thread_clock: MockClock
 ) -> None:
     """Three events in one write, one commit: the middle one cannot be stored."""
     with trio.fail_after(30):
