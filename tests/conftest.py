@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import re
 import socket
 import struct
@@ -13,6 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
 import trio
 import trio.testing
@@ -23,6 +25,14 @@ from hipchatd.emulator import Emulator
 from hipchatd.ops import logconfig
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+# Property tests draw the same examples on every run (their counts are set per
+# test), with no deadline a loaded machine could miss and no example database:
+# a failure reproduces from the test alone. HYPOTHESIS_PROFILE=explore draws
+# new examples each run and keeps failing ones in .hypothesis/.
+hypothesis.settings.register_profile("ci", derandomize=True, database=None, deadline=None)
+hypothesis.settings.register_profile("explore", deadline=None)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 TOKEN = "s3cr3t-hipchat-token-0123456789abcdef"
 
 
