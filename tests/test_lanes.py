@@ -538,13 +538,6 @@ AHEAD = 2
 GROWTH_BOUND_MB = 50
 
 
-def _peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM in /proc status")
-
-
 def test_peak_rss_for_twenty_thousand_rooms_named_once(tmp_path: Path) -> None:
     def delivered(line: str) -> bool:
         return '"event": "event.delivered"' in line
@@ -587,8 +580,7 @@ def test_peak_rss_for_twenty_thousand_rooms_named_once(tmp_path: Path) -> None:
         children.append(daemon)
         started = daemon.wait_logged("daemon.started")
         host, port = started["tcp"][0].rsplit(":", 1)
-        pid = daemon.popen.pid
-        baseline = _peak_rss_mb(pid)
+        baseline = daemon.memory()["peak_mb"]
         # As a steady stream of rooms named once arrives (Sensu writes one event
         # per connection; here a batch per connection, to spare the test's CPU).
         for start in range(0, ROOMS, BATCH):
@@ -603,7 +595,7 @@ def test_peak_rss_for_twenty_thousand_rooms_named_once(tmp_path: Path) -> None:
             daemon.wait_lines(delivered, start + BATCH - AHEAD * BATCH, timeout=STARTUP * 4)
             time.sleep(max(0.0, next_batch - time.monotonic()))
         daemon.wait_lines(delivered, ROOMS, timeout=STARTUP * 4)
-        peak = _peak_rss_mb(pid)
+        peak = daemon.memory()["peak_mb"]
         assert daemon.popen.poll() is None
         print(f"peak RSS {baseline:.1f} MB at start, {peak:.1f} MB after {ROOMS} rooms")
         assert peak - baseline < GROWTH_BOUND_MB, (baseline, peak)
