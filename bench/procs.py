@@ -4,6 +4,10 @@ Every child is registered with a :class:`Children` owner and stopped (SIGTERM,
 then SIGKILL after a grace period) when the owner closes, so a run leaves no
 process behind whatever fails. CPU time and peak RSS are read from
 ``/proc/<pid>`` (Linux), without extra dependencies.
+
+The tests that run hipchatd as a real process use the same helpers
+(:func:`child_env`, :func:`wait_for`, :func:`memory_mb`, :class:`Child`), so
+this module needs nothing beyond the standard library.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
     "REPO",
@@ -30,9 +35,12 @@ __all__ = [
     "Daemon",
     "Emulator",
     "HarnessError",
+    "child_env",
     "free_port",
+    "memory_mb",
     "spool_available",
     "use_source",
+    "wait_for",
 ]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,10 +51,75 @@ _TICK = os.sysconf("SC_CLK_TCK")
 STOP_GRACE = 5.0
 #: Seconds the daemon or emulator may take to start listening.
 START_TIMEOUT = 20.0
+#: Settings that would otherwise leak into a child from the environment running it.
+STRAY_SETTINGS = (
+    "HIPCHAT_API_TOKEN",
+    "STATE_DIRECTORY",
+    "CREDENTIALS_DIRECTORY",
+    "PYTHONASYNCIODEBUG",
+)
+
+T = TypeVar("T")
 
 
 class HarnessError(RuntimeError):
-    """The benchmark itself failed (a child did not start, a phase overran its cap)."""
+    """The harness itself failed (a child did not start, a phase overran its cap)."""
+
+
+def wait_for(
+    what: str,
+    probe: Callable[[], T],
+    timeout: float,
+    step: float = 0.05,
+    *,
+    alive: Callable[[], bool] | None = None,
+    detail: Callable[[], str] | None = None,
+) -> T:
+    """Poll ``probe`` until it returns something truthy, and return that.
+
+    Raises HarnessError after ``timeout`` seconds, or as soon as ``alive``
+    (if given) says the process that should bring it about has exited; the
+    message names ``what``, the last value and ``detail()`` (a log tail).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        gone = alive is not None and not alive()
+        if gone or time.monotonic() >= deadline:
+            why = "the process exited" if gone else f"not within {timeout:g} s"
+            more = f"\n{detail()}" if detail is not None else ""
+            raise HarnessError(f"{why}: {what} (last: {value!r}){more}")
+        time.sleep(step)
+
+
+def child_env(source: Path | None = None) -> dict[str, str]:
+    """The environment of a child: unbuffered output, no stray settings, and first on
+    PYTHONPATH the package under test (``source``, else the checkout), then the checkout."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    paths = [str(source or REPO), str(REPO), env.get("PYTHONPATH")]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if p))
+    for name in STRAY_SETTINGS:
+        env.pop(name, None)
+    return env
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """``rss_mb`` now and ``peak_mb`` (VmHWM, the peak since start) of ``pid``, in MiB.
+
+    Empty once the process has gone.
+    """
+    out: dict[str, float] = {}
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out["rss_mb" if key == "VmRSS" else "peak_mb"] = int(value.split()[0]) / 1024
+    return out
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -91,7 +164,7 @@ def _level_on_serve() -> bool:
     done = subprocess.run(
         [sys.executable, "-m", "hipchatd", "serve", "--help"],
         cwd=SOURCE,
-        env=_env(),
+        env=child_env(SOURCE),
         capture_output=True,
         text=True,
         timeout=60,
@@ -100,22 +173,12 @@ def _level_on_serve() -> bool:
     return "--log-level" in done.stdout
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    # The package under test first, then the checkout (for ``bench`` itself).
-    paths = [str(SOURCE), str(REPO), env.get("PYTHONPATH")]
-    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-    env.pop("PYTHONASYNCIODEBUG", None)
-    env["PYTHONUNBUFFERED"] = "0"
-    return env
-
-
 @dataclass
 class Child:
     """One child process and where its output goes."""
 
     name: str
-    popen: subprocess.Popen[bytes]
+    popen: subprocess.Popen[Any]
     log: Path | None = None
 
     @property
@@ -135,16 +198,7 @@ class Child:
 
     def memory(self) -> dict[str, float]:
         """``rss_mb`` now and ``peak_mb`` (VmHWM, the peak since start), in MiB."""
-        out: dict[str, float] = {}
-        try:
-            text = Path(f"/proc/{self.pid}/status").read_text()
-        except OSError:
-            return out
-        for line in text.splitlines():
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out["rss_mb" if key == "VmRSS" else "peak_mb"] = int(value.split()[0]) / 1024
-        return out
+        return memory_mb(self.pid)
 
     def tail(self, lines: int = 20) -> str:
         """The last lines of its log, for error messages."""
@@ -185,6 +239,14 @@ class Emulator(Child):
         with urllib.request.urlopen(request, timeout=timeout) as response:
             raw = response.read()
         return json.loads(raw) if raw else None
+
+    def answers(self) -> bool:
+        """Whether its admin API answers."""
+        try:
+            self.counts()
+        except (urllib.error.URLError, OSError):
+            return False
+        return True
 
     def counts(self) -> dict[str, int]:
         """API requests answered so far, by status, plus ``total``."""
@@ -310,7 +372,7 @@ class Children:
             popen = subprocess.Popen(
                 argv,
                 cwd=self.workdir,
-                env=_env(),
+                env=child_env(SOURCE),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -348,15 +410,8 @@ class Children:
         popen, _ = self._popen(name, argv, log=False)
         emulator = Emulator(name, popen, None, url=f"http://127.0.0.1:{port}", token=token)
         self.children.append(emulator)
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            try:
-                emulator.counts()
-                return emulator
-            except (urllib.error.URLError, OSError) as exc:
-                if not emulator.alive() or time.monotonic() > deadline:
-                    raise HarnessError(f"emulator {name} did not start: {exc}") from exc
-                time.sleep(0.05)
+        wait_for(f"emulator {name} answers", emulator.answers, START_TIMEOUT, alive=emulator.alive)
+        return emulator
 
     def daemon(
         self,
@@ -404,14 +459,16 @@ class Children:
             name, popen, log, tcp_port=tcp, udp_port=udp, metrics_port=metrics, config=config
         )
         self.children.append(daemon)
-        deadline = time.monotonic() + START_TIMEOUT
         # daemon.started is an INFO line; above that level, a connect that succeeds will do
         # (an empty connection is read to EOF and ignored).
         logs_start = log_level in ("debug", "info")
-        while not (daemon.log_lines("daemon.started") if logs_start else _accepts(tcp)):
-            if not daemon.alive() or time.monotonic() > deadline:
-                raise HarnessError(f"daemon {name} did not start:\n{daemon.tail()}")
-            time.sleep(0.05)
+        wait_for(
+            f"daemon {name} started",
+            lambda: daemon.log_lines("daemon.started") if logs_start else _accepts(tcp),
+            START_TIMEOUT,
+            alive=daemon.alive,
+            detail=daemon.tail,
+        )
         return daemon
 
     def ceiling(self, name: str) -> tuple[Child, int, int]:
@@ -430,12 +487,14 @@ class Children:
         popen, log = self._popen(name, argv)
         child = Child(name, popen, log)
         self.children.append(child)
-        deadline = time.monotonic() + START_TIMEOUT
         assert log is not None
-        while "ready" not in log.read_text(errors="replace"):
-            if not child.alive() or time.monotonic() > deadline:
-                raise HarnessError(f"ceiling {name} did not start:\n{child.tail()}")
-            time.sleep(0.05)
+        wait_for(
+            f"ceiling {name} ready",
+            lambda: "ready" in log.read_text(errors="replace"),
+            START_TIMEOUT,
+            alive=child.alive,
+            detail=child.tail,
+        )
         return child, tcp, udp
 
     def ceiling_counts(self, child: Child) -> dict[str, Any]:
@@ -456,7 +515,7 @@ class Children:
             popen = subprocess.Popen(
                 argv,
                 cwd=self.workdir,
-                env=_env(),
+                env=child_env(SOURCE),
                 stdin=subprocess.DEVNULL,
                 stdout=stdout,
                 stderr=stderr,

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import os
 import re
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
 import trio
 import trio.testing
@@ -21,6 +25,14 @@ from hipchatd.emulator import Emulator
 from hipchatd.ops import logconfig
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+# Property tests draw the same examples on every run (their counts are set per
+# test), with no deadline a loaded machine could miss and no example database:
+# a failure reproduces from the test alone. HYPOTHESIS_PROFILE=explore draws
+# new examples each run and keeps failing ones in .hypothesis/.
+hypothesis.settings.register_profile("ci", derandomize=True, database=None, deadline=None)
+hypothesis.settings.register_profile("explore", deadline=None)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 TOKEN = "s3cr3t-hipchat-token-0123456789abcdef"
 
 
@@ -72,15 +84,59 @@ def clean_secrets() -> Iterator[None]:
     logconfig.reset_secrets()
 
 
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    """trio's mock clock, jumping only after 20 ms of real idleness.
+#: Real seconds every task must have waited before the mock clock jumps, while no
+#: worker thread runs: loopback I/O between the tasks of one process is ready by then.
+IO_GRACE = 0.001
+
+
+class ClockHold:
+    """Holds trio's autojumping mock clock still while a worker thread runs.
 
     The spool runs SQLite in a worker thread, and a task waiting on a thread
-    looks idle: with a threshold of 0 the clock would leap ahead while a
-    commit is still running.
+    looks idle to trio: a plain autojumping clock leaps ahead while a commit
+    is still running, unless its threshold covers the slowest commit of a
+    loaded machine (and then every jump costs that much real time). So the
+    clock jumps after IO_GRACE of real idleness, except while a call of
+    ``trio.to_thread.run_sync`` (wrapped by the ``clock_hold`` fixture) is
+    running: then its threshold is infinite until the last thread returned.
     """
-    return trio.testing.MockClock(autojump_threshold=0.02)
+
+    def __init__(self) -> None:
+        self.clock = trio.testing.MockClock(autojump_threshold=IO_GRACE)
+        #: worker threads running now.
+        self.threads = 0
+        #: False for a test that leaves a worker thread stuck on purpose and wants time to go on.
+        self.enabled = True
+
+    async def run_sync(self, run_sync: Callable[..., Awaitable[Any]], *args: Any, **kw: Any) -> Any:
+        self._count(+1)
+        try:
+            return await run_sync(*args, **kw)
+        finally:
+            self._count(-1)
+
+    def _count(self, change: int) -> None:
+        self.threads += change
+        held = self.threads > 0 and self.enabled
+        self.clock.autojump_threshold = math.inf if held else IO_GRACE
+
+
+@pytest.fixture
+def clock_hold() -> Iterator[ClockHold]:
+    """A :class:`ClockHold`, told about every ``trio.to_thread.run_sync`` of the test.
+
+    Its own patch: a test's ``monkeypatch.undo()`` leaves it in place.
+    """
+    hold = ClockHold()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(trio.to_thread, "run_sync", partial(hold.run_sync, trio.to_thread.run_sync))
+        yield hold
+
+
+@pytest.fixture
+def autojump_clock(clock_hold: ClockHold) -> trio.testing.MockClock:
+    """trio's mock clock, jumping whenever every task waits and no worker thread runs."""
+    return clock_hold.clock
 
 
 @pytest.fixture
@@ -163,3 +219,13 @@ async def wait_until(predicate: Callable[[], bool], step: float = 0.05) -> None:
     """Poll ``predicate`` on trio's clock (for state with no event to wait on)."""
     while not predicate():
         await trio.sleep(step)
+
+
+async def until_delivered(emulator: Emulator, predicate: Callable[[], bool]) -> None:
+    """Return once ``predicate`` holds, looking again at each message the emulator accepts.
+
+    For conditions on what was delivered: wakes on arrival, no polling.
+    Takes no timeout: wrap it in ``trio.fail_after``.
+    """
+    while not predicate():
+        await emulator.wait_for_messages(len(emulator.messages) + 1)

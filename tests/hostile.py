@@ -17,7 +17,7 @@ from hipchatd.app import App
 from hipchatd.emulator import Emulator
 from hipchatd.metrics import INTERNAL_ERROR_PLACES
 from hipchatd.ops import logconfig
-from tests.conftest import TOKEN, classic_event, load_fixture, send_tcp, send_udp, wait_until
+from tests.conftest import TOKEN, classic_event, load_fixture, send_tcp, send_udp, until_delivered
 
 #: The largest payload one UDP datagram can carry over IPv4.
 MAX_DATAGRAM = 65507
@@ -112,7 +112,7 @@ class Canary:
         event["check"].update(name=name, hipchat={"room": CANARY_ROOM})
         await send(self.app, transport, encode(event))
         with trio.move_on_after(10) as scope:
-            await wait_until(lambda: self._delivered(name))
+            await until_delivered(self.emulator, lambda: self._delivered(name))
         assert not scope.cancelled_caught, f"{name} not delivered after {after} over {transport}"
         assert internal_errors(self.app) == 0, f"a fault boundary caught {after} over {transport}"
 

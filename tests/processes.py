@@ -1,48 +1,31 @@
-"""Child processes for the tests that run hipchatd as a real process."""
+"""Child processes for the tests that run hipchatd as a real process.
+
+The helpers shared with the benchmark (environment, polling, /proc figures,
+the child's life cycle) live in :mod:`bench.procs`; this adds a child whose
+output lines the test reads as they come.
+"""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+from bench import procs
+from bench.procs import REPO, child_env, wait_for
+
+__all__ = ["HIPCHATD", "REPO", "STARTUP", "Child", "child_env", "wait_for"]
+
 HIPCHATD = [sys.executable, "-m", "hipchatd"]
 #: Seconds a child gets to start, and a log line or a delivery to show up (a loaded 2-core box).
 STARTUP = 30.0
 
-T = TypeVar("T")
 
-
-def wait_for(what: str, probe: Callable[[], T], timeout: float, step: float = 0.05) -> T:
-    """Poll ``probe`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"not within {timeout:g} s: {what} (last: {value!r})")
-        time.sleep(step)
-
-
-def child_env() -> dict[str, str]:
-    """The environment of a child: unbuffered, this checkout first, no stray settings."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    # Settings that would otherwise leak in from the environment running the tests.
-    for name in ("HIPCHAT_API_TOKEN", "STATE_DIRECTORY", "CREDENTIALS_DIRECTORY"):
-        env.pop(name, None)
-    return env
-
-
-class Child:
+class Child(procs.Child):
     """A ``python -m hipchatd`` child (behind ``launcher``, if any); a thread collects its
     output lines so it never blocks."""
 
@@ -52,7 +35,7 @@ class Child:
         self.args = args
         self.lines: list[str] = []
         self._changed = threading.Condition()
-        self.popen = subprocess.Popen(
+        popen = subprocess.Popen(
             [*launcher, *HIPCHATD, *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -61,6 +44,7 @@ class Child:
             cwd=REPO,
             env={**child_env(), **(env or {})},
         )
+        super().__init__(f"hipchatd {' '.join(args)}", popen)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -78,19 +62,35 @@ class Child:
 
     def wait_line(self, predicate: Callable[[str], bool], timeout: float = STARTUP) -> str:
         """The first output line (seen so far or later) that satisfies ``predicate``."""
+        return self.wait_lines(predicate, 1, timeout)[0]
+
+    def wait_lines(
+        self, predicate: Callable[[str], bool], count: int, timeout: float = STARTUP
+    ) -> list[str]:
+        """The first ``count`` output lines (seen so far or later) that satisfy ``predicate``.
+
+        Wakes on each new line (no polling); fails after ``timeout`` seconds
+        or once the child has exited and its output is read.
+        """
         deadline = time.monotonic() + timeout
         seen = 0
+        found: list[str] = []
+        if count <= 0:
+            return found
         with self._changed:
             while True:
                 for line in self.lines[seen:]:
                     if predicate(line):
-                        return line
+                        found.append(line)
+                        if len(found) == count:
+                            return found
                 seen = len(self.lines)
                 left = deadline - time.monotonic()
                 if left <= 0 or (self.popen.poll() is not None and not self._reader.is_alive()):
                     raise AssertionError(
-                        f"no such line from hipchatd {' '.join(self.args)} within {timeout:g} s "
-                        f"(exit code {self.popen.poll()}):\n{''.join(self.lines)}"
+                        f"{len(found)} of {count} such lines from hipchatd {' '.join(self.args)} "
+                        f"within {timeout:g} s (exit code {self.popen.poll()}):\n"
+                        + "".join(self.lines)
                     )
                 self._changed.wait(min(left, 0.2))
 

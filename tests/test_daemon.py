@@ -231,7 +231,9 @@ async def test_filtered_events_are_skipped_and_counted(
     assert skipped == {"status_ok", "silenced"}
 
 
-async def test_token_never_logged(emulator: Emulator, start_daemon: StartDaemon) -> None:
+async def test_token_never_logged(
+    emulator: Emulator, start_daemon: StartDaemon, autojump_clock: trio.testing.MockClock
+) -> None:
     """Every captured log line, rendered, is free of the token: failures included."""
     emulator.fail_next(1, 500)
     with trio.fail_after(10), capture_logs() as logs:

@@ -147,8 +147,8 @@ class Cluster:
         assert header.startswith("ID "), out
         return rows
 
-    def pending_now(self) -> int:
-        """Pending entries, read straight from the spool file.
+    def pending_now(self, table: str = "pending") -> int:
+        """Pending (or ``dead``) entries, read straight from the spool file.
 
         For tight polling while deliveries are in flight: the ``spool list``
         command spends a whole interpreter start-up per look.
@@ -158,7 +158,7 @@ class Cluster:
             return 0
         conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=5)
         try:
-            count: int = conn.execute("SELECT count(*) FROM pending").fetchone()[0]
+            count: int = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
         finally:
             conn.close()
         return count
@@ -221,6 +221,7 @@ def test_kill_9_mid_delivery_loses_nothing(cluster: Cluster) -> None:
     # ...but the events queued behind them were never sent.
     assert 1 <= emulator.represented() < 30
 
+    emulator.faults(latency=0)
     restarted = cluster.daemon(emulator)
     recovered = restarted.child.wait_logged("spool.recovered")
     assert recovered["entries"] == 30
@@ -229,7 +230,8 @@ def test_kill_9_mid_delivery_loses_nothing(cluster: Cluster) -> None:
         lambda: emulator.checks_seen("kill9-") == checks,
         60,
     )
-    wait_for("the spool emptied", lambda: cluster.spool_rows() == [], 15, step=0.2)
+    wait_for("the spool emptied", lambda: cluster.pending_now() == 0, 15)
+    assert cluster.spool_rows() == []
     # At least once: the in-flight ones arrive twice, nothing is missing.
     assert emulator.represented() >= 30
 
@@ -289,7 +291,8 @@ def test_sigterm_while_hipchat_is_down_keeps_the_events(cluster: Cluster) -> Non
     wait_for(
         "the spooled events delivered", lambda: emulator.checks_seen("down-") == checks, STARTUP
     )
-    wait_for("the spool emptied", lambda: cluster.spool_rows() == [], 15, step=0.2)
+    wait_for("the spool emptied", lambda: cluster.pending_now() == 0, 15)
+    assert cluster.spool_rows() == []
 
 
 def test_second_signal_stops_at_once(cluster: Cluster) -> None:
@@ -319,7 +322,8 @@ def test_second_signal_stops_at_once(cluster: Cluster) -> None:
         lambda: emulator.checks_seen("twice-") == {"twice-00"},
         15,
     )
-    wait_for("the spool emptied", lambda: cluster.spool_rows() == [], 15, step=0.2)
+    wait_for("the spool emptied", lambda: cluster.pending_now() == 0, 15)
+    assert cluster.spool_rows() == []
 
 
 def test_spool_commands_on_a_live_daemon(cluster: Cluster) -> None:
@@ -329,7 +333,7 @@ def test_spool_commands_on_a_live_daemon(cluster: Cluster) -> None:
     daemon.send(_event("ghost-00", room="nope"))
     dead = daemon.child.wait_logged("delivery.dead_lettered")
     assert dead["room"] == "nope"
-    wait_for("the dead letter committed", lambda: cluster.spool_rows("--dead"), 15, step=0.2)
+    wait_for("the dead letter committed", lambda: cluster.pending_now("dead") == 1, 15)
     [row] = cluster.spool_rows("--dead")
     assert "web-1/ghost-00" in row
     assert "nope" in row
@@ -349,7 +353,8 @@ def test_spool_commands_on_a_live_daemon(cluster: Cluster) -> None:
         lambda: [m["room"] for m in emulator.messages() if "ghost-00" in m["message"]] == ["nope"],
         15,
     )
-    wait_for("the spool emptied", lambda: cluster.spool_rows() == [], 15, step=0.2)
+    wait_for("the spool emptied", lambda: cluster.pending_now() == 0, 15)
+    assert cluster.spool_rows() == []
     assert cluster.spool_rows("--dead") == []
     assert cluster.spool("purge", "--dead").startswith("purged 0 dead-lettered events")
     assert daemon.child.popen.poll() is None

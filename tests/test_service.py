@@ -301,7 +301,11 @@ async def test_metrics_counters_move_by_the_right_amounts(
 
 
 async def test_healthz_turns_503_when_the_spool_cannot_be_written(
-    start_daemon: StartDaemon, emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    start_daemon: StartDaemon,
+    emulator: Emulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
     def disk_full(conn: sqlite3.Connection, batch: Any) -> Any:
         raise sqlite3.OperationalError("database or disk is full")

@@ -1,10 +1,9 @@
 """hipchatd.delivery.spool: the SQLite spool, its group commit, durability, operator commands.
 
 Real SQLite throughout (a file under tmp_path, or ``":memory:"``). Tests about
-time run on ``thread_clock``, a MockClock that autojumps only after a short
-real idle: SQLite runs on a worker thread, and with the usual threshold of 0
-trio would count the waiting task as blocked and jump the clock while the
-thread works.
+time run on ``thread_clock``, a MockClock that autojumps but holds still while
+a worker thread runs: SQLite runs on one, and a plain autojumping clock would
+count the waiting task as blocked and jump while the thread works.
 """
 
 from __future__ import annotations
@@ -44,7 +43,7 @@ from hipchatd.delivery.spool.sqlite import (
 from hipchatd.ops import spool_admin
 from hipchatd.ops.spool_admin import add_arguments, format_age
 from hipchatd.sensu.events import Event, parse_event
-from tests.conftest import load_fixture
+from tests.conftest import ClockHold, load_fixture
 
 OPS = Target(kind="room", name="ops", notify=True, username="sensu", message_format="html")
 DEV = Target(kind="room", name="dev", notify=False, username="bot", message_format="text")
@@ -69,9 +68,9 @@ def state_dir(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def thread_clock() -> MockClock:
-    """Autojump after 50 ms of real idleness, so the clock never jumps over SQLite's work."""
-    return MockClock(autojump_threshold=0.05)
+def thread_clock(autojump_clock: MockClock) -> MockClock:
+    """The mock clock that never jumps while SQLite works on a worker thread."""
+    return autojump_clock
 
 
 class Committed:
@@ -382,7 +381,10 @@ async def test_aclose_commits_what_is_buffered(tmp_path: Path) -> None:
 
 
 async def test_the_shutdown_flush_is_bounded(
-    tmp_path: Path, thread_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    thread_clock: MockClock,
+    clock_hold: ClockHold,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     write_batch = sql.write_batch
     calls = 0
@@ -403,6 +405,8 @@ async def test_the_shutdown_flush_is_bounded(
                 async with running(spool) as committed:
                     spool.submit(EVENT, DOCUMENT, [OPS], 0.0)
                     await committed.wait_for(1)
+                    # The next commit hangs: time must go on without it.
+                    clock_hold.enabled = False
                     spool.submit(EVENT, DOCUMENT, [DEV], 1.0)
                     cancelled_at = trio.current_time()
             assert trio.current_time() - cancelled_at == pytest.approx(SHUTDOWN_FLUSH)

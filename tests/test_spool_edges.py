@@ -97,10 +97,9 @@ def table_count(path: Path, table: str) -> int:
 
 
 @pytest.fixture
-def thread_clock() -> MockClock:
-    """Real time: an autojumping clock would jump over SQLite's work on a worker thread
-    (a loaded machine easily takes 50 ms there) straight to the test's ceiling."""
-    return MockClock(rate=1.0)
+def thread_clock(autojump_clock: MockClock) -> MockClock:
+    """The mock clock that never jumps while SQLite works on a worker thread."""
+    return autojump_clock
 
 
 # --- one document per event ------------------------------------------------------------------
@@ -569,7 +568,7 @@ async def test_a_commit_no_retry_can_fix_ends_run_with_spool_write_error(
 
 
 async def test_the_daemon_refuses_an_event_the_spool_cannot_store_and_goes_on(
-    start_daemon: StartDaemon, emulator: Emulator, tmp_path: Path
+    start_daemon: StartDaemon, emulator: Emulator, tmp_path: Path, thread_clock: MockClock
 ) -> None:
     """The refused event is not accepted; the next one is delivered as itself."""
     with trio.fail_after(30):
@@ -599,7 +598,7 @@ async def test_the_daemon_refuses_an_event_the_spool_cannot_store_and_goes_on(
 
 
 async def test_an_event_refused_amid_one_commit_leaves_its_neighbours_as_themselves(
-    start_daemon: StartDaemon, emulator: Emulator, tmp_path: Path
+    start_daemon: StartDaemon, emulator: Emulator, tmp_path: Path, thread_clock: MockClock
 ) -> None:
     """Three events in one write, one commit: the middle one cannot be stored."""
     with trio.fail_after(30):
