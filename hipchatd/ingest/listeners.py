@@ -26,7 +26,7 @@ from typing import Any
 
 import structlog
 import trio
-from structlog.contextvars import bind_contextvars, bound_contextvars, reset_contextvars
+from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from hipchatd import boundary
 from hipchatd.config import DaemonSettings
@@ -270,21 +270,23 @@ class ConnectionHandler:
         fault boundary: an unexpected exception is reported by
         :func:`hipchatd.boundary.caught` and ends this connection only.
         """
-        with bound_contextvars(peer=peer, conn_id=next(_conn_ids)):
-            self.active += 1
-            if self._idle.is_set():
-                self._idle = trio.Event()
-            self.metrics.connections_open.inc()
-            try:
-                await self._read(stream, peer)
-            except Exception:
-                boundary.caught(self.metrics, "connection")
-            finally:
-                self.active -= 1
-                if not self.active:
-                    self._idle.set()
-                self.metrics.connections_open.dec()
-                await stream.aclose()
+        # Tokens, not bound_contextvars(): a connection per event makes this per-event work.
+        tokens = bind_contextvars(peer=peer, conn_id=next(_conn_ids))
+        self.active += 1
+        if self._idle.is_set():
+            self._idle = trio.Event()
+        self.metrics.connections_open.inc()
+        try:
+            await self._read(stream, peer)
+        except Exception:
+            boundary.caught(self.metrics, "connection")
+        finally:
+            self.active -= 1
+            if not self.active:
+                self._idle.set()
+            self.metrics.connections_open.dec()
+            await stream.aclose()
+            reset_contextvars(**tokens)
 
     async def _read(self, stream: trio.abc.ReceiveStream, peer: str) -> None:
         settings = self.settings
