@@ -230,7 +230,8 @@ async def serve(
                     continue
                 if not stopping:
                     stopping = True
-                    grace = config.daemon.shutdown_grace
+                    # As reloaded: shutdown_grace needs no restart.
+                    grace = running.config.daemon.shutdown_grace
                     systemd.stopping()
                     log.info("daemon.stopping", signal=name, shutdown_grace=grace)
                     nursery.start_soon(_stop_gracefully, running, grace, nursery.cancel_scope)

@@ -126,8 +126,10 @@ async def serve_connection(
     Returns when the client closes, goes idle past ``limits.idle_timeout``,
     is too slow, goes away, or sends a request that ends the connection; it
     does not close ``stream`` (the caller does). The loop is the fault
-    boundary of one request: an exception from ``handler.respond`` is
-    answered with ``handler.failed`` and ends that connection only.
+    boundary of one connection: an exception from ``handler.respond`` is
+    answered with ``handler.failed``, and any other (from ``started``,
+    ``refused`` or a response h11 cannot frame) is logged; either ends that
+    connection only.
     """
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
     try:
@@ -155,6 +157,8 @@ async def serve_connection(
             conn.start_next_cycle()
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         return  # the client went away, or the handler reset the connection
+    except Exception:
+        log.error("http.connection_failed", server=server, exc_info=True)
 
 
 async def _read_request(

@@ -388,7 +388,8 @@ async def test_reload_refused_logs_problems_as_errors_and_warnings_as_warnings()
 async def test_app_serve_reloads_on_sighup_and_stops_on_sigterm() -> None:
     """``app.serve`` is the top of the tree: it handles the signals ``cli`` runs it under."""
     config = make_config("http://127.0.0.1:1", room="ops")
-    reloaded = make_config("http://127.0.0.1:1", room="dev")
+    # shutdown_grace takes effect on reload (it is not a restart key).
+    reloaded = make_config("http://127.0.0.1:1", room="dev", shutdown_grace=3.5)
     with trio.fail_after(30), structlog.testing.capture_logs() as logs:
 
         def events() -> list[str]:
@@ -416,6 +417,7 @@ async def test_app_serve_reloads_on_sighup_and_stops_on_sigterm() -> None:
     assert reload["rooms"] == ["dev"]
     (stopping,) = [record for record in logs if record["event"] == "daemon.stopping"]
     assert stopping["signal"] == "SIGTERM"
+    assert stopping["shutdown_grace"] == 3.5
 
 
 def test_cli_opens_no_nursery_and_handles_no_signal() -> None:

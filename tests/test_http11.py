@@ -43,11 +43,15 @@ class Recorder:
     answer_refusals: bool = True
     #: respond() raises, as a bug would
     broken: bool = False
+    #: started() raises, as a bug would
+    broken_start: bool = False
     #: the requests failed() was asked to answer, with the exception being handled
     failures: list[tuple[Request, BaseException | None]] = field(default_factory=list)
 
     def started(self, head: Head) -> None:
         self.heads.append(head)
+        if self.broken_start:
+            raise RuntimeError("a bug before the body")
 
     def refused(self, status: int, head: Head | None) -> Response | None:
         self.refusals.append((status, head))
@@ -357,13 +361,24 @@ async def test_a_handler_that_raises_gets_500_and_only_its_connection_ends(
             response, body = await loop.response()
             assert await loop.rest() == b""  # the connection ended after the answer
             await loop.done.wait()
-        # The next connection is served as before.
-        async with serving(Recorder(), limits) as loop:
-            await loop.request("POST", "/", b"next")
-            _, after = await loop.response()
     assert (response.status_code, body) == (500, b"failed\n")
     assert _header(response, b"connection") == b"close"
     [(request, exc)] = broken.failures
     assert request.target == b"/metrics"
     assert isinstance(exc, RuntimeError)
-    assert after == b"echo:next"
+
+
+@SERVERS
+async def test_a_handler_that_raises_before_the_body_ends_only_its_connection(
+    limits: Limits,
+) -> None:
+    """A bug outside respond() is logged with its traceback and the loop returns normally."""
+    broken = Recorder(broken_start=True)
+    with trio.fail_after(10), capture_logs() as logs:
+        async with serving(broken, limits) as loop:
+            await loop.request("GET", "/metrics")
+            assert await loop.rest() == b""  # closed unanswered
+            await loop.done.wait()
+    [line] = [entry for entry in logs if entry["event"] == "http.connection_failed"]
+    assert (line["log_level"], line["server"]) == ("error", "loop-test")
+    assert line["exc_info"] is True

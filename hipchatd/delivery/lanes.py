@@ -584,8 +584,8 @@ class Dispatcher:
                 raise RuntimeError("dispatcher is not running")
             key = target.name if target.kind == "room" else f"user:{target.name}"
             lane = self._lanes[target] = Lane(target, key, self._shared)
-            # Whichever task enqueues (a connection's, with its peer bound) lends
-            # the lane nothing: a spawned task would otherwise copy its context.
+            # Whichever task enqueues (the spool's, or recovery's) lends the lane
+            # nothing of its log context: a spawned task would otherwise copy it.
             self._context.run(self._nursery.start_soon, self._run_lane, lane)
         return lane
 

@@ -41,6 +41,7 @@ from hipchatd.emulator.validation import (
     validate_v1_message,
 )
 from hipchatd.emulator.wire import (
+    XML,
     ApiError,
     Json,
     Target,
@@ -268,7 +269,6 @@ def _v2_room_message(ex: Exchange) -> Response:
 
 def _v2_user_message(ex: Exchange) -> Response:
     user, rules = ex.param, ex.site.rules
-    ex.site.rooms.meet(user)
     ex.call.flood_key = ("user", user)
     body = _v2_body(ex)
     text = string(body, "message", required=True, min_len=1, max_len=V2_MESSAGE_MAX)
@@ -410,7 +410,7 @@ def _history_item(message: ReceivedMessage, base: str) -> dict[str, Json]:
 
 def _v1_body(call: Call, obj: Mapping[str, Json]) -> Response:
     if call.fmt == "xml":
-        return Response(200, v1_xml(obj), "application/xml; charset=utf-8")
+        return Response(200, v1_xml(obj), XML)
     return json_response(200, v1_json(obj))
 
 

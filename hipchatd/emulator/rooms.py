@@ -49,7 +49,6 @@ class Rooms:
         self._by_id: dict[int, Room] = {}
         self._ids: dict[str, int] = {}
         self._next_id = 1
-        self._users: dict[str, int] = {}
         self._arrivals = trio.lowlevel.ParkingLot()
         for name in names:
             self.add(name)
@@ -108,10 +107,6 @@ class Rooms:
         if room is None:
             raise Reject(ApiError(404, "Room not found"))  # S31
         return room
-
-    def meet(self, user: str) -> None:
-        """Any id, email or @mention is a user; they are created on first use."""
-        self._users.setdefault(user, len(self._users) + 1)
 
     def last_active(self, room: Room) -> float:
         """The newest message's time in ``room``, else when it was created."""

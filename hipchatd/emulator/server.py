@@ -258,7 +258,9 @@ class _ConnectionHandler:
             site.limits.decorate(Call("v2"), response)
             return response
         call = Call(target.api)
-        response = error_response(call.api, ApiError(status, "Request body is over 1 MiB"))
+        response = error_response(
+            call.api, ApiError(status, f"Request body is over {MAX_BODY_BYTES // 1024 // 1024} MiB")
+        )
         if not target.control:
             site.limits.decorate(call, response)
             site.record(head.method, target.path, response.status, None)

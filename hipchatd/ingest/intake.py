@@ -197,18 +197,20 @@ def _too_deep(document: Document) -> str | None:
         return None
     if not isinstance(value, dict | list):
         return None
-    stack: list[tuple[object, int, str]] = [
+    # Only containers go on the stack: an event's many scalars cost nothing here.
+    stack: list[tuple[dict[str, object] | list[object], int, str]] = [
         (child, 2, str(key) if isinstance(value, dict) else f"[{key}]")
         for key, child in (value.items() if isinstance(value, dict) else enumerate(value))
+        if isinstance(child, dict | list)
     ]
     while stack:
         node, depth, top = stack.pop()
-        if not isinstance(node, dict | list):
-            continue
         if depth > MAX_NESTING:
             return f"{preview(top, 40)} is nested deeper than {MAX_NESTING} levels"
         children = node.values() if isinstance(node, dict) else node
-        stack.extend((child, depth + 1, top) for child in children)
+        stack.extend(
+            (child, depth + 1, top) for child in children if isinstance(child, dict | list)
+        )
     return None
 
 

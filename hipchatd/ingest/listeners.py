@@ -285,8 +285,10 @@ class ConnectionHandler:
             if not self.active:
                 self._idle.set()
             self.metrics.connections_open.dec()
-            await stream.aclose()
-            reset_contextvars(**tokens)
+            try:
+                await stream.aclose()
+            finally:
+                reset_contextvars(**tokens)
 
     async def _read(self, stream: trio.abc.ReceiveStream, peer: str) -> None:
         settings = self.settings

@@ -94,8 +94,9 @@ async def serve_http(
     Takes ownership of the listeners and closes them when cancelled.
     ``task_status.started`` reports the ``host:port`` addresses once they
     accept. ``health`` is called once per ``/healthz`` request, on the event
-    loop: it must be quick and must not block; an exception from it is a bug
-    and propagates. Cancelling closes open connections at once.
+    loop: it must be quick and must not block; an exception from it is a bug,
+    answered 500 and counted under ``where="http"``. Cancelling closes open
+    connections at once.
     """
     server = _Server(metrics, health)
     addresses = [_address(listener) for listener in listeners]

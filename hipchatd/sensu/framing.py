@@ -229,7 +229,7 @@ class Decoder:
             self._buf = bytearray()
             self._text = None
             # Frames the chunk completed before the oversized one are good input.
-            exc.frames = list(out)
+            exc.frames = out
             raise
         return out
 

@@ -119,7 +119,7 @@ class Requeued:
     When ``pending`` or ``unknown`` is not empty, nothing was re-queued.
     """
 
-    #: the dead entries moved back to ``pending``, in id order.
+    #: the dead entries moved back to ``pending`` (all of them in id order, or as asked for).
     ids: tuple[int, ...] = ()
     #: asked for, but pending (not dead-lettered).
     pending: tuple[int, ...] = ()

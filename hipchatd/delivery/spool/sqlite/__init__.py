@@ -11,19 +11,15 @@ changed). Every ``sqlite3`` exception leaves as a SpoolError ``from`` it.
 """
 
 from hipchatd.delivery.spool.sqlite.admin import SqliteAdmin
-from hipchatd.delivery.spool.sqlite.daemon import COMMIT_DELAY, SHUTDOWN_FLUSH, SqliteSpool
-from hipchatd.delivery.spool.sqlite.files import LOCK_FILE, MEMORY, SPOOL_FILE
+from hipchatd.delivery.spool.sqlite.daemon import SHUTDOWN_FLUSH, SqliteSpool
+from hipchatd.delivery.spool.sqlite.files import SPOOL_FILE
 from hipchatd.delivery.spool.sqlite.lookout import RETRY_POLL
 from hipchatd.delivery.spool.sqlite.schema import SCHEMA_VERSION
 from hipchatd.delivery.spool.sqlite.sql import BATCH
-from hipchatd.delivery.spool.sqlite.writer import HIGH_WATER, WRITE_RETRY
+from hipchatd.delivery.spool.sqlite.writer import WRITE_RETRY
 
 __all__ = [
     "BATCH",
-    "COMMIT_DELAY",
-    "HIGH_WATER",
-    "LOCK_FILE",
-    "MEMORY",
     "RETRY_POLL",
     "SCHEMA_VERSION",
     "SHUTDOWN_FLUSH",

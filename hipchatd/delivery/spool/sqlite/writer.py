@@ -196,6 +196,8 @@ class GroupCommit:
         batch, self._buffer = self._buffer, _Batch()
         self._work = trio.Event()
         self._full = trio.Event()
+        # The buffered work set the alarm too: without this the loop makes an idle pass.
+        self._alarm = trio.Event()
         # A burst becomes several transactions (whole events each): commit latency and WAL size
         # stay bounded, and measured throughput is the same as one huge transaction.
         taken = entries = 0
