@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from hipchatd.config.templates import Template
 from hipchatd.sensu.events import MessageFormat, Overrides
 from hipchatd.sensu.framing import Framing
 
@@ -117,6 +118,12 @@ class HipChatSettings:
     ca_file: str | None = None
     rate_limit: int = DEFAULT_RATE_LIMIT
     flood_limit: int = DEFAULT_FLOOD_LIMIT
+    #: from ``template`` or ``template_file``; None: the built-in layout.
+    template: Template | None = None
+    #: named templates a check, client/entity, annotation or contact selects by name.
+    templates: Mapping[str, Template] = field(default_factory=dict)
+    #: a storm's several-event message; None: the built-in one line per check.
+    digest_template: Template | None = None
 
 
 @dataclass(frozen=True, slots=True)

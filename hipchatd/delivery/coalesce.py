@@ -52,6 +52,7 @@ from hipchatd.delivery.render import (
     status_word,
 )
 from hipchatd.delivery.routing import Target
+from hipchatd.delivery.templated import Shaping, digest_text
 from hipchatd.sensu.events import Event
 
 __all__ = ["NAME_CHARS", "STATUS_ORDER", "SUMMARY_CHARS", "render_batch"]
@@ -174,7 +175,12 @@ class _Pack:
 
 
 def render_batch(
-    events: Sequence[Event], target: Target, api_version: ApiVersion, *, first_only: bool = False
+    events: Sequence[Event],
+    target: Target,
+    api_version: ApiVersion,
+    *,
+    first_only: bool = False,
+    shaping: Shaping | None = None,
 ) -> list[tuple[Message, range]]:
     """The messages for ``events`` (one target's, in acceptance order), each with its slice.
 
@@ -182,9 +188,13 @@ def render_batch(
     every message is at most MAX_MESSAGE_CHARS characters. One event gives
     exactly ``render(event, target, api_version)``; no events, no messages.
     ``first_only`` stops after the first message (a lane sends one at a time).
+
+    With ``shaping``, its templates and documents (each event as Sensu sent
+    it, by index) go to ``render``, and a message of several events uses
+    ``digest_template`` when set (the slices stay the built-in summary's).
     """
     if len(events) == 1:
-        return [(render(events[0], target, api_version), range(1))]
+        return [(_render_one(events, 0, target, api_version, shaping), range(1))]
     as_html = target.message_format == "html"
     separator = len(_HTML_BREAK) if as_html else 1
     packs: list[_Pack] = []
@@ -202,7 +212,7 @@ def render_batch(
     if pack.stop > pack.start and not (first_only and packs):
         packs.append(pack)
     sender = sender_name(target.username, api_version)
-    return [(_message(p, events, target, api_version, sender), _span(p)) for p in packs]
+    return [(_message(p, events, target, api_version, sender, shaping), _span(p)) for p in packs]
 
 
 def _span(pack: _Pack) -> range:
@@ -210,15 +220,23 @@ def _span(pack: _Pack) -> range:
 
 
 def _message(
-    pack: _Pack, events: Sequence[Event], target: Target, api_version: ApiVersion, sender: str
+    pack: _Pack,
+    events: Sequence[Event],
+    target: Target,
+    api_version: ApiVersion,
+    sender: str,
+    shaping: Shaping | None,
 ) -> Message:
     covered = events[pack.start : pack.stop]
     if len(covered) == 1:
-        return render(covered[0], target, api_version)
-    lines = [_header(len(covered), pack.counts)]
-    lines.extend(_line_text(line.item, line.count) for line in pack.lines.values())
+        return _render_one(events, pack.start, target, api_version, shaping)
+    text = _digest(events, _span(pack), target, shaping)
+    if text is None:
+        lines = [_header(len(covered), pack.counts)]
+        lines.extend(_line_text(line.item, line.count) for line in pack.lines.values())
+        text = (_HTML_BREAK if target.message_format == "html" else "\n").join(lines)
     return Message(
-        text=(_HTML_BREAK if target.message_format == "html" else "\n").join(lines),
+        text=text,
         color=pack.color,
         # Every event of a batch shares its target (lanes are per target), so
         # "any folded event would notify" is the target's own notify.
@@ -282,3 +300,33 @@ def _first_line(body: str) -> str:
     if len(line) <= SUMMARY_CHARS and found.end() < len(body):
         return line.rstrip()
     return line
+
+
+def _render_one(
+    events: Sequence[Event],
+    index: int,
+    target: Target,
+    api_version: ApiVersion,
+    shaping: Shaping | None,
+) -> Message:
+    if shaping is None:
+        return render(events[index], target, api_version)
+    documents = shaping.documents
+    document = documents[index] if documents else None
+    return render(
+        events[index], target, api_version, templates=shaping.templates, document=document
+    )
+
+
+def _digest(
+    events: Sequence[Event], span: range, target: Target, shaping: Shaping | None
+) -> str | None:
+    """The digest template's text for ``events[span]``; None: the built-in summary."""
+    if shaping is None or shaping.templates.digest is None:
+        return None
+    covered = events[span.start : span.stop]
+    documents = shaping.documents[span.start : span.stop] if shaping.documents else None
+    words = [status_word(event) for event in covered]
+    return digest_text(
+        covered, documents, words, target, shaping.templates, limit=MAX_MESSAGE_CHARS
+    )

@@ -28,7 +28,9 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from hipchatd.config import ApiVersion
+from hipchatd.config.templates import TemplateSet
 from hipchatd.delivery.routing import Target
+from hipchatd.delivery.templated import Document, templated_text
 from hipchatd.sensu.events import Event, MessageFormat, Severity, severity
 
 __all__ = [
@@ -130,8 +132,19 @@ def sender_name(username: str, api_version: ApiVersion) -> str:
     return username[:V2_SENDER_MAX_CHARS]
 
 
-def render(event: Event, target: Target, api_version: ApiVersion) -> Message:
+def render(
+    event: Event,
+    target: Target,
+    api_version: ApiVersion,
+    *,
+    templates: TemplateSet | None = None,
+    document: Document = None,
+) -> Message:
     """Render one event for one target, never longer than MAX_MESSAGE_CHARS.
+
+    With ``templates``, the target's template renders the text (``document``,
+    the event as Sensu sent it, is its ``event``); without one, or when it
+    fails, the built-in layout does (:mod:`hipchatd.delivery.templated`).
 
     The body (notification, else output) is cut first, with a visible
     "… [output truncated: N more characters]" marker; pathological source,
@@ -139,6 +152,13 @@ def render(event: Event, target: Target, api_version: ApiVersion) -> Message:
     always holds. Cuts fall between source characters, so never inside an
     HTML entity or a ``<br>``.
     """
+    if templates is not None:
+        shaped = templated_text(
+            event, target, templates, document, word=status_word(event), limit=MAX_MESSAGE_CHARS
+        )
+        if shaped is not None:
+            return _message(shaped, event, target, api_version)
+
     as_html = target.message_format == "html"
     esc: Callable[[str], str] = _escape_html if as_html else _plain
 
