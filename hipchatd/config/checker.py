@@ -119,7 +119,7 @@ class Checker:
                 continue
             hipchat = contact.get("hipchat", {})
             if not isinstance(hipchat, dict):
-                expected = "an object with room, notify, username or message_format"
+                expected = f"an object with {', '.join(CONTACT_RULES)}"
                 self.problem((*at, "hipchat"), f"got {describe(hipchat)}; expected {expected}")
                 continue
             contacts[name] = Overrides(**self.read(hipchat, CONTACT_RULES, (*at, "hipchat")))
@@ -199,6 +199,11 @@ class Checker:
                     f'got {describe(settings.user)} {v1}; expected api_version "v2",'
                     " the only API that can message a user",
                 )
+            if settings.card:
+                self.problem(
+                    ("hipchat", "card"),
+                    f'got true {v1}; expected api_version "v2", the only API with cards',
+                )
         limit = daemon.max_targets_per_event
         named = [(("hipchat", "room"), settings.room)] + [
             (("contacts", name, "hipchat", "room"), contact.room)
@@ -217,6 +222,15 @@ class Checker:
                 f"{', '.join(files)}: hipchatd.tcp, hipchatd.udp: both null;"
                 " expected at least one listener"
             )
+        for name, contact in contacts.items():
+            if contact.template is not None and contact.template not in settings.templates:
+                path = ("contacts", name, "hipchat", "template")
+                known = ", ".join(f'"{t}"' for t in settings.templates) or "none"
+                self.problem(
+                    path,
+                    f"got {describe(contact.template)}; expected the name of a template in"
+                    f" hipchat.templates (configured: {known})",
+                )
 
     def templates(self, hipchat: dict[str, Any]) -> None:
         """Compile the template keys of the read ``hipchat`` scope in place.

@@ -36,6 +36,7 @@ from hipchatd.config.templates import (
 )
 from hipchatd.delivery.routing import Target
 from hipchatd.sensu.events import Event
+from hipchatd.sensu.links import dashboard_link
 
 if TYPE_CHECKING:
     from hipchatd.delivery.spool import Spool
@@ -66,7 +67,7 @@ class Shaping:
     def of(cls, settings: HipChatSettings, target: Target) -> Shaping:
         """The templates of ``settings``; documents are collected when one applies to ``target``."""
         templates = TemplateSet(settings.template, settings.templates, settings.digest_template)
-        return cls(templates, [] if templates.any_for(_selected(target)) else None)
+        return cls(templates, [] if templates.any_for(target.template) else None)
 
     async def read(self, spool: Spool, ids: Sequence[int]) -> None:
         """Append the documents of entries ``ids`` (decoded), when collecting. SpoolReadError."""
@@ -95,7 +96,7 @@ def templated_text(
     None: no template applies, or it failed (logged); use the built-in layout.
     ``word`` is the message's status word (RESOLVED, CRITICAL, ...).
     """
-    name = _selected(target)
+    name = target.template
     try:
         template = templates.select(name)
     except KeyError:
@@ -103,7 +104,8 @@ def templated_text(
         return None
     if template is None:
         return None
-    context = event_context(event, document, status_word=word, dashboard_url=_dashboard(target))
+    dashboard = _dashboard(target, event)
+    context = event_context(event, document, status_word=word, dashboard_url=dashboard)
     return _render(template, target, context, limit)
 
 
@@ -120,26 +122,21 @@ def digest_text(
     template = templates.digest
     if template is None:
         return None
-    dashboard = _dashboard(target)
     contexts = [
         event_context(
             event,
             documents[index] if documents else None,
             status_word=words[index],
-            dashboard_url=dashboard,
+            dashboard_url=_dashboard(target, event),
         )
         for index, event in enumerate(events)
     ]
     return _render(template, target, digest_context(contexts), limit)
 
 
-def _selected(target: Target) -> str | None:
-    name: str | None = getattr(target, "template", None)
-    return name
-
-
-def _dashboard(target: Target) -> str | None:
-    return None
+def _dashboard(target: Target, event: Event) -> str | None:
+    pattern = target.dashboard_url
+    return dashboard_link(pattern, event) if pattern else None
 
 
 def _render(
