@@ -31,10 +31,12 @@ the template's line, when:
 Cost: a template is the operator's code, so these bounds stop accidents, not
 intent. Output is consumed only up to MAX_TEMPLATE_OUTPUT_CHARS (a loop that
 prints forever stops there); ``range`` is capped by the sandbox at 100,000
-items; repeating a sequence (``*``), adding two (``+``), ``**`` and an
-integer argument to a call or a width filter are refused past fixed bounds
-before the value is built, as is a width past them in a format string.
-``lipsum`` is not offered. A loop that prints nothing still costs its time.
+items; a value built by repeating (``*``) or adding (``+``) sequences, by
+``~`` (a macro that doubles a string per call) or sized by an integer
+argument (a width) or a format-string width is refused past
+MAX_TEMPLATE_VALUE_CHARS, and ``**`` past MAX_POWER_BITS, before it is
+built (``~`` just after). ``lipsum`` is not offered. A loop that prints
+nothing still costs its time.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from typing import Any, Final, cast
 
 import jinja2
 from jinja2 import meta, nodes
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -70,6 +73,9 @@ __all__ = [
 #: 10,000-character message limit, so a long output is cut visibly, not lost,
 #: while a runaway loop cannot build gigabytes.
 MAX_TEMPLATE_OUTPUT_CHARS = 100_000
+#: Characters (or items) of a value a template builds (``*``, ``+``, ``~``, a width):
+#: room for the 1 MiB output of a default-sized frame, many times over.
+MAX_TEMPLATE_VALUE_CHARS = 16 * 1024 * 1024
 #: Bits of an integer ``**`` may build: far past any number a message shows,
 #: far below the seconds ``10 ** 10 ** 10`` would take.
 MAX_POWER_BITS = 4_096
@@ -224,7 +230,7 @@ def _check_int(value: object) -> None:
 def _check_format(value: object) -> None:
     if isinstance(value, str):
         for number in _FORMAT_NUMBER.findall(value[:MAX_TEMPLATE_OUTPUT_CHARS]):
-            if len(number) > 6:
+            if len(number) > len(str(MAX_TEMPLATE_VALUE_CHARS)):
                 raise _OverLimit(f"a format width of {len(number)} digits")
             _check_int(int(number))
 
@@ -244,15 +250,30 @@ def _check_binop(op: str, left: Any, right: Any) -> None:
         _check_format(left)
 
 
-def _check_size(size: int, what: str, bound: int = MAX_TEMPLATE_OUTPUT_CHARS) -> None:
+def _check_size(size: int, what: str, bound: int = MAX_TEMPLATE_VALUE_CHARS) -> None:
     if size > bound:
         raise _OverLimit(f"{what}: past the bound of {bound}")
+
+
+class _Generator(CodeGenerator):
+    """Jinja's code generator, with every ``~`` result checked against the value bound."""
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.joined(")
+        super().visit_Concat(node, frame)
+        self.write(")")
 
 
 class _Sandbox(ImmutableSandboxedEnvironment):
     """The immutable sandbox, with the size bounds of the module docstring."""
 
+    code_generator_class = _Generator
     intercepted_binops = frozenset({"*", "+", "**", "%"})
+
+    def joined(self, value: str) -> str:
+        """A ``~`` result, refused past the value bound (a macro doubling a string each call)."""
+        _check_size(len(value), "a joined string")
+        return value
 
     def call_binop(self, context: jinja2.runtime.Context, op: str, left: Any, right: Any) -> Any:
         _check_binop(op, left, right)

@@ -24,6 +24,10 @@ text is the same without tags, lines joined by newlines)::
   gray (unknown) > yellow (warning) > purple (flapping) > green.
   ``notify`` if any event's own message would notify.
 
+With ``digest_template`` configured, a several-event message is that
+template's output instead (:mod:`hipchatd.delivery.templated`), for the same
+slice and colour.
+
 Each message covers a contiguous slice of the events, so packing is greedy
 in acceptance order: a new message starts when the next event would push
 the current one past ``MAX_MESSAGE_CHARS``. A check whose events span two
