@@ -310,26 +310,24 @@ def test_a_failing_template_falls_back_with_one_warning() -> None:
     assert warning["room"] == "ops"
 
 
-def test_an_empty_rendering_falls_back_with_one_warning() -> None:
-    templates, target = one("{% if status == 9 %}x{% endif %}  \n")
+@pytest.mark.parametrize(
+    ("source", "name", "key", "error"),
+    [
+        # HipChat refuses an empty message.
+        ("{% if status == 9 %}x{% endif %}  \n", None, "hipchat.template", "rendered nothing"),
+        ("{{ check }}", "nope", "hipchat.templates.nope", "no such template"),
+    ],
+)
+def test_nothing_to_send_falls_back_with_one_warning(
+    source: str, name: str | None, key: str, error: str
+) -> None:
+    templates, target = one(source, template=name)
     event = make_event()
     with capture_logs() as logs:
         message = render(event, target, "v2", templates=templates)
     assert message == render(event, target, "v2")
-    assert [(e["event"], e["error"]) for e in logs] == [
-        ("template.failed", "the template rendered nothing")
-    ]
-
-
-def test_an_unknown_template_name_falls_back_with_one_warning() -> None:
-    templates, target = one("{{ check }}", template="nope")
-    event = make_event()
-    with capture_logs() as logs:
-        message = render(event, target, "v2", templates=templates)
-    assert message == render(event, target, "v2")
-    assert [(e["event"], e["template"]) for e in logs] == [
-        ("template.failed", "hipchat.templates.nope")
-    ]
+    assert [(e["event"], e["template"]) for e in logs] == [("template.failed", key)]
+    assert error in logs[0]["error"]
 
 
 def test_the_message_limit_applies_after_rendering() -> None:
