@@ -41,9 +41,6 @@ CARD_ATTRIBUTES_MAX = 100
 
 #: The tags HTML inside a card may use (§4.2, S6); anything else is refused.
 CARD_HTML_TAGS = frozenset({"a", "b", "i", "strong", "span"})
-#: The card fields that hold HTML: ``activity.html`` always, ``description.value``
-#: when the description's ``format`` is ``html``.
-CARD_HTML_FIELDS = frozenset({"card.activity.html", "card.description.value"})
 
 _ICON: Mapping[str, Json] = {
     "optional": True,
@@ -194,6 +191,17 @@ CARD_SCHEMA: Mapping[str, Json] = {
 # The HTML tokenizer's rule: a tag opens with "<" or "</" and an ASCII letter;
 # "< b>" or "a < b" is text. One pass, linear in the length.
 _TAG = re.compile(r"</?([A-Za-z][^\s/>]*)")
+
+
+def holds_html(field: str, parent: Mapping[str, Json]) -> bool:
+    """Whether the string at ``field``, a property of ``parent``, is card HTML (§4.2).
+
+    ``activity.html`` always is; ``description.value`` is when the
+    description's ``format`` is ``html`` (a text description is shown as text).
+    """
+    if field == "card.activity.html":
+        return True
+    return field == "card.description.value" and parent.get("format") == "html"
 
 
 def disallowed_tag(html: str) -> str | None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import parse_qsl
 
-from hipchatd.emulator.cards import CARD_HTML_FIELDS, CARD_HTML_TAGS, CARD_SCHEMA, disallowed_tag
+from hipchatd.emulator.cards import CARD_HTML_TAGS, CARD_SCHEMA, disallowed_tag, holds_html
 from hipchatd.emulator.wire import ApiError, Json, py2_repr
 
 COLORS = ("yellow", "green", "red", "purple", "gray", "random")  # §4.1, order as in S37
@@ -235,18 +235,21 @@ _TOO_DEEP = ApiError(400, f"The request body nests more than {BODY_NESTING_MAX} 
 def _nests_deeper(data: Json, bound: int) -> bool:
     """Whether ``data`` nests arrays and objects more than ``bound`` levels.
 
-    Iterative, and only containers are stacked: one pass over the parsed
-    body, never a recursion as deep as the junk.
+    One level at a time, never a recursion as deep as the junk: each pass
+    gathers the containers one level down, so the whole walk touches each
+    container once and costs less than parsing the body did.
     """
-    stack: list[tuple[Json, int]] = [(data, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > bound:
-            return True
-        for child in node.values() if isinstance(node, dict) else node:
-            if isinstance(child, dict | list):
-                stack.append((child, depth + 1))
-    return False
+    level = [data]
+    for _ in range(bound):
+        level = [
+            child
+            for node in level
+            for child in (node.values() if isinstance(node, dict) else node)
+            if isinstance(child, dict | list)
+        ]
+        if not level:
+            return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,8 +354,8 @@ def _check_properties(
                 raise required_error(path)
             continue
         check_schema(schema, value[name], path)
-        # §4.2: HTML in a card is limited to a few tags; a text description is not HTML.
-        if path in CARD_HTML_FIELDS and value.get("format", "html") == "html":
+        # §4.2: HTML in a card is limited to a few tags.
+        if holds_html(path, value):
             tag = disallowed_tag(value[name])
             if tag is not None:
                 raise html_error(path, value[name], tag)
