@@ -171,7 +171,7 @@ CARD_SCHEMA: Mapping[str, Json] = {
         },
         "description": _DESCRIPTION,
         "url": {"optional": True, "type": "string"},
-        # Milliseconds since the epoch in HipChat's card examples (S6).
+        # Milliseconds since the epoch, as an integer [inferred].
         "date": {"optional": True, "type": "integer"},
         "thumbnail": _THUMBNAIL,
         "activity": _ACTIVITY,

@@ -35,7 +35,7 @@ class ReceivedMessage:
     date: float
     #: The message id, as shown in room history and accepted by ``attach_to``.
     id: str = ""
-    #: A v2 notification's card as sent (§4.2), None without one; history shows it.
+    #: A v2 notification's card as sent (docs/hipchat-api.md §4.2), else None; history shows it.
     card: dict[str, Json] | None = None
 
 

@@ -69,21 +69,22 @@ class Reject(Exception):
         self.error = error
 
 
-def type_error(name: str, value: Json, expected: Json, *, description: str | None = None) -> Reject:
+def type_error(name: str, value: Json, expected: Json) -> Reject:
     """``name`` holds ``value``, which is not of type ``expected``.
 
     ``expected`` is a type name, or for a field that takes one of several
     shapes the list of their schema fragments (a card's ``description`` or
-    ``icon``); ``description`` is the field's own, from its schema (§4.3).
+    ``icon``, §4.3).
     """
-    # Observed shape (S39): expected_type, field, validation, value; S39b adds
-    # the schema fragment, printed in the message as Python 2 printed it.
+    # Observed shape (S39): expected_type, field, validation, value; S39b shows
+    # a schema fragment there, printed in the message as Python 2 printed it.
     shown = f"'{expected}'" if isinstance(expected, str) else repr(expected)
-    extra = {"expected_type": expected, "field": name, "validation": "type", "value": value}
-    if description is not None:
-        extra["description"] = description
     return Reject(
-        ApiError(400, f"Value {py2_repr(value)} for field '{name}' is not of type {shown}", extra)
+        ApiError(
+            400,
+            f"Value {py2_repr(value)} for field '{name}' is not of type {shown}",
+            {"expected_type": expected, "field": name, "validation": "type", "value": value},
+        )
     )
 
 
@@ -312,10 +313,11 @@ def check_schema(schema: Mapping[str, Json], value: Json, field: str) -> None:
     ``maxLength``, ``properties`` (required unless ``optional``), ``items`` and
     ``maxItems``; other keys are documentation. For a list of alternatives the
     one matching the value's JSON type is checked, so an error names the exact
-    part (``card.description.value``) *[inferred: HipChat's validator named
-    the whole field]*; a value of no listed type gets a type error carrying the
+    part (``card.description.value``) *[inferred: HipChat named only the
+    outer field, §4.3]*; a value of no listed type gets a type error carrying the
     alternatives. The walk follows the schema, never the value, so its depth
-    is the schema's. Raises ``Reject`` on the first violation.
+    is the schema's; unknown keys are not looked at. Raises ``Reject`` on the
+    first violation.
     """
     kind = schema.get("type")
     if isinstance(kind, list):
@@ -323,7 +325,7 @@ def check_schema(schema: Mapping[str, Json], value: Json, field: str) -> None:
             if _is_type(value, alternative["type"]):
                 check_schema(alternative, value, field)
                 return
-        raise type_error(field, value, kind, description=schema.get("description"))
+        raise type_error(field, value, kind)
     # As for `color`: a value outside an enumeration is an enumeration error, whatever its type.
     if "enum" in schema and value not in schema["enum"]:
         raise enum_error(field, value, schema["enum"])
