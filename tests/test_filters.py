@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from hipchatd.reasons import SkipReason
 from hipchatd.sensu.events import Action, Event, HandleWhen, parse_event
 from hipchatd.sensu.filters import (
     DEFAULT_INTERVAL,
+    LEGACY_INTERVAL,
+    LEGACY_OCCURRENCES,
+    LEGACY_REFRESH,
     SKIP_REASONS,
     handle_when_reason,
+    repeat_reason,
     severity,
     skip_reason,
 )
@@ -316,3 +324,105 @@ def test_every_reason_is_listed() -> None:
     ]
     s = make_settings(severities=frozenset({"critical"}))
     assert tuple(skip_reason(case, s) for case in cases) == SKIP_REASONS
+
+
+# --- legacy_occurrences: sensu-plugin's filter_repeated ----------------------------------------
+
+
+def _ruby_filter_repeated(
+    action: Action, n: int, occurrences: int | None, interval: int | None, refresh: int | None
+) -> bool:
+    """``Sensu::Handler#filter_repeated`` (sensu-plugin 4.0) line by line: True = handled.
+
+    ``bail`` exits the handler: here it returns False. Ruby's ``fdiv`` is a
+    float division and ``to_i`` truncates towards zero, as Python's ``int``.
+    """
+    occurrences = 1 if occurrences is None else occurrences
+    interval = 30 if interval is None else interval
+    refresh = 1800 if refresh is None else refresh
+    if n < occurrences:
+        return False  # bail 'not enough occurrences'
+    if not (n > occurrences and action == "create"):
+        return True
+    number = int(refresh / interval)
+    # Otherwise: bail 'only handling every N occurrences'.
+    return number == 0 or (n - occurrences) % number == 0
+
+
+def _legacy(
+    action: Action, n: int, threshold: int | None, interval: int | None, refresh: int | None
+) -> SkipReason | None:
+    return repeat_reason(
+        action=action, occurrences=n, threshold=threshold, interval=interval, refresh=refresh
+    )
+
+
+def _legacy_notified(
+    action: Action, threshold: int | None, interval: int | None, refresh: int | None
+) -> list[int]:
+    return [n for n in range(70 + 1) if _legacy(action, n, threshold, interval, refresh) is None]
+
+
+def test_legacy_defaults_are_sensu_plugins() -> None:
+    assert (LEGACY_OCCURRENCES, LEGACY_INTERVAL, LEGACY_REFRESH) == (1, 30, 1800)
+
+
+def test_legacy_worked_example() -> None:
+    """N=3, I=60, R=1800 (k=30): create at 3, 33, 63; flapping from 3 on; a resolve from 3 on."""
+    assert _legacy_notified("create", 3, 60, 1800) == [3, 33, 63]
+    assert _legacy_notified("flapping", 3, 60, 1800) == list(range(3, 71))
+    assert _legacy_notified("resolve", 3, 60, 1800) == list(range(3, 71))
+    reasons = [_legacy("create", n, 3, 60, 1800) for n in (1, 2, 4, 32)]
+    assert reasons == ["below_occurrences", "below_occurrences"] + ["repeat_suppressed"] * 2
+
+
+@pytest.mark.parametrize(
+    ("threshold", "interval", "refresh", "expected"),
+    [
+        (None, None, None, [1, 61]),  # every default: k = 1800 // 30 = 60
+        (3, None, 10, list(range(3, 71))),  # Classic's refresh of 10 s: k = 0, every result
+        (2, 60, 1800, [2, 32, 62]),
+        (1, 600, 1800, list(range(1, 71, 3))),  # k = 3
+        (1, 7, 100, list(range(1, 71, 14))),  # k = floor(100 / 7) = 14
+        (5, 60, 0, list(range(5, 71))),  # refresh 0: k = 0
+    ],
+)
+def test_legacy_repeat_arithmetic(
+    threshold: int | None, interval: int | None, refresh: int | None, expected: list[int]
+) -> None:
+    assert _legacy_notified("create", threshold, interval, refresh) == expected
+
+
+def test_legacy_filter_is_rubys_on_a_grid() -> None:
+    """Every combination of small values, against the transcription of the Ruby."""
+    grid = itertools.product(
+        ("create", "resolve", "flapping"),
+        range(40),
+        (None, 0, 1, 2, 3, 5),
+        (None, 1, 7, 29, 30, 31, 60, 600),
+        (None, 0, 10, 29, 30, 59, 60, 61, 300, 1800),
+    )
+    checked = 0
+    for case in grid:
+        assert (_legacy(*case) is None) == _ruby_filter_repeated(*case), case
+        checked += 1
+    assert checked == 3 * 6 * 8 * 10 * 40
+
+
+@given(
+    action=st.sampled_from(["create", "resolve", "flapping"]),
+    n=st.integers(min_value=0, max_value=10**9),
+    threshold=st.none() | st.integers(min_value=-10, max_value=10**6),
+    interval=st.none() | st.integers(min_value=1, max_value=10**6) | st.integers(-(10**6), -1),
+    refresh=st.none() | st.integers(min_value=-(10**7), max_value=10**7),
+)
+@settings(max_examples=2000)
+def test_legacy_filter_is_rubys(
+    action: Action, n: int, threshold: int | None, interval: int | None, refresh: int | None
+) -> None:
+    """Any values, signs included: the integer arithmetic agrees with Ruby's float route."""
+    reason = _legacy(action, n, threshold, interval, refresh)
+    assert (reason is None) == _ruby_filter_repeated(action, n, threshold, interval, refresh)
+    if reason is not None:
+        below = n < (LEGACY_OCCURRENCES if threshold is None else threshold)
+        assert reason == ("below_occurrences" if below else "repeat_suppressed")

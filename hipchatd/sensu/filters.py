@@ -21,11 +21,28 @@ from typing import Final, Protocol
 from hipchatd.reasons import SkipReason
 from hipchatd.sensu.events import Action, Event, severity
 
-__all__ = ["DEFAULT_INTERVAL", "SKIP_REASONS", "handle_when_reason", "severity", "skip_reason"]
+__all__ = [
+    "DEFAULT_INTERVAL",
+    "LEGACY_INTERVAL",
+    "LEGACY_OCCURRENCES",
+    "LEGACY_REFRESH",
+    "SKIP_REASONS",
+    "handle_when_reason",
+    "reminder_period",
+    "repeat_reason",
+    "severity",
+    "skip_reason",
+]
 
 #: Seconds assumed between results when a check has no interval (cron checks, or absent):
 #: the ``occurrences`` filter extension's default.
 DEFAULT_INTERVAL: Final = 60
+
+#: sensu-plugin's ``filter_repeated`` defaults: the first occurrence notifies, a result is
+#: assumed every 30 s, and reminders go out every 1800 s.
+LEGACY_OCCURRENCES: Final = 1
+LEGACY_INTERVAL: Final = 30
+LEGACY_REFRESH: Final = 1800
 
 #: Every reason ``skip_reason`` returns, in rule order (e.g. to pre-create counters at 0).
 SKIP_REASONS: Final = tuple(SkipReason)
@@ -121,5 +138,59 @@ def handle_when_reason(
         return SkipReason.BELOW_OCCURRENCES
     period = reset // (interval if interval is not None and interval > 0 else DEFAULT_INTERVAL)
     if occurrences > threshold and period != 0 and (occurrences - threshold) % period != 0:
+        return SkipReason.REPEAT_SUPPRESSED
+    return None
+
+
+def reminder_period(event: Event, settings: FilterSettings) -> int:
+    """Seconds between two reminders of ``event``'s check: its ``handle_when.reset``.
+
+    The skip log writes one line per check per this period.
+    """
+    return event.handle_when.reset
+
+
+def repeat_reason(
+    *,
+    action: Action,
+    occurrences: int,
+    threshold: int | None,
+    interval: int | None,
+    refresh: int | None,
+) -> SkipReason | None:
+    """sensu-plugin's ``filter_repeated`` decision: a skip reason, or None to notify.
+
+    The repeat filter of the Ruby handlers built on sensu-plugin
+    (``sensu-plugins-hipchat`` among them), ``Sensu::Handler#filter_repeated`` in
+    https://github.com/sensu-plugins/sensu-plugin/blob/master/lib/sensu-handler.rb.
+    With ``n = occurrences``, ``N = threshold`` (the check's ``occurrences``,
+    LEGACY_OCCURRENCES when None), ``I = interval`` (LEGACY_INTERVAL when None),
+    ``R = refresh`` (LEGACY_REFRESH when None) and ``k = R // I`` (Ruby's
+    ``refresh.fdiv(interval).to_i``):
+
+    - ``n < N``: ``below_occurrences``, whatever the action; a Classic resolve
+      carries its incident's ``n``, so the resolve of an incident that never
+      reached ``N`` is dropped too;
+    - ``create`` with ``n > N``: notify only when ``k == 0`` or
+      ``(n - N) % k == 0``, else ``repeat_suppressed``;
+    - everything else notifies: ``n == N``, and ``flapping`` and ``resolve``
+      from ``N`` on (the repeat rule is for ``create`` only).
+
+    Worked example (N=3, I=60, R=1800, so k=30): ``create`` notifies at
+    n = 3, 33, 63, …; n = 1 and 2 are ``below_occurrences``; ``flapping``
+    notifies at every n from 3; a resolve carrying n = 2 is dropped. With
+    Classic's usual ``refresh`` of a few seconds (shorter than I), ``k == 0``:
+    every result from ``N`` on notifies.
+    """
+    threshold = LEGACY_OCCURRENCES if threshold is None else threshold
+    if occurrences < threshold:
+        return SkipReason.BELOW_OCCURRENCES
+    if action != "create" or occurrences == threshold:
+        return None
+    # Ruby truncates the quotient towards zero: for any signs its size is |R| // |I|,
+    # and (n - N) % k == 0 does not depend on the sign of k. An interval of 0 (Ruby
+    # raises FloatDomainError: the handler fails) counts as none.
+    period = abs(LEGACY_REFRESH if refresh is None else refresh) // abs(interval or LEGACY_INTERVAL)
+    if period != 0 and (occurrences - threshold) % period != 0:
         return SkipReason.REPEAT_SUPPRESSED
     return None
