@@ -11,7 +11,7 @@ from typing import Any
 
 from hipchatd.config import HipChatSettings, Secret
 from hipchatd.delivery.routing import Target
-from hipchatd.sensu.events import Event, HandleWhen, Overrides
+from hipchatd.sensu.events import Event, HandleWhen, Overrides, Repeat
 
 #: A minimal Classic event, as parse_event builds it: check_http on web-01 is critical.
 EVENT = Event(
@@ -36,6 +36,7 @@ EVENT = Event(
     check_overrides=Overrides(),
     client_overrides=Overrides(),
     contacts=(),
+    client="web-01",
 )
 
 #: What parse_event makes of fixtures/classic-critical.json (test_events checks it).
@@ -49,6 +50,9 @@ CLASSIC_CRITICAL = replace(
     history=(2,),
     timestamp=1539273720.0,
     handle_when=HandleWhen(occurrences=1, reset=1800),
+    client="sensu.test.local",
+    # The sample's check carries sensu-plugin's ``refresh`` (and no ``occurrences``).
+    repeat=Repeat(refresh=10),
 )
 
 

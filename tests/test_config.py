@@ -583,7 +583,8 @@ def test_each_problem_names_the_file_that_set_that_key(tmp_path: Path) -> None:
     a = write(tmp_path / "a.json", {**with_token(notify="yes"), "hipchatd": {"tcp": {"port": 1}}})
     b = write(tmp_path / "b.json", {"hipchatd": {"tcp": {"port": "2"}}})
     assert set(problems(a, b)) == {
-        f'{a}: hipchat.notify: got "yes" (string); expected true or false',
+        f'{a}: hipchat.notify: got "yes" (string); expected true or false,'
+        ' or an object of severities, e.g. {"critical": true, "ok": false}',
         f'{b}: hipchatd.tcp.port: got "2" (string); expected an integer from 0 to 65535',
     }
 

@@ -111,7 +111,7 @@ class Checker:
                 continue
             hipchat = contact.get("hipchat", {})
             if not isinstance(hipchat, dict):
-                expected = "an object with room, notify, username or message_format"
+                expected = f"an object with {', '.join(CONTACT_RULES)}"
                 self.problem((*at, "hipchat"), f"got {describe(hipchat)}; expected {expected}")
                 continue
             contacts[name] = Overrides(**self.read(hipchat, CONTACT_RULES, (*at, "hipchat")))
@@ -190,6 +190,11 @@ class Checker:
                     ("hipchat", "user"),
                     f'got {describe(settings.user)} {v1}; expected api_version "v2",'
                     " the only API that can message a user",
+                )
+            if settings.card:
+                self.problem(
+                    ("hipchat", "card"),
+                    f'got true {v1}; expected api_version "v2", the only API with cards',
                 )
         limit = daemon.max_targets_per_event
         named = [(("hipchat", "room"), settings.room)] + [

@@ -28,8 +28,9 @@ from hipchatd.config.settings import (
     Listen,
     Network,
 )
-from hipchatd.sensu.events import MessageFormat, Severity
+from hipchatd.sensu.events import BySeverity, MessageFormat, Severity
 from hipchatd.sensu.framing import Framing
+from hipchatd.sensu.links import dashboard_problem, mention_problem
 
 
 class Reject(ValueError):
@@ -92,6 +93,51 @@ def _severities(value: object) -> frozenset[str]:
     if isinstance(value, list) and all(v in _SEVERITIES for v in value):
         return frozenset(value)
     raise Reject
+
+
+def _notify(value: object) -> bool | BySeverity[bool]:
+    if isinstance(value, bool):
+        return value
+    return _by_severity(value, _boolean)
+
+
+def _mentions(value: object) -> BySeverity[str]:
+    return _by_severity(value, _mention)
+
+
+def _mention(value: object) -> str:
+    if isinstance(value, list) and value and all(isinstance(item, str) for item in value):
+        value = " ".join(value)
+    if not isinstance(value, str):
+        raise Reject
+    problem = mention_problem(value)
+    if problem is not None:
+        raise Reject(problem)
+    return " ".join(value.split())
+
+
+def _by_severity(value: object, convert: Callable[[object], Any]) -> BySeverity[Any]:
+    """An object of severities -> values; an unknown severity or a bad value is rejected."""
+    if not isinstance(value, dict) or not value:
+        raise Reject
+    converted: dict[str, Any] = {}
+    for key, item in value.items():
+        if key not in _SEVERITIES:
+            raise Reject(f"{describe(key)} is not a severity")
+        try:
+            converted[key] = convert(item)
+        except Reject as exc:
+            raise Reject(f"{key}: {str(exc) or f'got {describe(item)}'}") from None
+    return BySeverity(**converted)
+
+
+def _dashboard_url(value: object) -> str:
+    if not isinstance(value, str):
+        raise Reject
+    problem = dashboard_problem(value)
+    if problem is not None:
+        raise Reject(problem)
+    return value
 
 
 def _server_url(value: object) -> str:
@@ -198,7 +244,9 @@ HIPCHAT_RULES: Mapping[str, Rule] = {
     "api_version": _choice(ApiVersion),
     "username": _NAME,
     "room": Rule(_rooms, "a room name or a non-empty list of room names"),
-    "notify": _BOOLEAN,
+    "notify": Rule(
+        _notify, 'true or false, or an object of severities, e.g. {"critical": true, "ok": false}'
+    ),
     "timeout": _SECONDS,
     "message_format": _choice(MessageFormat),
     "severities": Rule(_severities, f"a list of {_quoted(_SEVERITIES)}"),
@@ -207,6 +255,16 @@ HIPCHAT_RULES: Mapping[str, Rule] = {
     "ca_file": Rule(_ca_bundle, "the path of a readable PEM file"),
     "rate_limit": _at_least(1),
     "flood_limit": _at_least(1),
+    "mentions": Rule(
+        _mentions,
+        'an object of severities -> mentions, e.g. {"critical": "@all", "warning": "@oncall"}',
+    ),
+    "card": _BOOLEAN,
+    "dashboard_url": Rule(
+        _dashboard_url,
+        "an http(s) URL pattern with {source}, {check}, {namespace} or {client} placeholders",
+    ),
+    "legacy_occurrences": _BOOLEAN,
 }
 
 _LISTEN: Mapping[str, Rule] = {
@@ -253,6 +311,10 @@ CONTACT_RULES: Mapping[str, Rule] = {
     "notify": HIPCHAT_RULES["notify"],
     "username": HIPCHAT_RULES["username"],
     "message_format": HIPCHAT_RULES["message_format"],
+    "mentions": HIPCHAT_RULES["mentions"],
+    "card": HIPCHAT_RULES["card"],
+    "dashboard_url": HIPCHAT_RULES["dashboard_url"],
+    "template": Rule(_string, "the name of a template in hipchat.templates"),
 }
 
 #: Keys of the community plugin's ``hipchat`` scope (sensu-plugins-hipchat), and ours.

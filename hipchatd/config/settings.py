@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from hipchatd.sensu.events import MessageFormat, Overrides
+from hipchatd.sensu.events import BySeverity, MessageFormat, Overrides
 from hipchatd.sensu.framing import Framing
 
 ApiVersion = Literal["v1", "v2"]
@@ -108,7 +108,8 @@ class HipChatSettings:
     api_version: ApiVersion = "v2"
     username: str = "sensu"
     room: tuple[str, ...] = ("sensu",)
-    notify: bool = False
+    #: True/False, or by severity (a severity the map does not name: False).
+    notify: bool | BySeverity[bool] = False
     timeout: float = DEFAULT_TIMEOUT
     message_format: MessageFormat = "html"
     severities: frozenset[str] = DEFAULT_SEVERITIES
@@ -117,6 +118,13 @@ class HipChatSettings:
     ca_file: str | None = None
     rate_limit: int = DEFAULT_RATE_LIMIT
     flood_limit: int = DEFAULT_FLOOD_LIMIT
+    #: mention names by severity; a message that carries one is sent as text.
+    mentions: BySeverity[str] | None = None
+    #: post a HipChat card with each room message (API v2).
+    card: bool = False
+    dashboard_url: str | None = None
+    #: honour the Classic ``occurrences``/``refresh`` check attributes without ``handle_when``.
+    legacy_occurrences: bool = False
 
 
 @dataclass(frozen=True, slots=True)

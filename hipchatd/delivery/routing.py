@@ -13,9 +13,13 @@ The check comes before the client, as Enterprise ranks check attributes and
 sensu-plugin-sdk ranks check annotations; the community plugin did the
 opposite for ``hipchat_room``.
 
-Each other key (``notify``, ``username``, ``message_format``) is resolved per
-target from the most specific source that names it: the check, the client,
-then, for a room a contact supplied, that contact, then the settings.
+Each other key (``notify``, ``username``, ``message_format``, ``mentions``,
+``card``, ``dashboard_url``, ``template``) is resolved per target from the
+most specific source that names it: the check, the client, then, for a room
+a contact supplied, that contact, then the settings. The source that names
+``notify`` or ``mentions`` by severity decides for every severity: a
+severity its map leaves out means no notify, no mention. An event's
+severity is its status's (a resolve's is "ok").
 
 When ``user`` is set (an API v2 setting; the configuration rejects it for
 v1), the one target is that user and no room is notified, as in the
@@ -29,7 +33,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from hipchatd.config import HipChatSettings
-from hipchatd.sensu.events import Event, MessageFormat, Overrides
+from hipchatd.sensu.events import BySeverity, Event, MessageFormat, Overrides, Severity, severity
 
 __all__ = ["Target", "route", "unknown_contacts"]
 
@@ -44,6 +48,14 @@ class Target:
     notify: bool
     username: str
     message_format: MessageFormat
+    #: the mentions for this event's severity ("@all @oncall"); the message goes as text.
+    mention: str | None = None
+    #: post a HipChat card too (API v2 rooms only; others ignore it).
+    card: bool = False
+    #: the dashboard URL pattern (:mod:`hipchatd.sensu.links`), or None.
+    dashboard_url: str | None = None
+    #: the name of a configured template; None: the default template, else the built-in layout.
+    template: str | None = None
 
 
 def route(
@@ -56,19 +68,20 @@ def route(
     ``unknown_contacts``. Empty only when the settings name no room.
     """
     layers = (event.check_overrides, event.client_overrides)
+    level = severity(event.status)
     if settings.user:
-        return (_target("user", settings.user, layers, settings),)
+        return (_target("user", settings.user, layers, settings, level),)
     for overrides in layers:
         if overrides.room:
-            return _rooms(((room, layers) for room in overrides.room), settings)
+            return _rooms(((room, layers) for room in overrides.room), settings, level)
     contact_rooms = [
         (room, (*layers, contact))
         for contact in _known(event, contacts)
         for room in contact.room or ()
     ]
     if contact_rooms:
-        return _rooms(contact_rooms, settings)
-    return _rooms(((room, layers) for room in settings.room), settings)
+        return _rooms(contact_rooms, settings, level)
+    return _rooms(((room, layers) for room in settings.room), settings, level)
 
 
 def unknown_contacts(event: Event, contacts: Mapping[str, Overrides]) -> tuple[str, ...]:
@@ -81,12 +94,14 @@ def _known(event: Event, contacts: Mapping[str, Overrides]) -> list[Overrides]:
 
 
 def _rooms(
-    candidates: Iterable[tuple[str, Sequence[Overrides]]], settings: HipChatSettings
+    candidates: Iterable[tuple[str, Sequence[Overrides]]],
+    settings: HipChatSettings,
+    level: Severity,
 ) -> tuple[Target, ...]:
     targets: dict[str, Target] = {}
     for room, layers in candidates:
         if room not in targets:
-            targets[room] = _target("room", room, layers, settings)
+            targets[room] = _target("room", room, layers, settings, level)
     return tuple(targets.values())
 
 
@@ -95,6 +110,7 @@ def _target(
     name: str,
     layers: Sequence[Overrides],
     settings: HipChatSettings,
+    level: Severity,
 ) -> Target:
     """A target whose keys come from the first layer that names them, else the settings."""
     notify = next((o.notify for o in layers if o.notify is not None), settings.notify)
@@ -103,6 +119,20 @@ def _target(
         (o.message_format for o in layers if o.message_format is not None),
         settings.message_format,
     )
+    mentions = next((o.mentions for o in layers if o.mentions is not None), settings.mentions)
+    card = next((o.card for o in layers if o.card is not None), settings.card)
+    dashboard_url = next(
+        (o.dashboard_url for o in layers if o.dashboard_url is not None), settings.dashboard_url
+    )
+    template = next((o.template for o in layers if o.template is not None), None)
     return Target(
-        kind=kind, name=name, notify=notify, username=username, message_format=message_format
+        kind=kind,
+        name=name,
+        notify=(notify.get(level) or False) if isinstance(notify, BySeverity) else notify,
+        username=username,
+        message_format=message_format,
+        mention=mentions.get(level) if mentions is not None else None,
+        card=card,
+        dashboard_url=dashboard_url,
+        template=template,
     )

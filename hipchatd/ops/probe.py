@@ -164,7 +164,8 @@ def _target(settings: HipChatSettings, kind: Literal["room", "user"], name: str)
     return Target(
         kind=kind,
         name=name,
-        notify=settings.notify,
+        # The probe's auth test never notifies; by-severity settings have no severity here.
+        notify=False,
         username=settings.username,
         message_format=settings.message_format,
     )

@@ -45,10 +45,12 @@ from hipchatd.errors import EventError
 from hipchatd.sensu.model import (
     UNKNOWN_STATUS,
     Action,
+    BySeverity,
     Event,
     HandleWhen,
     MessageFormat,
     Overrides,
+    Repeat,
     Severity,
     severity,
 )
@@ -62,9 +64,13 @@ from hipchatd.sensu.readers import (
     is_mapping,
     json_type,
     occurrence_count,
+    read_dashboard_url,
     read_handle_when,
+    read_mentions,
     read_message_format,
     read_names,
+    read_notify,
+    read_repeat,
     required_int,
     required_name,
     required_object,
@@ -80,11 +86,13 @@ __all__ = [
     "JSON_ATTRIBUTES_ANNOTATION",
     "MAX_NAME_CHARS",
     "Action",
+    "BySeverity",
     "Event",
     "EventError",
     "HandleWhen",
     "MessageFormat",
     "Overrides",
+    "Repeat",
     "Severity",
     "parse_event",
     "severity",
@@ -94,6 +102,10 @@ __all__ = [
 ANNOTATION_PREFIX: Final = "sensu.io/plugins/hipchat/config/"
 #: Where sensu-translator stores a Classic check's custom attributes (a JSON string).
 JSON_ATTRIBUTES_ANNOTATION: Final = "sensu.io.json_attributes"
+
+#: Shared: most Go checks carry no Classic repeat attributes.
+_NO_REPEAT: Final = Repeat()
+_HANDLE_WHEN_REPEAT: Final = Repeat(handle_when_given=True)
 
 _CLASSIC: Final = "Sensu Classic"
 _GO: Final = "Sensu Go"
@@ -118,13 +130,29 @@ _ROOM: Final = ANNOTATION_PREFIX + "room"
 _NOTIFY: Final = ANNOTATION_PREFIX + "notify"
 _USERNAME: Final = ANNOTATION_PREFIX + "username"
 _MESSAGE_FORMAT: Final = ANNOTATION_PREFIX + "message_format"
+_MENTIONS: Final = ANNOTATION_PREFIX + "mentions"
+_CARD: Final = ANNOTATION_PREFIX + "card"
+_DASHBOARD_URL: Final = ANNOTATION_PREFIX + "dashboard_url"
+_TEMPLATE: Final = ANNOTATION_PREFIX + "template"
+_LEGACY_OCCURRENCES: Final = ANNOTATION_PREFIX + "legacy_occurrences"
+#: The per-target keys an annotation may override, besides ``room``.
+_OVERRIDE_ANNOTATIONS: Final = (
+    _NOTIFY,
+    _USERNAME,
+    _MESSAGE_FORMAT,
+    _MENTIONS,
+    _CARD,
+    _DASHBOARD_URL,
+    _TEMPLATE,
+    _LEGACY_OCCURRENCES,
+)
 _CONTACTS: Final = ANNOTATION_PREFIX + "contacts"
 _HANDLE_WHEN: Final = ANNOTATION_PREFIX + "handle_when"
 _NOTIFICATION: Final = ANNOTATION_PREFIX + "notification"
 _PLAYBOOK: Final = ANNOTATION_PREFIX + "playbook"
 #: Every annotation read from an entity; most events carry none of them (Slack's, labels ...).
 _ENTITY_ANNOTATIONS: Final = frozenset(
-    {JSON_ATTRIBUTES_ANNOTATION, _ROOM, _NOTIFY, _USERNAME, _MESSAGE_FORMAT, _CONTACTS}
+    {JSON_ATTRIBUTES_ANNOTATION, _ROOM, _CONTACTS, *_OVERRIDE_ANNOTATIONS}
 )
 #: Every annotation read from a check: the entity's, plus ``playbook`` (plain and plugin),
 #: ``notification`` and ``handle_when``.
@@ -190,6 +218,8 @@ def _parse_classic(doc: Mapping[str, Any]) -> Event:
         check_overrides=attribute_overrides(check),
         client_overrides=attribute_overrides(client),
         contacts=unique(contacts) if contacts else (),
+        client=client_name,
+        repeat=read_repeat(check, None),
     )
 
 
@@ -255,8 +285,10 @@ def _parse_go(doc: Mapping[str, Any]) -> Event:
         handle_when = read_handle_when(check.get("handle_when"))
         check_overrides = attribute_overrides(check)
         check_contacts = attribute_contacts(check)
+        repeat = _HANDLE_WHEN_REPEAT if is_mapping(check.get("handle_when")) else _NO_REPEAT
     else:
-        check_attrs = _with_json_attributes(check, check_ann)
+        extra = _json_attributes(check_ann)
+        check_attrs = check if extra is None else {**check, **extra}
         notification = _annotation(check_ann, _NOTIFICATION) or text_or_none(
             check_attrs.get("notification")
         )
@@ -268,6 +300,11 @@ def _parse_go(doc: Mapping[str, Any]) -> Event:
         handle_when_value = _json_value(_annotation(check_ann, _HANDLE_WHEN), "{")
         handle_when = read_handle_when(
             handle_when_value if is_mapping(handle_when_value) else check_attrs.get("handle_when")
+        )
+        # Go's own check.occurrences is a count: the threshold comes only from the
+        # translated Classic attributes.
+        repeat = read_repeat(
+            {"handle_when": handle_when_value or check.get("handle_when")}, extra or {}
         )
         check_overrides = _annotation_overrides(check_ann, attribute_overrides(check_attrs))
         check_contacts = _annotation_contacts(check_ann) + attribute_contacts(check_attrs)
@@ -306,6 +343,8 @@ def _parse_go(doc: Mapping[str, Any]) -> Event:
         check_overrides=check_overrides,
         client_overrides=client_overrides,
         contacts=unique(contacts) if contacts else (),
+        client=entity_name,
+        repeat=repeat,
     )
 
 
@@ -377,31 +416,49 @@ def _annotation(annotations: Mapping[str, Any], key: str) -> str | None:
     return utf8(value) if isinstance(value, str) and value else None
 
 
+def _json_attributes(annotations: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The ``sensu.io.json_attributes`` object, or None when absent or not an object."""
+    extra = _json_value(_annotation(annotations, JSON_ATTRIBUTES_ANNOTATION), "{")
+    return extra if is_mapping(extra) else None
+
+
 def _with_json_attributes(
     obj: Mapping[str, Any], annotations: Mapping[str, Any]
 ) -> Mapping[str, Any]:
     """``obj`` updated with its ``sensu.io.json_attributes`` object, as sensu-plugin merges it."""
-    extra = _json_value(_annotation(annotations, JSON_ATTRIBUTES_ANNOTATION), "{")
-    if not is_mapping(extra):
-        return obj
-    return {**obj, **extra}
+    extra = _json_attributes(annotations)
+    return obj if extra is None else {**obj, **extra}
 
 
 def _annotation_overrides(annotations: Mapping[str, Any], base: Overrides) -> Overrides:
-    """``base`` with each key an annotation names (and that parses) replaced."""
+    """``base`` with each key an annotation names (and that parses) replaced.
+
+    Scalars are read as sensu-plugin-sdk reads them (``true``, a plain
+    string); ``notify`` and ``mentions`` may also hold a JSON object by severity.
+    """
     room = _annotation(annotations, _ROOM)
-    notify_raw = _annotation(annotations, _NOTIFY)
-    username = _annotation(annotations, _USERNAME)
-    message_format_raw = _annotation(annotations, _MESSAGE_FORMAT)
-    if room is None and notify_raw is None and username is None and message_format_raw is None:
+    raw = {key: _annotation(annotations, key) for key in _OVERRIDE_ANNOTATIONS}
+    if room is None and not any(raw.values()):
         return base
-    notify = _json_bool(notify_raw)
     rooms = read_names(_list_value(room)) if room is not None else None
+    notify_raw = raw[_NOTIFY]
+    notify: bool | BySeverity[bool] | None = _json_bool(notify_raw)
+    if notify is None:
+        notify = read_notify(_json_value(notify_raw, "{"))
+    card = _json_bool(raw[_CARD])
+    legacy = _json_bool(raw[_LEGACY_OCCURRENCES])
+    mentions = read_mentions(_json_value(raw[_MENTIONS], "{"))
+    template = read_names(raw[_TEMPLATE])
     return Overrides(
         room=rooms if rooms is not None else base.room,
         notify=notify if notify is not None else base.notify,
-        username=username or base.username,
-        message_format=read_message_format(message_format_raw) or base.message_format,
+        username=raw[_USERNAME] or base.username,
+        message_format=read_message_format(raw[_MESSAGE_FORMAT]) or base.message_format,
+        mentions=mentions or base.mentions,
+        card=card if card is not None else base.card,
+        dashboard_url=read_dashboard_url(raw[_DASHBOARD_URL]) or base.dashboard_url,
+        template=template[0] if template is not None else base.template,
+        legacy_occurrences=legacy if legacy is not None else base.legacy_occurrences,
     )
 
 

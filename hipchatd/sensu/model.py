@@ -8,17 +8,19 @@ of Sensu's JSON, and re-exports this module's names.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Generic, Literal, TypeVar
 
 __all__ = [
     "DEFAULT_HANDLE_WHEN_OCCURRENCES",
     "DEFAULT_HANDLE_WHEN_RESET",
     "UNKNOWN_STATUS",
     "Action",
+    "BySeverity",
     "Event",
     "HandleWhen",
     "MessageFormat",
     "Overrides",
+    "Repeat",
     "Severity",
     "severity",
 ]
@@ -28,14 +30,48 @@ MessageFormat = Literal["html", "text"]
 Severity = Literal["ok", "warning", "critical", "unknown"]
 
 
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class BySeverity(Generic[T]):
+    """One value per severity, as ``notify`` and ``mentions`` name them; None = not named."""
+
+    ok: T | None = None
+    warning: T | None = None
+    critical: T | None = None
+    unknown: T | None = None
+
+    def get(self, severity: Severity) -> T | None:
+        """The value named for ``severity``, or None."""
+        if severity == "critical":
+            return self.critical
+        if severity == "warning":
+            return self.warning
+        if severity == "ok":
+            return self.ok
+        return self.unknown
+
+
 @dataclass(frozen=True, slots=True)
 class Overrides:
     """Per-check, per-client or per-contact HipChat attributes; ``None`` = not named."""
 
     room: tuple[str, ...] | None = None
-    notify: bool | None = None
+    #: True/False, or by severity (a severity the map does not name: False).
+    notify: bool | BySeverity[bool] | None = None
     username: str | None = None
     message_format: MessageFormat | None = None
+    #: mention names by severity, e.g. critical -> "@all"; several space-separated.
+    mentions: BySeverity[str] | None = None
+    #: post a HipChat card with the message (API v2 rooms).
+    card: bool | None = None
+    #: a dashboard URL pattern (:mod:`hipchatd.sensu.links`).
+    dashboard_url: str | None = None
+    #: the name of a configured template (``hipchat.templates``).
+    template: str | None = None
+    #: honour the Classic ``occurrences``/``refresh`` check attributes (checks and clients).
+    legacy_occurrences: bool | None = None
 
 
 #: Enterprise ``handle_when`` defaults: notify from the first occurrence, remind every 30 min.
@@ -54,6 +90,19 @@ class HandleWhen:
 
     occurrences: int = DEFAULT_HANDLE_WHEN_OCCURRENCES
     reset: int = DEFAULT_HANDLE_WHEN_RESET
+
+
+@dataclass(frozen=True, slots=True)
+class Repeat:
+    """The Classic repeat attributes sensu-plugin's ``filter_repeated`` read from a check."""
+
+    #: ``check.occurrences``: the threshold (Sensu Go: only from ``sensu.io.json_attributes``,
+    #: since Go's own ``check.occurrences`` is a count).
+    occurrences: int | None = None
+    #: ``check.refresh``: seconds between repeated notifications.
+    refresh: int | None = None
+    #: the check carried ``handle_when``, which then decides instead.
+    handle_when_given: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +142,16 @@ class Event:
     client_overrides: Overrides
     #: contact names from ``contact``/``contacts`` on the check, then the client, deduplicated.
     contacts: tuple[str, ...]
+    #: the client (Classic ``client.name``) or entity (Go ``entity.metadata.name``) name,
+    #: which ``source`` differs from for proxy checks.
+    client: str = ""
+    repeat: Repeat = Repeat()
+
+    @property
+    def legacy_occurrences(self) -> bool | None:
+        """The check's, else the client's ``legacy_occurrences``; None if neither names it."""
+        named = self.check_overrides.legacy_occurrences
+        return named if named is not None else self.client_overrides.legacy_occurrences
 
     @property
     def incident_key(self) -> tuple[str, str, str]:

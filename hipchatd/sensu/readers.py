@@ -12,20 +12,26 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
-from typing import Any, Final, TypeGuard
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final, TypeGuard, TypeVar
 
 from hipchatd.errors import EventError
+from hipchatd.sensu.links import dashboard_problem, mention_problem
 from hipchatd.sensu.model import (
     DEFAULT_HANDLE_WHEN_OCCURRENCES,
     DEFAULT_HANDLE_WHEN_RESET,
+    BySeverity,
     HandleWhen,
     MessageFormat,
     Overrides,
+    Repeat,
+    Severity,
 )
 
 _FORMATS: Final[tuple[MessageFormat, ...]] = ("html", "text")
+_SEVERITY_KEYS: Final[tuple[Severity, ...]] = ("ok", "warning", "critical", "unknown")
 _MISSING: Final = object()
+T = TypeVar("T")
 #: Shared: it is frozen, and most checks and entities name no HipChat attributes.
 _NO_OVERRIDES: Final = Overrides()
 #: A lone UTF-16 surrogate: JSON's ``\ud800``-``\udfff`` escapes decode to one, and no
@@ -51,14 +57,70 @@ def attribute_overrides(attrs: Mapping[str, Any]) -> Overrides:
         return _NO_OVERRIDES
     if not is_mapping(hipchat):
         return Overrides(room=read_names(legacy_room))
-    notify = hipchat.get("notify")
     room = read_names(hipchat.get("room"))
+    card = hipchat.get("card")
+    legacy = hipchat.get("legacy_occurrences")
+    template = read_names(hipchat.get("template"))
     return Overrides(
         room=room if room is not None else read_names(legacy_room),
-        notify=notify if isinstance(notify, bool) else None,
+        notify=read_notify(hipchat.get("notify")),
         username=text_or_none(hipchat.get("username")),
         message_format=read_message_format(hipchat.get("message_format")),
+        mentions=read_mentions(hipchat.get("mentions")),
+        card=card if isinstance(card, bool) else None,
+        dashboard_url=read_dashboard_url(hipchat.get("dashboard_url")),
+        template=template[0] if template is not None and len(template) == 1 else None,
+        legacy_occurrences=legacy if isinstance(legacy, bool) else None,
     )
+
+
+def read_notify(value: object) -> bool | BySeverity[bool] | None:
+    """``notify``: true/false, or an object of severities -> true/false (bad entries ignored)."""
+    if isinstance(value, bool):
+        return value
+    return _by_severity(value, lambda v: v if isinstance(v, bool) else None)
+
+
+def read_mentions(value: object) -> BySeverity[str] | None:
+    """``mentions``: an object of severities -> "@name ..." (or a list of them)."""
+    return _by_severity(value, _mention_text)
+
+
+def read_dashboard_url(value: object) -> str | None:
+    """A dashboard URL pattern (:mod:`hipchatd.sensu.links`); anything else counts as absent."""
+    if isinstance(value, str) and dashboard_problem(value) is None:
+        return value
+    return None
+
+
+def read_repeat(check: Mapping[str, Any], extra: Mapping[str, Any] | None) -> Repeat:
+    """The Classic repeat attributes: ``occurrences`` and ``refresh`` from ``extra`` if given
+    (a Go check's ``sensu.io.json_attributes``), else from the check itself."""
+    attrs = check if extra is None else extra
+    occurrences = attrs.get("occurrences")
+    refresh = attrs.get("refresh")
+    return Repeat(
+        occurrences=occurrences if is_int(occurrences) and occurrences >= 1 else None,
+        refresh=refresh if is_int(refresh) and refresh >= 0 else None,
+        handle_when_given=is_mapping(check.get("handle_when"))
+        or (extra is not None and is_mapping(extra.get("handle_when"))),
+    )
+
+
+def _mention_text(value: object) -> str | None:
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        value = " ".join(value)
+    if isinstance(value, str) and mention_problem(value) is None:
+        return " ".join(value.split())
+    return None
+
+
+def _by_severity(value: object, read: Callable[[object], T | None]) -> BySeverity[T] | None:
+    if not is_mapping(value):
+        return None
+    found = {key: read(value.get(key)) for key in _SEVERITY_KEYS if key in value}
+    named = {key: item for key, item in found.items() if item is not None}
+    return BySeverity(**named) if named else None
 
 
 def attribute_contacts(attrs: Mapping[str, Any]) -> tuple[str, ...]:

@@ -146,18 +146,25 @@ def close(conn: sqlite3.Connection) -> None:
 # --- targets and entries ---------------------------------------------------------------------
 
 
+#: Target keys stored only when set: a target without them reads back the same,
+#: and a spool written before they existed reads as targets without them.
+_OPTIONAL_TARGET_KEYS = ("mention", "card", "dashboard_url", "template")
+
+
 @lru_cache(maxsize=4096)
 def _encode_target(target: Target) -> str:
-    return json.dumps(
-        {
-            "kind": target.kind,
-            "name": target.name,
-            "notify": target.notify,
-            "username": target.username,
-            "message_format": target.message_format,
-        },
-        separators=(",", ":"),
-    )
+    data: dict[str, Any] = {
+        "kind": target.kind,
+        "name": target.name,
+        "notify": target.notify,
+        "username": target.username,
+        "message_format": target.message_format,
+    }
+    for key in _OPTIONAL_TARGET_KEYS:
+        value = getattr(target, key)
+        if value:
+            data[key] = value
+    return json.dumps(data, separators=(",", ":"))
 
 
 @lru_cache(maxsize=4096)
@@ -166,7 +173,9 @@ def _decode_target(text: str) -> Target:
         data = json.loads(text)
         kind, name, notify = data["kind"], data["name"], data["notify"]
         username, message_format = data["username"], data["message_format"]
-    except (ValueError, TypeError, KeyError) as exc:
+        mention, card = data.get("mention"), data.get("card", False)
+        dashboard_url, template = data.get("dashboard_url"), data.get("template")
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise SpoolError(f"unreadable target in the spool: {text[:200]!r}") from exc
     if (
         kind not in ("room", "user")
@@ -174,10 +183,20 @@ def _decode_target(text: str) -> Target:
         or not isinstance(name, str)
         or not isinstance(notify, bool)
         or not isinstance(username, str)
+        or not isinstance(card, bool)
+        or not all(isinstance(v, str | None) for v in (mention, dashboard_url, template))
     ):
         raise SpoolError(f"unreadable target in the spool: {text[:200]!r}")
     return Target(
-        kind=kind, name=name, notify=notify, username=username, message_format=message_format
+        kind=kind,
+        name=name,
+        notify=notify,
+        username=username,
+        message_format=message_format,
+        mention=mention,
+        card=card,
+        dashboard_url=dashboard_url,
+        template=template,
     )
 
 
