@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hipchatd.reasons import SkipReason
-from hipchatd.sensu.events import Action, Event, HandleWhen, parse_event
+from hipchatd.sensu.events import Action, Event, HandleWhen, Overrides, Repeat, parse_event
 from hipchatd.sensu.filters import (
     DEFAULT_INTERVAL,
     LEGACY_INTERVAL,
@@ -20,6 +21,8 @@ from hipchatd.sensu.filters import (
     LEGACY_REFRESH,
     SKIP_REASONS,
     handle_when_reason,
+    legacy_applies,
+    reminder_period,
     repeat_reason,
     severity,
     skip_reason,
@@ -426,3 +429,118 @@ def test_legacy_filter_is_rubys(
     if reason is not None:
         below = n < (LEGACY_OCCURRENCES if threshold is None else threshold)
         assert reason == ("below_occurrences" if below else "repeat_suppressed")
+
+
+# --- legacy_occurrences through skip_reason ------------------------------------------------------
+
+LEGACY = make_settings(legacy_occurrences=True)
+#: A check with sensu-plugin's ``occurrences: 3`` and the usual Classic ``refresh``.
+THREE = Repeat(occurrences=3, refresh=1800)
+
+
+def _classic(n: int, **changes: Any) -> Event:
+    return make_event(**{"occurrences": n, "occurrences_watermark": n, "repeat": THREE, **changes})
+
+
+def test_legacy_occurrences_is_off_by_default() -> None:
+    assert make_settings().legacy_occurrences is False
+    # handle_when's defaults decide: the first occurrence notifies.
+    assert skip_reason(_classic(1), make_settings()) is None
+    assert not legacy_applies(_classic(1), make_settings())
+
+
+def test_legacy_occurrences_holds_back_occurrences_below_the_threshold() -> None:
+    reasons = [skip_reason(_classic(n), LEGACY) for n in range(1, 70 + 1)]
+    assert reasons[:2] == ["below_occurrences", "below_occurrences"]
+    assert [n for n, reason in enumerate(reasons, start=1) if reason is None] == [3, 33, 63]
+    assert set(reasons[3:32]) == {"repeat_suppressed"}
+
+
+def test_handle_when_wins_over_legacy_occurrences() -> None:
+    """A check that names handle_when is judged by it, legacy_occurrences or not."""
+    given = _classic(1, repeat=Repeat(occurrences=3, handle_when_given=True))
+    assert not legacy_applies(given, LEGACY)
+    assert skip_reason(given, LEGACY) is None
+    held = replace(given, handle_when=HandleWhen(occurrences=2))
+    assert skip_reason(held, LEGACY) == "below_occurrences"
+
+
+@pytest.mark.parametrize(
+    ("setting", "client", "check", "applies"),
+    [
+        (False, None, True, True),
+        (False, True, None, True),
+        (True, False, None, False),
+        (True, None, False, False),
+        (False, False, True, True),  # the check's word before the client's
+        (True, True, False, False),
+        (True, None, None, True),
+        (False, None, None, False),
+    ],
+)
+def test_legacy_occurrences_overrides(
+    setting: bool, client: bool | None, check: bool | None, applies: bool
+) -> None:
+    event = _classic(
+        1,
+        check_overrides=Overrides(legacy_occurrences=check),
+        client_overrides=Overrides(legacy_occurrences=client),
+    )
+    settings = make_settings(legacy_occurrences=setting)
+    assert legacy_applies(event, settings) is applies
+    assert skip_reason(event, settings) == ("below_occurrences" if applies else None)
+
+
+def test_legacy_flapping_is_not_repeat_filtered_and_resolves_need_the_threshold() -> None:
+    flapping = [skip_reason(_classic(n, action="flapping"), LEGACY) for n in (2, 3, 4, 5)]
+    assert flapping == ["below_occurrences", None, None, None]
+    resolve = {"action": "resolve", "status": 0, "history": (2, 2, 0)}
+    assert skip_reason(_classic(2, **resolve), LEGACY) == "below_occurrences"
+    assert skip_reason(_classic(4, **resolve), LEGACY) is None
+
+
+def test_legacy_defaults_without_classic_attributes() -> None:
+    """No occurrences, refresh or interval on the check: N=1, I=30, R=1800 (k=60)."""
+    bare = make_event(interval=None)
+    notified = [
+        n
+        for n in range(1, 130)
+        if skip_reason(replace(bare, occurrences=n, occurrences_watermark=n), LEGACY) is None
+    ]
+    assert notified == [1, 61, 121]
+
+
+def test_reminder_period_is_reset_or_under_legacy_refresh() -> None:
+    event = _classic(1, handle_when=HandleWhen(reset=600), repeat=Repeat(refresh=120))
+    assert reminder_period(event, make_settings()) == 600
+    assert reminder_period(event, LEGACY) == 120
+    assert reminder_period(replace(event, repeat=Repeat()), LEGACY) == LEGACY_REFRESH
+    given = replace(event, repeat=Repeat(refresh=120, handle_when_given=True))
+    assert reminder_period(given, LEGACY) == 600
+
+
+def test_legacy_on_the_classic_sample() -> None:
+    """The Classic sample with occurrences 3 named on the check and a 10 s refresh (k = 0)."""
+    document = json.loads((FIXTURES / "classic-critical.json").read_text(encoding="utf-8"))
+    document["check"]["occurrences"] = 3
+    document["check"]["hipchat"] = {"legacy_occurrences": True}
+
+    def at(n: int) -> SkipReason | None:
+        return skip_reason(parse_event({**document, "occurrences": n}), make_settings())
+
+    assert [at(n) for n in (1, 2, 3, 4, 5)] == ["below_occurrences"] * 2 + [None] * 3
+
+
+def test_legacy_on_a_go_check_reads_its_json_attributes() -> None:
+    """Go's check.occurrences is a count: the threshold comes from sensu.io.json_attributes."""
+    document = json.loads((FIXTURES / "go-critical.json").read_text(encoding="utf-8"))
+    annotations = document["check"]["metadata"].setdefault("annotations", {})
+    annotations["sensu.io.json_attributes"] = json.dumps({"occurrences": 5, "refresh": 0})
+    annotations["sensu.io/plugins/hipchat/config/legacy_occurrences"] = "true"
+    document["check"].pop("handle_when", None)
+    event = parse_event(document)
+    assert (event.repeat.occurrences, event.repeat.refresh) == (5, 0)
+    assert event.occurrences == 3
+    assert skip_reason(event, make_settings()) == "below_occurrences"
+    document["check"]["occurrences"] = 5
+    assert skip_reason(parse_event(document), make_settings()) is None

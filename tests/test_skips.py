@@ -20,7 +20,7 @@ import trio.testing
 
 from hipchatd.app import App
 from hipchatd.emulator import Emulator
-from hipchatd.ingest.skiplog import LINES_PER_WINDOW, WINDOW
+from hipchatd.ingest.skiplog import LINES_PER_WINDOW, MIN_PERIOD, WINDOW
 from hipchatd.ops import logconfig
 from tests.conftest import StartDaemon, classic_event, send_tcp, wait_until
 
@@ -95,3 +95,53 @@ async def test_a_flood_of_skipped_checks_is_held_to_the_line_budget(
     [summary] = _lines(log_lines, "event.skipped_suppressed")
     assert (summary["level"], summary["suppressed"]) == ("info", 20)
     assert not {"check", "source", "peer"} & summary.keys()
+
+
+def _nth(n: int, **check: Any) -> dict[str, Any]:
+    """The Classic sample at its ``n``-th occurrence, its check asking for 3 (sensu-plugin)."""
+    event = classic_event(occurrences=3, output=f"occurrence {n}", **check)
+    event["occurrences"] = event["occurrences_watermark"] = n
+    return event
+
+
+@pytest.mark.parametrize(
+    ("setting", "check"),
+    [(True, {}), (False, {"hipchat": {"legacy_occurrences": True}})],
+    ids=["setting", "check-override"],
+)
+async def test_legacy_occurrences_holds_back_occurrences_below_the_threshold(
+    start_daemon: StartDaemon,
+    emulator: Emulator,
+    log_lines: io.StringIO,
+    setting: bool,
+    check: dict[str, Any],
+) -> None:
+    with trio.fail_after(30):
+        app = await start_daemon(legacy_occurrences=setting)
+        await _send(app, _nth(1, **check), _nth(2, **check))
+        await wait_until(lambda: _skipped(app, "below_occurrences") == 2)
+        await _send(app, _nth(3, **check))
+        await emulator.wait_for_messages(1)
+    [message] = emulator.messages
+    assert "occurrence 3" in message.message
+    [line] = _lines(log_lines, "event.skipped")
+    assert (line["reason"], line["occurrences"], line["skipped_since_last"]) == (
+        "below_occurrences",
+        1,
+        0,
+    )
+    # The sample's refresh is 10 s, raised to the skip log's floor.
+    assert line["period"] == MIN_PERIOD
+
+
+async def test_without_legacy_occurrences_the_first_occurrence_is_delivered(
+    start_daemon: StartDaemon, emulator: Emulator
+) -> None:
+    """Off by default: handle_when's defaults decide, and check.occurrences is not read."""
+    with trio.fail_after(30):
+        app = await start_daemon()
+        await _send(app, _nth(1))
+        await emulator.wait_for_messages(1)
+    [message] = emulator.messages
+    assert "occurrence 1" in message.message
+    assert _skipped(app, "below_occurrences") == 0

@@ -10,7 +10,10 @@ The rules run in this order and the first that applies names the reason:
 4. ``silenced``: a silenced event, unless ``handle_silenced`` is set.
 5. ``handle_when`` (the Enterprise default filter), with the open
    ``occurrences`` filter extension's arithmetic: ``below_occurrences``,
-   ``repeat_suppressed``, or for a resolve ``not_announced``.
+   ``repeat_suppressed``, or for a resolve ``not_announced``. With
+   ``legacy_occurrences`` on and no ``handle_when`` on the check, sensu-plugin's
+   ``filter_repeated`` (:func:`repeat_reason`) decides instead, with the same
+   two reasons; a check that carries ``handle_when`` is judged by it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ __all__ = [
     "LEGACY_REFRESH",
     "SKIP_REASONS",
     "handle_when_reason",
+    "legacy_applies",
     "reminder_period",
     "repeat_reason",
     "severity",
@@ -49,13 +53,16 @@ SKIP_REASONS: Final = tuple(SkipReason)
 
 
 class FilterSettings(Protocol):
-    """The two settings the filters read (``HipChatSettings`` has them)."""
+    """The settings the filters read (``HipChatSettings`` has them)."""
 
     @property
     def severities(self) -> Set[str]: ...
 
     @property
     def handle_silenced(self) -> bool: ...
+
+    @property
+    def legacy_occurrences(self) -> bool: ...
 
 
 def skip_reason(event: Event, settings: FilterSettings) -> SkipReason | None:
@@ -71,6 +78,14 @@ def skip_reason(event: Event, settings: FilterSettings) -> SkipReason | None:
         return SkipReason.SEVERITY
     if event.silenced and not settings.handle_silenced:
         return SkipReason.SILENCED
+    if legacy_applies(event, settings):
+        return repeat_reason(
+            action=event.action,
+            occurrences=event.occurrences,
+            threshold=event.repeat.occurrences,
+            interval=event.interval,
+            refresh=event.repeat.refresh,
+        )
     return handle_when_reason(
         action=event.action,
         occurrences=event.occurrences,
@@ -142,11 +157,28 @@ def handle_when_reason(
     return None
 
 
-def reminder_period(event: Event, settings: FilterSettings) -> int:
-    """Seconds between two reminders of ``event``'s check: its ``handle_when.reset``.
+def legacy_applies(event: Event, settings: FilterSettings) -> bool:
+    """Whether sensu-plugin's ``filter_repeated`` judges ``event`` instead of ``handle_when``.
 
-    The skip log writes one line per check per this period.
+    It does when ``legacy_occurrences`` is on (the check's, else the client's,
+    else the ``hipchat`` setting) and the check carries no ``handle_when``:
+    a check that names ``handle_when`` asks for it, and gets it.
     """
+    named = event.legacy_occurrences
+    enabled = settings.legacy_occurrences if named is None else named
+    return enabled and not event.repeat.handle_when_given
+
+
+def reminder_period(event: Event, settings: FilterSettings) -> int:
+    """Seconds between two reminders of ``event``'s check.
+
+    Its ``handle_when.reset``, or where :func:`legacy_applies`, its
+    ``refresh`` (LEGACY_REFRESH when it names none). The skip log writes one
+    line per check per this period.
+    """
+    if legacy_applies(event, settings):
+        refresh = event.repeat.refresh
+        return LEGACY_REFRESH if refresh is None else refresh
     return event.handle_when.reset
 
 
