@@ -544,3 +544,16 @@ def test_legacy_on_a_go_check_reads_its_json_attributes() -> None:
     assert skip_reason(event, make_settings()) == "below_occurrences"
     document["check"]["occurrences"] = 5
     assert skip_reason(parse_event(document), make_settings()) is None
+
+
+@pytest.mark.parametrize(("threshold", "expected"), [(5, None), (6, "below_occurrences")])
+def test_legacy_judges_a_go_resolve_by_its_incidents_count(
+    threshold: int, expected: str | None
+) -> None:
+    """Go counts a resolve's OK results (n = 1): the incident's count is its watermark (5)."""
+    document = json.loads((FIXTURES / "go-resolution.json").read_text(encoding="utf-8"))
+    annotations = document["check"]["metadata"].setdefault("annotations", {})
+    annotations["sensu.io.json_attributes"] = json.dumps({"occurrences": threshold})
+    event = parse_event(document)
+    assert (event.action, event.occurrences, event.occurrences_watermark) == ("resolve", 1, 5)
+    assert skip_reason(event, LEGACY) == expected

@@ -13,7 +13,8 @@ The rules run in this order and the first that applies names the reason:
    ``repeat_suppressed``, or for a resolve ``not_announced``. With
    ``legacy_occurrences`` on and no ``handle_when`` on the check, sensu-plugin's
    ``filter_repeated`` (:func:`repeat_reason`) decides instead, with the same
-   two reasons; a check that carries ``handle_when`` is judged by it.
+   two reasons (a Sensu Go resolve by its incident's count, the watermark);
+   a check that carries ``handle_when`` is judged by ``handle_when``.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def skip_reason(event: Event, settings: FilterSettings) -> SkipReason | None:
     if legacy_applies(event, settings):
         return repeat_reason(
             action=event.action,
-            occurrences=event.occurrences,
+            occurrences=_carried_occurrences(event),
             threshold=event.repeat.occurrences,
             interval=event.interval,
             refresh=event.repeat.refresh,
@@ -167,6 +168,17 @@ def legacy_applies(event: Event, settings: FilterSettings) -> bool:
     named = event.legacy_occurrences
     enabled = settings.legacy_occurrences if named is None else named
     return enabled and not event.repeat.handle_when_given
+
+
+def _carried_occurrences(event: Event) -> int:
+    """The ``n`` sensu-plugin judges: a Classic resolve carries its incident's count over.
+
+    A Sensu Go resolve counts its OK results instead (1 on the first), so its
+    incident's count is its watermark.
+    """
+    if event.flavor == "go" and event.action == "resolve":
+        return event.occurrences_watermark
+    return event.occurrences
 
 
 def reminder_period(event: Event, settings: FilterSettings) -> int:
