@@ -13,6 +13,7 @@
             ├── dispatcher.run    one lane task per room or user with work (reaped when idle)
             ├── spool.run         group commits; Intake.committed hands them to the lanes
             ├── reject_log.run    reports rejection lines suppressed per peer
+            ├── skip_log.run      reports skip lines held back by their line budget
             ├── connections       one ConnectionHandler task per Sensu connection
             │                     (outlives accepting)
             ├── ingest scope
@@ -364,6 +365,7 @@ async def run(
                         partial(spool.run, intake.committed, on_refused=intake.refused)
                     )
                     services.start_soon(reject_log(metrics).run)
+                    services.start_soon(intake.skip_log.run)
                     conns = await services.start(_open_nursery)
                     await _start_ingest(services, app, conns, inherited)
                     if daemon.metrics is not None:

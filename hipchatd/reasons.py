@@ -62,9 +62,10 @@ class SkipReason(enum.StrEnum):
     SEVERITY = "severity"
     #: a silenced event, and ``handle_silenced`` is not set
     SILENCED = "silenced"
-    #: fewer occurrences than ``handle_when.occurrences``
+    #: fewer occurrences than ``handle_when.occurrences`` (with ``legacy_occurrences``:
+    #: than the check's ``occurrences``)
     BELOW_OCCURRENCES = "below_occurrences"
-    #: between two ``handle_when.reset`` repeats
+    #: between two ``handle_when.reset`` repeats (with ``legacy_occurrences``: ``refresh``)
     REPEAT_SUPPRESSED = "repeat_suppressed"
     #: a resolve of a problem that was never notified
     NOT_ANNOUNCED = "not_announced"

@@ -390,8 +390,8 @@ def _color_error(value: str) -> dict[str, Any]:
             {"message": "hi", "card": {"style": "link", "id": "c1"}},
             {
                 "code": 400,
-                "field": "title",
-                "message": "Required field 'title' is missing",
+                "field": "card.title",
+                "message": "Required field 'card.title' is missing",
                 "type": "Bad Request",
                 "validation": "required",
             },

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from hipchatd.sensu.events import Action, Event, HandleWhen, parse_event
+from hipchatd.reasons import SkipReason
+from hipchatd.sensu.events import Action, Event, HandleWhen, Overrides, Repeat, parse_event
 from hipchatd.sensu.filters import (
     DEFAULT_INTERVAL,
+    LEGACY_INTERVAL,
+    LEGACY_OCCURRENCES,
+    LEGACY_REFRESH,
     SKIP_REASONS,
     handle_when_reason,
+    legacy_applies,
+    reminder_period,
+    repeat_reason,
     severity,
     skip_reason,
 )
@@ -316,3 +327,233 @@ def test_every_reason_is_listed() -> None:
     ]
     s = make_settings(severities=frozenset({"critical"}))
     assert tuple(skip_reason(case, s) for case in cases) == SKIP_REASONS
+
+
+# --- legacy_occurrences: sensu-plugin's filter_repeated ----------------------------------------
+
+
+def _ruby_filter_repeated(
+    action: Action, n: int, occurrences: int | None, interval: int | None, refresh: int | None
+) -> bool:
+    """``Sensu::Handler#filter_repeated`` (sensu-plugin 4.0) line by line: True = handled.
+
+    ``bail`` exits the handler: here it returns False. Ruby's ``fdiv`` is a
+    float division and ``to_i`` truncates towards zero, as Python's ``int``.
+    """
+    occurrences = 1 if occurrences is None else occurrences
+    interval = 30 if interval is None else interval
+    refresh = 1800 if refresh is None else refresh
+    if n < occurrences:
+        return False  # bail 'not enough occurrences'
+    if not (n > occurrences and action == "create"):
+        return True
+    number = int(refresh / interval)
+    # Otherwise: bail 'only handling every N occurrences'.
+    return number == 0 or (n - occurrences) % number == 0
+
+
+def _legacy(
+    action: Action, n: int, threshold: int | None, interval: int | None, refresh: int | None
+) -> SkipReason | None:
+    return repeat_reason(
+        action=action, occurrences=n, threshold=threshold, interval=interval, refresh=refresh
+    )
+
+
+def _legacy_notified(
+    action: Action, threshold: int | None, interval: int | None, refresh: int | None
+) -> list[int]:
+    return [n for n in range(70 + 1) if _legacy(action, n, threshold, interval, refresh) is None]
+
+
+def test_legacy_defaults_are_sensu_plugins() -> None:
+    assert (LEGACY_OCCURRENCES, LEGACY_INTERVAL, LEGACY_REFRESH) == (1, 30, 1800)
+
+
+def test_legacy_worked_example() -> None:
+    """N=3, I=60, R=1800 (k=30): create at 3, 33, 63; flapping from 3 on; a resolve from 3 on."""
+    assert _legacy_notified("create", 3, 60, 1800) == [3, 33, 63]
+    assert _legacy_notified("flapping", 3, 60, 1800) == list(range(3, 71))
+    assert _legacy_notified("resolve", 3, 60, 1800) == list(range(3, 71))
+    reasons = [_legacy("create", n, 3, 60, 1800) for n in (1, 2, 4, 32)]
+    assert reasons == ["below_occurrences", "below_occurrences"] + ["repeat_suppressed"] * 2
+
+
+@pytest.mark.parametrize(
+    ("threshold", "interval", "refresh", "expected"),
+    [
+        (None, None, None, [1, 61]),  # every default: k = 1800 // 30 = 60
+        (3, None, 10, list(range(3, 71))),  # Classic's refresh of 10 s: k = 0, every result
+        (2, 60, 1800, [2, 32, 62]),
+        (1, 600, 1800, list(range(1, 71, 3))),  # k = 3
+        (1, 7, 100, list(range(1, 71, 14))),  # k = floor(100 / 7) = 14
+        (5, 60, 0, list(range(5, 71))),  # refresh 0: k = 0
+    ],
+)
+def test_legacy_repeat_arithmetic(
+    threshold: int | None, interval: int | None, refresh: int | None, expected: list[int]
+) -> None:
+    assert _legacy_notified("create", threshold, interval, refresh) == expected
+
+
+def test_legacy_filter_is_rubys_on_a_grid() -> None:
+    """Every combination of small values, against the transcription of the Ruby."""
+    grid = itertools.product(
+        ("create", "resolve", "flapping"),
+        range(40),
+        (None, 0, 1, 2, 3, 5),
+        (None, 1, 7, 29, 30, 31, 60, 600),
+        (None, 0, 10, 29, 30, 59, 60, 61, 300, 1800),
+    )
+    checked = 0
+    for case in grid:
+        assert (_legacy(*case) is None) == _ruby_filter_repeated(*case), case
+        checked += 1
+    assert checked == 3 * 6 * 8 * 10 * 40
+
+
+@given(
+    action=st.sampled_from(["create", "resolve", "flapping"]),
+    n=st.integers(min_value=0, max_value=10**9),
+    threshold=st.none() | st.integers(min_value=-10, max_value=10**6),
+    interval=st.none() | st.integers(min_value=1, max_value=10**6) | st.integers(-(10**6), -1),
+    refresh=st.none() | st.integers(min_value=-(10**7), max_value=10**7),
+)
+@settings(max_examples=2000)
+def test_legacy_filter_is_rubys(
+    action: Action, n: int, threshold: int | None, interval: int | None, refresh: int | None
+) -> None:
+    """Any values, signs included: the integer arithmetic agrees with Ruby's float route."""
+    reason = _legacy(action, n, threshold, interval, refresh)
+    assert (reason is None) == _ruby_filter_repeated(action, n, threshold, interval, refresh)
+    if reason is not None:
+        below = n < (LEGACY_OCCURRENCES if threshold is None else threshold)
+        assert reason == ("below_occurrences" if below else "repeat_suppressed")
+
+
+# --- legacy_occurrences through skip_reason ------------------------------------------------------
+
+LEGACY = make_settings(legacy_occurrences=True)
+#: A check with sensu-plugin's ``occurrences: 3`` and the usual Classic ``refresh``.
+THREE = Repeat(occurrences=3, refresh=1800)
+
+
+def _classic(n: int, **changes: Any) -> Event:
+    return make_event(**{"occurrences": n, "occurrences_watermark": n, "repeat": THREE, **changes})
+
+
+def test_legacy_occurrences_is_off_by_default() -> None:
+    assert make_settings().legacy_occurrences is False
+    # handle_when's defaults decide: the first occurrence notifies.
+    assert skip_reason(_classic(1), make_settings()) is None
+    assert not legacy_applies(_classic(1), make_settings())
+
+
+def test_legacy_occurrences_holds_back_occurrences_below_the_threshold() -> None:
+    reasons = [skip_reason(_classic(n), LEGACY) for n in range(1, 70 + 1)]
+    assert reasons[:2] == ["below_occurrences", "below_occurrences"]
+    assert [n for n, reason in enumerate(reasons, start=1) if reason is None] == [3, 33, 63]
+    assert set(reasons[3:32]) == {"repeat_suppressed"}
+
+
+def test_handle_when_wins_over_legacy_occurrences() -> None:
+    """A check that names handle_when is judged by it, legacy_occurrences or not."""
+    given = _classic(1, repeat=Repeat(occurrences=3, handle_when_given=True))
+    assert not legacy_applies(given, LEGACY)
+    assert skip_reason(given, LEGACY) is None
+    held = replace(given, handle_when=HandleWhen(occurrences=2))
+    assert skip_reason(held, LEGACY) == "below_occurrences"
+
+
+@pytest.mark.parametrize(
+    ("setting", "client", "check", "applies"),
+    [
+        (False, None, True, True),
+        (False, True, None, True),
+        (True, False, None, False),
+        (True, None, False, False),
+        (False, False, True, True),  # the check's word before the client's
+        (True, True, False, False),
+        (True, None, None, True),
+        (False, None, None, False),
+    ],
+)
+def test_legacy_occurrences_overrides(
+    setting: bool, client: bool | None, check: bool | None, applies: bool
+) -> None:
+    event = _classic(
+        1,
+        check_overrides=Overrides(legacy_occurrences=check),
+        client_overrides=Overrides(legacy_occurrences=client),
+    )
+    settings = make_settings(legacy_occurrences=setting)
+    assert legacy_applies(event, settings) is applies
+    assert skip_reason(event, settings) == ("below_occurrences" if applies else None)
+
+
+def test_legacy_flapping_is_not_repeat_filtered_and_resolves_need_the_threshold() -> None:
+    flapping = [skip_reason(_classic(n, action="flapping"), LEGACY) for n in (2, 3, 4, 5)]
+    assert flapping == ["below_occurrences", None, None, None]
+    resolve = {"action": "resolve", "status": 0, "history": (2, 2, 0)}
+    assert skip_reason(_classic(2, **resolve), LEGACY) == "below_occurrences"
+    assert skip_reason(_classic(4, **resolve), LEGACY) is None
+
+
+def test_legacy_defaults_without_classic_attributes() -> None:
+    """No occurrences, refresh or interval on the check: N=1, I=30, R=1800 (k=60)."""
+    bare = make_event(interval=None)
+    notified = [
+        n
+        for n in range(1, 130)
+        if skip_reason(replace(bare, occurrences=n, occurrences_watermark=n), LEGACY) is None
+    ]
+    assert notified == [1, 61, 121]
+
+
+def test_reminder_period_is_reset_or_under_legacy_refresh() -> None:
+    event = _classic(1, handle_when=HandleWhen(reset=600), repeat=Repeat(refresh=120))
+    assert reminder_period(event, make_settings()) == 600
+    assert reminder_period(event, LEGACY) == 120
+    assert reminder_period(replace(event, repeat=Repeat()), LEGACY) == LEGACY_REFRESH
+    given = replace(event, repeat=Repeat(refresh=120, handle_when_given=True))
+    assert reminder_period(given, LEGACY) == 600
+
+
+def test_legacy_on_the_classic_sample() -> None:
+    """The Classic sample with occurrences 3 named on the check and a 10 s refresh (k = 0)."""
+    document = json.loads((FIXTURES / "classic-critical.json").read_text(encoding="utf-8"))
+    document["check"]["occurrences"] = 3
+    document["check"]["hipchat"] = {"legacy_occurrences": True}
+
+    def at(n: int) -> SkipReason | None:
+        return skip_reason(parse_event({**document, "occurrences": n}), make_settings())
+
+    assert [at(n) for n in (1, 2, 3, 4, 5)] == ["below_occurrences"] * 2 + [None] * 3
+
+
+def test_legacy_on_a_go_check_reads_its_json_attributes() -> None:
+    """Go's check.occurrences is a count: the threshold comes from sensu.io.json_attributes."""
+    document = json.loads((FIXTURES / "go-critical.json").read_text(encoding="utf-8"))
+    annotations = document["check"]["metadata"].setdefault("annotations", {})
+    annotations["sensu.io.json_attributes"] = json.dumps({"occurrences": 5, "refresh": 0})
+    annotations["sensu.io/plugins/hipchat/config/legacy_occurrences"] = "true"
+    document["check"].pop("handle_when", None)
+    event = parse_event(document)
+    assert (event.repeat.occurrences, event.repeat.refresh) == (5, 0)
+    assert event.occurrences == 3
+    assert skip_reason(event, make_settings()) == "below_occurrences"
+    document["check"]["occurrences"] = 5
+    assert skip_reason(parse_event(document), make_settings()) is None
+
+
+@pytest.mark.parametrize(("threshold", "expected"), [(5, None), (6, "below_occurrences")])
+def test_legacy_judges_a_go_resolve_by_its_incidents_count(
+    threshold: int, expected: str | None
+) -> None:
+    """Go counts a resolve's OK results (n = 1): the incident's count is its watermark (5)."""
+    document = json.loads((FIXTURES / "go-resolution.json").read_text(encoding="utf-8"))
+    annotations = document["check"]["metadata"].setdefault("annotations", {})
+    annotations["sensu.io.json_attributes"] = json.dumps({"occurrences": threshold})
+    event = parse_event(document)
+    assert (event.action, event.occurrences, event.occurrences_watermark) == ("resolve", 1, 5)
+    assert skip_reason(event, LEGACY) == expected

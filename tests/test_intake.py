@@ -15,14 +15,18 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import structlog
+import trio
+import trio.testing
 
 from hipchatd.delivery.lanes import Ticket
 from hipchatd.delivery.routing import Target
 from hipchatd.delivery.spool import Entry
 from hipchatd.ingest.intake import Intake
+from hipchatd.ingest.skiplog import MIN_PERIOD
 from hipchatd.metrics import Metrics
 from hipchatd.sensu.events import Event
 from hipchatd.sensu.framing import Document
+from hipchatd.sensu.model import DEFAULT_HANDLE_WHEN_RESET
 from tests.conftest import classic_event, make_config
 from tests.factories import make_target
 from tests.logcapture import capture_logs
@@ -204,3 +208,68 @@ async def test_the_running_configuration_is_read_for_each_document() -> None:
     )
     intake.accept(_document(_event("disk", "evt-2")), PEER, "tcp")
     assert [targets[0].name for _, _, targets, _ in spool.submitted] == ["before", "after"]
+
+
+def _ok(name: str, **check: Any) -> Document:
+    """A Classic OK result that is not a resolve: skipped as ``status_ok``."""
+    return _document(classic_event(name=name, status=0, **check))
+
+
+async def test_a_skipped_event_is_logged_at_info_once_per_check_per_period(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Between two INFO lines of a check its skips are DEBUG lines; the next one counts them."""
+    intake, spool, _, metrics = _intake()
+    with capture_logs() as logs:
+        for _ in range(3):
+            intake.accept(_ok("disk"), PEER, "tcp")
+        intake.accept(_ok("load"), PEER, "tcp")
+        await trio.sleep(DEFAULT_HANDLE_WHEN_RESET - 1)
+        intake.accept(_ok("disk"), PEER, "tcp")
+        await trio.sleep(1)
+        intake.accept(_ok("disk"), PEER, "tcp")
+    skipped = [line for line in logs if line["event"] == "event.skipped"]
+    assert [
+        (line["log_level"], line["check"], line.get("skipped_since_last")) for line in skipped
+    ] == [
+        ("info", "disk", 0),
+        ("debug", "disk", None),
+        ("debug", "disk", None),
+        ("info", "load", 0),
+        ("debug", "disk", None),
+        ("info", "disk", 3),
+    ]
+    first = skipped[0]
+    assert (first["reason"], first["status"], first["action"], first["occurrences"]) == (
+        "status_ok",
+        0,
+        "create",
+        1,
+    )
+    assert (first["period"], first["source"]) == (DEFAULT_HANDLE_WHEN_RESET, "sensu.test.local")
+    assert metrics.value("hipchatd_events_skipped_total", reason="status_ok") == 6
+    assert spool.submitted == []
+
+
+async def test_the_skip_log_period_is_the_checks_reset(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    intake, _, _, _ = _intake()
+    with capture_logs() as logs:
+        intake.accept(_ok("disk", handle_when={"reset": 300}), PEER, "tcp")
+        await trio.sleep(299)
+        intake.accept(_ok("disk", handle_when={"reset": 300}), PEER, "tcp")
+        await trio.sleep(1)
+        intake.accept(_ok("disk", handle_when={"reset": 300}), PEER, "tcp")
+        # reset 0: every result is a reminder, but a check's skip lines stay a minute apart.
+        intake.accept(_ok("ntp", handle_when={"reset": 0}), PEER, "tcp")
+        await trio.sleep(MIN_PERIOD - 1)
+        intake.accept(_ok("ntp", handle_when={"reset": 0}), PEER, "tcp")
+    levels = [(line["check"], line["log_level"], line.get("period")) for line in logs]
+    assert levels == [
+        ("disk", "info", 300),
+        ("disk", "debug", None),
+        ("disk", "info", 300),
+        ("ntp", "info", MIN_PERIOD),
+        ("ntp", "debug", None),
+    ]

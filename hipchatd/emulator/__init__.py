@@ -33,7 +33,8 @@ and the choices that page leaves open, marked *[inferred]*):
   :mod:`hipchatd.http11`.
 - :mod:`~hipchatd.emulator.api`: the route table, whose entries hold their
   handlers, and the dispatch (auth, token rate limit, injected failures).
-- :mod:`~hipchatd.emulator.validation`: HipChat's request rules.
+- :mod:`~hipchatd.emulator.validation`: HipChat's request rules; the card
+  schema and the HTML a card may hold are in :mod:`~hipchatd.emulator.cards`.
 - :mod:`~hipchatd.emulator.limits`: rate limit and flood control, and their headers.
 - :mod:`~hipchatd.emulator.faults` and :mod:`~hipchatd.emulator.control`:
   injected faults and outages, and the ``/_emulator/*`` endpoints.

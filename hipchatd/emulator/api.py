@@ -400,6 +400,8 @@ def _history_item(message: ReceivedMessage, base: str) -> dict[str, Json]:
     }
     if message.kind == "notification":
         item.update({"type": "notification", "from": message.sender, "color": message.color})
+        if message.card is not None:  # the card as sent [inferred]
+            item["card"] = message.card
     else:
         item.update({"type": "message", "from": _user(base)})
     return item

@@ -6,6 +6,8 @@ import html
 import re
 from dataclasses import dataclass
 
+from hipchatd.emulator.wire import Json
+
 #: Longest echo line, in characters; longer texts are cut with "...".
 ECHO_MAX = 200
 
@@ -33,6 +35,8 @@ class ReceivedMessage:
     date: float
     #: The message id, as shown in room history and accepted by ``attach_to``.
     id: str = ""
+    #: A v2 notification's card as sent (docs/hipchat-api.md §4.2), else None; history shows it.
+    card: dict[str, Json] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,5 +67,7 @@ def echo_line(message: ReceivedMessage) -> str:
     flags = [message.color] if message.color else []
     if message.notify:
         flags.append("notify")
+    if message.card is not None:
+        flags.append("card")
     tail = f" ({', '.join(flags)})" if flags else ""
     return f"{where} {who}{text}{tail}"

@@ -127,7 +127,7 @@ class Rooms:
             self.echo(echo_line(message))
 
     def deliver_notification(self, api: Api, room: Room, note: Notification | V1Message) -> None:
-        """Deliver a room notification: a v2 notification or a v1 rooms/message."""
+        """Deliver a room notification: a v2 notification (with its card) or a v1 rooms/message."""
         self.deliver(
             ReceivedMessage(
                 kind="notification",
@@ -142,6 +142,7 @@ class Rooms:
                 message_format=note.message_format,
                 date=unix_now(),
                 id=new_id(),
+                card=note.card if isinstance(note, Notification) else None,
             )
         )
 

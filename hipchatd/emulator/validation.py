@@ -3,6 +3,9 @@
 Each rule raises :class:`Reject` carrying the 400 HipChat gave for it;
 section numbers (§) and source ids (S…) point into ``docs/hipchat-api.md``
 (v1: §3, v2 notification and card: §4, room names: §5, open questions: §11).
+Cards are checked against :data:`~hipchatd.emulator.cards.CARD_SCHEMA` by
+:func:`check_schema`; an error names the card path it found (``field`` is
+e.g. ``card.attributes[2].label``) *[inferred: HipChat's path spelling]*.
 Validation messages other than the two observed ones (notify type, colour
 enumeration) follow the wording of the same schema validator, whose templates
 those two messages match ("Length of value ... must be less than or equal to
@@ -18,11 +21,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import parse_qsl
 
+from hipchatd.emulator.cards import CARD_HTML_TAGS, CARD_SCHEMA, disallowed_tag, holds_html
 from hipchatd.emulator.wire import ApiError, Json, py2_repr
 
 COLORS = ("yellow", "green", "red", "purple", "gray", "random")  # §4.1, order as in S37
 MESSAGE_FORMATS = ("html", "text")
-CARD_STYLES = ("file", "image", "application", "link", "media")  # §4.2
 V2_MESSAGE_MAX = 10_000  # §4.1
 V2_ROOM_MESSAGE_MAX = 1_000  # §7, send_message
 V2_FROM_MAX = 64  # §11 q1 default
@@ -30,11 +33,15 @@ V2_FROM_MAX_STRICT = 25  # §11 q1 strict mode
 V1_FROM_MAX = 15  # §11 q2: 1-15
 V1_MESSAGE_MAX = 10_000  # §3.1
 ATTACH_TO_MAX = 36  # §4.1
-CARD_TITLE_MAX = 500  # §4.2
 ROOM_PATH_MAX = 100  # §5: the path value is 1-100 characters
 ROOM_NAME_MAX = 50  # §5: names are at most 50 characters when created
 HISTORY_DEFAULT = 75  # §13, inferred
 HISTORY_MAX = 1000
+#: Levels of arrays and objects a v2 body may nest. A notification nests 6
+#: (body, card, attributes, attribute, value, icon); a deeper body is refused
+#: before any field is read, so an error never echoes deep junk. The
+#: emulator's own bound *[inferred]*: HipChat's is unknown.
+BODY_NESTING_MAX = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,13 +69,20 @@ class Reject(Exception):
         self.error = error
 
 
-def type_error(name: str, value: Json, expected: str) -> Reject:
-    """``name`` holds ``value``, which is not of type ``expected``."""
-    # Observed shape (S39): expected_type, field, validation, value.
+def type_error(name: str, value: Json, expected: Json) -> Reject:
+    """``name`` holds ``value``, which is not of type ``expected``.
+
+    ``expected`` is a type name, or for a field that takes one of several
+    shapes the list of their schema fragments (a card's ``description`` or
+    ``icon``, §4.3).
+    """
+    # Observed shape (S39): expected_type, field, validation, value; S39b shows
+    # a schema fragment there, printed in the message as Python 2 printed it.
+    shown = f"'{expected}'" if isinstance(expected, str) else repr(expected)
     return Reject(
         ApiError(
             400,
-            f"Value {py2_repr(value)} for field '{name}' is not of type '{expected}'",
+            f"Value {py2_repr(value)} for field '{name}' is not of type {shown}",
             {"expected_type": expected, "field": name, "validation": "type", "value": value},
         )
     )
@@ -96,6 +110,34 @@ def length_error(name: str, value: str, bound: int, *, too_long: bool) -> Reject
             f"Length of value {py2_repr(value)} for field '{name}' must be "
             f"{relation} than or equal to {bound}",
             {"field": name, kind: bound, "validation": kind, "value": value},
+        )
+    )
+
+
+def items_error(name: str, count: int, bound: int) -> Reject:
+    """The list ``name`` has ``count`` items, more than ``bound``.
+
+    The bound is the emulator's own (:data:`~hipchatd.emulator.cards.CARD_ATTRIBUTES_MAX`),
+    so the answer is too: it states the count instead of echoing the list.
+    """
+    return Reject(
+        ApiError(
+            400,
+            f"Field '{name}' has {count} items; at most {bound} are accepted",
+            {"field": name, "maxItems": bound, "validation": "maxItems"},
+        )
+    )
+
+
+def html_error(name: str, value: str, tag: str) -> Reject:
+    """The card HTML in ``name`` uses ``tag``, which cards do not allow (§4.2) *[inferred]*."""
+    allowed = sorted(CARD_HTML_TAGS)
+    return Reject(
+        ApiError(
+            400,
+            f"Value {py2_repr(value)} for field '{name}' uses the tag <{tag}>; "
+            f"HTML in a card may use only {', '.join(allowed)}",
+            {"field": name, "options": allowed, "validation": "html", "value": value},
         )
     )
 
@@ -163,6 +205,7 @@ def parse_v2_body(content_type: str, body: bytes, *, parse_form: bool) -> dict[s
     Form bodies are refused unless ``parse_form`` (§11 q4); then every value
     is a string, so ``notify`` fails its boolean check as it did on HipChat.
     An empty body is an empty object (the missing ``message`` is reported).
+    A body nested deeper than :data:`BODY_NESTING_MAX` is refused.
     """
     media = content_type.partition(";")[0].strip().lower()
     if media == "application/x-www-form-urlencoded":
@@ -178,9 +221,36 @@ def parse_v2_body(content_type: str, body: bytes, *, parse_form: bool) -> dict[s
         data = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise Reject(ApiError(400, "The request body is not valid JSON")) from None
+    except RecursionError:  # the parser gives up at the interpreter's recursion limit
+        raise Reject(_TOO_DEEP) from None
     if not isinstance(data, dict):
         raise Reject(ApiError(400, "The request body must be a JSON object"))
+    if _nests_deeper(data, BODY_NESTING_MAX):
+        raise Reject(_TOO_DEEP)
     return data
+
+
+_TOO_DEEP = ApiError(400, f"The request body nests more than {BODY_NESTING_MAX} levels")
+
+
+def _nests_deeper(data: Json, bound: int) -> bool:
+    """Whether ``data`` nests arrays and objects more than ``bound`` levels.
+
+    One level at a time, never a recursion as deep as the junk: each pass
+    gathers the containers one level down, so the whole walk touches each
+    container once and costs less than parsing the body did.
+    """
+    level = [data]
+    for _ in range(bound):
+        level = [
+            child
+            for node in level
+            for child in (node.values() if isinstance(node, dict) else node)
+            if isinstance(child, dict | list)
+        ]
+        if not level:
+            return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +263,8 @@ class Notification:
     notify: bool
     sender: str
     attach_to: str | None
+    #: the card as sent, after :data:`~hipchatd.emulator.cards.CARD_SCHEMA` accepted it
+    card: dict[str, Json] | None = None
 
 
 def validate_notification(
@@ -200,7 +272,8 @@ def validate_notification(
 ) -> Notification:
     """Apply the §4.1/§4.2 rules; raise ``Reject`` on the first violation.
 
-    Unknown top-level fields are ignored (hipchat-rb sends a stray ``room_id``).
+    Unknown top-level fields are ignored (hipchat-rb sends a stray ``room_id``);
+    a ``card`` of ``null`` is no card.
     """
     message = string(body, "message", required=True, min_len=1, max_len=V2_MESSAGE_MAX)
     message_format = enum(body, "message_format", MESSAGE_FORMATS, "html")
@@ -208,21 +281,86 @@ def validate_notification(
     notify = boolean(body, "notify", lenient=lenient_notify)
     sender = string(body, "from", max_len=from_max)
     attach_to = string(body, "attach_to", max_len=ATTACH_TO_MAX)
-    if body.get("card") is not None:
-        _validate_card(body["card"])
+    card = body.get("card")
+    if card is not None:
+        check_schema(CARD_SCHEMA, card, "card")
     assert message is not None
-    return Notification(message, message_format, color, notify, sender or "", attach_to)
+    return Notification(message, message_format, color, notify, sender or "", attach_to, card)
 
 
-def _validate_card(card: Json) -> None:
-    # A light check of the required card fields (§4.2), not the whole schema.
-    if not isinstance(card, dict):
-        raise type_error("card", card, "object")
-    for name in ("style", "title", "id"):
-        if name not in card:
-            raise required_error(name)
-    enum(card, "style", CARD_STYLES, "")
-    string(card, "title", min_len=1, max_len=CARD_TITLE_MAX)
+_JSON_TYPES: Mapping[str, type | tuple[type, ...]] = {
+    "string": str,
+    "object": dict,
+    "array": list,
+    "integer": int,
+    "number": (int, float),
+    "boolean": bool,
+}
+
+
+def _is_type(value: Json, name: str) -> bool:
+    # A JSON true is a Python int too: only "boolean" takes it.
+    if isinstance(value, bool):
+        return name == "boolean"
+    return isinstance(value, _JSON_TYPES[name])
+
+
+def check_schema(schema: Mapping[str, Json], value: Json, field: str) -> None:
+    """Check ``value`` (at path ``field``) against a fragment of a HipChat schema.
+
+    The dialect of the card schema (:mod:`~hipchatd.emulator.cards`): ``type``
+    (a name, or a list of alternative schemas), ``enum``, ``minLength`` and
+    ``maxLength``, ``properties`` (required unless ``optional``), ``items`` and
+    ``maxItems``; other keys are documentation. For a list of alternatives the
+    one matching the value's JSON type is checked, so an error names the exact
+    part (``card.description.value``) *[inferred: HipChat named only the
+    outer field, §4.3]*; a value of no listed type gets a type error carrying the
+    alternatives. The walk follows the schema, never the value, so its depth
+    is the schema's; unknown keys are not looked at. Raises ``Reject`` on the
+    first violation.
+    """
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        for alternative in kind:
+            if _is_type(value, alternative["type"]):
+                check_schema(alternative, value, field)
+                return
+        raise type_error(field, value, kind)
+    # As for `color`: a value outside an enumeration is an enumeration error, whatever its type.
+    if "enum" in schema and value not in schema["enum"]:
+        raise enum_error(field, value, schema["enum"])
+    if kind is not None and not _is_type(value, kind):
+        raise type_error(field, value, kind)
+    if isinstance(value, str):
+        if len(value) < schema.get("minLength", 0):
+            raise length_error(field, value, schema["minLength"], too_long=False)
+        if "maxLength" in schema and len(value) > schema["maxLength"]:
+            raise length_error(field, value, schema["maxLength"], too_long=True)
+    elif isinstance(value, dict):
+        _check_properties(schema.get("properties", {}), value, field)
+    elif isinstance(value, list):
+        if "maxItems" in schema and len(value) > schema["maxItems"]:
+            raise items_error(field, len(value), schema["maxItems"])
+        if "items" in schema:
+            for index, item in enumerate(value):
+                check_schema(schema["items"], item, f"{field}[{index}]")
+
+
+def _check_properties(
+    properties: Mapping[str, Mapping[str, Json]], value: Mapping[str, Json], field: str
+) -> None:
+    for name, schema in properties.items():
+        path = f"{field}.{name}"
+        if name not in value:
+            if not schema.get("optional", False):
+                raise required_error(path)
+            continue
+        check_schema(schema, value[name], path)
+        # §4.2: HTML in a card is limited to a few tags.
+        if holds_html(path, value):
+            tag = disallowed_tag(value[name])
+            if tag is not None:
+                raise html_error(path, value[name], tag)
 
 
 @dataclass(frozen=True, slots=True)

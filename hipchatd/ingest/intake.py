@@ -3,6 +3,8 @@
 ::
 
     accept      too deep? -> parse_event -> skip_reason -> route -> Spool.submit
+    skipped     counted; logged at INFO once per check per reminder period (SkipLog),
+                else at DEBUG
     committed   the spool's group commit stored the event: it is accepted, its entries go
                 to the lanes (Dispatcher.enqueue)
     refused     the spool could not store it: never accepted
@@ -32,10 +34,11 @@ from hipchatd.delivery.routing import route
 from hipchatd.delivery.spool import Entry, EventEntries, Spool
 from hipchatd.errors import EventError
 from hipchatd.ingest.listeners import reject
+from hipchatd.ingest.skiplog import SkipLog, check_key
 from hipchatd.metrics import Metrics
-from hipchatd.reasons import RejectReason
+from hipchatd.reasons import RejectReason, SkipReason
 from hipchatd.sensu.events import Event, parse_event
-from hipchatd.sensu.filters import skip_reason
+from hipchatd.sensu.filters import reminder_period, skip_reason
 from hipchatd.sensu.framing import Document, preview
 
 __all__ = ["MAX_NESTING", "Intake"]
@@ -73,6 +76,8 @@ class Intake:
         self._metrics = metrics
         self._spool = spool
         self._dispatcher = dispatcher
+        #: which skips are logged at INFO; its ``run`` reports what its line budget held back.
+        self.skip_log = SkipLog()
 
     def accept(self, document: Document, peer: str, transport: str) -> None:
         """Sink for the listeners: parse, filter, route, spool. Never blocks.
@@ -111,7 +116,7 @@ class Intake:
         reason = skip_reason(event, settings)
         if reason is not None:
             self._metrics.skipped[reason].inc()
-            log.debug("event.skipped", status=event.status, action=event.action, reason=reason)
+            self._log_skipped(event, reason, reminder_period(event, settings))
             return
         targets = route(event, settings, config.contacts)
         limit = config.daemon.max_targets_per_event
@@ -142,6 +147,26 @@ class Intake:
             reason="spool full",
             max_spool_events=config.daemon.max_spool_events,
         )
+
+    def _log_skipped(self, event: Event, reason: SkipReason, period: int) -> None:
+        """``event.skipped``: at INFO once per check per ``period`` seconds, else at DEBUG.
+
+        The INFO line says how many of the check's skips since its last INFO
+        line were logged at DEBUG only (``skipped_since_last``), and the
+        seconds until its next one may be written (``period``).
+        """
+        period = max(period, self.skip_log.min_period)
+        shown = self.skip_log.admit(check_key(event.incident_key), period, unix_now())
+        fields = {
+            "status": event.status,
+            "action": event.action,
+            "occurrences": event.occurrences,
+            "reason": reason,
+        }
+        if shown is None:
+            log.debug("event.skipped", **fields)
+        else:
+            log.info("event.skipped", **fields, skipped_since_last=shown, period=period)
 
     def committed(self, events: Sequence[EventEntries]) -> None:
         """The spool committed ``events``: they are accepted; hand their entries to the lanes.

@@ -10,7 +10,11 @@ The rules run in this order and the first that applies names the reason:
 4. ``silenced``: a silenced event, unless ``handle_silenced`` is set.
 5. ``handle_when`` (the Enterprise default filter), with the open
    ``occurrences`` filter extension's arithmetic: ``below_occurrences``,
-   ``repeat_suppressed``, or for a resolve ``not_announced``.
+   ``repeat_suppressed``, or for a resolve ``not_announced``. With
+   ``legacy_occurrences`` on and no ``handle_when`` on the check, sensu-plugin's
+   ``filter_repeated`` (:func:`repeat_reason`) decides instead, with the same
+   two reasons (a Sensu Go resolve by its incident's count, the watermark);
+   a check that carries ``handle_when`` is judged by ``handle_when``.
 """
 
 from __future__ import annotations
@@ -21,24 +25,45 @@ from typing import Final, Protocol
 from hipchatd.reasons import SkipReason
 from hipchatd.sensu.events import Action, Event, severity
 
-__all__ = ["DEFAULT_INTERVAL", "SKIP_REASONS", "handle_when_reason", "severity", "skip_reason"]
+__all__ = [
+    "DEFAULT_INTERVAL",
+    "LEGACY_INTERVAL",
+    "LEGACY_OCCURRENCES",
+    "LEGACY_REFRESH",
+    "SKIP_REASONS",
+    "handle_when_reason",
+    "legacy_applies",
+    "reminder_period",
+    "repeat_reason",
+    "severity",
+    "skip_reason",
+]
 
 #: Seconds assumed between results when a check has no interval (cron checks, or absent):
 #: the ``occurrences`` filter extension's default.
 DEFAULT_INTERVAL: Final = 60
+
+#: sensu-plugin's ``filter_repeated`` defaults: the first occurrence notifies, a result is
+#: assumed every 30 s, and reminders go out every 1800 s.
+LEGACY_OCCURRENCES: Final = 1
+LEGACY_INTERVAL: Final = 30
+LEGACY_REFRESH: Final = 1800
 
 #: Every reason ``skip_reason`` returns, in rule order (e.g. to pre-create counters at 0).
 SKIP_REASONS: Final = tuple(SkipReason)
 
 
 class FilterSettings(Protocol):
-    """The two settings the filters read (``HipChatSettings`` has them)."""
+    """The settings the filters read (``HipChatSettings`` has them)."""
 
     @property
     def severities(self) -> Set[str]: ...
 
     @property
     def handle_silenced(self) -> bool: ...
+
+    @property
+    def legacy_occurrences(self) -> bool: ...
 
 
 def skip_reason(event: Event, settings: FilterSettings) -> SkipReason | None:
@@ -54,6 +79,14 @@ def skip_reason(event: Event, settings: FilterSettings) -> SkipReason | None:
         return SkipReason.SEVERITY
     if event.silenced and not settings.handle_silenced:
         return SkipReason.SILENCED
+    if legacy_applies(event, settings):
+        return repeat_reason(
+            action=event.action,
+            occurrences=_carried_occurrences(event),
+            threshold=event.repeat.occurrences,
+            interval=event.interval,
+            refresh=event.repeat.refresh,
+        )
     return handle_when_reason(
         action=event.action,
         occurrences=event.occurrences,
@@ -121,5 +154,87 @@ def handle_when_reason(
         return SkipReason.BELOW_OCCURRENCES
     period = reset // (interval if interval is not None and interval > 0 else DEFAULT_INTERVAL)
     if occurrences > threshold and period != 0 and (occurrences - threshold) % period != 0:
+        return SkipReason.REPEAT_SUPPRESSED
+    return None
+
+
+def legacy_applies(event: Event, settings: FilterSettings) -> bool:
+    """Whether sensu-plugin's ``filter_repeated`` judges ``event`` instead of ``handle_when``.
+
+    It does when ``legacy_occurrences`` is on (the check's, else the client's,
+    else the ``hipchat`` setting) and the check carries no ``handle_when``:
+    a check that names ``handle_when`` asks for it, and gets it.
+    """
+    named = event.legacy_occurrences
+    enabled = settings.legacy_occurrences if named is None else named
+    return enabled and not event.repeat.handle_when_given
+
+
+def _carried_occurrences(event: Event) -> int:
+    """The ``n`` sensu-plugin judges: a Classic resolve carries its incident's count over.
+
+    A Sensu Go resolve counts its OK results instead (1 on the first), so its
+    incident's count is its watermark.
+    """
+    if event.flavor == "go" and event.action == "resolve":
+        return event.occurrences_watermark
+    return event.occurrences
+
+
+def reminder_period(event: Event, settings: FilterSettings) -> int:
+    """Seconds between two reminders of ``event``'s check.
+
+    Its ``handle_when.reset``, or where :func:`legacy_applies`, its
+    ``refresh`` (LEGACY_REFRESH when it names none). The skip log writes one
+    line per check per this period.
+    """
+    if legacy_applies(event, settings):
+        refresh = event.repeat.refresh
+        return LEGACY_REFRESH if refresh is None else refresh
+    return event.handle_when.reset
+
+
+def repeat_reason(
+    *,
+    action: Action,
+    occurrences: int,
+    threshold: int | None,
+    interval: int | None,
+    refresh: int | None,
+) -> SkipReason | None:
+    """sensu-plugin's ``filter_repeated`` decision: a skip reason, or None to notify.
+
+    The repeat filter of the Ruby handlers built on sensu-plugin
+    (``sensu-plugins-hipchat`` among them), ``Sensu::Handler#filter_repeated`` in
+    https://github.com/sensu-plugins/sensu-plugin/blob/master/lib/sensu-handler.rb.
+    With ``n = occurrences``, ``N = threshold`` (the check's ``occurrences``,
+    LEGACY_OCCURRENCES when None), ``I = interval`` (LEGACY_INTERVAL when None),
+    ``R = refresh`` (LEGACY_REFRESH when None) and ``k = R // I`` (Ruby's
+    ``refresh.fdiv(interval).to_i``):
+
+    - ``n < N``: ``below_occurrences``, whatever the action; a Classic resolve
+      carries its incident's ``n``, so the resolve of an incident that never
+      reached ``N`` is dropped too;
+    - ``create`` with ``n > N``: notify only when ``k == 0`` or
+      ``(n - N) % k == 0``, else ``repeat_suppressed``;
+    - everything else notifies: ``n == N``, and ``flapping`` and ``resolve``
+      from ``N`` on (the repeat rule is for ``create`` only).
+
+    Worked example (N=3, I=60, R=1800, so k=30): ``create`` notifies at
+    n = 3, 33, 63, …; n = 1 and 2 are ``below_occurrences``; ``flapping``
+    notifies at every n from 3; a resolve carrying n = 2 is dropped. With
+    Classic's usual ``refresh`` of a few seconds (shorter than I), ``k == 0``:
+    every result from ``N`` on notifies.
+    """
+    threshold = LEGACY_OCCURRENCES if threshold is None else threshold
+    if occurrences < threshold:
+        return SkipReason.BELOW_OCCURRENCES
+    if action != "create" or occurrences == threshold:
+        return None
+    # Ruby truncates the quotient towards zero: for any signs its size is |R| // |I|,
+    # and (n - N) % k == 0 does not depend on the sign of k. An interval of 0 (Ruby
+    # raises FloatDomainError: the handler fails) counts as none.
+    period = abs(LEGACY_REFRESH if refresh is None else refresh) // abs(interval or LEGACY_INTERVAL)
+    if period != 0 and (occurrences - threshold) % period != 0:
         return SkipReason.REPEAT_SUPPRESSED
     return None
