@@ -142,6 +142,7 @@ def test_a_syntax_error_in_a_template_file_names_it_and_its_line(tmp_path: Path)
         ({"template_file": "/nonexistent/m.j2"}, "/nonexistent/m.j2: no such file"),
         ({"templates": {"a": ["x"]}}, 'hipchat.templates.a: got ["x"] (list)'),
         ({"templates": "x"}, "hipchat.templates: got"),
+        ({"templates": {"": "x"}}, "hipchat.templates.: an empty name"),
         ({"digest_template": "{{ source }}"}, 'unknown variable "source"'),
     ],
 )
@@ -390,6 +391,8 @@ def test_documents_are_read_back_only_where_a_template_applies() -> None:
     assert other.documents is None
     default = Shaping.of(make_settings(template=template), make_target())
     assert default.documents == []
+    unknown = Shaping.of(make_settings(template=template), make_target(template="nope"))
+    assert unknown.documents is None
 
 
 # --- end to end: the daemon, the emulator, real events ---------------------------------

@@ -264,6 +264,9 @@ class Checker:
         named: dict[str, Template] = {}
         for name, entry in hipchat.pop("templates", {}).items():
             at = ("hipchat", "templates", name)
+            if not name:
+                self.problem(at, "an empty name; expected a name a check can select")
+                continue
             try:
                 source = TEMPLATE_ENTRY.convert(entry)
             except Reject as exc:

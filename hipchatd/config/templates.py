@@ -164,7 +164,8 @@ class TemplateSet:
 
     def any_for(self, name: str | None) -> bool:
         """Whether a target selecting ``name`` renders anything with a template."""
-        return self.digest is not None or self.named.get(name or "", self.default) is not None
+        selected = self.default if name is None else self.named.get(name)
+        return self.digest is not None or selected is not None
 
 
 # -- the context -------------------------------------------------------------------------
