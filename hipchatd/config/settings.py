@@ -126,9 +126,10 @@ class ProxyUrl:
             raise ValueError("not a URL of the form scheme://host:port") from None
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https"):
-            raise ValueError(
-                f"scheme {scheme!r} not supported" if scheme else "no scheme (http:// or https://)"
-            )
+            # Quoted only when it is one: "user:password@host:port" parses as scheme "user".
+            if scheme and text.strip().lower().startswith(f"{scheme}://"):
+                raise ValueError(f'scheme "{scheme}" not supported')
+            raise ValueError("no scheme (http:// or https://)")
         if not parts.hostname:
             raise ValueError("no host")
         if port is None:

@@ -188,7 +188,11 @@ def _egress(
     )
 
     def open_transport(proxy: ProxyUrl | None) -> httpx.AsyncBaseTransport:
-        via = httpx.Proxy(str(proxy), ssl_context=trust, auth=proxy.auth()) if proxy else None
+        via = None
+        if proxy is not None:
+            # An ssl_context for an http:// proxy is refused by httpcore.
+            context = trust if proxy.scheme == "https" else None
+            via = httpx.Proxy(str(proxy), ssl_context=context, auth=proxy.auth())
         return httpx.AsyncHTTPTransport(verify=trust, trust_env=False, limits=limits, proxy=via)
 
     return _Egress(chosen, open_transport)
