@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import json
 import ssl
+import subprocess
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -39,12 +40,18 @@ from hipchatd.emulator import Emulator
 from tests.conftest import TOKEN, classic_event, make_config, send_tcp, until_delivered
 from tests.connect_proxy import ConnectProxy, closed_port
 from tests.logcapture import capture_logs
+from tests.processes import HIPCHATD, REPO, STARTUP, Child, child_env
 
 #: Distinctive, so a leak anywhere is found by a substring search.
 PASSWORD = "pr0xy-pa55-9f8e7d6c"
 USER = "hipchatd-egress"
 SENSU = Target(kind="room", name="sensu", notify=False, username="Sensu", message_format="text")
 DRILL = Message(text="drill", color="red", notify=False, message_format="text", sender="s")
+#: What hipchat.proxy accepts, in words, as every problem line ends.
+PROXY_EXPECTED = (
+    '"env", or "http://host:port" or "https://host:port", optionally with user:password@'
+    " before the host"
+)
 #: Variables a test environment might carry; each test sets the ones it means.
 PROXY_VARIABLES = (
     "https_proxy",
@@ -457,14 +464,11 @@ def test_a_bad_proxy_is_a_problem_that_never_quotes_the_value(
     with pytest.raises(ConfigError) as info:
         load_proxy(tmp_path, value)
     (problem,) = info.value.problems
+    assert problem.endswith(f"; expected {PROXY_EXPECTED}")
     assert problem.startswith(
         f"{tmp_path / 'proxy.json'}: hipchat.proxy: got a string (value hidden): "
     )
     assert why in problem
-    assert problem.endswith(
-        'expected "env", or "http://host:port" or "https://host:port",'
-        " optionally with user:password@ before the host"
-    )
     assert PASSWORD not in problem
     assert USER not in problem
 
@@ -485,6 +489,61 @@ def test_plain_http_through_a_proxy_warns_that_the_proxy_sees_the_token(tmp_path
         " would see the API token in every request, use https://"
     )
     assert load_proxy(tmp_path, "http://proxy.example.com:3128").warnings == ()
+
+
+# -- as an operator meets it: check-config and serve ----------------------------------------
+
+
+def run_check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*HIPCHATD, "check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=STARTUP,
+        env=child_env(),
+        cwd=REPO,
+        check=False,
+    )
+
+
+def test_check_config_shows_no_proxy_credentials(tmp_path: Path) -> None:
+    path = tmp_path / "a.json"
+    hipchat = {"api_token": TOKEN, "proxy": with_credentials("http://proxy.example.com:3128/x")}
+    path.write_text(json.dumps({"hipchat": hipchat}))
+    refused = run_check_config(path)
+    hipchat |= {"proxy": with_credentials(A), "server_url": "http://hc.internal"}
+    path.write_text(json.dumps({"hipchat": hipchat}))
+    warned = run_check_config(path)
+    assert refused.returncode == 2
+    assert refused.stderr.splitlines() == [
+        f"error: {path}: hipchat.proxy: got a string (value hidden): a proxy URL has no path,"
+        f" query or fragment; expected {PROXY_EXPECTED}"
+    ]
+    assert warned.returncode == 0
+    assert warned.stdout == "OK\n"
+    assert "the proxy (hipchat.proxy from" in warned.stderr
+    for result in (refused, warned):
+        assert PASSWORD not in result.stdout + result.stderr
+
+
+def test_serve_refuses_an_unusable_proxy_variable_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "serve.json"
+    document = {
+        "hipchat": {"api_token": TOKEN, "proxy": "env"},
+        "hipchatd": {"tcp": {"host": "127.0.0.1", "port": 0}, "udp": None, "state_dir": ":memory:"},
+    }
+    path.write_text(json.dumps(document))
+    child = Child(
+        "serve", "--config", str(path), env={"HTTPS_PROXY": f"http://{USER}:{PASSWORD}@proxy"}
+    )
+    try:
+        assert child.wait_exit(STARTUP) == 1
+    finally:
+        child.close()
+    assert "Traceback" not in child.output
+    assert PASSWORD not in child.output
+    (invalid,) = child.logged("config.invalid")
+    assert invalid["problem"].startswith("HTTPS_PROXY: no port (value hidden); expected ")
 
 
 # -- the environment, as curl reads it ---------------------------------------------------------
@@ -515,27 +574,33 @@ def test_the_proxy_variable_for_each_scheme(
     assert (None if found is None else str(found)) == expected
 
 
+#: NO_PROXY -> (hosts that go direct, hosts that still take the proxy).
+NO_PROXY_CASES: dict[str, tuple[list[str], list[str]]] = {
+    "example.com": (
+        ["hipchat.example.com", "example.com", "HipChat.Example.COM."],
+        ["notexample.com"],
+    ),
+    ".example.com": (["hipchat.example.com", "example.com"], ["example.org"]),
+    "other.com, example.com ": (["hipchat.example.com"], ["other.org"]),
+    "*": (["hipchat.example.com", "10.1.2.3", "::1"], []),
+    "hipchat": ([], ["hipchat.example.com"]),
+    "10.0.0.0/8": (["10.1.2.3"], ["11.1.2.3", "hipchat.example.com"]),
+    # An address matches itself, never as a domain.
+    "10.1.2.3,2.3": (["10.1.2.3"], ["10.1.2.4"]),
+    "::1": (["::1", "[::1]"], ["::2"]),
+    "[::1]": (["::1"], []),
+    "2001:db8::/32": (["2001:db8::5"], ["2001:db9::5"]),
+    "": ([], ["localhost"]),
+}
+
+
 @pytest.mark.parametrize(
     ("host", "no_proxy", "direct"),
     [
-        ("hipchat.example.com", "example.com", True),
-        ("example.com", "example.com", True),
-        ("notexample.com", "example.com", False),
-        ("hipchat.example.com", ".example.com", True),
-        ("example.com", ".example.com", True),
-        ("HipChat.Example.COM.", "example.com", True),
-        ("hipchat.example.com", "other.com, example.com ", True),
-        ("hipchat.example.com", "*", True),
-        ("hipchat.example.com", "hipchat", False),
-        ("10.1.2.3", "10.0.0.0/8", True),
-        ("11.1.2.3", "10.0.0.0/8", False),
-        ("10.1.2.3", "10.1.2.3", True),
-        ("10.1.2.3", "2.3", False),  # an address is never a domain
-        ("::1", "::1", True),
-        ("[::1]", "[::1]", True),
-        ("2001:db8::5", "2001:db8::/32", True),
-        ("hipchat.example.com", "10.0.0.0/8", False),
-        ("localhost", "", False),
+        (host, no_proxy, direct)
+        for no_proxy, (matched, unmatched) in NO_PROXY_CASES.items()
+        for direct, hosts in ((True, matched), (False, unmatched))
+        for host in hosts
     ],
 )
 def test_no_proxy_matching(host: str, no_proxy: str, direct: bool) -> None:
