@@ -381,6 +381,22 @@ async def test_requests_go_direct_when_no_proxy_applies(
     assert [m.message for m in https_emulator.messages] == ["drill"]
 
 
+async def test_env_reads_the_proxy_variables_and_nothing_else(
+    nursery: trio.Nursery, https_emulator: Emulator, tls: Tls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SSL_CERT_FILE would make the emulator's CA trusted; with "env" it still is not read."""
+    proxy = await start_proxy(nursery)
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls.ca_file))
+    monkeypatch.setenv("SSL_CERT_DIR", str(tls.ca_file.parent))
+    settings = dataclasses.replace(settings_for(https_emulator, tls, PROXY_FROM_ENV), ca_file=None)
+    outcome = await send_once(settings)
+    assert outcome.kind is OutcomeKind.TRANSPORT_ERROR
+    assert outcome.error is not None
+    assert f"via proxy {proxy.url}" in outcome.error
+    assert "CERTIFICATE_VERIFY_FAILED" in outcome.error
+
+
 def test_env_refuses_an_unusable_proxy_variable_naming_it_never_its_value(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -589,6 +605,7 @@ NO_PROXY_CASES: dict[str, tuple[list[str], list[str]]] = {
     "10.1.2.3,2.3": (["10.1.2.3"], ["10.1.2.4"]),
     "::1": (["::1", "[::1]"], ["::2"]),
     "[::1]": (["::1"], []),
+    "hipchat.example.com:8443,[::2]:8443": (["hipchat.example.com", "::2"], ["example.com"]),
     "2001:db8::/32": (["2001:db8::5"], ["2001:db9::5"]),
     "": ([], ["localhost"]),
 }

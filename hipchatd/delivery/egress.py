@@ -11,12 +11,12 @@
   server, ``http_proxy`` (then ``HTTP_PROXY``) for an http:// one, else
   ``all_proxy`` (then ``ALL_PROXY``); an empty value counts as unset.
   ``no_proxy`` (then ``NO_PROXY``) lists hosts that go direct, comma-separated:
-  ``*`` alone is every host; a name matches that host and every host under it
+  ``*`` is every host; a name matches that host and every host under it
   (a leading dot is ignored: ``.example.com`` and ``example.com`` both match
   ``example.com`` and ``hipchat.example.com``, never ``notexample.com``); an
   IP address matches itself, an IP network (``10.0.0.0/8``) every address
-  in it. Ports are not compared. Unlike curl, ``HTTP_PROXY`` in upper case is
-  honoured: curl ignores it because a CGI script's environment gets
+  in it; an entry's port is ignored. Unlike curl, ``HTTP_PROXY`` in upper
+  case is honoured: curl ignores it because a CGI script's environment gets
   ``HTTP_PROXY`` from a request's ``Proxy:`` header (httpoxy), and hipchatd
   is never a CGI script. A proxy variable must hold ``http://host:port`` or
   ``https://host:port`` (``host:port`` means http://); anything else refuses
@@ -81,7 +81,7 @@ class EnvironmentProxies:
         if problems:
             raise ConfigError(sorted(set(problems)))
         listed = next((environ[n] for n in _NO_PROXY_VARIABLES if environ.get(n, "").strip()), "")
-        entries = (entry.strip().lower().lstrip(".") for entry in listed.split(","))
+        entries = (_without_port(entry.strip().lower().lstrip(".")) for entry in listed.split(","))
         return cls(proxies, tuple(entry for entry in entries if entry))
 
     def proxy_for(self, scheme: str, host: str) -> ProxyUrl | None:
@@ -113,6 +113,15 @@ def bypassed(host: str, no_proxy: tuple[str, ...]) -> bool:
         if host == entry or (address is None and host.endswith("." + entry)):
             return True
     return False
+
+
+def _without_port(entry: str) -> str:
+    """A NO_PROXY entry without its port, if any: ``host:8080``, ``[::1]:8080``."""
+    if entry.startswith("[") and "]:" in entry:
+        return entry.partition("]:")[0] + "]"
+    if entry.count(":") == 1:
+        return entry.partition(":")[0]
+    return entry
 
 
 def route(setting: ProxySetting, environ: Mapping[str, str]) -> Route | None:
