@@ -79,9 +79,9 @@ LOZENGES: Final[dict[str, str]] = {
 
 #: Where the status icons come from: Google's Noto Emoji circles (Apache License
 #: 2.0), 64x64 PNG, from the ``emoji-datasource-google`` npm package at a pinned
-#: version as jsDelivr serves it; a pinned version's files never change there
-#: (https://www.jsdelivr.com/documentation#id-npm). HipChat's clients fetch
-#: a card's icon by URL, so it must be a public one.
+#: version, as jsDelivr serves npm packages (https://www.jsdelivr.com/documentation).
+#: npm never lets a published version's files change, so the URLs stay stable.
+#: HipChat's clients fetch a card's icon by URL, so it must be a public one.
 ICON_BASE: Final = "https://cdn.jsdelivr.net/npm/emoji-datasource-google@16.0.0/img/google/64/"
 #: The icon per status word, a circle of the message's colour: red, yellow,
 #: white (gray), green, purple.
@@ -195,7 +195,8 @@ def _attribute(
 
 def _one_line(value: str, cap: int) -> str:
     """``value`` on one line, unprintables replaced, stripped, at most ``cap`` characters."""
-    # Read one character past the cap: enough to know a cut is needed.
+    # Read no more than twice the cap: a megabyte name costs no more than a short one,
+    # and stripping cannot take a longer value below the cut unnoticed.
     head = value[: cap * 2]
     text = _UNPRINTABLE.sub("\ufffd", _LINE_BREAK.sub(" ", head)).strip()
     if len(value) > len(head) or len(text) > cap:

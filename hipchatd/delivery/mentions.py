@@ -15,11 +15,10 @@ https://developer.atlassian.com/hipchat/guide/sending-messages). So:
   a mention name; the characters a name may start with are those the
   configuration accepts in one (:mod:`hipchatd.sensu.links`): a word
   character, ``.`` or ``-``. What comes before the ``@`` does not matter:
-  ``user@example.com`` is neutralised too. HipChat's own description of a
-  mention ("starts with an '@' and ends when hitting a non-word character")
-  names no word boundary before it, and the cost of a neutralised e-mail
-  address is one invisible character, while the cost of a missed one is a
-  paged room.
+  ``user@example.com`` is neutralised too. Whether HipChat needed a word
+  boundary before the ``@`` is documented nowhere, and the two mistakes
+  differ in cost: a neutralised e-mail address gains one invisible
+  character, a missed mention pages a room.
 * Html messages are left alone: HipChat shows ``@all`` in them as text.
 
 Neutralising adds one character per such ``@``: :func:`neutralized_width`
@@ -69,8 +68,10 @@ def neutralize(text: str) -> str:
 
 
 def neutralized_width(text: str, index: int) -> int:
-    """Characters ``text[index]`` takes once neutralised: 2 for an ``@`` that gets a
-    zero-width space (judged by the character after it in ``text``), else 1."""
+    """Characters ``text[index]`` takes once neutralised: 2 for an ``@`` that gets one, else 1.
+
+    An ``@`` is judged by the character after it in ``text``.
+    """
     if text[index] != "@":
         return 1
     return 2 if _MENTION_START.match(text, index) else 1
