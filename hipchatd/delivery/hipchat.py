@@ -283,16 +283,18 @@ class HipChatClient:
                     "message_format": message.message_format,
                 },
             )
-        return await self._post_json(
-            _room_path(target.name),
-            {
-                "message": _wire_text(message.text),
-                "color": message.color,
-                "notify": bool(message.notify),
-                "message_format": message.message_format,
-                "from": _wire_text(message.sender),
-            },
-        )
+        body: dict[str, Any] = {
+            "message": _wire_text(message.text),
+            "color": message.color,
+            "notify": bool(message.notify),
+            "message_format": message.message_format,
+            "from": _wire_text(message.sender),
+        }
+        if message.card is not None:
+            # Only a v2 room notification takes a card (docs/hipchat-api.md §4.1);
+            # ``message`` stays, for clients that cannot show one.
+            body["card"] = message.card
+        return await self._post_json(_room_path(target.name), body)
 
     async def auth_test(self, target: Target) -> Outcome:
         """Ask HipChat whether the token may post to ``target``, without posting.
