@@ -120,13 +120,17 @@ class App:
             for name in _RESTART_KEYS
             if getattr(old.daemon, name) != getattr(new.daemon, name)
         ]
-        if old.hipchat.ca_file != new.hipchat.ca_file:
-            restart.append("hipchat.ca_file")
+        # The HTTP client is made once, at start, from ca_file and proxy.
+        for name in ("ca_file", "proxy"):
+            if getattr(old.hipchat, name) != getattr(new.hipchat, name):
+                restart.append(f"hipchat.{name}")
         # Keys that need a restart keep their running values.
         kept = dataclasses.replace(
             new.daemon, **{name: getattr(old.daemon, name) for name in _RESTART_KEYS}
         )
-        hipchat = dataclasses.replace(new.hipchat, ca_file=old.hipchat.ca_file)
+        hipchat = dataclasses.replace(
+            new.hipchat, ca_file=old.hipchat.ca_file, proxy=old.hipchat.proxy
+        )
         self.config = dataclasses.replace(new, daemon=kept, hipchat=hipchat)
         self.client = HipChatClient(hipchat, self.client.http)
         budget = None
@@ -382,6 +386,7 @@ async def run(
                         if app.udp_address
                         else None,
                         server_url=hipchat.server_url,
+                        proxy=None if hipchat.proxy is None else str(hipchat.proxy),
                         api_version=hipchat.api_version,
                         rooms=list(hipchat.room),
                         state_dir=daemon.state_dir,

@@ -382,3 +382,44 @@ def test_first_only_gives_the_first_message_of_the_full_batch() -> None:
     full = render_batch(events, HTML, "v2")
     assert len(full) > 1
     assert render_batch(events, HTML, "v2", first_only=True) == full[:1]
+
+
+# --- mentions --------------------------------------------------------------------------------
+
+ZW = "\u200b"
+LIVE_MENTION = re.compile(r"@(?=[\w.\-])")
+
+
+def test_a_digest_for_a_target_with_mentions_is_text_with_them_first() -> None:
+    target = replace(HTML, mention="@all")
+    events = [ev("disk"), ev("load@all"), ev("disk", status=0, output="paging @here")]
+    [(message, span)] = render_batch(events, target, "v2")
+    assert span == range(3)
+    assert message.message_format == "text"
+    assert lines_of(message) == [
+        "@all 3 events: 2 critical, 1 ok",
+        f"OK web-01/disk: paging @{ZW}here (2 updates)",
+        f"CRITICAL web-01/load@{ZW}all: DISK CRITICAL - / at 97%",
+    ]
+
+
+def test_a_text_digest_neutralises_without_mentions_and_html_is_left_alone() -> None:
+    events = [ev("a", output="@all now"), ev("b")]
+    [(text, _)] = render_batch(events, TEXT, "v2")
+    assert lines_of(text)[1] == f"CRITICAL web-01/a: @{ZW}all now"
+    [(html, _)] = render_batch(events, HTML, "v2")
+    assert lines_of(html)[1] == "<b>CRITICAL</b> web-01/a: @all now"
+
+
+def test_digests_with_mentions_and_at_signs_everywhere_stay_under_the_limit() -> None:
+    target = replace(TEXT, mention=" ".join(f"@person{i}" for i in range(20)))
+    events = [
+        ev(f"@c{i}" * 40, source="@s" * 60, output="@a" * 300, status=i % 4) for i in range(2000)
+    ]
+    batches = render_batch(events, target, "v2")
+    assert_partition(batches, len(events))
+    assert len(batches) > 1
+    for message, _ in batches:
+        assert len(message.text) <= MAX_MESSAGE_CHARS
+        assert message.text.startswith(target.mention + " ")
+        assert LIVE_MENTION.search(message.text.removeprefix(target.mention + " ")) is None

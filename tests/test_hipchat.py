@@ -13,6 +13,7 @@ import json
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus
@@ -227,6 +228,33 @@ async def test_v1_room_message_request(message: Message, notify: str) -> None:
         "color": message.color,
         "notify": notify,
     }
+
+
+#: A card as render builds one; the client passes it on as it is.
+CARD = {"style": "application", "id": "c1", "title": "CRITICAL web01/check_http"}
+
+
+async def test_v2_room_notification_carries_the_card_beside_the_message() -> None:
+    recorder = Recorder(204)
+    async with hipchat(recorder) as client:
+        await client.send(ROOM, replace(MESSAGE, card=CARD))
+    body = json.loads(recorder.only.content)
+    assert body["card"] == CARD
+    assert body["message"] == MESSAGE.text
+
+
+async def test_only_a_v2_room_notification_carries_a_card() -> None:
+    recorder = Recorder(204)
+    async with hipchat(recorder) as client:
+        await client.send(USER, replace(QUIET, card=CARD))
+        await client.send(ROOM, MESSAGE)
+    v1 = Recorder(200, content=b'{"status": "sent"}')
+    async with hipchat(v1, api_version="v1") as client:
+        await client.send(ROOM, replace(MESSAGE, card=CARD))
+    user_body, room_body = (json.loads(r.content) for r in recorder.requests)
+    assert "card" not in user_body
+    assert "card" not in room_body
+    assert "card" not in dict(parse_qsl(v1.only.content.decode()))
 
 
 @pytest.mark.parametrize("api_version", ["v1", "v2"])

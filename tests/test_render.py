@@ -517,3 +517,21 @@ def test_clip_renders_and_cuts_between_source_characters(
     value: str, cap: int, as_html: bool, clipped: str
 ) -> None:
     assert clip(value, cap, as_html) == clipped
+
+
+# --- text neutralises mentions; html is untouched ------------------------------------------
+
+
+@pytest.mark.parametrize("cap", [1, 2, 3, 4, 9, 10, 50])
+def test_clip_neutralises_in_text_and_counts_the_zero_width_spaces(cap: int) -> None:
+    clipped = clip("@a" * 20, cap, False)
+    assert len(clipped) <= cap
+    assert re.search(r"@(?=[\w.\-])", clipped) is None
+    assert clip("@all", 10, False) == "@\u200ball"
+    assert clip("@all", 10, True) == "@all"
+
+
+def test_a_message_has_no_card_unless_given_one() -> None:
+    message = Message(text="x", color="red", notify=False, message_format="text", sender="s")
+    assert message.card is None
+    assert render(sample_event(), make_target(), "v2").card is None

@@ -264,6 +264,16 @@ def test_html_escapes_event_values_and_text_does_not() -> None:
     assert message.message_format == "text"
 
 
+def test_a_mention_renders_the_text_variant_neutralised_with_the_mentions_first() -> None:
+    event = make_event(output="ping @all <now>")
+    templates, target = one(
+        {"html": "<b>{{ output }}</b>", "text": "{{ output }}"}, mention="@oncall"
+    )
+    message = render(event, target, "v2", templates=templates)
+    assert message.message_format == "text"
+    assert message.text == "@oncall ping @\u200ball <now>"
+
+
 def test_the_context_holds_the_normalised_fields_and_the_whole_event() -> None:
     document = go_event()
     event = parse_event(document)

@@ -52,6 +52,7 @@ from hipchatd.config.settings import (
     DEFAULT_STATE_DIR,
     DEFAULT_TIMEOUT,
     MIN_MAX_FRAME_BYTES,
+    PROXY_FROM_ENV,
     TOKEN_CREDENTIAL,
     TOKEN_ENV,
     ApiVersion,
@@ -61,6 +62,8 @@ from hipchatd.config.settings import (
     Listen,
     LoadResult,
     Network,
+    ProxySetting,
+    ProxyUrl,
     Secret,
 )
 from hipchatd.errors import ConfigError
@@ -87,6 +90,7 @@ __all__ = [
     "MAX_CONFIG_DEPTH",
     "MAX_INTEGER_DIGITS",
     "MIN_MAX_FRAME_BYTES",
+    "PROXY_FROM_ENV",
     "TOKEN_CREDENTIAL",
     "TOKEN_ENV",
     "ApiVersion",
@@ -97,6 +101,8 @@ __all__ = [
     "Listen",
     "LoadResult",
     "Network",
+    "ProxySetting",
+    "ProxyUrl",
     "Secret",
     "load_config",
     "read_regular",

@@ -187,9 +187,16 @@ class Checker:
     ) -> None:
         """Rules that involve more than one key."""
         if settings.server_url.lower().startswith("http://"):
+            # Through a proxy, https:// shows it only "CONNECT host:port"; http:// shows it all.
+            seen = (
+                "the API token would travel in clear text"
+                if settings.proxy is None
+                else f"the proxy (hipchat.proxy from {self.source(('hipchat', 'proxy'))})"
+                " would see the API token in every request"
+            )
             self.warnings.append(
                 f"{self.source(('hipchat', 'server_url'))}: hipchat.server_url: plain http://;"
-                " the API token would travel in clear text, use https://"
+                f" {seen}, use https://"
             )
         if settings.api_version == "v1":
             v1 = f'with api_version "v1" from {self.source(("hipchat", "api_version"))}'

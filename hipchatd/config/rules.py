@@ -24,9 +24,12 @@ from hipchatd.config.settings import (
     DEFAULT_METRICS_PORT,
     DEFAULT_PORT,
     MIN_MAX_FRAME_BYTES,
+    PROXY_FROM_ENV,
     ApiVersion,
     Listen,
     Network,
+    ProxySetting,
+    ProxyUrl,
 )
 from hipchatd.config.templates import Source
 from hipchatd.sensu.events import BySeverity, MessageFormat, Severity
@@ -244,6 +247,25 @@ def _object(value: object) -> dict[str, Any]:
     return value
 
 
+def _proxy(value: object) -> ProxySetting:
+    """``"env"``, or a proxy URL; the reason for a refusal never quotes the value."""
+    if value == PROXY_FROM_ENV:
+        return "env"
+    if not isinstance(value, str):
+        raise Reject
+    try:
+        return ProxyUrl.parse(value)
+    except ValueError as exc:
+        raise Reject(str(exc)) from None
+
+
+# The proxy URL may carry credentials: problem lines name the key, never the value.
+_PROXY_EXPECTED = (
+    '"env", or "http://host:port" or "https://host:port", optionally with'
+    " user:password@ before the host"
+)
+
+
 def _networks(value: object) -> tuple[Network, ...]:
     if isinstance(value, str):
         value = [value]
@@ -343,6 +365,7 @@ HIPCHAT_RULES: Mapping[str, Rule] = {
     ),
     "templates": Rule(_object, "an object: template name -> template"),
     "digest_template": TEMPLATE_ENTRY,
+    "proxy": Rule(_proxy, _PROXY_EXPECTED, secret=True),
 }
 
 _LISTEN: Mapping[str, Rule] = {

@@ -11,6 +11,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
+from urllib.parse import unquote, urlsplit
 
 from hipchatd.config.templates import Template
 from hipchatd.sensu.events import BySeverity, MessageFormat, Overrides
@@ -92,6 +93,80 @@ class Secret:
         return bool(self._value)
 
 
+#: ``hipchat.proxy`` naming the environment's proxy variables instead of a proxy.
+PROXY_FROM_ENV = "env"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class ProxyUrl:
+    """An egress proxy, ``http://host:port`` or ``https://host:port``.
+
+    Its credentials (``user:password@``) are a secret: ``str`` and ``repr``
+    show the scheme, host and port only, so a log line, an error or a
+    problem line can name the proxy without them.
+    """
+
+    scheme: Literal["http", "https"]
+    host: str
+    port: int
+    #: ``user:password`` as written in the URL (percent-encoded), or None.
+    credentials: Secret | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ProxyUrl:
+        """Read ``scheme://[user:password@]host:port[/]``.
+
+        Raises ValueError saying what is wrong, in words that never quote
+        the credentials (nor the rest of the value: it may hold them).
+        """
+        try:
+            parts = urlsplit(text.strip())
+            port = parts.port
+        except ValueError:
+            # urlsplit's own text may quote a password taken for a port.
+            raise ValueError("not a URL of the form scheme://host:port") from None
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https"):
+            # Quoted only when it is one: "user:password@host:port" parses as scheme "user".
+            if scheme and text.strip().lower().startswith(f"{scheme}://"):
+                raise ValueError(f'scheme "{scheme}" not supported')
+            raise ValueError("no scheme (http:// or https://)")
+        if not parts.hostname:
+            raise ValueError("no host")
+        if port is None:
+            raise ValueError("no port")
+        if port == 0:
+            raise ValueError("port 0")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError("a proxy URL has no path, query or fragment")
+        userinfo = parts.netloc.rpartition("@")[0]
+        return cls(
+            "https" if scheme == "https" else "http",
+            parts.hostname,
+            port,
+            Secret(userinfo) if userinfo else None,
+        )
+
+    def auth(self) -> tuple[str, str] | None:
+        """(user, password), percent-decoded, for Proxy-Authorization; None without credentials."""
+        if self.credentials is None:
+            return None
+        user, _, password = self.credentials.reveal().partition(":")
+        return unquote(user), unquote(password)
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+    def __repr__(self) -> str:
+        hidden = ", credentials hidden" if self.credentials is not None else ""
+        return f"ProxyUrl({str(self)!r}{hidden})"
+
+
+#: ``hipchat.proxy``: no proxy (None), the environment's (``"env"``), or one proxy.
+ProxySetting = ProxyUrl | Literal["env"] | None
+
+
 @dataclass(frozen=True, slots=True)
 class Listen:
     """An address to listen on."""
@@ -132,6 +207,8 @@ class HipChatSettings:
     templates: Mapping[str, Template] = field(default_factory=dict)
     #: a storm's several-event message; None: the built-in one line per check.
     digest_template: Template | None = None
+    #: None: no proxy, and the environment's proxy variables are ignored.
+    proxy: ProxySetting = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,11 @@ text is the same without tags, lines joined by newlines)::
 * Colour: the worst status among the message's events, red (critical) >
   gray (unknown) > yellow (warning) > purple (flapping) > green.
   ``notify`` if any event's own message would notify.
+* Mentions: a lane's events share one target, so a summary whose target
+  carries a mention is sent as text with the mentions first, and its event
+  text is neutralised like a single event's (:mod:`hipchatd.delivery.mentions`).
+  A summary carries no card and no dashboard link: a card shows one object,
+  and a link per line would make the lines long.
 
 With ``digest_template`` configured, a several-event message is that
 template's output instead (:mod:`hipchatd.delivery.templated`), for the same
@@ -45,6 +50,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hipchatd.config import ApiVersion
+from hipchatd.delivery.mentions import finish_text, mention_prefix, sent_format
 from hipchatd.delivery.render import (
     MAX_MESSAGE_CHARS,
     Message,
@@ -120,6 +126,7 @@ class _Pack:
         "header_length",
         "kinds",
         "length",
+        "limit",
         "lines",
         "rank",
         "separator",
@@ -127,8 +134,10 @@ class _Pack:
         "stop",
     )
 
-    def __init__(self, start: int, separator: int) -> None:
+    def __init__(self, start: int, separator: int, limit: int = MAX_MESSAGE_CHARS) -> None:
         self.start = start
+        #: characters the text may take: MAX_MESSAGE_CHARS less the target's mention prefix
+        self.limit = limit
         self.stop = start
         self.lines: dict[tuple[str, str, str], _Line] = {}
         self.counts = [0] * len(STATUS_ORDER)
@@ -144,7 +153,7 @@ class _Pack:
         self.rank = len(_COLOR_RANK) + 1
 
     def add(self, item: _Item) -> bool:
-        """Add ``item``, unless it would push a non-empty message past MAX_MESSAGE_CHARS."""
+        """Add ``item``, unless it would push a non-empty message past its limit."""
         count = self.counts[item.word]
         header = self.header_length + (self.stop - self.start in _DIGIT_GROWTH)
         if count:
@@ -159,7 +168,7 @@ class _Pack:
         else:
             line_length = item.length + _updates_chars(line.count + 1)
             length = self.length + header - self.header_length + line_length - line.length
-        if length > MAX_MESSAGE_CHARS and self.stop > self.start:
+        if length > self.limit and self.stop > self.start:
             return False
         self.stop += 1
         self.counts[item.word] = count + 1
@@ -199,10 +208,11 @@ def render_batch(
     """
     if len(events) == 1:
         return [(_render_one(events, 0, target, api_version, shaping), range(1))]
-    as_html = target.message_format == "html"
+    as_html = sent_format(target) == "html"
     separator = len(_HTML_BREAK) if as_html else 1
+    limit = MAX_MESSAGE_CHARS - len(mention_prefix(target))
     packs: list[_Pack] = []
-    pack = _Pack(0, separator)
+    pack = _Pack(0, separator, limit)
     # Name parts repeat across a storm (the same hosts, the same checks): cut each once.
     names: dict[str, str] = {}
     for index, event in enumerate(events):
@@ -211,7 +221,7 @@ def render_batch(
             packs.append(pack)
             if first_only:
                 break
-            pack = _Pack(index, separator)
+            pack = _Pack(index, separator, limit)
             pack.add(item)
     if pack.stop > pack.start and not (first_only and packs):
         packs.append(pack)
@@ -234,18 +244,19 @@ def _message(
     covered = events[pack.start : pack.stop]
     if len(covered) == 1:
         return _render_one(events, pack.start, target, api_version, shaping)
+    message_format = sent_format(target)
     text = _digest(events, _span(pack), target, shaping)
     if text is None:
         lines = [_header(len(covered), pack.counts)]
         lines.extend(_line_text(line.item, line.count) for line in pack.lines.values())
-        text = (_HTML_BREAK if target.message_format == "html" else "\n").join(lines)
+        text = (_HTML_BREAK if message_format == "html" else "\n").join(lines)
     return Message(
-        text=text,
+        text=finish_text(text, target, MAX_MESSAGE_CHARS),
         color=pack.color,
         # Every event of a batch shares its target (lanes are per target), so
         # "any folded event would notify" is the target's own notify.
         notify=target.notify,
-        message_format=target.message_format,
+        message_format=message_format,
         sender=sender,
     )
 
@@ -331,6 +342,5 @@ def _digest(
     covered = events[span.start : span.stop]
     documents = shaping.documents[span.start : span.stop] if shaping.documents else None
     words = [status_word(event) for event in covered]
-    return digest_text(
-        covered, documents, words, target, shaping.templates, limit=MAX_MESSAGE_CHARS
-    )
+    limit = MAX_MESSAGE_CHARS - len(mention_prefix(target))
+    return digest_text(covered, documents, words, target, shaping.templates, limit=limit)

@@ -37,9 +37,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -49,7 +50,8 @@ import trio
 
 from hipchatd import __version__
 from hipchatd.clock import unix_now
-from hipchatd.config import ApiVersion, HipChatSettings
+from hipchatd.config import ApiVersion, HipChatSettings, ProxySetting, ProxyUrl
+from hipchatd.delivery.egress import Route, route, scrub_proxy
 from hipchatd.delivery.outcome import (
     MAX_SERVER_WAIT,
     Outcome,
@@ -135,27 +137,102 @@ def make_http_client(settings: HipChatSettings, concurrency: int) -> httpx.Async
       forgets its scope can wait forever: always wrap.
     * ``trust_env=False``: ``HTTPS_PROXY``, ``SSL_CERT_FILE`` and ``.netrc`` are
       ignored, so the daemon behaves the same under systemd and in a shell.
+      ``hipchat.proxy`` ``"env"`` reads the proxy variables alone, as
+      :mod:`hipchatd.delivery.egress` describes; never ``SSL_CERT_FILE``,
+      ``SSL_CERT_DIR`` or ``.netrc``.
     * ``ca_file`` *replaces* the default CA bundle (like ``curl --cacert``):
       HipChat Server with a private CA. Without it, httpx's bundled CAs are used.
+    * Through a proxy, a request to an https:// server goes in a CONNECT
+      tunnel: the proxy sees ``CONNECT host:port`` (and ``Proxy-Authorization``
+      when the proxy URL has credentials), then only TLS, and ``ca_file``
+      verifies HipChat's certificate inside the tunnel. An https:// proxy's
+      own certificate is verified with the same trust. A request to an
+      http:// server is sent to the proxy whole, token included. A proxy's
+      failure (refused connection, ``407``, a refused CONNECT) is a transport
+      error naming the proxy, never its credentials.
     * Redirects are not followed: a redirect means ``server_url`` is wrong, and
       a POST must not be replayed elsewhere.
     * ``Accept-Encoding: identity``: bodies are read raw and bounded
       (:data:`MAX_BODY_BYTES`); a compressed one could inflate far beyond that.
 
-    Raises ConfigError when ``ca_file`` cannot be read as PEM CA certificates.
+    Raises ConfigError when ``ca_file`` cannot be read as PEM CA certificates,
+    or when ``proxy`` is ``"env"`` and a proxy variable holds no usable proxy.
     """
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    verify = _ssl_context(settings.ca_file)
     return httpx.AsyncClient(
         headers={
             "User-Agent": f"hipchatd/{__version__}",
             "Accept": "application/json",
             "Accept-Encoding": "identity",
         },
-        limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+        limits=limits,
         timeout=httpx.Timeout(None),
-        verify=_ssl_context(settings.ca_file),
+        verify=verify,
         trust_env=False,
         follow_redirects=False,
+        transport=_egress(settings.proxy, verify, limits),
     )
+
+
+def _egress(
+    setting: ProxySetting, verify: ssl.SSLContext | bool, limits: httpx.Limits
+) -> httpx.AsyncBaseTransport | None:
+    """The transport for ``setting``; None (httpx's own) when every request goes direct."""
+    chosen = route(setting, os.environ)
+    if chosen is None:
+        return None
+    # httpx's bundled CAs, as ``verify=True`` means with trust_env off.
+    trust = (
+        verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context(trust_env=False)
+    )
+
+    def open_transport(proxy: ProxyUrl | None) -> httpx.AsyncBaseTransport:
+        via = None
+        if proxy is not None:
+            # An ssl_context for an http:// proxy is refused by httpcore.
+            context = trust if proxy.scheme == "https" else None
+            via = httpx.Proxy(str(proxy), ssl_context=context, auth=proxy.auth())
+        return httpx.AsyncHTTPTransport(verify=trust, trust_env=False, limits=limits, proxy=via)
+
+    return _Egress(chosen, open_transport)
+
+
+class _Egress(httpx.AsyncBaseTransport):
+    """Sends each request direct or through the proxy its route names; failures name the proxy."""
+
+    def __init__(
+        self, chosen: Route, open_transport: Callable[[ProxyUrl | None], httpx.AsyncBaseTransport]
+    ) -> None:
+        self._route = chosen
+        self._open = open_transport
+        self._transports: dict[ProxyUrl | None, httpx.AsyncBaseTransport] = {}
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        proxy = self._route(request.url.scheme, request.url.host)
+        transport = self._transports.get(proxy)
+        if transport is None:
+            transport = self._transports[proxy] = self._open(proxy)
+        if proxy is None:
+            return await transport.handle_async_request(request)
+        try:
+            response = await transport.handle_async_request(request)
+        except httpx.ProxyError as exc:
+            text = f"proxy {proxy} refused CONNECT: {_cause_text(exc) or 'no reason given'}"
+            raise httpx.ProxyError(scrub_proxy(text, proxy)) from exc
+        except httpx.TransportError as exc:
+            text = f"via proxy {proxy}: {_cause_text(exc) or type(exc).__name__}"
+            raise type(exc)(scrub_proxy(text, proxy)) from exc
+        if response.status_code == httpx.codes.PROXY_AUTHENTICATION_REQUIRED:
+            # A forwarded http:// request; through a tunnel this is a ProxyError above.
+            await response.aclose()
+            text = f"proxy {proxy} refused the request: 407 {response.reason_phrase}"
+            raise httpx.ProxyError(scrub_proxy(text, proxy))
+        return response
+
+    async def aclose(self) -> None:
+        for transport in self._transports.values():
+            await transport.aclose()
 
 
 class HipChatClient:
@@ -206,16 +283,18 @@ class HipChatClient:
                     "message_format": message.message_format,
                 },
             )
-        return await self._post_json(
-            _room_path(target.name),
-            {
-                "message": _wire_text(message.text),
-                "color": message.color,
-                "notify": bool(message.notify),
-                "message_format": message.message_format,
-                "from": _wire_text(message.sender),
-            },
-        )
+        body: dict[str, Any] = {
+            "message": _wire_text(message.text),
+            "color": message.color,
+            "notify": bool(message.notify),
+            "message_format": message.message_format,
+            "from": _wire_text(message.sender),
+        }
+        if message.card is not None:
+            # Only a v2 room notification takes a card (docs/hipchat-api.md §4.1);
+            # ``message`` stays, for clients that cannot show one.
+            body["card"] = message.card
+        return await self._post_json(_room_path(target.name), body)
 
     async def auth_test(self, target: Target) -> Outcome:
         """Ask HipChat whether the token may post to ``target``, without posting.
@@ -419,15 +498,21 @@ def _describe(exc: Exception) -> str:
     # httpx re-raises httpcore's error, which wraps trio's, which wraps the OS or
     # TLS error; the outer ones often have no text (a failed TLS handshake is a
     # bare "ConnectError"). Name the httpx class, quote the first text in the chain.
+    text = _cause_text(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _cause_text(exc: BaseException) -> str:
+    """The first text down ``exc``'s chain of causes, or ""."""
     cause: BaseException | None = exc
     for _ in range(_MAX_CAUSES):
         if cause is None:
             break
         text = str(cause).strip()
         if text:
-            return f"{type(exc).__name__}: {text}"
+            return text
         cause = cause.__cause__ or cause.__context__
-    return type(exc).__name__
+    return ""
 
 
 def _clean(text: str, token: str) -> str:

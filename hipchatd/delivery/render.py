@@ -5,12 +5,19 @@ without tags, with real newlines)::
 
     <b>CRITICAL</b> web-01/check-disk: DISK CRITICAL - / at 97%<br>
     more output lines...<br>
-    occurrences: 3 · <a href="https://wiki/disk">Playbook</a> · namespace: prod
+    occurrences: 3 · <a href="https://wiki/disk">Playbook</a> · <a href="…">Dashboard</a>
 
 The first line stays scannable in a chat room: status word, ``source/check``
 and the first line of the notification or output. The last line (only when
-there is something to say) carries the occurrence count (> 1), the playbook
-and, for Sensu Go, a non-default namespace.
+there is something to say) carries the occurrence count (> 1), the playbook,
+the target's dashboard link (its ``dashboard_url`` filled in for the event;
+in text, "Dashboard: URL") and, for Sensu Go, a non-default namespace.
+
+A text message has each ``@`` that could page a room neutralised, and a
+target's mentions go first (:mod:`hipchatd.delivery.mentions`); a target
+with mentions is always sent as text. A target with ``card`` gets a HipChat
+card too (:mod:`hipchatd.delivery.cards`); the client sends it where the API
+takes one.
 
 Every event-derived string is HTML-escaped in html mode: unescaped event
 output once let content be injected into HipChat rooms (travis-ci/travis-ci#5422).
@@ -23,15 +30,24 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from typing import Any
 
 from hipchatd.config import ApiVersion
 from hipchatd.config.templates import TemplateSet
+from hipchatd.delivery.cards import build_card, is_web_url
+from hipchatd.delivery.mentions import (
+    finish_text,
+    mention_prefix,
+    neutralize,
+    neutralized_width,
+    sent_format,
+)
 from hipchatd.delivery.routing import Target
 from hipchatd.delivery.templated import Document, templated_text
 from hipchatd.sensu.events import Event, MessageFormat, Severity, severity
+from hipchatd.sensu.links import dashboard_link
 
 __all__ = [
     "MAX_MESSAGE_CHARS",
@@ -61,6 +77,8 @@ DEFAULT_SENDER = "sensu"
 _MAX_NAME_CHARS = 500
 #: Rendered characters for the playbook (about the longest URL browsers handle everywhere).
 _MAX_PLAYBOOK_CHARS = 2_000
+#: Rendered characters of the dashboard link, for the same reason; a longer one is left out.
+_MAX_DASHBOARD_CHARS = 2_000
 #: Rendered characters for the occurrence count (a 64-bit counter has at most 20 digits).
 _MAX_COUNT_CHARS = 20
 
@@ -99,6 +117,9 @@ class Message:
     message_format: MessageFormat
     #: the ``from`` field, already reduced to what the API version accepts.
     sender: str
+    #: a HipChat card (docs/hipchat-api.md §4.2) when the target asked for one; the
+    #: client sends it only where the API takes it (v2 room notifications).
+    card: Mapping[str, Any] | None = None
 
 
 def status_word(event: Event) -> str:
@@ -150,17 +171,18 @@ def render(
     "… [output truncated: N more characters]" marker; pathological source,
     check, namespace or playbook values are cut to fixed caps so the limit
     always holds. Cuts fall between source characters, so never inside an
-    HTML entity or a ``<br>``.
+    HTML entity, a ``<br>`` or a neutralised ``@``; the room for the
+    target's mentions is reserved before the body is cut.
     """
     if templates is not None:
-        shaped = templated_text(
-            event, target, templates, document, word=status_word(event), limit=MAX_MESSAGE_CHARS
-        )
+        limit = MAX_MESSAGE_CHARS - len(mention_prefix(target))
+        word = status_word(event)
+        shaped = templated_text(event, target, templates, document, word=word, limit=limit)
         if shaped is not None:
             return _message(shaped, event, target, api_version)
 
-    as_html = target.message_format == "html"
-    esc: Callable[[str], str] = _escape_html if as_html else _plain
+    as_html = sent_format(target) == "html"
+    esc: Callable[[str], str] = _escape_html if as_html else neutralize
 
     word = status_word(event)
     source = clip(one_line(event.source), _MAX_NAME_CHARS, as_html)
@@ -173,6 +195,9 @@ def render(
         details.append(f"occurrences: {clip(str(event.occurrences), _MAX_COUNT_CHARS, as_html)}")
     if event.playbook and event.playbook.strip():
         details.append(_playbook(event.playbook.strip(), as_html))
+    dashboard = _dashboard(_dashboard_link(event, target), as_html)
+    if dashboard:
+        details.append(dashboard)
     if event.flavor == "go" and event.namespace and event.namespace != "default":
         namespace = clip(one_line(event.namespace), _MAX_NAME_CHARS, as_html)
         details.append(f"namespace: {namespace}")
@@ -188,7 +213,7 @@ def render(
         return _message(head + tail, event, target, api_version)
 
     head += ": "
-    room = MAX_MESSAGE_CHARS - len(head) - len(tail)
+    room = MAX_MESSAGE_CHARS - len(mention_prefix(target)) - len(head) - len(tail)
     if _rendered_len_at_least(body, room + 1, as_html):
         # Reserve the longest marker this body could need; the real one is never longer.
         marker_room = len(_truncation_marker(kind, len(body)))
@@ -200,30 +225,44 @@ def render(
 
 
 def _message(text: str, event: Event, target: Target, api_version: ApiVersion) -> Message:
+    card = None
+    if target.card:
+        card = build_card(event, status_word(event), _dashboard_link(event, target))
     return Message(
-        text=text,
+        text=finish_text(text, target, MAX_MESSAGE_CHARS),
         color=color(event),
         notify=target.notify,
-        message_format=target.message_format,
+        message_format=sent_format(target),
         sender=sender_name(target.username, api_version),
+        card=card,
     )
 
 
+def _dashboard_link(event: Event, target: Target) -> str | None:
+    """The target's dashboard pattern filled in for ``event``, or None without one."""
+    if target.dashboard_url is None:
+        return None
+    return dashboard_link(target.dashboard_url, event)
+
+
+def _dashboard(link: str | None, as_html: bool) -> str | None:
+    """The tail's dashboard item; None without a link or past the cap (a cut URL is broken)."""
+    if link is None:
+        return None
+    if as_html:
+        href = html.escape(link, quote=True)
+        return f'<a href="{href}">Dashboard</a>' if len(href) <= _MAX_DASHBOARD_CHARS else None
+    shown = neutralize(link)
+    return f"Dashboard: {shown}" if len(shown) <= _MAX_DASHBOARD_CHARS else None
+
+
 def _playbook(playbook: str, as_html: bool) -> str:
-    if as_html and _is_web_url(playbook):
+    if as_html and is_web_url(playbook):
         href = html.escape(playbook, quote=True)
         # A cut URL is a broken link: past the cap it is shown as clipped text instead.
         if len(href) <= _MAX_PLAYBOOK_CHARS:
             return f'<a href="{href}">Playbook</a>'
     return "Playbook: " + clip(one_line(playbook), _MAX_PLAYBOOK_CHARS, as_html)
-
-
-def _is_web_url(value: str) -> bool:
-    try:
-        parts = urlsplit(value)
-    except ValueError:
-        return False
-    return parts.scheme.lower() in ("http", "https") and bool(parts.netloc) and value.isprintable()
 
 
 def _truncation_marker(kind: str, dropped: int) -> str:
@@ -243,15 +282,16 @@ def _escape_html(value: str) -> str:
     return html.escape(value, quote=True).replace("\n", _HTML_BREAK)
 
 
-def _plain(value: str) -> str:
-    return value
+def _render_piece(value: str, as_html: bool) -> str:
+    """``value`` as the message shows it: escaped in html, neutralised in text."""
+    return _escape_html(value) if as_html else neutralize(value)
 
 
 def _rendered_len_at_least(value: str, limit: int, as_html: bool) -> bool:
     """Whether ``value`` renders to ``limit`` characters or more, looking at most ``limit``."""
     if len(value) >= limit:
         return True  # every character renders to at least one
-    return len(_escape_html(value) if as_html else value) >= limit
+    return len(_render_piece(value, as_html)) >= limit
 
 
 def _fit_prefix(value: str, budget: int, as_html: bool) -> int:
@@ -262,10 +302,19 @@ def _fit_prefix(value: str, budget: int, as_html: bool) -> int:
     """
     if budget <= 0:
         return 0
-    if not as_html:
-        return min(len(value), budget)
-    used = 0
     window = value[:budget]
+    if not as_html:
+        if "@" not in window:
+            return len(window)
+        # An ``@`` counts with its zero-width space whenever the next character
+        # of ``value`` would earn it one: at most one character too cautious.
+        used = 0
+        for index in range(len(window)):
+            used += neutralized_width(value, index)
+            if used > budget:
+                return index
+        return len(window)
+    used = 0
     for index, ch in enumerate(window):
         used += _HTML_WIDTHS.get(ch, 1)
         if used > budget:
@@ -274,13 +323,14 @@ def _fit_prefix(value: str, budget: int, as_html: bool) -> int:
 
 
 def clip(value: str, cap: int, as_html: bool) -> str:
-    """Render ``value``, cut with an ellipsis so the result is at most ``cap`` characters.
+    """Render ``value`` (escaped in html, neutralised in text), cut with an ellipsis so the
+    result is at most ``cap`` characters.
 
     Cuts fall between source characters, never inside an HTML entity, and at
     most ``cap`` characters of ``value`` are read, so a megabyte costs no more
     than a short text.
     """
     if not _rendered_len_at_least(value, cap + 1, as_html):
-        return _escape_html(value) if as_html else value
+        return _render_piece(value, as_html)
     keep = _fit_prefix(value, cap - len(_ELLIPSIS), as_html)
-    return (_escape_html(value[:keep]) if as_html else value[:keep]) + _ELLIPSIS
+    return _render_piece(value[:keep], as_html) + _ELLIPSIS

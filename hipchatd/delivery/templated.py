@@ -12,6 +12,10 @@ The alert is never lost to a template bug: any exception while rendering
 empty message) gives None after one WARNING ``template.failed`` naming the
 template, the error and the template line. Pure but for that log line.
 
+The template renders in the format the message is sent in: ``text`` for a
+target that carries a mention (:func:`hipchatd.delivery.mentions.sent_format`),
+whose mentions and neutralising are applied to the output afterwards.
+
 HipChat's 10,000-character limit is applied to the template's output: past
 it the text is cut, with a visible marker, and never inside an HTML tag or
 entity in html mode.
@@ -34,6 +38,7 @@ from hipchatd.config.templates import (
     event_context,
     template_line,
 )
+from hipchatd.delivery.mentions import sent_format
 from hipchatd.delivery.routing import Target
 from hipchatd.sensu.events import Event
 from hipchatd.sensu.links import dashboard_link
@@ -143,7 +148,7 @@ def _render(
     template: Template, target: Target, context: Mapping[str, Any], limit: int
 ) -> str | None:
     try:
-        text, stopped = template.render(target.message_format, context)
+        text, stopped = template.render(sent_format(target), context)
     except Exception as exc:
         # A template bug must not lose the alert: the caller falls back to the built-in layout.
         _failed(template.key, target, f"{type(exc).__name__}: {exc}", template_line(exc))
@@ -151,7 +156,7 @@ def _render(
     if not text.strip():
         _failed(template.key, target, "the template rendered nothing", None)
         return None
-    return fit(text, limit, as_html=target.message_format == "html", stopped=stopped)
+    return fit(text, limit, as_html=sent_format(target) == "html", stopped=stopped)
 
 
 def _failed(key: str, target: Target, error: str, line: int | None) -> None:
