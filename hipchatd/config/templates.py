@@ -505,7 +505,7 @@ def _samples() -> list[dict[str, Any]]:
         (_variant(_CLASSIC, action="resolve", check={"status": 0}), "RESOLVED", None),
         (_GO, "WARNING", "https://sensu.example.com/c/~/n/prod/events/db-02/check-load"),
         (
-            _variant(_GO, check={"status": 3, "state": "flapping", "is_silenced": False}),
+            _variant(_GO, check={"status": 3, "state": "flapping"}),
             "FLAPPING",
             None,
         ),
