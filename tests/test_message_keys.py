@@ -172,6 +172,7 @@ def test_the_scope_reads_every_message_key(tmp_path: Path) -> None:
             "card": True,
             "dashboard_url": "https://uchiwa.example.com/#/client/dc1/{source}?check={check}",
             "legacy_occurrences": True,
+            "templates": {"disk": "{{ output }}"},
         },
         contacts={"ops": {"hipchat": {"room": "ops", "template": "disk", "card": False}}},
     )

@@ -15,7 +15,14 @@ from typing import Any
 
 from hipchatd.config.describe import KeyPath, a_type, describe, dotted
 from hipchatd.config.files import NotRegular, read_regular
-from hipchatd.config.rules import CONTACT_RULES, HIPCHAT_RULES, RENAMED_KEYS, Reject, Rule
+from hipchatd.config.rules import (
+    CONTACT_RULES,
+    HIPCHAT_RULES,
+    RENAMED_KEYS,
+    TEMPLATE_ENTRY,
+    Reject,
+    Rule,
+)
 from hipchatd.config.settings import (
     TOKEN_CREDENTIAL,
     TOKEN_ENV,
@@ -23,6 +30,7 @@ from hipchatd.config.settings import (
     HipChatSettings,
     Secret,
 )
+from hipchatd.config.templates import Source, Template, TemplateProblem, compile_template
 from hipchatd.sensu.events import Overrides
 
 #: What a token may contain: printable ASCII without spaces (``!`` to ``~``). It
@@ -221,6 +229,70 @@ class Checker:
                 f"{', '.join(files)}: hipchatd.tcp, hipchatd.udp: both null;"
                 " expected at least one listener"
             )
+        for name, contact in contacts.items():
+            if contact.template is not None and contact.template not in settings.templates:
+                path = ("contacts", name, "hipchat", "template")
+                known = ", ".join(f'"{t}"' for t in settings.templates) or "none"
+                self.problem(
+                    path,
+                    f"got {describe(contact.template)}; expected the name of a template in"
+                    f" hipchat.templates (configured: {known})",
+                )
+
+    def templates(self, hipchat: dict[str, Any]) -> None:
+        """Compile the template keys of the read ``hipchat`` scope in place.
+
+        ``template_file`` becomes ``template`` (giving both is a problem);
+        each template that does not compile or pass its checks is a problem
+        naming the key, the template file if any, and the line. ``templates``
+        is always left a mapping (empty when none compiled).
+        """
+        file: Source | None = hipchat.pop("template_file", None)
+        inline: Source | None = hipchat.pop("template", None)
+        if file is not None and inline is not None:
+            self.problem(
+                ("hipchat", "template_file"),
+                f"given with hipchat.template from {self.source(('hipchat', 'template'))};"
+                " expected one of the two",
+            )
+        elif file is not None or inline is not None:
+            key = "template_file" if file is not None else "template"
+            source = file or inline
+            assert source is not None
+            compiled = self.compiled(("hipchat", key), "hipchat.template", source)
+            if compiled is not None:
+                hipchat["template"] = compiled
+        digest: Source | None = hipchat.pop("digest_template", None)
+        if digest is not None:
+            path = ("hipchat", "digest_template")
+            compiled = self.compiled(path, dotted(path), digest, digest=True)
+            if compiled is not None:
+                hipchat["digest_template"] = compiled
+        named: dict[str, Template] = {}
+        for name, entry in hipchat.pop("templates", {}).items():
+            at = ("hipchat", "templates", name)
+            if not name:
+                self.problem(at, "an empty name; expected a name a check can select")
+                continue
+            try:
+                source = TEMPLATE_ENTRY.convert(entry)
+            except Reject as exc:
+                self.reject(at, entry, TEMPLATE_ENTRY, str(exc))
+                continue
+            compiled = self.compiled(at, dotted(at), source)
+            if compiled is not None:
+                named[name] = compiled
+        hipchat["templates"] = named
+
+    def compiled(
+        self, path: KeyPath, key: str, source: Source, *, digest: bool = False
+    ) -> Template | None:
+        """``source`` compiled as ``key``, or None after a problem naming ``path``."""
+        try:
+            return compile_template(key, source, digest=digest)
+        except TemplateProblem as exc:
+            self.problem(path, str(exc))
+            return None
 
 
 def _token_problem(token: str) -> str | None:

@@ -73,6 +73,7 @@ def load_config(
     check = Checker(origin, problems)
     hipchat_raw = merged.get("hipchat", {})
     hipchat = check.scope(merged, "hipchat", HIPCHAT_RULES)
+    check.templates(hipchat)
     daemon = check.scope(merged, "hipchatd", DAEMON_RULES)
     contacts = check.contacts(merged)
 

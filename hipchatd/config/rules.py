@@ -31,6 +31,7 @@ from hipchatd.config.settings import (
     ProxySetting,
     ProxyUrl,
 )
+from hipchatd.config.templates import Source
 from hipchatd.sensu.events import BySeverity, MessageFormat, Severity
 from hipchatd.sensu.framing import Framing
 from hipchatd.sensu.links import dashboard_problem, mention_problem
@@ -182,6 +183,70 @@ def _ca_bundle(value: object) -> str:
     return value
 
 
+#: Bytes of a template file at most: a template is a page of text; this stops a path
+#: that names a log file by mistake from being read whole.
+MAX_TEMPLATE_FILE_BYTES = 1024 * 1024
+
+
+def _per_format(value: object) -> tuple[str, str] | None:
+    """``{"html": string, "text": string}`` as (html, text); None for any other shape."""
+    if isinstance(value, dict) and set(value) == {"html", "text"}:
+        html, text = value["html"], value["text"]
+        if isinstance(html, str) and html and isinstance(text, str) and text:
+            return html, text
+    return None
+
+
+def _template(value: object) -> Source:
+    if isinstance(value, str) and value:
+        return Source(value, value)
+    both = _per_format(value)
+    if both is None:
+        raise Reject
+    return Source(*both)
+
+
+def _read_template(path: str) -> str:
+    try:
+        data = read_regular(Path(path))
+    except FileNotFoundError:
+        raise Reject(f"{path}: no such file") from None
+    except NotRegular as exc:
+        raise Reject(f"{path}: {exc}") from None
+    except OSError as exc:
+        raise Reject(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_TEMPLATE_FILE_BYTES:
+        raise Reject(f"{path}: {len(data)} bytes, more than {MAX_TEMPLATE_FILE_BYTES}")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise Reject(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
+
+
+def _template_file(value: object) -> Source:
+    if isinstance(value, str) and value:
+        text = _read_template(value)
+        return Source(text, text, value, value)
+    both = _per_format(value)
+    if both is None:
+        raise Reject
+    html, text = both
+    return Source(_read_template(html), _read_template(text), html, text)
+
+
+def _template_entry(value: object) -> Source:
+    """A named or digest template: what ``template`` takes, or ``{"file": ...}``."""
+    if isinstance(value, dict) and set(value) == {"file"}:
+        return _template_file(value["file"])
+    return _template(value)
+
+
+def _object(value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise Reject
+    return value
+
+
 def _proxy(value: object) -> ProxySetting:
     """``"env"``, or a proxy URL; the reason for a refusal never quotes the value."""
     if value == PROXY_FROM_ENV:
@@ -257,6 +322,12 @@ _SEVERITIES: tuple[str, ...] = get_args(Severity)
 _SECONDS = Rule(_seconds, "a number of seconds > 0")
 _BOOLEAN = Rule(_boolean, "true or false")
 _NAME = Rule(_string, "a non-empty string")
+_TEMPLATE_TEXT = 'a Jinja2 template string, or {"html": string, "text": string}'
+#: A named template or the digest's; the checker reads each of ``templates`` with it.
+TEMPLATE_ENTRY = Rule(
+    _template_entry,
+    f'{_TEMPLATE_TEXT}, or {{"file": path}} or {{"file": {{"html": path, "text": path}}}}',
+)
 
 HIPCHAT_RULES: Mapping[str, Rule] = {
     "api_token": Rule(_string, "a non-empty string", secret=True),
@@ -287,6 +358,13 @@ HIPCHAT_RULES: Mapping[str, Rule] = {
         "an http(s) URL pattern with {source}, {check}, {namespace} or {client} placeholders",
     ),
     "legacy_occurrences": _BOOLEAN,
+    "template": Rule(_template, _TEMPLATE_TEXT),
+    "template_file": Rule(
+        _template_file,
+        'the path of a UTF-8 template file, or {"html": path, "text": path}',
+    ),
+    "templates": Rule(_object, "an object: template name -> template"),
+    "digest_template": TEMPLATE_ENTRY,
     "proxy": Rule(_proxy, _PROXY_EXPECTED, secret=True),
 }
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
+from hipchatd.config.templates import Template
 from hipchatd.sensu.events import BySeverity, MessageFormat, Overrides
 from hipchatd.sensu.framing import Framing
 
@@ -200,6 +201,12 @@ class HipChatSettings:
     dashboard_url: str | None = None
     #: honour the Classic ``occurrences``/``refresh`` check attributes without ``handle_when``.
     legacy_occurrences: bool = False
+    #: from ``template`` or ``template_file``; None: the built-in layout.
+    template: Template | None = None
+    #: named templates a check, client/entity, annotation or contact selects by name.
+    templates: Mapping[str, Template] = field(default_factory=dict)
+    #: a storm's several-event message; None: the built-in one line per check.
+    digest_template: Template | None = None
     #: None: no proxy, and the environment's proxy variables are ignored.
     proxy: ProxySetting = None
 

@@ -29,6 +29,10 @@ text is the same without tags, lines joined by newlines)::
   A summary carries no card and no dashboard link: a card shows one object,
   and a link per line would make the lines long.
 
+With ``digest_template`` configured, a several-event message is that
+template's output instead (:mod:`hipchatd.delivery.templated`), for the same
+slice and colour.
+
 Each message covers a contiguous slice of the events, so packing is greedy
 in acceptance order: a new message starts when the next event would push
 the current one past ``MAX_MESSAGE_CHARS``. A check whose events span two
@@ -58,6 +62,7 @@ from hipchatd.delivery.render import (
     status_word,
 )
 from hipchatd.delivery.routing import Target
+from hipchatd.delivery.templated import Shaping, digest_text
 from hipchatd.sensu.events import Event
 
 __all__ = ["NAME_CHARS", "STATUS_ORDER", "SUMMARY_CHARS", "render_batch"]
@@ -183,7 +188,12 @@ class _Pack:
 
 
 def render_batch(
-    events: Sequence[Event], target: Target, api_version: ApiVersion, *, first_only: bool = False
+    events: Sequence[Event],
+    target: Target,
+    api_version: ApiVersion,
+    *,
+    first_only: bool = False,
+    shaping: Shaping | None = None,
 ) -> list[tuple[Message, range]]:
     """The messages for ``events`` (one target's, in acceptance order), each with its slice.
 
@@ -191,9 +201,13 @@ def render_batch(
     every message is at most MAX_MESSAGE_CHARS characters. One event gives
     exactly ``render(event, target, api_version)``; no events, no messages.
     ``first_only`` stops after the first message (a lane sends one at a time).
+
+    With ``shaping``, its templates and documents (each event as Sensu sent
+    it, by index) go to ``render``, and a message of several events uses
+    ``digest_template`` when set (the slices stay the built-in summary's).
     """
     if len(events) == 1:
-        return [(render(events[0], target, api_version), range(1))]
+        return [(_render_one(events, 0, target, api_version, shaping), range(1))]
     as_html = sent_format(target) == "html"
     separator = len(_HTML_BREAK) if as_html else 1
     limit = MAX_MESSAGE_CHARS - len(mention_prefix(target))
@@ -212,7 +226,7 @@ def render_batch(
     if pack.stop > pack.start and not (first_only and packs):
         packs.append(pack)
     sender = sender_name(target.username, api_version)
-    return [(_message(p, events, target, api_version, sender), _span(p)) for p in packs]
+    return [(_message(p, events, target, api_version, sender, shaping), _span(p)) for p in packs]
 
 
 def _span(pack: _Pack) -> range:
@@ -220,15 +234,22 @@ def _span(pack: _Pack) -> range:
 
 
 def _message(
-    pack: _Pack, events: Sequence[Event], target: Target, api_version: ApiVersion, sender: str
+    pack: _Pack,
+    events: Sequence[Event],
+    target: Target,
+    api_version: ApiVersion,
+    sender: str,
+    shaping: Shaping | None,
 ) -> Message:
     covered = events[pack.start : pack.stop]
     if len(covered) == 1:
-        return render(covered[0], target, api_version)
-    lines = [_header(len(covered), pack.counts)]
-    lines.extend(_line_text(line.item, line.count) for line in pack.lines.values())
+        return _render_one(events, pack.start, target, api_version, shaping)
     message_format = sent_format(target)
-    text = (_HTML_BREAK if message_format == "html" else "\n").join(lines)
+    text = _digest(events, _span(pack), target, shaping)
+    if text is None:
+        lines = [_header(len(covered), pack.counts)]
+        lines.extend(_line_text(line.item, line.count) for line in pack.lines.values())
+        text = (_HTML_BREAK if message_format == "html" else "\n").join(lines)
     return Message(
         text=finish_text(text, target, MAX_MESSAGE_CHARS),
         color=pack.color,
@@ -294,3 +315,32 @@ def _first_line(body: str) -> str:
     if len(line) <= SUMMARY_CHARS and found.end() < len(body):
         return line.rstrip()
     return line
+
+
+def _render_one(
+    events: Sequence[Event],
+    index: int,
+    target: Target,
+    api_version: ApiVersion,
+    shaping: Shaping | None,
+) -> Message:
+    if shaping is None:
+        return render(events[index], target, api_version)
+    documents = shaping.documents
+    document = documents[index] if documents else None
+    return render(
+        events[index], target, api_version, templates=shaping.templates, document=document
+    )
+
+
+def _digest(
+    events: Sequence[Event], span: range, target: Target, shaping: Shaping | None
+) -> str | None:
+    """The digest template's text for ``events[span]``; None: the built-in summary."""
+    if shaping is None or shaping.templates.digest is None:
+        return None
+    covered = events[span.start : span.stop]
+    documents = shaping.documents[span.start : span.stop] if shaping.documents else None
+    words = [status_word(event) for event in covered]
+    limit = MAX_MESSAGE_CHARS - len(mention_prefix(target))
+    return digest_text(covered, documents, words, target, shaping.templates, limit=limit)

@@ -51,6 +51,7 @@ from hipchatd.delivery.coalesce import render_batch
 from hipchatd.delivery.hipchat import HipChatClient, Outcome, OutcomeKind
 from hipchatd.delivery.routing import Target
 from hipchatd.delivery.spool import Entry, Spool, SpoolReadError
+from hipchatd.delivery.templated import Shaping
 from hipchatd.errors import EventError
 from hipchatd.metrics import Metrics
 from hipchatd.sensu.events import Event, parse_event
@@ -306,12 +307,14 @@ class Lane:
         size = min(limit, FIRST_CHUNK)
         batch: list[_Pending] = []
         events: list[Event] = []
+        shaping = Shaping.of(settings, self.target)
         while True:
             # Read back (and parse) only as many spilled entries as the first
             # message can hold: grow the batch while one message covers it all.
             more = [self.items[i] for i in range(len(batch), size)]
             try:
                 loaded = await _read_back(shared.spool, more)
+                await shaping.read(shared.spool, [p.id for p in more])
             except SpoolReadError as exc:
                 # The spool could not be read back: like a failed request, try later.
                 grant.abandon()
@@ -328,7 +331,9 @@ class Lane:
                 return
             batch.extend(more)
             events.extend(e for e in loaded if e is not None)
-            messages = render_batch(events, self.target, settings.api_version, first_only=True)
+            messages = render_batch(
+                events, self.target, settings.api_version, first_only=True, shaping=shaping
+            )
             message, span = messages[0]
             if span.stop < len(batch) or size >= limit:
                 break

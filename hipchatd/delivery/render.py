@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hipchatd.config import ApiVersion
+from hipchatd.config.templates import TemplateSet
 from hipchatd.delivery.cards import build_card, is_web_url
 from hipchatd.delivery.mentions import (
     finish_text,
@@ -44,6 +45,7 @@ from hipchatd.delivery.mentions import (
     sent_format,
 )
 from hipchatd.delivery.routing import Target
+from hipchatd.delivery.templated import Document, templated_text
 from hipchatd.sensu.events import Event, MessageFormat, Severity, severity
 from hipchatd.sensu.links import dashboard_link
 
@@ -151,8 +153,19 @@ def sender_name(username: str, api_version: ApiVersion) -> str:
     return username[:V2_SENDER_MAX_CHARS]
 
 
-def render(event: Event, target: Target, api_version: ApiVersion) -> Message:
+def render(
+    event: Event,
+    target: Target,
+    api_version: ApiVersion,
+    *,
+    templates: TemplateSet | None = None,
+    document: Document = None,
+) -> Message:
     """Render one event for one target, never longer than MAX_MESSAGE_CHARS.
+
+    With ``templates``, the target's template renders the text (``document``,
+    the event as Sensu sent it, is its ``event``); without one, or when it
+    fails, the built-in layout does (:mod:`hipchatd.delivery.templated`).
 
     The body (notification, else output) is cut first, with a visible
     "… [output truncated: N more characters]" marker; pathological source,
@@ -161,6 +174,13 @@ def render(event: Event, target: Target, api_version: ApiVersion) -> Message:
     HTML entity, a ``<br>`` or a neutralised ``@``; the room for the
     target's mentions is reserved before the body is cut.
     """
+    if templates is not None:
+        limit = MAX_MESSAGE_CHARS - len(mention_prefix(target))
+        word = status_word(event)
+        shaped = templated_text(event, target, templates, document, word=word, limit=limit)
+        if shaped is not None:
+            return _message(shaped, event, target, api_version)
+
     as_html = sent_format(target) == "html"
     esc: Callable[[str], str] = _escape_html if as_html else neutralize
 
