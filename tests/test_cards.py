@@ -20,17 +20,17 @@ from hypothesis import strategies as st
 
 from hipchatd.delivery.cards import (
     ATTRIBUTE_VALUE_MAX,
-    ICONS,
     LOZENGES,
     build_card,
     card_id,
 )
 from hipchatd.delivery.coalesce import render_batch
 from hipchatd.delivery.render import render, status_word
+from hipchatd.delivery.templated import Shaping
 from hipchatd.emulator import Emulator
 from hipchatd.sensu.events import Event
 from tests.conftest import StartDaemon, load_fixture, send_tcp
-from tests.factories import make_target, sample_event
+from tests.factories import make_settings, make_target, sample_event
 
 # --- HipChat's card rules (docs/hipchat-api.md §4.2) -------------------------------------------
 
@@ -124,8 +124,16 @@ def test_the_rules_reader_catches_broken_cards() -> None:
 # --- the card --------------------------------------------------------------------------------
 
 
+#: Icons as an operator might configure them (``hipchat.card_icons``).
+ICONS = {
+    word: f"https://icons.example.com/{word.lower()}.png"
+    for word in ("CRITICAL", "WARNING", "UNKNOWN", "OK", "RESOLVED", "FLAPPING")
+}
+
+
 def card_of(event: Event, link: str | None = None) -> dict[str, Any]:
-    return build_card(event, status_word(event), link)
+    word = status_word(event)
+    return build_card(event, word, link, ICONS[word])
 
 
 def attributes(card: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -180,9 +188,23 @@ def test_status_lozenge_and_icon(changes: dict[str, Any], word: str, lozenge: st
     assert card_problems(card) == []
 
 
-def test_icons_are_pinned_public_https_pngs() -> None:
-    for url in ICONS.values():
-        assert re.fullmatch(r"https://[\w./@-]+@\d+\.\d+\.\d+/[\w./-]+\.png", url)
+def test_a_card_without_a_configured_icon_has_none() -> None:
+    event = sample_event()
+    card = build_card(event, status_word(event), None, None)
+    assert "icon" not in card
+    assert card_problems(card) == []
+
+
+def test_card_icons_reach_the_card_by_status_word_through_render() -> None:
+    settings = make_settings(card=True, card_icons={"critical": "https://i.example/red.png"})
+    target = make_target(card=True)
+    shaping = Shaping.of(settings, target)
+    ((critical, _),) = render_batch([sample_event()], target, "v2", shaping=shaping)
+    ((warning, _),) = render_batch([sample_event(status=1)], target, "v2", shaping=shaping)
+    assert critical.card is not None
+    assert critical.card["icon"] == {"url": "https://i.example/red.png"}
+    assert warning.card is not None
+    assert "icon" not in warning.card
 
 
 def test_go_events_show_namespace_and_a_proxy_checks_client() -> None:
@@ -288,7 +310,7 @@ def test_render_attaches_a_card_only_when_the_target_asks() -> None:
     event = sample_event()
     assert render(event, make_target(), "v2").card is None
     card = render(event, make_target(card=True), "v2").card
-    assert card == card_of(event)
+    assert card == build_card(event, "CRITICAL", None, None)
     link = "https://sensu.example.com/events/{source}/{check}"
     linked = render(event, make_target(card=True, dashboard_url=link), "v2").card
     assert linked is not None
@@ -317,13 +339,23 @@ async def test_cards_are_accepted_by_the_emulator(
     hostile["check"]["output"] = "<script>alert('@all')</script>\n" * 5000
     with trio.fail_after(30):
         app = await start_daemon(
-            card=True, dashboard_url="https://sensu.example.com/c/~/n/{namespace}/events/{source}"
+            card=True,
+            dashboard_url="https://sensu.example.com/c/~/n/{namespace}/events/{source}",
+            card_icons={"critical": "https://icons.example.com/red.png"},
         )
         for number, event in enumerate((load_fixture("classic-critical.json"), go, hostile)):
             await send_tcp(app.tcp_addresses[0], json.dumps(event).encode())
             await emulator.wait_for_messages(number + 1)
     assert emulator.count_status(400) == 0
     assert emulator.count_status(204) == 3
+    # The emulator keeps each card as sent: the configured icon for critical only.
+    cards = [m.card for m in emulator.messages]
+    assert [c["title"].split(" ", 1)[0] for c in cards] == ["CRITICAL", "WARNING", "CRITICAL"]
+    assert [c.get("icon") for c in cards] == [
+        {"url": "https://icons.example.com/red.png"},
+        None,
+        {"url": "https://icons.example.com/red.png"},
+    ]
     # The message goes with the card, for clients that cannot show cards.
     assert [m.message.split(" ", 1)[0] for m in emulator.messages] == [
         "<b>CRITICAL</b>",

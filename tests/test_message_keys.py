@@ -208,6 +208,15 @@ def test_the_scope_reads_every_message_key(tmp_path: Path) -> None:
             " expected an http(s) URL pattern",
         ),
         (
+            {"card_icons": {"red": "https://i.example/r.png"}},
+            'hipchat.card_icons: got {"red": "https://i.example/r.png"} (object): "red" (string)'
+            " is not a status word; expected an object of status words",
+        ),
+        (
+            {"card_icons": {"critical": "javascript:x"}},
+            'critical: got "javascript:x" (string); an icon is an http(s) URL with a host',
+        ),
+        (
             {"card": True, "api_version": "v1"},
             'hipchat.card: got true with api_version "v1" from',
         ),

@@ -14,6 +14,7 @@ import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, get_args
 from urllib.parse import urlsplit
 
@@ -133,6 +134,39 @@ def _by_severity(value: object, convert: Callable[[object], Any]) -> BySeverity[
         except Reject as exc:
             raise Reject(f"{key}: {str(exc) or f'got {describe(item)}'}") from None
     return BySeverity(**converted)
+
+
+#: The status words a card may have an icon for (the message's leading word, lower case).
+_STATUS_WORDS: tuple[str, ...] = ("critical", "warning", "unknown", "ok", "resolved", "flapping")
+#: Characters of an icon URL: about the longest URL browsers handle everywhere.
+_MAX_ICON_URL_CHARS = 2_000
+
+
+def _card_icons(value: object) -> Mapping[str, str]:
+    if not isinstance(value, dict):
+        raise Reject
+    icons: dict[str, str] = {}
+    for word, url in value.items():
+        if word not in _STATUS_WORDS:
+            raise Reject(f"{describe(word)} is not a status word")
+        if not isinstance(url, str) or not _is_icon_url(url):
+            raise Reject(f"{word}: got {describe(url)}; an icon is an http(s) URL with a host")
+        icons[word] = url
+    return MappingProxyType(icons)
+
+
+def _is_icon_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return (
+        parts.scheme.lower() in ("http", "https")
+        and bool(parts.netloc)
+        and url.isprintable()
+        and " " not in url
+        and len(url) <= _MAX_ICON_URL_CHARS
+    )
 
 
 def _dashboard_url(value: object) -> str:
@@ -358,6 +392,11 @@ HIPCHAT_RULES: Mapping[str, Rule] = {
         "an http(s) URL pattern with {source}, {check}, {namespace} or {client} placeholders",
     ),
     "legacy_occurrences": _BOOLEAN,
+    "card_icons": Rule(
+        _card_icons,
+        "an object of status words (critical, warning, unknown, ok, resolved, flapping)"
+        ' -> icon URLs, e.g. {"critical": "https://icons.example.com/red.png"}',
+    ),
     "template": Rule(_template, _TEMPLATE_TEXT),
     "template_file": Rule(
         _template_file,

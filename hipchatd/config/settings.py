@@ -201,6 +201,8 @@ class HipChatSettings:
     dashboard_url: str | None = None
     #: honour the Classic ``occurrences``/``refresh`` check attributes without ``handle_when``.
     legacy_occurrences: bool = False
+    #: status word (lower case) -> the URL of a card's icon; none by default.
+    card_icons: Mapping[str, str] = field(default_factory=dict)
     #: from ``template`` or ``template_file``; None: the built-in layout.
     template: Template | None = None
     #: named templates a check, client/entity, annotation or contact selects by name.

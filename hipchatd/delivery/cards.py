@@ -15,7 +15,9 @@ always sent with it (§4.1)::
   Client (a proxy check's client), Namespace (Sensu Go, when not
   "default"), Playbook (a link when it is an http(s) URL).
 * ``url``: the dashboard link, else the playbook when it is an http(s) URL.
-* ``icon``: a coloured circle per status (see :data:`ICONS`).
+* ``icon``: the icon ``hipchat.card_icons`` names for the status, if any
+  (HipChat clients fetch it by URL, so it must be one they can reach: an
+  offline HipChat Server's users cannot load a public CDN's images).
 * ``id``: a UUID derived from the event (its id, incident, status, action,
   occurrences and timestamp): the same event sent again (a retry) carries
   the same id, the next event of the check another.
@@ -46,7 +48,6 @@ __all__ = [
     "CARD_DESCRIPTION_MAX",
     "CARD_TITLE_MAX",
     "CARD_URL_MAX",
-    "ICONS",
     "LOZENGES",
     "build_card",
     "is_web_url",
@@ -77,23 +78,6 @@ LOZENGES: Final[dict[str, str]] = {
     "FLAPPING": "lozenge-current",
 }
 
-#: Where the status icons come from: Google's Noto Emoji circles (Apache License
-#: 2.0), 64x64 PNG, from the ``emoji-datasource-google`` npm package at a pinned
-#: version, as jsDelivr serves npm packages (https://www.jsdelivr.com/documentation).
-#: npm never lets a published version's files change, so the URLs stay stable.
-#: HipChat's clients fetch a card's icon by URL, so it must be a public one.
-ICON_BASE: Final = "https://cdn.jsdelivr.net/npm/emoji-datasource-google@16.0.0/img/google/64/"
-#: The icon per status word, a circle of the message's colour: red, yellow,
-#: white (gray), green, purple.
-ICONS: Final[dict[str, str]] = {
-    "CRITICAL": ICON_BASE + "1f534.png",
-    "WARNING": ICON_BASE + "1f7e1.png",
-    "UNKNOWN": ICON_BASE + "26aa.png",
-    "OK": ICON_BASE + "1f7e2.png",
-    "RESOLVED": ICON_BASE + "1f7e2.png",
-    "FLAPPING": ICON_BASE + "1f7e3.png",
-}
-
 #: The namespace a card id is derived in (a fixed, random UUID: ids are hipchatd's own).
 _ID_NAMESPACE: Final = uuid.UUID("6f0c3d2e-8a51-4d0b-9a57-3c1f2b8e4d71")
 _ELLIPSIS: Final = "…"
@@ -103,8 +87,9 @@ _LINE_BREAK: Final = re.compile(r"\r\n|[\r\n\t]")
 _DEFAULT_NAMESPACE: Final = "default"
 
 
-def build_card(event: Event, word: str, link: str | None) -> dict[str, Any]:
-    """The card for ``event``: ``word`` is its status word, ``link`` its dashboard link."""
+def build_card(event: Event, word: str, link: str | None, icon: str | None) -> dict[str, Any]:
+    """The card for ``event``: ``word`` is its status word, ``link`` its dashboard link,
+    ``icon`` the URL of its icon (None: no icon)."""
     card: dict[str, Any] = {
         "style": "application",
         "format": "medium",
@@ -117,7 +102,8 @@ def build_card(event: Event, word: str, link: str | None) -> dict[str, Any]:
     url = _url(link, event.playbook)
     if url is not None:
         card["url"] = url
-    card["icon"] = {"url": ICONS[word]}
+    if icon is not None:
+        card["icon"] = {"url": icon}
     card["attributes"] = _attributes(event, word)
     return card
 

@@ -329,7 +329,12 @@ def _render_one(
     documents = shaping.documents
     document = documents[index] if documents else None
     return render(
-        events[index], target, api_version, templates=shaping.templates, document=document
+        events[index],
+        target,
+        api_version,
+        templates=shaping.templates,
+        document=document,
+        card_icons=shaping.card_icons,
     )
 
 

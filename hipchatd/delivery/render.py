@@ -160,6 +160,7 @@ def render(
     *,
     templates: TemplateSet | None = None,
     document: Document = None,
+    card_icons: Mapping[str, str] | None = None,
 ) -> Message:
     """Render one event for one target, never longer than MAX_MESSAGE_CHARS.
 
@@ -172,14 +173,15 @@ def render(
     check, namespace or playbook values are cut to fixed caps so the limit
     always holds. Cuts fall between source characters, so never inside an
     HTML entity, a ``<br>`` or a neutralised ``@``; the room for the
-    target's mentions is reserved before the body is cut.
+    target's mentions is reserved before the body is cut. ``card_icons``
+    (status word in lower case -> URL) gives a card its icon.
     """
     if templates is not None:
         limit = MAX_MESSAGE_CHARS - len(mention_prefix(target))
         word = status_word(event)
         shaped = templated_text(event, target, templates, document, word=word, limit=limit)
         if shaped is not None:
-            return _message(shaped, event, target, api_version)
+            return _message(shaped, event, target, api_version, card_icons)
 
     as_html = sent_format(target) == "html"
     esc: Callable[[str], str] = _escape_html if as_html else neutralize
@@ -210,7 +212,7 @@ def render(
         kind, body = "output", event.output
     body = _normalize_newlines(body).rstrip().lstrip("\n")
     if not body:
-        return _message(head + tail, event, target, api_version)
+        return _message(head + tail, event, target, api_version, card_icons)
 
     head += ": "
     room = MAX_MESSAGE_CHARS - len(mention_prefix(target)) - len(head) - len(tail)
@@ -221,13 +223,21 @@ def render(
         rendered = esc(body[:keep]) + _truncation_marker(kind, len(body) - keep)
     else:
         rendered = esc(body)
-    return _message(head + rendered + tail, event, target, api_version)
+    return _message(head + rendered + tail, event, target, api_version, card_icons)
 
 
-def _message(text: str, event: Event, target: Target, api_version: ApiVersion) -> Message:
+def _message(
+    text: str,
+    event: Event,
+    target: Target,
+    api_version: ApiVersion,
+    card_icons: Mapping[str, str] | None,
+) -> Message:
     card = None
     if target.card:
-        card = build_card(event, status_word(event), _dashboard_link(event, target))
+        word = status_word(event)
+        icon = card_icons.get(word.lower()) if card_icons else None
+        card = build_card(event, word, _dashboard_link(event, target), icon)
     return Message(
         text=finish_text(text, target, MAX_MESSAGE_CHARS),
         color=color(event),

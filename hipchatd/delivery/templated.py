@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -67,12 +67,15 @@ class Shaping:
 
     templates: TemplateSet
     documents: list[Document] | None
+    #: ``hipchat.card_icons``: status word (lower case) -> icon URL.
+    card_icons: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def of(cls, settings: HipChatSettings, target: Target) -> Shaping:
         """The templates of ``settings``; documents are collected when one applies to ``target``."""
         templates = TemplateSet(settings.template, settings.templates, settings.digest_template)
-        return cls(templates, [] if templates.any_for(target.template) else None)
+        documents: list[Document] | None = [] if templates.any_for(target.template) else None
+        return cls(templates, documents, settings.card_icons)
 
     async def read(self, spool: Spool, ids: Sequence[int]) -> None:
         """Append the documents of entries ``ids`` (decoded), when collecting. SpoolReadError."""
