@@ -39,7 +39,7 @@ from hipchatd.clock import unix_now
 from hipchatd.delivery.routing import Target
 from hipchatd.delivery.spool.sqlite import files, sql
 from hipchatd.delivery.spool.sqlite.lookout import RETRY_POLL, Lookout
-from hipchatd.delivery.spool.sqlite.writer import WRITE_RETRY, GroupCommit, Worker
+from hipchatd.delivery.spool.sqlite.writer import DIALECT, WRITE_RETRY, GroupCommit, Worker
 from hipchatd.delivery.spool.store import (
     DeadEntry,
     Entry,
@@ -72,7 +72,7 @@ class SqliteSpool:
 
     def __init__(self, opened: files.Opened, *, max_events: int) -> None:
         self._worker = Worker(opened.conn, opened.path)
-        self._writer = GroupCommit(self._worker, pending=opened.pending, dead=opened.dead)
+        self._writer = GroupCommit(self._worker, DIALECT, pending=opened.pending, dead=opened.dead)
         self._lock = opened.lock
         self._path = opened.path
         self._max_events = max_events

@@ -10,7 +10,6 @@ a busy event loop.
 from __future__ import annotations
 
 import contextlib
-import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
@@ -19,14 +18,15 @@ from typing import Any, Final
 
 import structlog
 
-from hipchatd.delivery.routing import Target
+from hipchatd.delivery.spool.group import BATCH
 from hipchatd.delivery.spool.store import (
     DeadEntry,
     Entry,
     EventEntries,
     PendingEntry,
-    SpoolError,
 )
+from hipchatd.delivery.spool.targets import decode_target as _decode_target
+from hipchatd.delivery.spool.targets import encode_target as _encode_target
 
 __all__ = [
     "BATCH",
@@ -52,9 +52,6 @@ __all__ = [
 
 log = structlog.get_logger()
 
-#: Buffered items (new entries + marks) that start a commit without waiting for the commit
-#: delay; also the most new entries one transaction takes.
-BATCH: Final = 1024
 #: Parameters per ``IN (...)``: below SQLite's historical 999-variable limit.
 _CHUNK: Final = 500
 
@@ -144,60 +141,6 @@ def close(conn: sqlite3.Connection) -> None:
 
 
 # --- targets and entries ---------------------------------------------------------------------
-
-
-#: Target keys stored only when set: a target without them reads back the same,
-#: and a spool written before they existed reads as targets without them.
-_OPTIONAL_TARGET_KEYS = ("mention", "card", "dashboard_url", "template")
-
-
-@lru_cache(maxsize=4096)
-def _encode_target(target: Target) -> str:
-    data: dict[str, Any] = {
-        "kind": target.kind,
-        "name": target.name,
-        "notify": target.notify,
-        "username": target.username,
-        "message_format": target.message_format,
-    }
-    for key in _OPTIONAL_TARGET_KEYS:
-        value = getattr(target, key)
-        if value:
-            data[key] = value
-    return json.dumps(data, separators=(",", ":"))
-
-
-@lru_cache(maxsize=4096)
-def _decode_target(text: str) -> Target:
-    try:
-        data = json.loads(text)
-        kind, name, notify = data["kind"], data["name"], data["notify"]
-        username, message_format = data["username"], data["message_format"]
-        mention, card = data.get("mention"), data.get("card", False)
-        dashboard_url, template = data.get("dashboard_url"), data.get("template")
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise SpoolError(f"unreadable target in the spool: {text[:200]!r}") from exc
-    if (
-        kind not in ("room", "user")
-        or message_format not in ("html", "text")
-        or not isinstance(name, str)
-        or not isinstance(notify, bool)
-        or not isinstance(username, str)
-        or not isinstance(card, bool)
-        or not all(isinstance(v, str | None) for v in (mention, dashboard_url, template))
-    ):
-        raise SpoolError(f"unreadable target in the spool: {text[:200]!r}")
-    return Target(
-        kind=kind,
-        name=name,
-        notify=notify,
-        username=username,
-        message_format=message_format,
-        mention=mention,
-        card=card,
-        dashboard_url=dashboard_url,
-        template=template,
-    )
 
 
 def _entries(conn: sqlite3.Connection, rows: Iterable[Sequence[Any]]) -> list[Entry]:
