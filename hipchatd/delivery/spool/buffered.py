@@ -1,0 +1,202 @@
+"""The daemon's side of every backend: buffer in ``submit`` and the marks, commit in ``run``.
+
+:class:`BufferedSpool` keeps what the :class:`~hipchatd.delivery.spool.store.Spool`
+protocol promises about buffering (all-or-nothing ``submit`` against
+``max_events``, the marks, back-pressure, ``flush``), the commit loop and the
+bounded shutdown; a backend adds opening, reading and its periodic look
+(:meth:`BufferedSpool._look`: re-queued entries, the file or the server).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Final, Generic, TypeVar
+
+import structlog
+import trio
+
+from hipchatd.delivery.routing import Target
+from hipchatd.delivery.spool.group import WRITE_RETRY, GroupCommit, Worker
+from hipchatd.delivery.spool.store import Entry, OnCommitted, OnRefused
+from hipchatd.sensu.events import Event
+
+__all__ = ["SHUTDOWN_FLUSH", "BufferedSpool"]
+
+log = structlog.get_logger()
+
+C = TypeVar("C")
+
+#: Seconds a cancelled ``run`` (or ``aclose``) may spend committing what is buffered.
+SHUTDOWN_FLUSH: Final = 2.0
+
+
+class BufferedSpool(Generic[C]):
+    """Buffering, group commit and shutdown over one backend's worker connection."""
+
+    #: Seconds a group commit waits for more work (each backend says why its value).
+    commit_delay: float = 0.002
+    #: Seconds between the backend's looks (``_look``).
+    poll_every: float = 2.0
+
+    def __init__(
+        self, worker: Worker[C], writer: GroupCommit[C], *, max_events: int, next_id: int
+    ) -> None:
+        self._worker = worker
+        self._writer = writer
+        self._path = worker.path
+        self._max_events = max_events
+        #: the id of the next submitted entry.
+        self._next_id = next_id
+        self._closed = False
+
+    @property
+    def path(self) -> str:
+        """Where the spool lives, for messages (never a secret)."""
+        return self._path
+
+    @property
+    def closed(self) -> bool:
+        """True once shutdown began; ``submit`` then refuses everything."""
+        return self._closed
+
+    @property
+    def writable(self) -> bool:
+        """False after a failed commit or a refused event, until a round of commits works."""
+        return self._writer.writable
+
+    @property
+    def buffered(self) -> int:
+        """New entries submitted but not yet committed."""
+        return self._writer.unflushed
+
+    @property
+    def transactions(self) -> int:
+        """Write transactions committed so far (for tests and metrics)."""
+        return self._writer.transactions
+
+    def counts(self) -> dict[str, int]:
+        """``{"pending": n, "dead": n}`` of committed entries, from counters (no I/O)."""
+        return {"pending": self._writer.pending, "dead": self._writer.dead}
+
+    def submit(
+        self,
+        event: Event,
+        document: str,
+        targets: Sequence[Target],
+        accepted_at: float,
+        handle: object = None,
+    ) -> bool:
+        """Buffer one entry per target for the next group commit. Never blocks.
+
+        All or nothing: False, and nothing buffered, when the committed,
+        in-flight and buffered entries plus ``len(targets)`` would exceed
+        ``max_events`` (the caller logs the refusal), or once the spool is
+        closed. The event is accepted only when ``on_committed`` sees its
+        entries: they come back together, as ``(handle, entries)``, ``handle``
+        being this object (``on_refused`` gets the same pair if the event
+        cannot be stored). With no targets there is nothing to store: True,
+        and ``handle`` never comes back.
+        """
+        count = len(targets)
+        writer = self._writer
+        if self._closed or writer.pending + writer.unflushed + count > self._max_events:
+            return False
+        if not count:
+            return True
+        first = self._next_id
+        source, check = event.source, event.check
+        entries = [
+            Entry(first + k, accepted_at, document, source, check, target, 0, None)
+            for k, target in enumerate(targets)
+        ]
+        writer.add((handle, entries))
+        self._next_id = first + count
+        return True
+
+    def mark_delivered(self, ids: Iterable[int]) -> None:
+        """HipChat confirmed these entries: delete them at the next commit."""
+        self._writer.mark_delivered(ids)
+
+    def mark_dead(self, ids: Iterable[int], reason: str, error: str | None) -> None:
+        """Move these entries to ``dead`` at the next commit.
+
+        ``error`` is HipChat's message; None keeps the entry's ``last_error``.
+        """
+        self._writer.mark_dead(ids, reason, error)
+
+    def mark_attempt(self, ids: Iterable[int], error: str) -> None:
+        """Record a failed attempt (attempts + 1, ``last_error``) at the next commit."""
+        self._writer.mark_attempt(ids, error)
+
+    async def wait_for_room(self) -> None:
+        """Return once fewer than ``HIGH_WATER`` new entries wait for their commit.
+
+        Readers call this between frames: when ingest outruns the store, the
+        kernel's socket buffers hold the excess instead of this process.
+        """
+        await self._writer.wait_for_room()
+
+    async def flush(self) -> None:
+        """Wait until nothing is buffered or being written (or the spool is closed).
+
+        Needs the ``run`` task. Under steady load this may wait long: for tests and tools.
+        """
+        await self._writer.flush()
+
+    # --- for the backends ------------------------------------------------------------------
+
+    def _look_asked(self) -> bool:
+        """A look is wanted before the next ``poll_every``."""
+        return False
+
+    async def _look(self, on_committed: OnCommitted) -> None:
+        """The backend's periodic look, in the writer's task (re-queued entries, ...)."""
+
+    def _release(self) -> Callable[[C], None]:
+        """What closes the connection (and releases its locks), on the worker thread."""
+        raise NotImplementedError
+
+    def _after_close(self) -> None:
+        """Called once the connection is closed (or abandoned)."""
+
+    async def _write_loop(self, on_committed: OnCommitted, on_refused: OnRefused | None) -> None:
+        writer = self._writer
+        next_poll = trio.current_time() + self.poll_every
+        while True:
+            await writer.wait_for_work(next_poll)
+            if writer.has_work:
+                await writer.wait_for_batch(self.commit_delay)
+                if not await writer.commit(on_committed, on_refused, abandon_on_cancel=False):
+                    await trio.sleep(WRITE_RETRY)
+            if self._look_asked() or trio.current_time() >= next_poll:
+                await self._look(on_committed)
+                next_poll = trio.current_time() + self.poll_every
+
+    async def _shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        writer, worker = self._writer, self._worker
+        writer.closed = True
+        conn, release = worker.conn, self._release()
+        with trio.move_on_after(SHUTDOWN_FLUSH, shield=True) as scope:
+            while writer.has_work:
+                if not await writer.commit(None, None, abandon_on_cancel=True):
+                    await trio.sleep(WRITE_RETRY)
+            await worker.call(release, abandon_on_cancel=True)
+        worker.conn = None
+        writer.finish()
+        self._after_close()
+        if not scope.cancelled_caught:
+            log.info("spool.closed", path=self._path, pending=writer.pending, dead=writer.dead)
+            return
+        log.error(
+            "spool.flush_incomplete",
+            path=self._path,
+            entries=writer.unflushed,
+            reason=f"not committed within {SHUTDOWN_FLUSH} s; these events were not accepted",
+        )
+        # An abandoned worker thread keeps its limiter token until it returns: while it runs
+        # it owns the connection (and closes it, if it was the release), so leave both alone.
+        if conn is not None and worker.limiter.borrowed_tokens == 0:
+            release(conn)
