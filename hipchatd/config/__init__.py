@@ -62,6 +62,7 @@ from hipchatd.config.settings import (
     LoadResult,
     Network,
     Secret,
+    SpoolSettings,
 )
 from hipchatd.errors import ConfigError
 
@@ -98,6 +99,7 @@ __all__ = [
     "LoadResult",
     "Network",
     "Secret",
+    "SpoolSettings",
     "load_config",
     "read_regular",
 ]
