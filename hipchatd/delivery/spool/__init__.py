@@ -36,6 +36,7 @@ from hipchatd.delivery.spool.store import (
 )
 
 __all__ = [
+    "SQLITE",
     "DeadEntry",
     "Entry",
     "EventEntries",
