@@ -86,16 +86,12 @@ class BufferedSpool(Generic[C]):
         accepted_at: float,
         handle: object = None,
     ) -> bool:
-        """Buffer one entry per target for the next group commit. Never blocks.
+        """Buffer one entry per target, numbered from this process's counter. Never blocks.
 
-        All or nothing: False, and nothing buffered, when the committed,
-        in-flight and buffered entries plus ``len(targets)`` would exceed
-        ``max_events`` (the caller logs the refusal), or once the spool is
-        closed. The event is accepted only when ``on_committed`` sees its
-        entries: they come back together, as ``(handle, entries)``, ``handle``
-        being this object (``on_refused`` gets the same pair if the event
-        cannot be stored). With no targets there is nothing to store: True,
-        and ``handle`` never comes back.
+        Refused (False, nothing buffered) once closed, or when committed plus
+        buffered entries would pass ``max_events`` with these; the caller logs
+        the refusal. :meth:`Spool.submit <hipchatd.delivery.spool.Spool.submit>`
+        says when the event counts as accepted.
         """
         count = len(targets)
         writer = self._writer

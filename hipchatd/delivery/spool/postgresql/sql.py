@@ -21,8 +21,9 @@ from typing import Any, Final
 import psycopg
 
 from hipchatd.delivery.routing import Target
+from hipchatd.delivery.spool import rows as stored
+from hipchatd.delivery.spool.rows import encode_target
 from hipchatd.delivery.spool.store import DeadEntry, Entry, EventEntries, PendingEntry, Requeued
-from hipchatd.delivery.spool.targets import decode_target, encode_target
 
 __all__ = [
     "count",
@@ -221,21 +222,7 @@ def _entries(
     """Entries from ``_ENTRY_COLUMNS`` rows, each event's document read once and shared."""
     found = list(rows)
     documents = _documents(conn, sorted({row[2] for row in found}))
-    return [
-        Entry(
-            id_,
-            accepted_at,
-            # A missing document reads as unparsable: the lane dead-letters it as "unreadable".
-            documents.get(document_id, ""),
-            source,
-            check,
-            decode_target(target),
-            attempts,
-            last_error,
-            requeued,
-        )
-        for id_, accepted_at, document_id, source, check, target, attempts, last_error in found
-    ]
+    return stored.entries(found, documents, requeued=requeued)
 
 
 def _documents(conn: psycopg.Connection[Any], ids: Sequence[int]) -> dict[int, str]:
@@ -287,10 +274,7 @@ def list_pending(conn: psycopg.Connection[Any]) -> list[PendingEntry]:
         "SELECT id, accepted_at, source, check_name, target, attempts, last_error"
         " FROM pending ORDER BY id"
     )
-    return [
-        PendingEntry(id_, accepted, source, check, decode_target(target), n, error)
-        for id_, accepted, source, check, target, n, error in rows
-    ]
+    return stored.pending_entries(rows)
 
 
 def list_dead(conn: psycopg.Connection[Any]) -> list[DeadEntry]:
@@ -299,10 +283,7 @@ def list_dead(conn: psycopg.Connection[Any]) -> list[DeadEntry]:
         "SELECT id, accepted_at, dead_at, source, check_name, target, attempts, reason, error"
         " FROM dead ORDER BY id"
     )
-    return [
-        DeadEntry(id_, accepted, dead_at, source, check, decode_target(target), n, reason, error)
-        for id_, accepted, dead_at, source, check, target, n, reason, error in rows
-    ]
+    return stored.dead_entries(rows)
 
 
 def retry(conn: psycopg.Connection[Any], ids: Sequence[int] | None, channel: str) -> Requeued:

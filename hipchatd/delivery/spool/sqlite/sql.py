@@ -18,15 +18,15 @@ from typing import Any, Final
 
 import structlog
 
+from hipchatd.delivery.spool import rows as stored
 from hipchatd.delivery.spool.group import BATCH
+from hipchatd.delivery.spool.rows import encode_target as _encode_target
 from hipchatd.delivery.spool.store import (
     DeadEntry,
     Entry,
     EventEntries,
     PendingEntry,
 )
-from hipchatd.delivery.spool.targets import decode_target as _decode_target
-from hipchatd.delivery.spool.targets import encode_target as _encode_target
 
 __all__ = [
     "BATCH",
@@ -51,6 +51,9 @@ __all__ = [
 ]
 
 log = structlog.get_logger()
+
+#: The stored form of a target (tests read it back through this module).
+_decode_target = stored.decode_target
 
 #: Parameters per ``IN (...)``: below SQLite's historical 999-variable limit.
 _CHUNK: Final = 500
@@ -146,21 +149,7 @@ def close(conn: sqlite3.Connection) -> None:
 def _entries(conn: sqlite3.Connection, rows: Iterable[Sequence[Any]]) -> list[Entry]:
     """Entries from ``_ENTRY_COLUMNS`` rows, each event's document read once and shared."""
     found = list(rows)
-    documents = _documents(conn, sorted({row[2] for row in found}))
-    return [
-        Entry(
-            id_,
-            accepted_at,
-            # A missing document reads as unparsable: the lane dead-letters it as "unreadable".
-            documents.get(document_id, ""),
-            source,
-            check,
-            _decode_target(target),
-            attempts,
-            last_error,
-        )
-        for id_, accepted_at, document_id, source, check, target, attempts, last_error in found
-    ]
+    return stored.entries(found, _documents(conn, sorted({row[2] for row in found})))
 
 
 def _documents(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, str]:
@@ -327,10 +316,7 @@ def list_dead(conn: sqlite3.Connection) -> list[DeadEntry]:
         "SELECT id, accepted_at, dead_at, source, check_name, target, attempts, reason, error"
         " FROM dead ORDER BY id"
     )
-    return [
-        DeadEntry(id_, accepted, dead_at, source, check, _decode_target(target), n, reason, error)
-        for id_, accepted, dead_at, source, check, target, n, reason, error in rows
-    ]
+    return stored.dead_entries(rows)
 
 
 def list_pending(conn: sqlite3.Connection) -> list[PendingEntry]:
@@ -339,10 +325,7 @@ def list_pending(conn: sqlite3.Connection) -> list[PendingEntry]:
         "SELECT id, accepted_at, source, check_name, target, attempts, last_error"
         " FROM pending ORDER BY id"
     )
-    return [
-        PendingEntry(id_, accepted, source, check, _decode_target(target), n, error)
-        for id_, accepted, source, check, target, n, error in rows
-    ]
+    return stored.pending_entries(rows)
 
 
 def dead_ids(conn: sqlite3.Connection) -> list[int]:

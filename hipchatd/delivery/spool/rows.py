@@ -1,20 +1,22 @@
-"""How a spool stores a Target: a JSON object, the same text in every backend. Pure.
+"""Rows as every backend stores them: a Target as a JSON object, entries from columns. Pure.
 
-Keys added after a spool was written are optional: a target without them
-encodes without them, and a stored target without them decodes to the
-defaults, so spools written by an older hipchatd read unchanged.
+Target keys added after a spool was written are optional: a target without
+them encodes without them, and a stored target without them decodes to the
+defaults, so spools written by an older hipchatd read unchanged. The row
+readers take the columns in the order each names, from any backend.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
 from hipchatd.delivery.routing import Target
-from hipchatd.delivery.spool.store import SpoolError
+from hipchatd.delivery.spool.store import DeadEntry, Entry, PendingEntry, SpoolError
 
-__all__ = ["decode_target", "encode_target"]
+__all__ = ["dead_entries", "decode_target", "encode_target", "entries", "pending_entries"]
 
 
 #: Target keys stored only when set: a target without them reads back the same,
@@ -74,3 +76,42 @@ def decode_target(text: str) -> Target:
         dashboard_url=dashboard_url,
         template=template,
     )
+
+
+def entries(
+    rows: Iterable[Sequence[Any]], documents: Mapping[int, str], *, requeued: bool = False
+) -> list[Entry]:
+    """Entries from ``(id, accepted_at, document_id, source, check_name, target, attempts,
+    last_error)`` rows, each with its event's document from ``documents`` (shared)."""
+    return [
+        Entry(
+            id_,
+            accepted_at,
+            # A missing document reads as unparsable: the lane dead-letters it as "unreadable".
+            documents.get(document_id, ""),
+            source,
+            check,
+            decode_target(target),
+            attempts,
+            last_error,
+            requeued,
+        )
+        for id_, accepted_at, document_id, source, check, target, attempts, last_error in rows
+    ]
+
+
+def pending_entries(rows: Iterable[Sequence[Any]]) -> list[PendingEntry]:
+    """From ``(id, accepted_at, source, check_name, target, attempts, last_error)`` rows."""
+    return [
+        PendingEntry(id_, accepted, source, check, decode_target(target), n, error)
+        for id_, accepted, source, check, target, n, error in rows
+    ]
+
+
+def dead_entries(rows: Iterable[Sequence[Any]]) -> list[DeadEntry]:
+    """From ``(id, accepted_at, dead_at, source, check_name, target, attempts, reason,
+    error)`` rows."""
+    return [
+        DeadEntry(id_, accepted, dead_at, source, check, decode_target(target), n, reason, error)
+        for id_, accepted, dead_at, source, check, target, n, reason, error in rows
+    ]
