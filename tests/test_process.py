@@ -124,10 +124,14 @@ class Cluster:
         path.write_text(json.dumps(config))
         return Daemon(self.start("serve", "--config", str(path)), self.state_dir)
 
+    def spool_options(self) -> list[str]:
+        """Where ``hipchatd spool`` finds this cluster's spool."""
+        return ["--state-dir", str(self.state_dir)]
+
     def spool(self, *args: str) -> str:
         """``hipchatd spool ARGS --state-dir D``'s stdout; it must succeed."""
         result = subprocess.run(
-            [*HIPCHATD, "spool", *args, "--state-dir", str(self.state_dir)],
+            [*HIPCHATD, "spool", *args, *self.spool_options()],
             capture_output=True,
             text=True,
             cwd=REPO,
