@@ -357,16 +357,24 @@ async def test_a_commit_whose_reply_was_lost_is_not_stored_twice(
     assert _query(pg_schema, "SELECT count(*) FROM documents") == [(1,)]
 
 
-async def test_entries_are_keyed_by_lane_for_the_rooms_order(pg_schema: PgSchema) -> None:
-    """Each entry records its lane (``room:NAME``), and its document is stored once."""
+async def test_entries_are_keyed_by_lane_and_each_commit_notifies(pg_schema: PgSchema) -> None:
+    """Each entry records its lane (``room:NAME``), its document is stored once, and a commit
+    of new entries notifies the schema's channel (for instances that will listen)."""
     settings = postgresql_settings(pg_schema)
-    with trio.fail_after(30):
-        spool = await open_spool("unused", max_events=100, settings=settings)
-        assert isinstance(spool, PostgresSpool)
-        async with running(spool) as (committed, _):
-            spool.submit(EVENT, DOCUMENT, [OPS, DEV], 1000.0)
-            spool.submit(EVENT, DOCUMENT, [OPS], 1001.0)
-            await committed.wait_for(3)
+    channel = f"hipchatd.{pg_schema.schema}"
+    with psycopg.connect(pg_schema.conninfo, autocommit=True) as listener:
+        listener.execute(f'LISTEN "{channel}"')
+        with trio.fail_after(30):
+            spool = await open_spool("unused", max_events=100, settings=settings)
+            assert isinstance(spool, PostgresSpool)
+            async with running(spool) as (committed, _):
+                spool.submit(EVENT, DOCUMENT, [OPS, DEV], 1000.0)
+                spool.submit(EVENT, DOCUMENT, [OPS], 1001.0)
+                await committed.wait_for(3)
+            heard = await trio.to_thread.run_sync(
+                lambda: list(listener.notifies(timeout=5, stop_after=1))
+            )
+    assert [(n.channel, n.payload) for n in heard] == [(channel, "pending")]
     rows = _query(pg_schema, "SELECT lane, id FROM pending ORDER BY lane, id")
     assert [lane for lane, _ in rows] == [
         f"room:{DEV.name}",
@@ -374,6 +382,34 @@ async def test_entries_are_keyed_by_lane_for_the_rooms_order(pg_schema: PgSchema
         f"room:{OPS.name}",
     ]
     assert _query(pg_schema, "SELECT count(*) FROM documents") == [(2,)]
+
+
+@pytest.mark.parametrize("where", ["PGPASSWORD", "PGPASSFILE"])
+def test_the_password_may_come_from_libpq_s_environment(
+    pg_schema: PgSchema, tmp_path: Path, where: str
+) -> None:
+    """A DSN without a password: libpq finds it in PGPASSWORD or a password file."""
+    dsn = pg_schema.conninfo.replace(f"password={pg_schema.password}", "")
+    assert pg_schema.password not in dsn
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"127.0.0.1:*:hipchatd_test:hipchatd_test:{pg_schema.password}\n")
+    passfile.chmod(0o600)
+    env = {where: pg_schema.password if where == "PGPASSWORD" else str(passfile)}
+    spool = {"backend": "postgresql", "dsn": dsn, "schema": pg_schema.schema}
+    with socket_closed_port() as port:
+        config = _config(tmp_path / "a.json", spool, {"server_url": f"http://127.0.0.1:{port}"})
+    result = subprocess.run(
+        [*HIPCHATD, "check-config", "--online", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**child_env(), **env},
+        timeout=60,
+        check=False,
+    )
+    first = result.stdout.splitlines()[0]
+    assert first.startswith("ok: spool postgresql://hipchatd_test@127.0.0.1:"), result.stdout
+    assert pg_schema.password not in result.stdout + result.stderr
 
 
 def test_check_config_online_reports_the_spool_and_its_version(

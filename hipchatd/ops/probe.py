@@ -97,6 +97,8 @@ async def check_online(config: Config, out: TextIO) -> int:
 
 async def _check_spool(config: Config, out: TextIO) -> bool:
     """Reach the spool's server, when it has one; print one line. True when usable."""
+    if config.daemon.spool.backend == "sqlite":
+        return True
     try:
         found = await trio.to_thread.run_sync(describe_store, config.daemon.spool)
     except SpoolError as exc:
