@@ -229,6 +229,17 @@ def test_the_dsn_and_its_password_are_never_printed(
     assert 'password authentication failed for user "hipchatd_test"' in text
 
 
+async def test_a_dsn_libpq_cannot_parse_is_refused_without_quoting_it() -> None:
+    """libpq quotes what it could not parse, perhaps a piece of the password: not shown."""
+    settings = SpoolSettings("postgresql", Secret("host=db password=two words"), "hipchatd")
+    with pytest.raises(SpoolError) as raised:
+        await open_spool("unused", max_events=10, settings=settings)
+    assert str(raised.value) == (
+        "hipchatd.spool.dsn: libpq cannot parse it (value hidden); expected a libpq connection"
+        " URI or key=value string"
+    )
+
+
 def test_a_dsn_from_the_systemd_credential(pg_schema: PgSchema, tmp_path: Path) -> None:
     credentials = tmp_path / "credentials"
     credentials.mkdir()

@@ -12,6 +12,7 @@ needs lane leases, which a cluster of instances adds).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -51,6 +52,10 @@ APPLICATION_NAME: Final = "hipchatd"
 #: Cannot collide with one-key locks other programs take: those use the 64-bit form.
 LOCK_MIGRATE: Final = "hipchatd migrate"
 LOCK_INSTANCE: Final = "hipchatd instance"
+#: Seconds a new daemon keeps asking for the instance lock, every ``_LOCK_RETRY``: the server
+#: ends a closed (or killed) predecessor's session a moment after its socket closed.
+INSTANCE_LOCK_WAIT: Final = 2.0
+_LOCK_RETRY: Final = 0.1
 
 
 class InstanceConflict(psycopg.OperationalError):
@@ -73,9 +78,11 @@ class Server:
         try:
             parts = psycopg.conninfo.conninfo_to_dict(settings.dsn.reveal())
         except psycopg.Error as exc:
+            # libpq's message quotes the part it could not parse, which may be a piece of
+            # the password: the cause stays in ``__cause__``, out of every printed line.
             raise SpoolError(
-                f"hipchatd.spool.dsn: {_flat(redactor.redact(str(exc)))} (value hidden); "
-                "expected a libpq connection URI or key=value string"
+                "hipchatd.spool.dsn: libpq cannot parse it (value hidden); expected a libpq "
+                "connection URI or key=value string"
             ) from exc
         return cls(settings, _label(parts, settings.schema), redactor)
 
@@ -197,19 +204,30 @@ class Session:
         return conn
 
     def close(self) -> None:
-        """Close the connection (releasing its locks). Idempotent; never raises."""
+        """Release the locks and close the connection. Idempotent; never raises."""
         conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except psycopg.Error as exc:
-                log.warning("spool.close_failed", error=self.server.cause(exc))
+        if conn is None:
+            return
+        try:
+            if self._instance_lock and not conn.closed and not conn.broken:
+                # Closing returns before the server has ended the session: unlock first, so
+                # a daemon started right after this one finds the lock free.
+                conn.execute("SELECT pg_advisory_unlock_all()")
+        except psycopg.Error as exc:
+            log.warning("spool.close_failed", error=self.server.cause(exc))
+        finally:
+            conn.close()
 
 
 def _take_instance_lock(conn: psycopg.Connection[Any], schema: str) -> None:
-    row = conn.execute(
-        "SELECT pg_try_advisory_lock(hashtext(%s), hashtext(%s))", [LOCK_INSTANCE, schema]
-    ).fetchone()
+    deadline = time.monotonic() + INSTANCE_LOCK_WAIT
+    while True:
+        row = conn.execute(
+            "SELECT pg_try_advisory_lock(hashtext(%s), hashtext(%s))", [LOCK_INSTANCE, schema]
+        ).fetchone()
+        if (row and row[0]) or time.monotonic() >= deadline:
+            break
+        time.sleep(_LOCK_RETRY)
     if not (row and row[0]):
         raise InstanceConflict(
             f"another hipchatd daemon uses schema {schema} (it holds the instance lock); "
