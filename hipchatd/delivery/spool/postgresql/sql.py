@@ -120,15 +120,15 @@ def write_events(
             conn.execute(
                 "INSERT INTO documents (id, origin, origin_id, entries, document)"
                 " SELECT d.id, %s, d.origin_id, d.entries, d.document FROM unnest("
-                "%s::bigint[], %s::bigint[], %s::integer[], %s::text[])"
+                "%b::bigint[], %b::bigint[], %b::integer[], %b::text[])"
                 " AS d(id, origin_id, entries, document)",
                 [origin, list(ids_), list(origin_ids), list(counts), list(texts)],
             )
             columns = [list(column) for column in zip(*pending, strict=True)]
             conn.execute(
                 "INSERT INTO pending (id, lane, accepted_at, source, check_name, target,"
-                " document_id) SELECT * FROM unnest(%s::bigint[], %s::text[],"
-                " %s::double precision[], %s::text[], %s::text[], %s::text[], %s::bigint[])",
+                " document_id) SELECT * FROM unnest(%b::bigint[], %b::text[],"
+                " %b::double precision[], %b::text[], %b::text[], %b::text[], %b::bigint[])",
                 columns,
             )
             _notify(conn, channel, "pending")
@@ -141,7 +141,7 @@ def _stored(
     """origin_id -> [(entry id, document id)] of the events of ``origin`` already stored."""
     rows = conn.execute(
         "SELECT d.origin_id, p.id, d.id FROM documents d JOIN pending p ON p.document_id = d.id"
-        " WHERE d.origin = %s AND d.origin_id = ANY(%s) ORDER BY p.id",
+        " WHERE d.origin = %s AND d.origin_id = ANY(%b) ORDER BY p.id",
         [origin, origin_ids],
     )
     found: dict[int, list[tuple[int, int]]] = {}
@@ -165,7 +165,7 @@ def write_marks(
             last = {i: _text(error) for error, i in attempts}
             conn.execute(
                 "UPDATE pending p SET attempts = p.attempts + m.n, last_error = m.error"
-                " FROM unnest(%s::bigint[], %s::integer[], %s::text[]) AS m(id, n, error)"
+                " FROM unnest(%b::bigint[], %b::integer[], %b::text[]) AS m(id, n, error)"
                 " WHERE p.id = m.id",
                 [list(last), [tries[i] for i in last], list(last.values())],
             )
@@ -177,8 +177,8 @@ def write_marks(
                 " attempts, reason, error, document_id)"
                 " SELECT p.id, p.lane, p.accepted_at, m.dead_at, p.source, p.check_name,"
                 " p.target, p.attempts, m.reason, coalesce(m.error, p.last_error), p.document_id"
-                " FROM pending p JOIN unnest(%s::bigint[], %s::double precision[], %s::text[],"
-                " %s::text[]) AS m(id, dead_at, reason, error) ON p.id = m.id",
+                " FROM pending p JOIN unnest(%b::bigint[], %b::double precision[], %b::text[],"
+                " %b::text[]) AS m(id, dead_at, reason, error) ON p.id = m.id",
                 [
                     list(ids),
                     list(at),
@@ -191,7 +191,7 @@ def write_marks(
             documents = [
                 d
                 for (d,) in conn.execute(
-                    "DELETE FROM pending WHERE id = ANY(%s) RETURNING document_id", [gone]
+                    "DELETE FROM pending WHERE id = ANY(%b) RETURNING document_id", [gone]
                 )
             ]
             removed = len(documents)
@@ -201,7 +201,7 @@ def write_marks(
 
 def _delete_unused(conn: psycopg.Connection[Any], documents: list[int]) -> None:
     if documents:
-        conn.execute(f"DELETE FROM documents d WHERE d.id = ANY(%s) AND {_UNUSED}", [documents])
+        conn.execute(f"DELETE FROM documents d WHERE d.id = ANY(%b) AND {_UNUSED}", [documents])
 
 
 # --- the daemon's reads ----------------------------------------------------------------------
@@ -228,7 +228,7 @@ def _entries(
 def _documents(conn: psycopg.Connection[Any], ids: Sequence[int]) -> dict[int, str]:
     if not ids:
         return {}
-    rows = conn.execute("SELECT id, document FROM documents WHERE id = ANY(%s)", [list(ids)])
+    rows = conn.execute("SELECT id, document FROM documents WHERE id = ANY(%b)", [list(ids)])
     return dict(rows.fetchall())
 
 
@@ -250,7 +250,7 @@ def load_documents(conn: psycopg.Connection[Any], ids: list[int]) -> dict[int, s
     """Entry id -> document for the pending ones among ``ids``; each document read once."""
     rows = conn.execute(
         "SELECT p.id, d.document FROM pending p JOIN documents d ON d.id = p.document_id"
-        " WHERE p.id = ANY(%s)",
+        " WHERE p.id = ANY(%b)",
         [ids],
     )
     return dict(rows.fetchall())
@@ -296,7 +296,7 @@ def retry(conn: psycopg.Connection[Any], ids: Sequence[int] | None, channel: str
             rows = conn.execute(
                 "SELECT m.id, EXISTS (SELECT 1 FROM dead WHERE dead.id = m.id),"
                 " EXISTS (SELECT 1 FROM pending WHERE pending.id = m.id)"
-                " FROM unnest(%s::bigint[]) WITH ORDINALITY AS m(id, n) ORDER BY m.n",
+                " FROM unnest(%b::bigint[]) WITH ORDINALITY AS m(id, n) ORDER BY m.n",
                 [chosen],
             ).fetchall()
             pending = tuple(i for i, is_dead, is_pending in rows if not is_dead and is_pending)
@@ -308,10 +308,10 @@ def retry(conn: psycopg.Connection[Any], ids: Sequence[int] | None, channel: str
                 "INSERT INTO pending (id, lane, accepted_at, source, check_name, target,"
                 " attempts, last_error, requeued, document_id)"
                 " SELECT id, lane, accepted_at, source, check_name, target, attempts, error,"
-                " true, document_id FROM dead WHERE id = ANY(%s)",
+                " true, document_id FROM dead WHERE id = ANY(%b)",
                 [chosen],
             )
-            conn.execute("DELETE FROM dead WHERE id = ANY(%s)", [chosen])
+            conn.execute("DELETE FROM dead WHERE id = ANY(%b)", [chosen])
             _notify(conn, channel, "requeued")
     return Requeued(ids=tuple(chosen))
 

@@ -1,6 +1,6 @@
 """The daemon's SQLite spool: the :class:`~hipchatd.delivery.spool.store.Spool` on one file.
 
-Writes are grouped (:mod:`.writer`): ``submit`` and the ``mark_*`` calls
+Writes are grouped (:mod:`..group`, :mod:`.writer`): ``submit`` and the ``mark_*`` calls
 only buffer; the ``run`` task commits what gathered within ``COMMIT_DELAY``
 (or as soon as ``BATCH`` items are waiting) in one transaction on a worker
 thread, then hands each new event's entries, with their ids and the handle
