@@ -207,28 +207,51 @@ class PostgresServer:
         )
         for attempt in range(START_TRIES):
             self.port = _free_port()
-            options = " ".join(
-                [f"-p {self.port}", f"-k {self.root}", *(f"-c {o}" for o in SERVER_OPTIONS)]
-            )
-            done = self._run(
-                str(self.bindir / "pg_ctl"),
-                "start",
-                "--pgdata",
-                str(self.data),
-                "--log",
-                str(self.log),
-                "--wait",
-                f"--timeout={START_WAIT}",
-                "--silent",
-                "-o",
-                options,
-            )
+            done = self._pg_ctl_start()
             if done.returncode == 0:
                 break
             if attempt == START_TRIES - 1:
                 self._check("pg_ctl start", done)
         self._create_test_role()
         self.started_after = time.monotonic() - begun
+
+    def _pg_ctl_start(self) -> subprocess.CompletedProcess[str]:
+        options = " ".join(
+            [f"-p {self.port}", f"-k {self.root}", *(f"-c {o}" for o in SERVER_OPTIONS)]
+        )
+        return self._run(
+            str(self.bindir / "pg_ctl"),
+            "start",
+            "--pgdata",
+            str(self.data),
+            "--log",
+            str(self.log),
+            "--wait",
+            f"--timeout={START_WAIT}",
+            "--silent",
+            "-o",
+            options,
+        )
+
+    def pause(self) -> None:
+        """Stop the server (fast: sessions are ended), keeping its data and port for resume."""
+        self._check(
+            "pg_ctl stop",
+            self._run(
+                str(self.bindir / "pg_ctl"),
+                "stop",
+                "--pgdata",
+                str(self.data),
+                "-m",
+                "fast",
+                "--wait",
+                "--silent",
+            ),
+        )
+
+    def resume(self) -> None:
+        """Start the paused server again on the same port."""
+        self._check("pg_ctl start", self._pg_ctl_start())
 
     def admin_conninfo(self, dbname: str = "postgres") -> str:
         """The superuser over the private unix socket (no password)."""

@@ -335,6 +335,35 @@ async def test_a_connection_lost_mid_run_is_replaced_and_nothing_is_lost(
     assert _query(pg_schema, "SELECT count(*) FROM documents") == [(2,)]
 
 
+async def test_a_stopped_server_holds_events_back_until_it_is_back(
+    pg_schema: PgSchema, pg_server: PostgresServer
+) -> None:
+    """While the server is down, commits fail (logged, retried, ``writable`` False) and no
+    event is reported accepted; once it is back, they commit and nothing is lost."""
+    settings = postgresql_settings(pg_schema)
+    with trio.fail_after(90), capture_logs() as logs:
+        spool = await open_spool("unused", max_events=100, settings=settings)
+        async with running(spool) as (committed, refused):
+            spool.submit(EVENT, DOCUMENT, [OPS], 1000.0, "before")
+            await committed.wait_for(1)
+            await trio.to_thread.run_sync(pg_server.pause)
+            try:
+                spool.submit(EVENT, DOCUMENT, [DEV, ONCALL], 1001.0, "during")
+                while len([e for e in logs if e["event"] == "spool.write_failed"]) < 2:
+                    await trio.sleep(0.05)
+                assert not spool.writable
+                assert [handle for handle, _ in committed.events] == ["before"]
+            finally:
+                await trio.to_thread.run_sync(pg_server.resume)
+            await committed.wait_for(3)
+            await spool.flush()
+            assert spool.writable
+    assert [handle for handle, _ in committed.events] == ["before", "during"]
+    assert refused.events == []
+    assert _query(pg_schema, "SELECT count(*) FROM pending") == [(3,)]
+    assert [e for e in logs if e["event"] == "spool.write_recovered"]
+
+
 async def test_a_commit_whose_reply_was_lost_is_not_stored_twice(
     pg_schema: PgSchema, monkeypatch: pytest.MonkeyPatch
 ) -> None:
