@@ -12,6 +12,7 @@ of its own.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 from collections.abc import Iterator
@@ -32,7 +33,7 @@ from hipchatd.ops import logconfig
 from tests.postgres import PgSchema, PostgresServer
 from tests.processes import HIPCHATD, REPO, STARTUP, Child, child_env, wait_for
 from tests.test_process import TOKEN, Cluster, Daemon, Emulator, kill_9_mid_delivery
-from tests.test_spool import DEV, DOCUMENT, EVENT, ONCALL, OPS
+from tests.test_spool import DEV, DOCUMENT, EVENT, ONCALL, OPS, other_event
 from tests.test_spool_contract import postgresql_settings
 from tests.test_spool_edges import running
 
@@ -395,6 +396,30 @@ async def test_a_commit_whose_reply_was_lost_is_not_stored_twice(
     stored = _query(pg_schema, "SELECT id FROM pending ORDER BY id")
     assert [e.id for e in entries] == [i for (i,) in stored]
     assert _query(pg_schema, "SELECT count(*) FROM documents") == [(1,)]
+
+
+async def test_text_postgresql_cannot_hold_is_kept_or_refused_alone(pg_schema: PgSchema) -> None:
+    """NUL (which PostgreSQL text cannot hold) is stored as U+FFFD; an event whose text cannot
+    be encoded at all (a lone surrogate, which the readers never let through) is refused alone,
+    and the events around it are accepted."""
+    nul, nul_doc = other_event("disk\x00check")
+    surrogate, surrogate_doc = other_event("disk")
+    surrogate = dataclasses.replace(surrogate, check="bad\ud800")
+    settings = postgresql_settings(pg_schema)
+    with trio.fail_after(30), capture_logs() as logs:
+        spool = await open_spool("unused", max_events=100, settings=settings)
+        async with running(spool) as (committed, refused):
+            spool.submit(nul, nul_doc, [OPS], 1000.0, "nul")
+            spool.submit(surrogate, surrogate_doc, [OPS], 1001.0, "surrogate")
+            spool.submit(EVENT, DOCUMENT, [DEV], 1002.0, "plain")
+            await committed.wait_for(2)
+            spool.mark_attempt([committed.entries[0].id], "HTTP 500: bad\x00 \udc80 reply")
+            await spool.flush()
+    assert [handle for handle, _ in committed.events] == ["nul", "plain"]
+    assert refused.handles == ["surrogate"]
+    assert [e["check"] for e in logs if e["event"] == "event.refused"] == ["bad\ud800"]
+    rows = _query(pg_schema, "SELECT check_name, last_error FROM pending ORDER BY id")
+    assert rows == [("disk\ufffdcheck", "HTTP 500: bad\ufffd ? reply"), ("testing", None)]
 
 
 async def test_entries_are_keyed_by_lane_and_each_commit_notifies(pg_schema: PgSchema) -> None:

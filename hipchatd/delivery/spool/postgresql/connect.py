@@ -130,7 +130,14 @@ def is_transient(exc: Exception) -> bool:
 
 def does_not_fit(exc: Exception) -> bool:
     """The server cannot hold this write (disk full, a value it cannot store): pieces might."""
-    return isinstance(exc, pg_errors.DiskFull | pg_errors.ProgramLimitExceeded | psycopg.DataError)
+    return isinstance(
+        exc,
+        pg_errors.DiskFull
+        | pg_errors.ProgramLimitExceeded
+        | psycopg.DataError
+        # Text that is not UTF-8 (a lone surrogate) fails before it is sent.
+        | UnicodeEncodeError,
+    )
 
 
 def connect(server: Server) -> psycopg.Connection[Any]:

@@ -60,7 +60,7 @@ RETRY_POLL: Final = 2.0
 class PostgresDialect:
     """PostgreSQL's writes and errors, for group commit, on one daemon's session."""
 
-    errors: tuple[type[Exception], ...] = (psycopg.Error,)
+    errors: tuple[type[Exception], ...] = (psycopg.Error, UnicodeEncodeError)
 
     def __init__(self, server: Server) -> None:
         self._channel = server.channel

@@ -7,7 +7,8 @@ the worker thread. Every commit that adds or re-queues entries notifies the
 schema's channel, so other instances can wake instead of polling.
 PostgreSQL text cannot hold NUL: it becomes U+FFFD in the columns hipchatd
 fills from events or errors (the document keeps the event as JSON, where NUL
-is always escaped).
+is always escaped); an error text's lone surrogates become ``?`` (events'
+strings have none: the readers replace them).
 """
 
 from __future__ import annotations
@@ -54,6 +55,11 @@ def lane(target: Target) -> str:
 
 def _text(value: str) -> str:
     return value.replace("\x00", "\ufffd")
+
+
+def _error_text(value: str) -> str:
+    """An error or reason as PostgreSQL text: without NUL, and lone surrogates as ``?``."""
+    return _text(value).encode("utf-8", "replace").decode("utf-8")
 
 
 def _notify(conn: psycopg.Connection[Any], channel: str, what: str) -> None:
@@ -162,7 +168,7 @@ def write_marks(
     with conn.transaction():
         if attempts:
             tries = Counter(i for _, i in attempts)
-            last = {i: _text(error) for error, i in attempts}
+            last = {i: _error_text(error) for error, i in attempts}
             conn.execute(
                 "UPDATE pending p SET attempts = p.attempts + m.n, last_error = m.error"
                 " FROM unnest(%b::bigint[], %b::integer[], %b::text[]) AS m(id, n, error)"
@@ -182,8 +188,8 @@ def write_marks(
                 [
                     list(ids),
                     list(at),
-                    [_text(r) for r in reasons],
-                    [None if e is None else _text(e) for e in errors],
+                    [_error_text(r) for r in reasons],
+                    [None if e is None else _error_text(e) for e in errors],
                 ],
             ).rowcount
         if dead or delivered:
