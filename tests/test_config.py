@@ -1063,7 +1063,7 @@ def test_a_postgresql_spool_takes_its_dsn_from_the_files_else_the_credential(
             {"backend": "postgresql", "dsn": DSN, "schema": "pg_alerts"},
             "names starting with pg_ are reserved by PostgreSQL",
         ),
-        ("postgresql", 'hipchatd.spool: got "postgresql" (string); expected an object'),
+        (DSN, "hipchatd.spool: got a string (value hidden); expected an object"),
     ],
 )
 def test_bad_spool_settings_are_one_problem_each_never_showing_the_dsn(

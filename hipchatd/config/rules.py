@@ -361,6 +361,8 @@ DAEMON_RULES: Mapping[str, Rule] = {
         _spool,
         'an object {"backend": "sqlite"} or {"backend": "postgresql", "dsn": "postgresql://...",'
         ' "schema": "hipchatd"}',
+        # A DSN put where the object belongs must not be quoted back.
+        secret=True,
         fields={
             "backend": _choice(SpoolBackend),
             "dsn": Rule(
