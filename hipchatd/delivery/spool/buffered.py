@@ -10,6 +10,7 @@ bounded shutdown; a backend adds opening, reading and its periodic look
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Final, Generic, TypeVar
 
 import structlog
@@ -17,7 +18,13 @@ import trio
 
 from hipchatd.delivery.routing import Target
 from hipchatd.delivery.spool.group import WRITE_RETRY, GroupCommit, Worker
-from hipchatd.delivery.spool.store import Entry, OnCommitted, OnRefused
+from hipchatd.delivery.spool.store import (
+    Entry,
+    OnCommitted,
+    OnRefused,
+    SpoolError,
+    SpoolWriteError,
+)
 from hipchatd.sensu.events import Event
 
 __all__ = ["SHUTDOWN_FLUSH", "BufferedSpool"]
@@ -37,6 +44,8 @@ class BufferedSpool(Generic[C]):
     commit_delay: float = 0.002
     #: Seconds between the backend's looks (``_look``).
     poll_every: float = 2.0
+    #: The library's errors that end ``run`` (or ``aclose``) as SpoolWriteError.
+    library_errors: tuple[type[Exception], ...] = ()
 
     def __init__(
         self, worker: Worker[C], writer: GroupCommit[C], *, max_events: int, next_id: int
@@ -139,7 +148,70 @@ class BufferedSpool(Generic[C]):
         """
         await self._writer.flush()
 
+    async def run(
+        self,
+        on_committed: OnCommitted,
+        *,
+        on_refused: OnRefused | None = None,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Commit buffered work until cancelled; then flush what is left and close.
+
+        After each commit, ``on_committed`` gets the new events, in acceptance
+        order, each as ``(handle, entries)``: the handle given to ``submit``
+        and all of that event's entries (ids set), synchronously in this task;
+        an event's entries are always committed together. Entries
+        ``hipchatd spool retry`` re-queued come as one ``(None, entries)``
+        (at the backend's next look). Marks commit before new entries, in
+        their own transaction. New events that do not fit are written in
+        halves; an event that alone does not fit is refused: ``event.refused``
+        is logged, ``writable`` set False, and ``on_refused`` gets its
+        ``(handle, entries)``, in acceptance order with the ``on_committed``
+        calls. Any other failed commit logs ``spool.write_failed``, sets
+        ``writable`` False and is retried every ``WRITE_RETRY`` with its work
+        kept; a failure no retry can fix (a bug, or one only an operator can
+        fix) ends ``run`` with SpoolWriteError.
+
+        On cancellation, a commit already running on the worker thread
+        finishes first; then what is buffered is committed within
+        ``SHUTDOWN_FLUSH`` (shielded) without calling ``on_committed``: those
+        entries are delivered at the next start. Then the spool is closed.
+        Past ``SHUTDOWN_FLUSH`` the worker thread is abandoned and
+        ``spool.flush_incomplete`` logged. Each backend's class says what its
+        failures are.
+        """
+        if self._worker.conn is None:
+            raise SpoolError(f"the spool {self._path} is closed")
+        with self._watching():
+            task_status.started()
+            try:
+                try:
+                    await self._write_loop(on_committed, on_refused)
+                finally:
+                    await self._shutdown()
+            except self.library_errors as exc:
+                raise self._write_error(exc) from exc
+
+    async def aclose(self) -> None:
+        """Commit what is buffered (within ``SHUTDOWN_FLUSH``, shielded) and close.
+
+        Idempotent. For a spool whose ``run`` task was started, cancel that
+        task instead: it closes the spool on its way out.
+        """
+        try:
+            await self._shutdown()
+        except self.library_errors as exc:
+            raise self._write_error(exc) from exc
+
     # --- for the backends ------------------------------------------------------------------
+
+    def _watching(self) -> AbstractContextManager[None]:
+        """Entered around ``run`` (in its trio run)."""
+        return nullcontext()
+
+    def _write_error(self, exc: Exception) -> SpoolWriteError:
+        """The SpoolWriteError that ends ``run`` for ``exc`` (one of ``library_errors``)."""
+        raise NotImplementedError
 
     def _look_asked(self) -> bool:
         """A look is wanted before the next ``poll_every``."""

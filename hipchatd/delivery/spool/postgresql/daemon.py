@@ -38,7 +38,6 @@ from hipchatd.delivery.spool.store import (
     Entry,
     EventEntries,
     OnCommitted,
-    OnRefused,
     SpoolError,
     SpoolReadError,
     SpoolWriteError,
@@ -102,10 +101,19 @@ class PostgresDialect:
 
 
 class PostgresSpool(BufferedSpool[Session]):
-    """The daemon's spool in a PostgreSQL schema. Create with ``await PostgresSpool.open``."""
+    """The daemon's spool in a PostgreSQL schema. Create with ``await PostgresSpool.open``.
+
+    In ``run``: each committed event's entries carry the ids the commit gave
+    them; re-queued entries come within ``RETRY_POLL``. New events that do
+    not fit are those the server cannot hold (a full disk, a value PostgreSQL
+    cannot store). A lost connection or an unreachable server is retried
+    every ``WRITE_RETRY`` on a new connection; a failure no retry can fix (a
+    constraint, missing privileges) ends ``run`` with SpoolWriteError.
+    """
 
     commit_delay = COMMIT_DELAY
     poll_every = RETRY_POLL
+    library_errors = (psycopg.Error,)
 
     def __init__(
         self, server: Server, session: Session, *, counts: tuple[int, int], max_events: int
@@ -169,47 +177,7 @@ class PostgresSpool(BufferedSpool[Session]):
                 f"cannot read {what} from the spool {self._path}: {self._server.cause(exc)}"
             ) from exc
 
-    async def run(
-        self,
-        on_committed: OnCommitted,
-        *,
-        on_refused: OnRefused | None = None,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Commit buffered work until cancelled; then flush what is left and close.
-
-        As :meth:`SqliteSpool.run <hipchatd.delivery.spool.sqlite.SqliteSpool.run>`:
-        ``on_committed`` gets each committed event as ``(handle, entries)``
-        with the ids the commit gave them, in acceptance order; re-queued
-        entries come as ``(None, entries)`` within ``RETRY_POLL``. Marks commit
-        before new entries. An event the server cannot hold alone (a full
-        disk, a value PostgreSQL cannot store) is refused (``event.refused``,
-        ``on_refused``). A lost connection or an unreachable server logs
-        ``spool.write_failed`` (``writable`` False) and is retried every
-        ``WRITE_RETRY`` on a new connection; a failure no retry can fix (a
-        constraint, missing privileges) ends ``run`` with SpoolWriteError. On
-        cancellation, what is buffered is committed within ``SHUTDOWN_FLUSH``
-        (shielded), then the connection is closed.
-        """
-        if self._worker.conn is None:
-            raise SpoolError(f"the spool {self._path} is closed")
-        task_status.started()
-        try:
-            try:
-                await self._write_loop(on_committed, on_refused)
-            finally:
-                await self._shutdown()
-        except psycopg.Error as exc:
-            raise self._write_error(exc) from exc
-
-    async def aclose(self) -> None:
-        """Commit what is buffered (within ``SHUTDOWN_FLUSH``, shielded) and close. Idempotent."""
-        try:
-            await self._shutdown()
-        except psycopg.Error as exc:
-            raise self._write_error(exc) from exc
-
-    def _write_error(self, exc: psycopg.Error) -> SpoolWriteError:
+    def _write_error(self, exc: Exception) -> SpoolWriteError:
         return SpoolWriteError(
             f"cannot commit to the spool {self._path}: {self._server.cause(exc)}"
         )

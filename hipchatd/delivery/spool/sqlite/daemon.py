@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from functools import partial
 from typing import Final, TypeVar
 
@@ -44,8 +45,6 @@ from hipchatd.delivery.spool.store import (
     DeadEntry,
     Entry,
     OnCommitted,
-    OnRefused,
-    SpoolError,
     SpoolReadError,
     SpoolWriteError,
 )
@@ -65,10 +64,19 @@ class SqliteSpool(BufferedSpool[sqlite3.Connection]):
 
     ``submit`` and ``mark_*`` buffer and never block; ``run`` is the task that
     commits. Use from one trio run.
+
+    In ``run``: re-queued entries come within ``RETRY_POLL`` from another
+    process, at once from this one, and every ``RETRY_POLL`` the file is
+    checked (``file_problem``). New events that do not fit are those SQLite
+    calls full (``SQLITE_FULL``, ``SQLITE_TOOBIG``); a failure no retry can
+    fix is a constraint or misuse (a bug). On cancellation a commit already
+    running finishes first: SQLite cannot be stopped mid-transaction (at
+    worst ``BUSY_TIMEOUT_MS``).
     """
 
     commit_delay = COMMIT_DELAY
     poll_every = RETRY_POLL
+    library_errors = (sqlite3.Error,)
 
     def __init__(self, opened: files.Opened, *, max_events: int) -> None:
         worker = Worker(opened.conn, opened.path)
@@ -151,64 +159,11 @@ class SqliteSpool(BufferedSpool[sqlite3.Connection]):
         """
         await self._lookout.look_now()
 
-    async def run(
-        self,
-        on_committed: OnCommitted,
-        *,
-        on_refused: OnRefused | None = None,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Commit buffered work until cancelled; then flush what is left and close.
+    def _watching(self) -> AbstractContextManager[None]:
+        return self._lookout.watching()
 
-        After each commit, ``on_committed`` gets the new events, in acceptance
-        order, each as ``(handle, entries)``: the handle given to ``submit``
-        and all of that event's entries (ids set), synchronously in this task;
-        an event's entries are always committed together. Entries
-        ``hipchatd spool retry`` re-queued come as one ``(None, entries)``:
-        within ``RETRY_POLL`` from another process, at once from this one.
-        Marks commit before new entries, in their own transaction. New events
-        that do not fit (``SQLITE_FULL``) are written in halves; an event that
-        alone does not fit is refused: ``event.refused`` is logged,
-        ``writable`` set False, and ``on_refused`` gets its ``(handle,
-        entries)``, in acceptance order with the ``on_committed`` calls. Any
-        other failed commit logs ``spool.write_failed``, sets ``writable``
-        False and is retried every ``WRITE_RETRY`` with its work kept; a
-        failure no retry can fix (a constraint or misuse: a bug) ends ``run``
-        with SpoolWriteError. Every ``RETRY_POLL`` the file is checked
-        (``file_problem``).
-
-        On cancellation, a commit already running on the worker thread
-        finishes first (SQLite cannot be stopped mid-transaction; at worst
-        ``BUSY_TIMEOUT_MS``); then what is buffered is committed within
-        ``SHUTDOWN_FLUSH`` (shielded) without calling ``on_committed``: those
-        entries are delivered at the next start. Then the spool is closed.
-        Past ``SHUTDOWN_FLUSH`` the worker thread is abandoned and
-        ``spool.flush_incomplete`` logged.
-        """
-        if self._worker.conn is None:
-            raise SpoolError(f"the spool {self._path} is closed")
-        with self._lookout.watching():
-            task_status.started()
-            try:
-                try:
-                    await self._write_loop(on_committed, on_refused)
-                finally:
-                    await self._shutdown()
-            except sqlite3.Error as exc:
-                raise self._write_error(exc) from exc
-
-    async def aclose(self) -> None:
-        """Commit what is buffered (within ``SHUTDOWN_FLUSH``, shielded) and close.
-
-        Idempotent. For a spool whose ``run`` task was started, cancel that
-        task instead: it closes the spool on its way out.
-        """
-        try:
-            await self._shutdown()
-        except sqlite3.Error as exc:
-            raise self._write_error(exc) from exc
-
-    def _write_error(self, exc: sqlite3.Error) -> SpoolWriteError:
+    def _write_error(self, exc: Exception) -> SpoolWriteError:
+        assert isinstance(exc, sqlite3.Error)
         return SpoolWriteError(f"cannot commit to the spool {self._path}: {sql.cause(exc)}")
 
     def _look_asked(self) -> bool:
