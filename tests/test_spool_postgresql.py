@@ -28,6 +28,7 @@ from hipchatd import cli
 from hipchatd.config import Secret, SpoolSettings, load_config
 from hipchatd.delivery.spool import SpoolError, open_admin, open_spool
 from hipchatd.delivery.spool.postgresql import SCHEMA_VERSION, PostgresSpool, sql
+from hipchatd.delivery.spool.postgresql import schema as pg_schema_module
 from hipchatd.delivery.spool.store import EventEntries
 from hipchatd.ops import logconfig
 from tests.postgres import PgSchema, PostgresServer
@@ -136,6 +137,21 @@ def _waiting_for_lock(server: PostgresServer) -> int:
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
         ).fetchone()
     return int(row[0]) if row else 0
+
+
+async def test_a_migration_lock_held_too_long_fails_the_start_with_what_to_do(
+    pg_schema: PgSchema, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pg_schema_module, "MIGRATION_LOCK_TIMEOUT_MS", 200)
+    with psycopg.connect(pg_schema.conninfo, autocommit=True) as holder:
+        holder.execute(
+            "SELECT pg_advisory_lock(hashtext('hipchatd migrate'), hashtext(%s))",
+            [pg_schema.schema],
+        )
+        with trio.fail_after(30), pytest.raises(SpoolError) as raised:
+            await open_spool("unused", max_events=10, settings=postgresql_settings(pg_schema))
+    assert "lock timeout" in str(raised.value)
+    assert "waited 0.2 s for a lock on the schema; end the session holding it" in str(raised.value)
 
 
 async def test_a_newer_schema_or_a_foreign_one_is_refused_with_what_to_do(

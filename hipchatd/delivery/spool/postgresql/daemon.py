@@ -26,6 +26,7 @@ from typing import Any, Final, TypeVar
 import psycopg
 import structlog
 import trio
+from psycopg import errors as pg_errors
 
 from hipchatd.clock import unix_now
 from hipchatd.config import SpoolSettings
@@ -219,6 +220,13 @@ def _open(server: Server) -> tuple[Session, tuple[int, int], int]:
             counts = sql.count(conn)
         except schema.SchemaMismatch as exc:
             raise SpoolError(f"cannot open the PostgreSQL spool {server.label}: {exc}") from exc
+        except pg_errors.LockNotAvailable as exc:
+            raise connect.cannot_open(
+                server,
+                exc,
+                f"waited {schema.MIGRATION_LOCK_TIMEOUT_MS / 1000:g} s for a lock on the schema;"
+                " end the session holding it (see pg_locks) and start hipchatd again",
+            ) from exc
         except psycopg.Error as exc:
             raise connect.cannot_open(
                 server, exc, "check that the role may create the schema and its tables"

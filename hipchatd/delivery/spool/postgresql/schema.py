@@ -42,6 +42,9 @@ __all__ = ["SCHEMA_VERSION", "SchemaMismatch", "migrate", "version"]
 log = structlog.get_logger()
 
 SCHEMA_VERSION: Final = 1
+#: Milliseconds migration waits for a lock (another instance migrating, a long transaction on
+#: the tables) before the start fails with a message, instead of hanging.
+MIGRATION_LOCK_TIMEOUT_MS: Final = 60_000
 
 #: Version 1, each statement with ``{s}`` for the schema.
 _VERSION_1: Final[tuple[str, ...]] = (
@@ -133,6 +136,9 @@ def migrate(conn: psycopg.Connection[Any], schema: str, label: str) -> int:
     newer schema, or a schema that holds other tables.
     """
     with conn.transaction():
+        conn.execute(
+            "SELECT set_config('lock_timeout', %s, true)", [f"{MIGRATION_LOCK_TIMEOUT_MS}ms"]
+        )
         conn.execute(
             "SELECT pg_advisory_xact_lock(hashtext(%s), hashtext(%s))", [LOCK_MIGRATE, schema]
         )
