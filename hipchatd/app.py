@@ -160,6 +160,7 @@ _RESTART_KEYS = (
     "udp",
     "metrics",
     "state_dir",
+    "spool",
     "concurrency",
     "max_connections",
     "framing",
@@ -317,6 +318,8 @@ async def run(
     sockets passed by systemd: they replace the configured ``tcp``/``udp``.
     """
     logconfig.register_secret(config.hipchat.api_token.reveal())
+    for secret in config.daemon.spool.secrets():
+        logconfig.register_secret(secret)
     async with trio.open_nursery() as root:
         emulator_url = None
         if with_emulator:
@@ -325,7 +328,9 @@ async def run(
         daemon = config.daemon
         hipchat = config.hipchat
         metrics = Metrics()
-        spool = await open_spool(daemon.state_dir, max_events=daemon.max_spool_events)
+        spool = await open_spool(
+            daemon.state_dir, max_events=daemon.max_spool_events, settings=daemon.spool
+        )
         try:
             async with make_http_client(hipchat, daemon.concurrency) as http:
                 app: App

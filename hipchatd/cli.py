@@ -99,7 +99,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--online",
         action="store_true",
-        help="also verify the token with HipChat (auth_test: no message is posted)",
+        help="also verify the token with HipChat (auth_test: no message is posted) and, "
+        "with a PostgreSQL spool, the connection and its schema version",
     )
 
     test = sub.add_parser("send-test", help="post one marked test notification and report")
@@ -171,7 +172,7 @@ def _serve(args: argparse.Namespace) -> int:
             log.warning("config.warning", warning=warning)
         return EXIT_CONFIG
     config = _with_port(result.config, args.port)
-    logconfig.register_secret(config.hipchat.api_token.reveal())
+    _register_secrets(config)
     for warning in result.warnings:
         log.warning("config.warning", warning=warning)
     config = _with_state_dir(config, _state_dir(args, config, os.environ))
@@ -254,9 +255,16 @@ def _online(args: argparse.Namespace, check: Callable[..., Awaitable[int]], *ext
     result = _load_for_command(args, require_token=True)
     if result is None:
         return EXIT_CONFIG
-    logconfig.register_secret(result.config.hipchat.api_token.reveal())
+    _register_secrets(result.config)
     code: int = trio.run(partial(check, result.config, *extra, sys.stdout))
     return code
+
+
+def _register_secrets(config: Config) -> None:
+    """The token and the spool's DSN (with its password) never reach a log line."""
+    logconfig.register_secret(config.hipchat.api_token.reveal())
+    for secret in config.daemon.spool.secrets():
+        logconfig.register_secret(secret)
 
 
 def _spool(args: argparse.Namespace) -> int:
@@ -266,7 +274,9 @@ def _spool(args: argparse.Namespace) -> int:
     result = _load_for_command(args, require_token=False)
     if result is None:
         return EXIT_CONFIG
-    return spool_admin.run(args, _state_dir(args, result.config, os.environ))
+    _register_secrets(result.config)
+    config = result.config
+    return spool_admin.run(args, _state_dir(args, config, os.environ), config.daemon.spool)
 
 
 def _send_event(args: argparse.Namespace) -> int:

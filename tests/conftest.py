@@ -18,6 +18,7 @@ import hypothesis
 import pytest
 import trio
 import trio.testing
+from postgres import pg_schema, pg_server  # noqa: F401 (fixtures for every test module)
 
 from hipchatd import app as app_module
 from hipchatd.config import Config, DaemonSettings, HipChatSettings, Listen, Secret

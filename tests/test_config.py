@@ -992,3 +992,84 @@ def test_long_fractions_and_digits_in_strings_are_not_integers(tmp_path: Path) -
     )
     result = load(path)
     assert result.config.hipchat.timeout == pytest.approx(1.7777777)
+
+
+# -- the spool: SQLite by default, or PostgreSQL with a DSN that is never printed -------
+
+#: A DSN whose password is distinctive, so a leak is found by a substring search.
+DSN_PASSWORD = "pg-pw-7c1e9a-never-print-me"
+DSN = f"postgresql://hipchatd:{DSN_PASSWORD}@db.example.com:5432/sensu"
+
+
+def spool_config(**spool: Any) -> dict[str, Any]:
+    return {**with_token(), "hipchatd": {"spool": spool}}
+
+
+def test_the_spool_is_sqlite_unless_postgresql_is_chosen(tmp_path: Path) -> None:
+    default = load(write(tmp_path / "a.json", with_token())).config.daemon.spool
+    assert (default.backend, default.dsn, default.schema) == ("sqlite", Secret(""), "hipchatd")
+    chosen = load(write(tmp_path / "b.json", spool_config(backend="postgresql", dsn=DSN)))
+    spool = chosen.config.daemon.spool
+    assert (spool.backend, spool.dsn, spool.schema) == ("postgresql", Secret(DSN), "hipchatd")
+    assert DSN_PASSWORD not in repr(chosen.config)
+    assert set(spool.secrets()) == {DSN, DSN_PASSWORD}
+    ignored = load(write(tmp_path / "c.json", spool_config(dsn=DSN)))
+    assert ignored.warnings == (
+        f'{tmp_path / "c.json"}: hipchatd.spool.dsn: ignored with backend "sqlite"',
+    )
+
+
+def test_a_postgresql_spool_takes_its_dsn_from_the_files_else_the_credential(
+    tmp_path: Path,
+) -> None:
+    credentials = tmp_path / "credentials"
+    write(credentials / "hipchat_spool_dsn", f"host=db password='{DSN_PASSWORD}'\n")
+    env = {"CREDENTIALS_DIRECTORY": str(credentials)}
+    bare = write(tmp_path / "a.json", spool_config(backend="postgresql", schema="alerts"))
+    spool = load(bare, env=env).config.daemon.spool
+    assert (spool.dsn, spool.schema) == (Secret(f"host=db password='{DSN_PASSWORD}'"), "alerts")
+    assert DSN_PASSWORD in spool.secrets()
+    given = load(write(tmp_path / "b.json", spool_config(backend="postgresql", dsn=DSN)), env=env)
+    assert given.config.daemon.spool.dsn == Secret(DSN)
+    assert given.warnings == (
+        f"{credentials / 'hipchat_spool_dsn'}: ignored; using hipchatd.spool.dsn from "
+        f"{tmp_path / 'b.json'}",
+    )
+    assert one_problem(bare) == (
+        f'{bare}: hipchatd.spool.dsn: missing with backend "postgresql"; expected a libpq'
+        " connection URI for the PostgreSQL spool in hipchatd.spool.dsn or"
+        " $CREDENTIALS_DIRECTORY/hipchat_spool_dsn"
+    )
+
+
+@pytest.mark.parametrize(
+    ("spool", "expected"),
+    [
+        ({"backend": "mysql"}, 'hipchatd.spool.backend: got "mysql" (string); expected one of'),
+        (
+            {"backend": "postgresql", "dsn": DSN.replace("postgresql", "mysql")},
+            "hipchatd.spool.dsn: got a string (value hidden): a URI must start with"
+            " postgresql:// or postgres://",
+        ),
+        (
+            {"backend": "postgresql", "dsn": DSN.replace("5432", "99999")},
+            "hipchatd.spool.dsn: got a string (value hidden): the URI does not parse",
+        ),
+        (
+            {"backend": "postgresql", "dsn": DSN, "schema": "Alerts"},
+            'hipchatd.spool.schema: got "Alerts" (string); expected a lowercase name',
+        ),
+        (
+            {"backend": "postgresql", "dsn": DSN, "schema": "pg_alerts"},
+            "names starting with pg_ are reserved by PostgreSQL",
+        ),
+        (DSN, "hipchatd.spool: got a string (value hidden); expected an object"),
+    ],
+)
+def test_bad_spool_settings_are_one_problem_each_never_showing_the_dsn(
+    tmp_path: Path, spool: Any, expected: str
+) -> None:
+    path = write(tmp_path / "a.json", {**with_token(), "hipchatd": {"spool": spool}})
+    problem = one_problem(path)
+    assert expected in problem
+    assert DSN_PASSWORD not in problem

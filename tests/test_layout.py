@@ -113,6 +113,8 @@ def test_nothing_imports_upward() -> None:
     [
         # sqlite3 errors are translated inside the spool's SQLite backend.
         ("sqlite3", "delivery/spool/sqlite"),
+        # psycopg errors are translated inside the spool's PostgreSQL backend.
+        ("psycopg", "delivery/spool/postgresql"),
         # The HipChat client is the only code that knows httpx.
         ("httpx", "delivery/hipchat.py"),
         # Templates are compiled, checked and rendered by one module.

@@ -124,10 +124,14 @@ class Cluster:
         path.write_text(json.dumps(config))
         return Daemon(self.start("serve", "--config", str(path)), self.state_dir)
 
+    def spool_options(self) -> list[str]:
+        """Where ``hipchatd spool`` finds this cluster's spool."""
+        return ["--state-dir", str(self.state_dir)]
+
     def spool(self, *args: str) -> str:
         """``hipchatd spool ARGS --state-dir D``'s stdout; it must succeed."""
         result = subprocess.run(
-            [*HIPCHATD, "spool", *args, "--state-dir", str(self.state_dir)],
+            [*HIPCHATD, "spool", *args, *self.spool_options()],
             capture_output=True,
             text=True,
             cwd=REPO,
@@ -199,10 +203,16 @@ def _order(daemon: Daemon, *events: str) -> list[int]:
 
 def test_kill_9_mid_delivery_loses_nothing(cluster: Cluster) -> None:
     """SIGKILL while messages are in flight; the restarted daemon delivers every accepted event."""
+    kill_9_mid_delivery(cluster, "kill9-")
+
+
+def kill_9_mid_delivery(cluster: Cluster, prefix: str) -> Daemon:
+    """30 events to 3 rooms, SIGKILL with the first messages in flight, restart: every event
+    is delivered at least once and the spool empties. Returns the restarted daemon."""
     latency = 2.0
     emulator = cluster.emulator("--latency", str(latency), "--auto-create-rooms")
     daemon = cluster.daemon(emulator)
-    checks = {f"kill9-{i:02d}" for i in range(30)}
+    checks = {f"{prefix}{i:02d}" for i in range(30)}
     rooms = ["ops", "dev", "db"]
     for i, check in enumerate(sorted(checks)):
         daemon.send(_event(check, room=rooms[i % len(rooms)]))
@@ -227,13 +237,14 @@ def test_kill_9_mid_delivery_loses_nothing(cluster: Cluster) -> None:
     assert recovered["entries"] == 30
     wait_for(
         "every event delivered after the restart",
-        lambda: emulator.checks_seen("kill9-") == checks,
+        lambda: emulator.checks_seen(prefix) == checks,
         60,
     )
     wait_for("the spool emptied", lambda: cluster.pending_now() == 0, 15)
     assert cluster.spool_rows() == []
     # At least once: the in-flight ones arrive twice, nothing is missing.
     assert emulator.represented() >= 30
+    return restarted
 
 
 def test_sigterm_drains_the_in_flight_message(cluster: Cluster) -> None:

@@ -1,7 +1,8 @@
 """The spool's store interface: what every backend promises, through the protocols only.
 
 Each test takes ``backend``, parametrised over the backends hipchatd has
-(SQLite today), and uses nothing but :class:`~hipchatd.delivery.spool.Spool`
+(SQLite, and PostgreSQL on the test session's private server, in a schema of
+the test's own), and uses nothing but :class:`~hipchatd.delivery.spool.Spool`
 and :class:`~hipchatd.delivery.spool.SpoolAdmin`: a second backend passes
 these by adding its parameter to the fixture. Backend-specific behaviour
 (group-commit sizes, a full disk, migrations, the file under the daemon) is
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from hipchatd.config import Secret, SpoolSettings
 from hipchatd.delivery.spool import (
     Requeued,
     Spool,
@@ -26,6 +28,7 @@ from hipchatd.delivery.spool import (
     open_admin,
     open_spool,
 )
+from tests.postgres import PgSchema
 from tests.test_spool import DEV, DOCUMENT, EVENT, ONCALL, OPS, other_event
 from tests.test_spool_edges import running
 
@@ -50,11 +53,27 @@ def _sqlite(tmp_path: Path) -> Backend:
     return Backend("sqlite", spool, lambda: open_admin(state_dir))
 
 
-@pytest.fixture(params=["sqlite"])
+def postgresql_settings(schema: PgSchema) -> SpoolSettings:
+    """The spool in ``schema`` of the test session's server."""
+    return SpoolSettings("postgresql", Secret(schema.conninfo), schema.schema)
+
+
+def _postgresql(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    settings = postgresql_settings(request.getfixturevalue("pg_schema"))
+    state_dir = str(tmp_path / "state")
+
+    async def spool(max_events: int) -> Spool:
+        return await open_spool(state_dir, max_events=max_events, settings=settings)
+
+    return Backend("postgresql", spool, lambda: open_admin(state_dir, settings))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     """Each spool backend, on a store of its own for this test."""
-    makers = {"sqlite": _sqlite}
-    return makers[request.param](tmp_path)
+    if request.param == "postgresql":
+        return _postgresql(request, tmp_path)
+    return _sqlite(tmp_path)
 
 
 async def test_an_event_is_accepted_when_its_entries_come_back_with_its_handle(

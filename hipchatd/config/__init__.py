@@ -65,6 +65,7 @@ from hipchatd.config.settings import (
     ProxySetting,
     ProxyUrl,
     Secret,
+    SpoolSettings,
 )
 from hipchatd.errors import ConfigError
 
@@ -104,6 +105,7 @@ __all__ = [
     "ProxySetting",
     "ProxyUrl",
     "Secret",
+    "SpoolSettings",
     "load_config",
     "read_regular",
 ]

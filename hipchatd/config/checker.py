@@ -8,6 +8,7 @@ caller raises one ConfigError with every problem found.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,8 +23,10 @@ from hipchatd.config.rules import (
     TEMPLATE_ENTRY,
     Reject,
     Rule,
+    dsn_problem,
 )
 from hipchatd.config.settings import (
+    SPOOL_DSN_CREDENTIAL,
     TOKEN_CREDENTIAL,
     TOKEN_ENV,
     DaemonSettings,
@@ -165,22 +168,60 @@ class Checker:
             self.problems.append(f"{where}: {why}")
         return Secret(token)
 
-    def read_credential(self, path: Path) -> str:
+    def read_credential(self, path: Path, what: str = "the HipChat API token") -> str:
         try:
             # Surrounding whitespace is never part of a token: ``echo`` adds a newline.
             token = read_regular(path).decode("utf-8").strip()
         except NotRegular as exc:
-            self.problems.append(f"{path}: {exc}; expected a file holding the HipChat API token")
+            self.problems.append(f"{path}: {exc}; expected a file holding {what}")
             return ""
         except OSError as exc:
             self.problems.append(f"{path}: cannot read: {exc.strerror or exc}")
             return ""
         except UnicodeDecodeError:
-            self.problems.append(f"{path}: not UTF-8 text; expected the HipChat API token")
+            self.problems.append(f"{path}: not UTF-8 text; expected {what}")
             return ""
         if not token:
-            self.problems.append(f"{path}: empty; expected the HipChat API token")
+            self.problems.append(f"{path}: empty; expected {what}")
         return token
+
+    def spool(self, daemon: DaemonSettings, env: Mapping[str, str]) -> DaemonSettings:
+        """``daemon`` with the spool's DSN: from the files, else the systemd credential.
+
+        The DSN (it may hold a password) is never quoted: a problem names
+        where it came from and what is wrong.
+        """
+        spool = daemon.spool
+        at = ("hipchatd", "spool", "dsn")
+        credential = _credential_path(env, SPOOL_DSN_CREDENTIAL)
+        if spool.backend == "sqlite":
+            if spool.dsn:
+                self.warnings.append(
+                    f'{self.source(at)}: {dotted(at)}: ignored with backend "sqlite"'
+                )
+            return daemon
+        if spool.dsn:
+            if credential is not None:
+                self.warnings.append(
+                    f"{credential}: ignored; using {dotted(at)} from {self.source(at)}"
+                )
+            return daemon
+        what = "a libpq connection URI for the PostgreSQL spool"
+        if any(f": {dotted(at)}: " in problem for problem in self.problems):
+            # Given, but rejected: that problem is already listed.
+            return daemon
+        if credential is None:
+            self.problem(
+                at,
+                f'missing with backend "postgresql"; expected {what} in {dotted(at)}'
+                f" or $CREDENTIALS_DIRECTORY/{SPOOL_DSN_CREDENTIAL}",
+            )
+            return daemon
+        dsn = self.read_credential(credential, what)
+        problem = dsn_problem(dsn) if dsn else None
+        if problem is not None:
+            self.problems.append(f"{credential}: {problem} (value hidden); expected {what}")
+        return dataclasses.replace(daemon, spool=dataclasses.replace(spool, dsn=Secret(dsn)))
 
     def cross(
         self, settings: HipChatSettings, daemon: DaemonSettings, contacts: Mapping[str, Overrides]
@@ -313,9 +354,9 @@ def _token_problem(token: str) -> str | None:
     return None
 
 
-def _credential_path(env: Mapping[str, str]) -> Path | None:
+def _credential_path(env: Mapping[str, str], name: str = TOKEN_CREDENTIAL) -> Path | None:
     directory = env.get("CREDENTIALS_DIRECTORY")
     if not directory:
         return None
-    path = Path(directory) / TOKEN_CREDENTIAL
+    path = Path(directory) / name
     return path if path.exists() else None

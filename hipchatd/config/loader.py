@@ -81,7 +81,7 @@ def load_config(
     token_given = isinstance(hipchat_raw, dict) and "api_token" in hipchat_raw
     token = check.token(file_token, token_given, env, token_required, sources)
     settings = HipChatSettings(api_token=token, **hipchat)
-    daemon_settings = DaemonSettings(**daemon)
+    daemon_settings = check.spool(DaemonSettings(**daemon), env)
     check.cross(settings, daemon_settings, contacts)
 
     if problems:

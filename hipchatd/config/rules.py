@@ -24,6 +24,7 @@ from hipchatd.config.settings import (
     DEFAULT_HOST,
     DEFAULT_METRICS_PORT,
     DEFAULT_PORT,
+    DEFAULT_SPOOL_SCHEMA,
     MIN_MAX_FRAME_BYTES,
     PROXY_FROM_ENV,
     ApiVersion,
@@ -31,6 +32,9 @@ from hipchatd.config.settings import (
     Network,
     ProxySetting,
     ProxyUrl,
+    Secret,
+    SpoolBackend,
+    SpoolSettings,
 )
 from hipchatd.config.templates import Source
 from hipchatd.sensu.events import BySeverity, MessageFormat, Severity
@@ -325,6 +329,56 @@ def _metrics_listen(values: Mapping[str, Any]) -> Listen:
     return Listen(values.get("host", DEFAULT_HOST), values.get("port", DEFAULT_METRICS_PORT))
 
 
+#: A schema name hipchatd quotes nowhere and derives its NOTIFY channel from: lowercase,
+#: short enough that ``hipchatd.<schema>`` fits PostgreSQL's 63-byte identifiers.
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
+#: URI schemes libpq accepts.
+_DSN_SCHEMES = ("postgresql", "postgres")
+
+
+def dsn_problem(dsn: str) -> str | None:
+    """Why ``dsn`` is not a libpq URI or key=value string, never quoting it; else None."""
+    if not dsn.strip():
+        return "empty"
+    if "://" in dsn:
+        try:
+            parts = urlsplit(dsn)
+            parts.port  # noqa: B018 -- raises ValueError for a port out of range
+        except ValueError:
+            return "the URI does not parse (a port that is not a number from 0 to 65535?)"
+        if parts.scheme.lower() not in _DSN_SCHEMES:
+            return "a URI must start with postgresql:// or postgres://"
+        return None
+    if "=" not in dsn:
+        return "neither a postgresql:// URI nor key=value pairs"
+    return None
+
+
+def _dsn(value: object) -> str:
+    if not isinstance(value, str):
+        raise Reject
+    problem = dsn_problem(value)
+    if problem is not None:
+        raise Reject(problem)
+    return value
+
+
+def _schema_name(value: object) -> str:
+    if not isinstance(value, str) or not _SCHEMA_NAME.fullmatch(value):
+        raise Reject
+    if value.startswith("pg_"):
+        raise Reject("names starting with pg_ are reserved by PostgreSQL")
+    return value
+
+
+def _spool(values: Mapping[str, Any]) -> SpoolSettings:
+    return SpoolSettings(
+        backend=values.get("backend", "sqlite"),
+        dsn=Secret(values.get("dsn", "")),
+        schema=values.get("schema", DEFAULT_SPOOL_SCHEMA),
+    )
+
+
 # -- the schema: one line per key ---------------------------------------------
 
 
@@ -443,6 +497,25 @@ DAEMON_RULES: Mapping[str, Rule] = {
         nullable=True,
     ),
     "max_targets_per_event": _at_least(1),
+    "spool": Rule(
+        _spool,
+        'an object {"backend": "sqlite"} or {"backend": "postgresql", "dsn": "postgresql://...",'
+        ' "schema": "hipchatd"}',
+        # A DSN put where the object belongs must not be quoted back.
+        secret=True,
+        fields={
+            "backend": _choice(SpoolBackend),
+            "dsn": Rule(
+                _dsn,
+                'a libpq connection URI ("postgresql://user@host/db") or key=value string',
+                secret=True,
+            ),
+            "schema": Rule(
+                _schema_name,
+                "a lowercase name of at most 48 letters, digits and _, not starting with a digit",
+            ),
+        },
+    ),
 }
 
 #: A contact's ``hipchat`` object (Sensu Enterprise contact routing).

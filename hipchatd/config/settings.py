@@ -8,6 +8,7 @@ so nothing downstream re-validates.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -18,6 +19,7 @@ from hipchatd.sensu.events import BySeverity, MessageFormat, Overrides
 from hipchatd.sensu.framing import Framing
 
 ApiVersion = Literal["v1", "v2"]
+SpoolBackend = Literal["sqlite", "postgresql"]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: The integration's documented default endpoint (HipChat Cloud, now gone).
@@ -64,6 +66,13 @@ DEFAULT_MAX_TARGETS_PER_EVENT = 50
 TOKEN_ENV = "HIPCHAT_API_TOKEN"
 #: File name of the token in ``$CREDENTIALS_DIRECTORY`` (systemd ``LoadCredential=``).
 TOKEN_CREDENTIAL = "hipchat_api_token"
+#: File name of the PostgreSQL spool's DSN in ``$CREDENTIALS_DIRECTORY``.
+SPOOL_DSN_CREDENTIAL = "hipchat_spool_dsn"
+#: The PostgreSQL schema of the spool's tables: one name per cluster of instances.
+DEFAULT_SPOOL_SCHEMA = "hipchatd"
+
+#: ``password=...`` in a key=value DSN, quoted (``'...'``, backslash escapes) or not.
+_DSN_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
 
 
 class Secret:
@@ -213,6 +222,40 @@ class HipChatSettings:
     proxy: ProxySetting = None
 
 
+#: No DSN configured (the SQLite backend).
+_NO_DSN = Secret("")
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolSettings:
+    """``hipchatd.spool``: where accepted events are kept (embedded SQLite, or PostgreSQL)."""
+
+    backend: SpoolBackend = "sqlite"
+    #: libpq connection string or URI (PostgreSQL only); may hold a password.
+    dsn: Secret = _NO_DSN
+    schema: str = DEFAULT_SPOOL_SCHEMA
+
+    def secrets(self) -> tuple[str, ...]:
+        """What must never be printed: the DSN, and the password it holds (each spelling)."""
+        dsn = self.dsn.reveal()
+        if not dsn:
+            return ()
+        found = {dsn}
+        if "://" in dsn:
+            try:
+                password = urlsplit(dsn).password
+            except ValueError:
+                password = None
+            if password:
+                found |= {password, unquote(password)}
+        for match in _DSN_PASSWORD.finditer(dsn):
+            raw = match.group(1)
+            found.add(raw)
+            if raw.startswith("'"):
+                found.add(re.sub(r"\\(.)", r"\1", raw[1:-1]))
+        return tuple(sorted(found, key=len, reverse=True))
+
+
 @dataclass(frozen=True, slots=True)
 class DaemonSettings:
     """The ``hipchatd`` scope: the daemon's own settings."""
@@ -233,6 +276,7 @@ class DaemonSettings:
     #: peers that may send events; None: any peer that can reach the listeners.
     allow_from: tuple[Network, ...] | None = None
     max_targets_per_event: int = DEFAULT_MAX_TARGETS_PER_EVENT
+    spool: SpoolSettings = SpoolSettings()
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,8 @@ holds the API token.
 * :func:`check_online` (``hipchatd check-config --online``) asks HipChat
   whether the token may post to each configured room (or ``user``) without
   posting anything: v2 ``?auth_test=true``, v1 its nearest equivalent (see
-  :meth:`HipChatClient.auth_test`).
+  :meth:`HipChatClient.auth_test`). With a PostgreSQL spool it first
+  connects to the server and reads the spool's schema version.
 * :func:`send_test` (``hipchatd send-test [--room NAME]``) posts one quiet,
   clearly marked notification, to prove delivery end to end.
 """
@@ -25,6 +26,7 @@ from hipchatd.config import Config, HipChatSettings
 from hipchatd.delivery.hipchat import HipChatClient, Outcome, OutcomeKind, make_http_client
 from hipchatd.delivery.render import Message, sender_name
 from hipchatd.delivery.routing import Target
+from hipchatd.delivery.spool import SpoolError, describe_store
 from hipchatd.errors import ConfigError
 from hipchatd.redaction import scrub
 
@@ -75,10 +77,14 @@ async def check_online(config: Config, out: TextIO) -> int:
     ops not found`` per target. A rejected token, an unreachable server or
     a timeout is reported once (``error: token rejected: 401 ...``, ``error:
     cannot reach https://...: ...``) and the remaining targets are listed as
-    ``not checked``. Returns 0 when every target is ok, else 1. Each request is
+    ``not checked``. With a PostgreSQL spool, the first line is ``ok: spool
+    postgresql://user@host:port/db, schema hipchatd (PostgreSQL 15.4): schema
+    version 1`` or ``error: spool: ...`` (never the DSN or its password).
+    Returns 0 when the spool and every target are ok, else 1. Each request is
     bounded by ``hipchat.timeout``; cancellation propagates.
     """
-    return await _run(
+    spool_ok = await _check_spool(config, out)
+    code = await _run(
         config,
         configured_targets(config),
         out,
@@ -86,6 +92,21 @@ async def check_online(config: Config, out: TextIO) -> int:
         done="ok",
         skipped="not checked",
     )
+    return code if spool_ok else EXIT_FAILED
+
+
+async def _check_spool(config: Config, out: TextIO) -> bool:
+    """Reach the spool's server, when it has one; print one line. True when usable."""
+    if config.daemon.spool.backend == "sqlite":
+        return True
+    try:
+        found = await trio.to_thread.run_sync(describe_store, config.daemon.spool)
+    except SpoolError as exc:
+        print(f"error: spool: {exc}", file=out, flush=True)
+        return False
+    if found is not None:
+        print(f"ok: spool {found}", file=out, flush=True)
+    return True
 
 
 async def send_test(config: Config, room: str | None, out: TextIO) -> int:

@@ -16,8 +16,10 @@ import time
 from collections.abc import Sequence
 from typing import Final
 
+from hipchatd.config import SpoolSettings
 from hipchatd.delivery.routing import Target
 from hipchatd.delivery.spool import (
+    SQLITE,
     DeadEntry,
     PendingEntry,
     SpoolAdmin,
@@ -56,13 +58,14 @@ def add_arguments(
     )
 
 
-def run(args: argparse.Namespace, state_dir: str) -> int:
-    """Run ``hipchatd spool ACTION`` against ``state_dir``; return the exit code (0 or 1).
+def run(args: argparse.Namespace, state_dir: str, settings: SpoolSettings = SQLITE) -> int:
+    """Run ``hipchatd spool ACTION`` on the configured spool; return the exit code (0 or 1).
 
+    The spool is in ``state_dir`` (SQLite) or where ``settings`` say (PostgreSQL).
     Never creates a spool.
     """
     try:
-        admin = open_admin(state_dir)
+        admin = open_admin(state_dir, settings)
     except SpoolError as exc:
         return _fail(str(exc))
     with contextlib.closing(admin):

@@ -9,9 +9,16 @@ new events and keeps the oldest.
 The daemon and the operator commands know the spool through the interface
 in :mod:`.store` (the :class:`Spool` and :class:`SpoolAdmin` protocols and
 their data types); :func:`open_spool` and :func:`open_admin` choose the
-backend. The one backend today is embedded SQLite (:mod:`.sqlite`).
+backend from ``hipchatd.spool``: embedded SQLite (:mod:`.sqlite`, the
+default) or a PostgreSQL server (:mod:`.postgresql`, imported only when
+chosen: psycopg is the optional extra ``hipchatd[postgresql]``).
 """
 
+from __future__ import annotations
+
+from types import ModuleType
+
+from hipchatd.config import SpoolSettings
 from hipchatd.delivery.spool.sqlite import SqliteAdmin, SqliteSpool
 from hipchatd.delivery.spool.store import (
     DeadEntry,
@@ -29,6 +36,7 @@ from hipchatd.delivery.spool.store import (
 )
 
 __all__ = [
+    "SQLITE",
     "DeadEntry",
     "Entry",
     "EventEntries",
@@ -41,23 +49,61 @@ __all__ = [
     "SpoolError",
     "SpoolReadError",
     "SpoolWriteError",
+    "describe_store",
     "open_admin",
     "open_spool",
 ]
 
 
-async def open_spool(state_dir: str, *, max_events: int) -> Spool:
-    """Open the daemon's spool in ``state_dir`` (``":memory:"``: in memory, not kept).
+#: The SQLite backend in ``state_dir``: the default.
+SQLITE = SpoolSettings()
 
-    At most ``max_events`` entries are pending at once. Raises SpoolError
-    naming the path, the cause and the fix.
+
+async def open_spool(state_dir: str, *, max_events: int, settings: SpoolSettings = SQLITE) -> Spool:
+    """Open the daemon's spool: ``settings.backend`` chooses where.
+
+    SQLite: in ``state_dir`` (``":memory:"``: in memory, not kept).
+    PostgreSQL: in ``settings.schema`` of the server ``settings.dsn`` names,
+    created or migrated there. At most ``max_events`` entries are pending at
+    once. Raises SpoolError naming the path (or the server, never its DSN),
+    the cause and the fix.
     """
+    if settings.backend == "postgresql":
+        spool: Spool = await _postgresql().PostgresSpool.open(settings, max_events=max_events)
+        return spool
     return await SqliteSpool.open(state_dir, max_events=max_events)
 
 
-def open_admin(state_dir: str) -> SpoolAdmin:
-    """Open the spool in ``state_dir`` for the operator commands; never creates one.
+def open_admin(state_dir: str, settings: SpoolSettings = SQLITE) -> SpoolAdmin:
+    """Open the spool for the operator commands; never creates one.
 
     Raises SpoolError (the message says what to do) when there is no spool there.
     """
+    if settings.backend == "postgresql":
+        admin: SpoolAdmin = _postgresql().PostgresAdmin.open(settings)
+        return admin
     return SqliteAdmin.open(state_dir)
+
+
+def describe_store(settings: SpoolSettings) -> str | None:
+    """For ``check-config --online``: the spool's server and schema version, if on a server.
+
+    None for SQLite (nothing to reach). Blocks; raises SpoolError when the
+    server cannot be reached or its schema cannot be used by this hipchatd.
+    """
+    if settings.backend != "postgresql":
+        return None
+    found: str = _postgresql().describe_store(settings)
+    return found
+
+
+def _postgresql() -> ModuleType:
+    """The PostgreSQL backend, imported on first use (psycopg is an optional extra)."""
+    try:
+        from hipchatd.delivery.spool import postgresql
+    except ImportError as exc:
+        raise SpoolError(
+            f'hipchatd.spool.backend is "postgresql" but psycopg cannot be imported ({exc}); '
+            "install it with: pip install 'hipchatd[postgresql]'"
+        ) from exc
+    return postgresql

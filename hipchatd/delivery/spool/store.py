@@ -5,7 +5,7 @@ intake submits events, one ``run`` task commits them in groups and hands each
 committed event back (``on_committed``), lanes mark entries delivered, failed
 or dead. :class:`SpoolAdmin` is the operator's side (``hipchatd spool
 list|retry|purge``), safe while a daemon runs on the same store. Callers use
-these types only; a backend (SQLite today) implements both and translates
+these types only; a backend (SQLite, PostgreSQL) implements both and translates
 its library's errors into :class:`SpoolError` and its subclasses. Every
 name this module defines belongs to the interface; the package
 (:mod:`hipchatd.delivery.spool`) exports them.

@@ -6,7 +6,7 @@ protocols of :mod:`hipchatd.delivery.spool.store` on one file,
 ``state_dir/spool.sqlite3`` (or memory, for ``":memory:"``). Beneath them:
 :mod:`.files` (opening, the lock, messages), :mod:`.schema` (tables and
 migrations), :mod:`.sql` (the statements, on a worker thread),
-:mod:`.writer` (group commit) and :mod:`.lookout` (what other connections
+:mod:`.writer` (SQLite's side of group commit) and :mod:`.lookout` (what other connections
 changed). Every ``sqlite3`` exception leaves as a SpoolError ``from`` it.
 """
 

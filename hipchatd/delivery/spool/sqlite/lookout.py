@@ -38,7 +38,10 @@ class Lookout:
     """Looks every ``RETRY_POLL``, or at once when asked; the writer's task does the looking."""
 
     def __init__(
-        self, worker: Worker, writer: GroupCommit, identity: tuple[int, int] | None
+        self,
+        worker: Worker[sqlite3.Connection],
+        writer: GroupCommit[sqlite3.Connection],
+        identity: tuple[int, int] | None,
     ) -> None:
         self._worker = worker
         self._writer = writer

@@ -10,7 +10,6 @@ a busy event loop.
 from __future__ import annotations
 
 import contextlib
-import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
@@ -19,13 +18,14 @@ from typing import Any, Final
 
 import structlog
 
-from hipchatd.delivery.routing import Target
+from hipchatd.delivery.spool import rows as stored
+from hipchatd.delivery.spool.group import BATCH
+from hipchatd.delivery.spool.rows import encode_target as _encode_target
 from hipchatd.delivery.spool.store import (
     DeadEntry,
     Entry,
     EventEntries,
     PendingEntry,
-    SpoolError,
 )
 
 __all__ = [
@@ -52,9 +52,9 @@ __all__ = [
 
 log = structlog.get_logger()
 
-#: Buffered items (new entries + marks) that start a commit without waiting for the commit
-#: delay; also the most new entries one transaction takes.
-BATCH: Final = 1024
+#: The stored form of a target (tests read it back through this module).
+_decode_target = stored.decode_target
+
 #: Parameters per ``IN (...)``: below SQLite's historical 999-variable limit.
 _CHUNK: Final = 500
 
@@ -146,78 +146,10 @@ def close(conn: sqlite3.Connection) -> None:
 # --- targets and entries ---------------------------------------------------------------------
 
 
-#: Target keys stored only when set: a target without them reads back the same,
-#: and a spool written before they existed reads as targets without them.
-_OPTIONAL_TARGET_KEYS = ("mention", "card", "dashboard_url", "template")
-
-
-@lru_cache(maxsize=4096)
-def _encode_target(target: Target) -> str:
-    data: dict[str, Any] = {
-        "kind": target.kind,
-        "name": target.name,
-        "notify": target.notify,
-        "username": target.username,
-        "message_format": target.message_format,
-    }
-    for key in _OPTIONAL_TARGET_KEYS:
-        value = getattr(target, key)
-        if value:
-            data[key] = value
-    return json.dumps(data, separators=(",", ":"))
-
-
-@lru_cache(maxsize=4096)
-def _decode_target(text: str) -> Target:
-    try:
-        data = json.loads(text)
-        kind, name, notify = data["kind"], data["name"], data["notify"]
-        username, message_format = data["username"], data["message_format"]
-        mention, card = data.get("mention"), data.get("card", False)
-        dashboard_url, template = data.get("dashboard_url"), data.get("template")
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise SpoolError(f"unreadable target in the spool: {text[:200]!r}") from exc
-    if (
-        kind not in ("room", "user")
-        or message_format not in ("html", "text")
-        or not isinstance(name, str)
-        or not isinstance(notify, bool)
-        or not isinstance(username, str)
-        or not isinstance(card, bool)
-        or not all(isinstance(v, str | None) for v in (mention, dashboard_url, template))
-    ):
-        raise SpoolError(f"unreadable target in the spool: {text[:200]!r}")
-    return Target(
-        kind=kind,
-        name=name,
-        notify=notify,
-        username=username,
-        message_format=message_format,
-        mention=mention,
-        card=card,
-        dashboard_url=dashboard_url,
-        template=template,
-    )
-
-
 def _entries(conn: sqlite3.Connection, rows: Iterable[Sequence[Any]]) -> list[Entry]:
     """Entries from ``_ENTRY_COLUMNS`` rows, each event's document read once and shared."""
     found = list(rows)
-    documents = _documents(conn, sorted({row[2] for row in found}))
-    return [
-        Entry(
-            id_,
-            accepted_at,
-            # A missing document reads as unparsable: the lane dead-letters it as "unreadable".
-            documents.get(document_id, ""),
-            source,
-            check,
-            _decode_target(target),
-            attempts,
-            last_error,
-        )
-        for id_, accepted_at, document_id, source, check, target, attempts, last_error in found
-    ]
+    return stored.entries(found, _documents(conn, sorted({row[2] for row in found})))
 
 
 def _documents(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, str]:
@@ -384,10 +316,7 @@ def list_dead(conn: sqlite3.Connection) -> list[DeadEntry]:
         "SELECT id, accepted_at, dead_at, source, check_name, target, attempts, reason, error"
         " FROM dead ORDER BY id"
     )
-    return [
-        DeadEntry(id_, accepted, dead_at, source, check, _decode_target(target), n, reason, error)
-        for id_, accepted, dead_at, source, check, target, n, reason, error in rows
-    ]
+    return stored.dead_entries(rows)
 
 
 def list_pending(conn: sqlite3.Connection) -> list[PendingEntry]:
@@ -396,10 +325,7 @@ def list_pending(conn: sqlite3.Connection) -> list[PendingEntry]:
         "SELECT id, accepted_at, source, check_name, target, attempts, last_error"
         " FROM pending ORDER BY id"
     )
-    return [
-        PendingEntry(id_, accepted, source, check, _decode_target(target), n, error)
-        for id_, accepted, source, check, target, n, error in rows
-    ]
+    return stored.pending_entries(rows)
 
 
 def dead_ids(conn: sqlite3.Connection) -> list[int]:

@@ -1,357 +1,52 @@
-"""Group commit: what the daemon buffers, written in few transactions on one worker thread.
+"""Group commit on SQLite: the :class:`~hipchatd.delivery.spool.group.Dialect` of this backend.
 
-``submit`` and the marks only buffer. The spool's ``run`` task calls
-``commit`` when work is waiting: the marks (delivered, dead, attempts) commit
-first, in their own transaction (they free space, and new events that cannot
-be written never hold them back), then the new events, at most ``BATCH``
-entries per transaction. A batch of new events that does not fit
-(``SQLITE_FULL``: the disk, or the file's size limit) is halved until its
-pieces fit; an event that alone cannot be written is refused (it was never
-accepted). Any other failure keeps the work for the next try.
+The buffer and its commits are backend-neutral (:mod:`hipchatd.delivery.spool.group`);
+this module gives them SQLite's writes (:mod:`.sql`) and reads its errors: a
+``SQLITE_FULL`` or ``SQLITE_TOOBIG`` batch is halved, a constraint or misuse
+is a bug, anything else (I/O error, a lock held too long) is retried.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from functools import partial
-from itertools import chain
-from typing import Final, TypeVar
+from typing import Any, Final
 
-import structlog
-import trio
-
-from hipchatd.clock import unix_now
+from hipchatd.delivery.spool.group import HIGH_WATER, WRITE_RETRY, GroupCommit, Worker
 from hipchatd.delivery.spool.sqlite import sql
-from hipchatd.delivery.spool.sqlite.sql import BATCH
-from hipchatd.delivery.spool.store import EventEntries, OnCommitted, OnRefused, SpoolError
+from hipchatd.delivery.spool.store import EventEntries
 
-__all__ = ["HIGH_WATER", "WRITE_RETRY", "GroupCommit", "Worker"]
-
-log = structlog.get_logger()
-
-T = TypeVar("T")
-
-#: New entries waiting for their commit before readers pause (about 6 MB of 3 KB events).
-HIGH_WATER: Final = 2 * BATCH
-#: Seconds before a failed commit is tried again (disk full, I/O error, lock held too long).
-WRITE_RETRY: Final = 1.0
+__all__ = ["DIALECT", "HIGH_WATER", "WRITE_RETRY", "GroupCommit", "SqliteDialect", "Worker"]
 
 
-class Worker:
-    """The connection, and the one worker thread at a time that uses it."""
+class SqliteDialect:
+    """SQLite's writes and errors, for group commit."""
 
-    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
-        self.conn: sqlite3.Connection | None = conn
-        self.path = path
-        self.limiter = trio.CapacityLimiter(1)
+    errors: tuple[type[Exception], ...] = (sqlite3.DatabaseError,)
 
-    async def call(
-        self, fn: Callable[[sqlite3.Connection], T], abandon_on_cancel: bool = False
-    ) -> T:
-        """``fn(connection)`` on a worker thread. Raises SpoolError once closed."""
-        conn = self.conn
-        if conn is None:
-            raise SpoolError(f"the spool {self.path} is closed")
-        return await trio.to_thread.run_sync(
-            fn, conn, limiter=self.limiter, abandon_on_cancel=abandon_on_cancel
-        )
+    def write_events(
+        self, conn: sqlite3.Connection, batch: list[EventEntries]
+    ) -> tuple[int, list[EventEntries]]:
+        # Looked up at each call: tests replace ``sql.write_batch``.
+        return sql.write_batch(conn, batch=batch), batch
 
-
-@dataclass(slots=True)
-class _Batch:
-    """Work for the next commit: its marks (one transaction), then its new events."""
-
-    #: each new event (its handle and its entries, consecutive ids), in acceptance order.
-    events: list[EventEntries] = field(default_factory=list)
-    #: entries in ``events``.
-    entries: int = 0
-    #: (error, id)
-    attempts: list[tuple[str, int]] = field(default_factory=list)
-    #: (dead_at, reason, error, id)
-    dead: list[tuple[float, str, str | None, int]] = field(default_factory=list)
-    delivered: list[int] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return self.entries + self.marks
-
-    @property
-    def marks(self) -> int:
-        return len(self.attempts) + len(self.dead) + len(self.delivered)
-
-    def prepend_marks(self, older: _Batch) -> None:
-        self.attempts[:0] = older.attempts
-        self.dead[:0] = older.dead
-        self.delivered[:0] = older.delivered
-
-    def prepend_events(self, older: list[EventEntries]) -> None:
-        self.events[:0] = older
-        self.entries += sum(len(entries) for _, entries in older)
-
-
-class GroupCommit:
-    """The buffer, its commits, and the counters they keep (no I/O outside ``commit``)."""
-
-    def __init__(self, worker: Worker, *, pending: int, dead: int) -> None:
-        self._worker = worker
-        self._path = worker.path
-        self._buffer = _Batch()
-        #: committed entries, from the counts at open plus each commit.
-        self.pending = pending
-        self.dead = dead
-        #: new entries buffered or being committed: they count against max_events.
-        self.unflushed = 0
-        #: write transactions committed so far (for tests and metrics).
-        self.transactions = 0
-        #: False after a failed commit or a refused event, True again after the next round of
-        #: commits without a failure (for /healthz).
-        self.writable = True
-        #: set once shutdown began: the waits below return.
-        self.closed = False
-        self._work = trio.Event()
-        self._full = trio.Event()
-        #: set with ``_work``, or by ``nudge``: wakes ``wait_for_work``.
-        self._alarm = trio.Event()
-        self._in_flight = False
-        #: set (and replaced) after every commit attempt and at close, for ``flush``.
-        self._progress = trio.Event()
-
-    @property
-    def has_work(self) -> bool:
-        """Something is buffered for the next commit."""
-        return self._work.is_set()
-
-    def add(self, event: EventEntries) -> None:
-        """Buffer one new event's entries (ids already set)."""
-        count = len(event[1])
-        self._buffer.events.append(event)
-        self._buffer.entries += count
-        self.unflushed += count
-        self._wake()
-
-    def mark_delivered(self, ids: Iterable[int]) -> None:
-        self._buffer.delivered.extend(ids)
-        self._wake()
-
-    def mark_dead(self, ids: Iterable[int], reason: str, error: str | None) -> None:
-        dead_at = unix_now()
-        self._buffer.dead.extend((dead_at, reason, error, i) for i in ids)
-        self._wake()
-
-    def mark_attempt(self, ids: Iterable[int], error: str) -> None:
-        self._buffer.attempts.extend((error, i) for i in ids)
-        self._wake()
-
-    def _wake(self) -> None:
-        self._work.set()
-        self._alarm.set()
-        if len(self._buffer) >= BATCH:
-            self._full.set()
-
-    def nudge(self) -> None:
-        """Wake ``wait_for_work`` with nothing to commit (something else is due)."""
-        self._alarm.set()
-
-    async def wait_for_work(self, deadline: float) -> None:
-        """Return once work is buffered, when nudged, or at ``deadline`` (trio time)."""
-        if self._work.is_set():
-            return
-        with trio.move_on_at(deadline):
-            await self._alarm.wait()
-        self._alarm = trio.Event()
-
-    async def wait_for_batch(self, delay: float) -> None:
-        """Give more work ``delay`` seconds to gather, unless a full batch is waiting."""
-        if len(self._buffer) < BATCH:
-            with trio.move_on_after(delay):
-                await self._full.wait()
-
-    async def wait_for_room(self) -> None:
-        """Return once fewer than ``HIGH_WATER`` new entries wait for their commit."""
-        while not self.closed and self.unflushed >= HIGH_WATER:
-            await self._progress.wait()
-
-    async def flush(self) -> None:
-        """Wait until nothing is buffered or being written (or shutdown began)."""
-        while not self.closed and (self._work.is_set() or self._in_flight):
-            await self._progress.wait()
-
-    def finish(self) -> None:
-        """Shutdown is over: release every waiter."""
-        self.closed = True
-        self._progress.set()
-
-    async def commit(
+    def write_marks(
         self,
-        on_committed: OnCommitted | None,
-        on_refused: OnRefused | None,
-        *,
-        abandon_on_cancel: bool,
-    ) -> bool:
-        """Write the buffer: its marks in one transaction, then its new events. False on failure.
+        conn: sqlite3.Connection,
+        attempts: list[tuple[str, int]],
+        dead: list[tuple[float, str, str | None, int]],
+        delivered: list[int],
+    ) -> tuple[int, int]:
+        return sql.write_marks(conn, attempts=attempts, dead=dead, delivered=delivered)
 
-        Raises ``sqlite3.DatabaseError`` for a failure no retry can fix (its work kept).
-        """
-        batch, self._buffer = self._buffer, _Batch()
-        self._work = trio.Event()
-        self._full = trio.Event()
-        # The buffered work set the alarm too: without this the loop makes an idle pass.
-        self._alarm = trio.Event()
-        # A burst becomes several transactions (whole events each): commit latency and WAL size
-        # stay bounded, and measured throughput is the same as one huge transaction.
-        taken = entries = 0
-        for _, event in batch.events:
-            if taken and entries + len(event) > BATCH:
-                break
-            taken += 1
-            entries += len(event)
-        if taken < len(batch.events):
-            self._buffer.prepend_events(batch.events[taken:])
-            del batch.events[taken:]
-            batch.entries = entries
-            self._wake()
-        if not batch:
-            return True
-        self._in_flight = True
-        try:
-            marked = await self._write_marks(batch, abandon_on_cancel)
-            written = await self._write_events(
-                batch.events, on_committed, on_refused, abandon_on_cancel
-            )
-        finally:
-            self._in_flight = False
-            self._progress.set()
-            self._progress = trio.Event()
-        if marked and written and not self.writable:
-            self.writable = True
-            log.info("spool.write_recovered", path=self._path, items=len(batch))
-        return marked and written
+    def is_transient(self, exc: Exception) -> bool:
+        return isinstance(exc, sqlite3.DatabaseError) and sql.is_transient(exc)
 
-    async def _write_marks(self, batch: _Batch, abandon_on_cancel: bool) -> bool:
-        """Commit the marks of ``batch`` in one transaction; on failure keep them for later.
+    def does_not_fit(self, exc: Exception) -> bool:
+        return isinstance(exc, sqlite3.DatabaseError) and sql.does_not_fit(exc)
 
-        When they do not fit, the deliveries are committed alone: they only delete, so they
-        fit and free room. Cancellation (or a bug) also keeps the events of ``batch``, which
-        are not written yet.
-        """
-        if not batch.marks:
-            return True
-        write = partial(
-            sql.write_marks, attempts=batch.attempts, dead=batch.dead, delivered=batch.delivered
-        )
-        try:
-            removed, dead = await self._worker.call(write, abandon_on_cancel)
-        except sqlite3.DatabaseError as exc:
-            self._buffer.prepend_marks(batch)
-            self._work.set()
-            if not sql.is_transient(exc):
-                self._buffer.prepend_events(batch.events)
-                raise
-            self._write_failed(exc, entries=0, items=batch.marks)
-            if sql.does_not_fit(exc) and batch.delivered and (batch.attempts or batch.dead):
-                deliveries = _Batch(delivered=self._buffer.delivered[: len(batch.delivered)])
-                del self._buffer.delivered[: len(batch.delivered)]
-                try:
-                    await self._write_marks(deliveries, abandon_on_cancel)
-                except BaseException:
-                    self._buffer.prepend_events(batch.events)
-                    raise
-            return False
-        except BaseException:
-            self._buffer.prepend_marks(batch)
-            self._buffer.prepend_events(batch.events)
-            self._work.set()
-            raise
-        self.transactions += 1
-        self.pending -= removed
-        self.dead += dead
-        return True
+    def log_keys(self, exc: Exception) -> dict[str, Any]:
+        return {"sqlite_error": getattr(exc, "sqlite_errorname", None)}
 
-    async def _write_events(
-        self,
-        events: list[EventEntries],
-        on_committed: OnCommitted | None,
-        on_refused: OnRefused | None,
-        abandon_on_cancel: bool,
-    ) -> bool:
-        """Commit ``events``, halving pieces that do not fit; refuse an event that alone does not.
 
-        Any other failure keeps what is not written yet for the next try.
-        """
-        # A stack of pieces, the next to write last: acceptance order is kept.
-        pieces = [events] if events else []
-        refused = False
-        while pieces:
-            piece = pieces.pop()
-            try:
-                inserted = await self._worker.call(
-                    partial(sql.write_batch, batch=piece), abandon_on_cancel
-                )
-            except sqlite3.DatabaseError as exc:
-                if sql.does_not_fit(exc):
-                    if len(piece) > 1:
-                        if len(piece) == len(events):
-                            log.warning(
-                                "spool.batch_split",
-                                path=self._path,
-                                error=str(exc),
-                                events=len(piece),
-                                entries=sum(len(e) for _, e in piece),
-                            )
-                        half = len(piece) // 2
-                        pieces += (piece[half:], piece[:half])
-                    else:
-                        self._refuse(piece[0], exc, on_refused)
-                        refused = True
-                    continue
-                self._buffer.prepend_events([*piece, *chain.from_iterable(reversed(pieces))])
-                self._work.set()
-                if not sql.is_transient(exc):
-                    raise
-                self._write_failed(exc, entries=sum(len(e) for _, e in piece), items=len(piece))
-                return False
-            except BaseException:
-                # Cancelled before the thread started, or abandoned: keep the events.
-                self._buffer.prepend_events([*piece, *chain.from_iterable(reversed(pieces))])
-                self._work.set()
-                raise
-            self.transactions += 1
-            self.unflushed -= sum(len(entries) for _, entries in piece)
-            self.pending += inserted
-            if on_committed is not None:
-                on_committed(piece)
-        return not refused
-
-    def _refuse(
-        self, event: EventEntries, exc: sqlite3.DatabaseError, on_refused: OnRefused | None
-    ) -> None:
-        entries = event[1]
-        self.unflushed -= len(entries)
-        self.writable = False
-        first = entries[0]
-        log.error(
-            "event.refused",
-            reason="the spool cannot store it",
-            error=str(exc),
-            sqlite_error=getattr(exc, "sqlite_errorname", None),
-            path=self._path,
-            source=first.source,
-            check=first.check,
-            targets=len(entries),
-            nbytes=len(first.document.encode(errors="replace")),
-        )
-        if on_refused is not None:
-            on_refused(event)
-
-    def _write_failed(self, exc: sqlite3.DatabaseError, *, entries: int, items: int) -> None:
-        log.error(
-            "spool.write_failed",
-            path=self._path,
-            error=str(exc),
-            sqlite_error=getattr(exc, "sqlite_errorname", None),
-            entries=entries,
-            items=items,
-            retry_in=WRITE_RETRY,
-        )
-        self.writable = False
+#: The one SqliteDialect (it holds no state).
+DIALECT: Final = SqliteDialect()

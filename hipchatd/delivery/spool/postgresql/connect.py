@@ -1,0 +1,242 @@
+"""Connections to the PostgreSQL spool: opening them, the session, and the messages.
+
+The DSN (it may hold a password) never leaves this module in a message:
+every text built from a psycopg error is scrubbed of each form of the DSN
+and its password (``SpoolSettings.secrets``), and the spool is named by a
+label built from the parts libpq reports (user, host, port, database,
+schema). A broken connection is replaced at the next call on the worker
+thread (:class:`Session`); the daemon's session also holds the instance
+lock, so a second daemon on the same schema is refused (one sender per room
+needs lane leases, which a cluster of instances adds).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import psycopg
+import structlog
+from psycopg import errors as pg_errors
+
+from hipchatd.config import SpoolSettings
+from hipchatd.delivery.spool.store import SpoolError
+from hipchatd.redaction import Redactor
+
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "InstanceConflict",
+    "Server",
+    "Session",
+    "cause",
+    "connect",
+    "does_not_fit",
+    "is_transient",
+]
+
+log = structlog.get_logger()
+
+#: Seconds libpq waits to establish a connection before giving up (then the next retry).
+CONNECT_TIMEOUT: Final = 10
+#: TCP keepalives: probe after 10 s idle, every 5 s, give up after 3 misses, so a server
+#: that vanished (power off, cut cable) is noticed in about 25 s instead of hours.
+KEEPALIVES_IDLE: Final = 10
+KEEPALIVES_INTERVAL: Final = 5
+KEEPALIVES_COUNT: Final = 3
+#: Milliseconds data may stay unacknowledged before the connection is dropped: a commit
+#: sent to a server that vanished fails within this instead of hanging the writer.
+TCP_USER_TIMEOUT_MS: Final = 30_000
+APPLICATION_NAME: Final = "hipchatd"
+#: Advisory-lock namespace (the first key of the pair; the second is the schema's hash).
+#: Cannot collide with one-key locks other programs take: those use the 64-bit form.
+LOCK_MIGRATE: Final = "hipchatd migrate"
+LOCK_INSTANCE: Final = "hipchatd instance"
+#: Seconds a new daemon keeps asking for the instance lock, every ``_LOCK_RETRY``: the server
+#: ends a closed (or killed) predecessor's session a moment after its socket closed.
+INSTANCE_LOCK_WAIT: Final = 2.0
+_LOCK_RETRY: Final = 0.1
+
+
+class InstanceConflict(psycopg.OperationalError):
+    """Another hipchatd daemon holds the instance lock of this schema."""
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """Where the spool lives: the DSN (hidden), the schema, and what may be printed."""
+
+    settings: SpoolSettings = field(repr=False)
+    #: ``postgresql://user@host:port/db, schema s``: never holds the password.
+    label: str
+    redactor: Redactor = field(repr=False)
+
+    @classmethod
+    def of(cls, settings: SpoolSettings) -> Server:
+        """The server ``settings`` names; never connects. Raises SpoolError for a bad DSN."""
+        redactor = Redactor(*settings.secrets())
+        try:
+            parts = psycopg.conninfo.conninfo_to_dict(settings.dsn.reveal())
+        except psycopg.Error as exc:
+            # libpq's message quotes the part it could not parse, which may be a piece of
+            # the password: the cause stays in ``__cause__``, out of every printed line.
+            raise SpoolError(
+                "hipchatd.spool.dsn: libpq cannot parse it (value hidden); expected a libpq "
+                "connection URI or key=value string"
+            ) from exc
+        return cls(settings, _label(parts, settings.schema), redactor)
+
+    @property
+    def schema(self) -> str:
+        return self.settings.schema
+
+    @property
+    def channel(self) -> str:
+        """The NOTIFY channel of this schema's spool (new entries, re-queued entries)."""
+        return f"hipchatd.{self.settings.schema}"
+
+    def cause(self, exc: BaseException) -> str:
+        """The error as one line for an operator, without the DSN or its password."""
+        return self.redactor.redact(cause(exc))
+
+
+def _label(parts: dict[str, Any], schema: str) -> str:
+    user = f"{parts['user']}@" if parts.get("user") else ""
+    host = str(parts.get("host") or parts.get("hostaddr") or "localhost")
+    port = f":{parts['port']}" if parts.get("port") else ""
+    database = f"/{parts['dbname']}" if parts.get("dbname") else ""
+    return f"postgresql://{user}{host}{port}{database}, schema {schema}"
+
+
+def _flat(text: str) -> str:
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def cause(exc: BaseException) -> str:
+    """psycopg's message on one line, with the SQLSTATE when the server sent one."""
+    state = getattr(exc, "sqlstate", None)
+    text = _flat(str(exc)) or type(exc).__name__
+    return f"{text} (SQLSTATE {state})" if state else text
+
+
+def is_transient(exc: Exception) -> bool:
+    """A failure worth retrying: the server or the connection, not a bug of ours.
+
+    psycopg raises OperationalError for a lost or refused connection, a server shutting
+    down, a full disk, a deadlock or a serialization failure.
+    """
+    return isinstance(exc, psycopg.OperationalError) or does_not_fit(exc)
+
+
+def does_not_fit(exc: Exception) -> bool:
+    """The server cannot hold this write (disk full, a value it cannot store): pieces might."""
+    return isinstance(
+        exc,
+        pg_errors.DiskFull
+        | pg_errors.ProgramLimitExceeded
+        | psycopg.DataError
+        # Text that is not UTF-8 (a lone surrogate) fails before it is sent.
+        | UnicodeEncodeError,
+    )
+
+
+def connect(server: Server) -> psycopg.Connection[Any]:
+    """A new autocommit connection with the spool's schema first on ``search_path``. Blocks.
+
+    Raises psycopg's error (the caller translates it).
+    """
+    conn = psycopg.connect(
+        server.settings.dsn.reveal(),
+        autocommit=True,
+        connect_timeout=CONNECT_TIMEOUT,
+        application_name=APPLICATION_NAME,
+        tcp_user_timeout=TCP_USER_TIMEOUT_MS,
+        keepalives=1,
+        keepalives_idle=KEEPALIVES_IDLE,
+        keepalives_interval=KEEPALIVES_INTERVAL,
+        keepalives_count=KEEPALIVES_COUNT,
+    )
+    try:
+        conn.execute("SELECT set_config('search_path', %s, false)", [f'"{server.schema}"'])
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def cannot_open(server: Server, exc: BaseException, hint: str) -> SpoolError:
+    """The one line an operator reads when the spool cannot be opened."""
+    return SpoolError(
+        f"cannot open the PostgreSQL spool {server.label}: {server.cause(exc)}; {hint}"
+    )
+
+
+#: What to check when the server cannot be reached or refuses us.
+CONNECT_HINT: Final = (
+    "check hipchatd.spool.dsn (or the hipchat_spool_dsn credential), the password "
+    "(PGPASSWORD, ~/.pgpass) and that the server accepts connections"
+)
+
+
+class Session:
+    """The connection of one worker thread, replaced at the next call after it broke.
+
+    With ``instance_lock``, each new connection takes the schema's instance
+    lock first (held until the connection ends), and raises InstanceConflict
+    when another daemon holds it.
+    """
+
+    def __init__(self, server: Server, *, instance_lock: bool) -> None:
+        self.server = server
+        self._instance_lock = instance_lock
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def get(self) -> psycopg.Connection[Any]:
+        """The live connection, connecting (again) if there is none. On the worker thread."""
+        conn = self._conn
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn
+        if conn is not None:
+            conn.close()
+            self._conn = None
+            log.warning("spool.reconnecting", path=self.server.label)
+        conn = connect(self.server)
+        if self._instance_lock:
+            try:
+                _take_instance_lock(conn, self.server.schema)
+            except BaseException:
+                conn.close()
+                raise
+        self._conn = conn
+        return conn
+
+    def close(self) -> None:
+        """Release the locks and close the connection. Idempotent; never raises."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            if self._instance_lock and not conn.closed and not conn.broken:
+                # Closing returns before the server has ended the session: unlock first, so
+                # a daemon started right after this one finds the lock free.
+                conn.execute("SELECT pg_advisory_unlock_all()")
+        except psycopg.Error as exc:
+            log.warning("spool.close_failed", error=self.server.cause(exc))
+        finally:
+            conn.close()
+
+
+def _take_instance_lock(conn: psycopg.Connection[Any], schema: str) -> None:
+    deadline = time.monotonic() + INSTANCE_LOCK_WAIT
+    while True:
+        row = conn.execute(
+            "SELECT pg_try_advisory_lock(hashtext(%s), hashtext(%s))", [LOCK_INSTANCE, schema]
+        ).fetchone()
+        if (row and row[0]) or time.monotonic() >= deadline:
+            break
+        time.sleep(_LOCK_RETRY)
+    if not (row and row[0]):
+        raise InstanceConflict(
+            f"another hipchatd daemon uses schema {schema} (it holds the instance lock); "
+            "stop that one, or give each daemon its own hipchatd.spool.schema"
+        )
