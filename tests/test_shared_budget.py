@@ -317,18 +317,21 @@ async def test_an_unreachable_store_leaves_this_instance_its_fair_share(
     # 29 // 3 of the window that was on; none more before it ends.
     assert granted == 1 + 9
     assert budget.local
-    assert [e["share"] for e in logs if e["event"] == "budget.local"] == ["1/3"]
+    assert [e["share"] for e in logs if e["event"] == "budget.degraded"] == ["1/3"]
     store.down = False
     with capture_logs() as logs:
         await send("ops")
     assert not budget.local
-    assert [e["event"] for e in logs if e["event"].startswith("budget.")] == ["budget.shared_again"]
+    assert [e["event"] for e in logs if e["event"].startswith("budget.")] == ["budget.restored"]
 
 
-def test_sqlite_keeps_the_budget_in_the_process() -> None:
-    settings = make_config("http://127.0.0.1:1").hipchat
-    assert open_budget_store(make_config("http://127.0.0.1:1").daemon.spool) is None
-    assert type(make_budget(settings, None)) is RateBudget
+def test_sqlite_keeps_the_budget_in_the_process_and_a_store_shares_it() -> None:
+    config = make_config("http://127.0.0.1:1", rate_limit=7)
+    assert open_budget_store(config.daemon.spool) is None
+    assert type(make_budget(config.hipchat, None)) is RateBudget
+    shared = make_budget(config.hipchat, LocalBudgetStore())
+    assert isinstance(shared, SharedBudget)
+    assert shared.snapshot()["rate_limit"] == 7
 
 
 def test_peers_counts_the_instances_on_the_schema(pg_server: PostgresServer) -> None:
@@ -379,6 +382,7 @@ async def test_two_daemons_on_one_schema_share_hipchat_s_budget(
     sent = 0
     with trio.fail_after(3600), capture_logs():
         apps = [await nursery.start(app_module.run, config) for _ in range(2)]
+        assert all(isinstance(app.dispatcher.budget, SharedBudget) for app in apps)
         for wave in range(36):
             for r, room in enumerate(rooms):
                 event = _event(f"check-{wave}-{r}", 2, room)

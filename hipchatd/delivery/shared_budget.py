@@ -70,26 +70,14 @@ __all__ = [
 ]
 
 log = structlog.get_logger()
+_T = TypeVar("_T")
 
 #: Seconds of HipChat's token window (500 requests per 5 minutes); never reported.
 RATE_WINDOW: Final = 300.0
 #: Seconds of HipChat's flood-control window (30 messages per minute per room).
 FLOOD_WINDOW: Final = 60.0
-#: Seconds between two counts of the instances sharing the store (for the fair share).
-PEERS_REFRESH: Final = 30.0
-#: Seconds between two tries of an unreachable store while the fair share holds: each try
-#: may wait for a connection timeout, and a send waits for it.
-STORE_RETRY: Final = 5.0
-#: Keys whose last row is kept for a fallback; more are forgotten (rooms come from events).
-_MAX_SEEN: Final = 4096
-#: Characters of the token's hash that name its rooms' keys.
-_ROOM_PREFIX: Final = 16
-
-
 #: Seconds within which two resets name one window (HipChat rounds its resets).
 _SAME_WINDOW: Final = 1.0
-
-_T = TypeVar("_T")
 
 
 class BudgetStoreError(HipchatdError):
@@ -214,6 +202,15 @@ class LocalBudgetStore:
         return row
 
 
+#: Seconds between two counts of the instances sharing the store (for the fair share).
+PEERS_REFRESH: Final = 30.0
+#: Seconds between two tries of an unreachable store while the fair share holds: each try
+#: may wait for a connection timeout, and a send waits for it.
+STORE_RETRY: Final = 5.0
+#: Keys whose last row is kept for a fallback; more are forgotten (rooms come from events).
+_MAX_SEEN: Final = 4096
+
+
 class SharedBudget(RateBudget):
     """A :class:`RateBudget` whose grants also consume a unit of a :class:`BudgetStore`.
 
@@ -240,7 +237,8 @@ class SharedBudget(RateBudget):
         )
         self._store = store
         self._token_key = token_key(token)
-        self._room_prefix = f"flood:{self._token_key[5 : 5 + _ROOM_PREFIX]}:"
+        # Rooms of one name on two HipChat servers are two rooms: keyed under their token.
+        self._room_prefix = f"flood:{self._token_key[5:21]}:"
         self._rate_limit = rate_limit
         self._flood_limit_seen = flood_limit
         self._reports: list[Report] = []
@@ -323,10 +321,14 @@ class SharedBudget(RateBudget):
         return reports
 
     async def _flush(self) -> None:
+        # A system task: an exception here would end the daemon, so a bug is logged and the
+        # reports are dropped (HipChat repeats what they said in its next answer).
         try:
             while self._reports:
                 reports, self._reports = self._reports, []
                 await self._call(partial(self._record, reports, unix_now()))
+        except Exception:
+            log.error("budget.record_failed", exc_info=True)
         finally:
             self._flushing = False
 
@@ -341,7 +343,7 @@ class SharedBudget(RateBudget):
             granted, rows = self._store.consume(wants, now)
             if self._fallback is not None:
                 self._fallback = None
-                log.info("budget.shared_again")
+                log.info("budget.restored")
             self._count_peers(now)
         except BudgetStoreError as exc:
             return self._local(exc, now).consume(wants, now)
@@ -368,7 +370,7 @@ class SharedBudget(RateBudget):
         self._retry_store_at = now + STORE_RETRY
         if self._fallback is None:
             self._fallback = LocalBudgetStore(share=self._peers, seen=self._seen.values())
-            log.warning("budget.local", share=f"1/{self._peers}", error=str(exc))
+            log.warning("budget.degraded", share=f"1/{self._peers}", error=str(exc))
         return self._fallback
 
 
