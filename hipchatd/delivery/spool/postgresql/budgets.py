@@ -21,6 +21,7 @@ psycopg error leaves as a BudgetStoreError ``from`` it, without the DSN.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -92,28 +93,37 @@ WHERE datname = current_database() AND application_name = %s
 
 
 class PostgresBudgetStore:
-    """The budget rows of one schema. Blocking; one call at a time (the caller's worker thread)."""
+    """The budget rows of one schema. Blocking; its one connection serves one call at a time.
+
+    A reload may leave two budgets on one store for a while (the old one
+    settling its last requests): a lock keeps their transactions apart.
+    """
 
     def __init__(self, server: Server) -> None:
         self._server = server
         name = f"hipchatd budget {server.schema}".encode()[:_NAME_BYTES]
         self._name = name.decode(errors="ignore")
         self._conn: psycopg.Connection[Any] | None = None
+        self._lock = threading.Lock()
 
     def consume(self, wants: Sequence[Want], now: float) -> tuple[bool, tuple[Row, ...]]:
         keys = [want.key for want in wants]
         try:
-            conn = self._connection()
-            with conn.pipeline(), conn.transaction():
-                limits = [want.limit for want in wants]
-                windows = [float(want.window) for want in wants]
-                conn.execute(_SEED, [now, keys, limits, windows, now])
-                cursor = conn.execute(_TAKE, {"keys": keys, "count": len(set(keys))})
-            found = cursor.fetchall()
+            with self._lock:
+                found = self._consume(keys, wants, now)
         except psycopg.Error as exc:
             raise self._failed("consume", exc) from exc
         granted = bool(found and found[0][0])
         return granted, tuple(Row(key, int(left), float(at)) for _, key, left, at in found)
+
+    def _consume(self, keys: list[str], wants: Sequence[Want], now: float) -> list[Any]:
+        conn = self._connection()
+        with conn.pipeline(), conn.transaction():
+            limits = [want.limit for want in wants]
+            windows = [float(want.window) for want in wants]
+            conn.execute(_SEED, [now, keys, limits, windows, now])
+            cursor = conn.execute(_TAKE, {"keys": keys, "count": len(set(keys))})
+        return cursor.fetchall()
 
     def record(self, reports: Sequence[Report], now: float) -> None:
         params = [
@@ -132,15 +142,17 @@ class PostgresBudgetStore:
         if not params:
             return
         try:
-            conn = self._connection()
-            with conn.transaction(), conn.cursor() as cursor:
-                cursor.executemany(_RECORD, params)
+            with self._lock:
+                conn = self._connection()
+                with conn.transaction(), conn.cursor() as cursor:
+                    cursor.executemany(_RECORD, params)
         except psycopg.Error as exc:
             raise self._failed("record", exc) from exc
 
     def peers(self) -> int:
         try:
-            row = self._connection().execute(_PEERS, [self._name]).fetchone()
+            with self._lock:
+                row = self._connection().execute(_PEERS, [self._name]).fetchone()
         except psycopg.Error as exc:
             raise self._failed("count the instances of", exc) from exc
         return max(1, int(row[0]) if row else 1)
