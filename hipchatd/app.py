@@ -330,10 +330,10 @@ async def run(
         daemon = config.daemon
         hipchat = config.hipchat
         metrics = Metrics()
+        store = open_budget_store(daemon.spool)
         spool = await open_spool(
             daemon.state_dir, max_events=daemon.max_spool_events, settings=daemon.spool
         )
-        store = open_budget_store(daemon.spool)
         try:
             async with make_http_client(hipchat, daemon.concurrency) as http:
                 app: App
@@ -403,9 +403,9 @@ async def run(
                     task_status.started(app)
         finally:
             with trio.move_on_after(2, shield=True):
-                await spool.aclose()
                 if store is not None:
                     await trio.to_thread.run_sync(store.close)
+                await spool.aclose()
         root.cancel_scope.cancel()
 
 
