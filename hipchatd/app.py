@@ -46,7 +46,7 @@ import trio
 from hipchatd.config import Config, DaemonSettings, HipChatSettings, Listen
 from hipchatd.delivery.hipchat import HipChatClient, make_http_client
 from hipchatd.delivery.lanes import Dispatcher
-from hipchatd.delivery.shared_budget import BudgetStore, make_budget
+from hipchatd.delivery.shared_budget import BudgetStore, connect_store, make_budget
 from hipchatd.delivery.spool import Spool, open_budget_store, open_spool
 from hipchatd.errors import ConfigError, StartupError
 from hipchatd.ingest.intake import Intake
@@ -335,6 +335,7 @@ async def run(
             daemon.state_dir, max_events=daemon.max_spool_events, settings=daemon.spool
         )
         try:
+            await connect_store(store)
             async with make_http_client(hipchat, daemon.concurrency) as http:
                 app: App
                 budget = make_budget(hipchat, store)

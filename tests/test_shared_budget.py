@@ -34,6 +34,7 @@ from hipchatd.delivery.shared_budget import (
     Row,
     SharedBudget,
     Want,
+    connect_store,
     make_budget,
     token_key,
 )
@@ -319,6 +320,32 @@ async def test_an_unreachable_store_leaves_this_instance_its_fair_share(
         await send("ops")
     assert not budget.local
     assert [e["event"] for e in logs if e["event"].startswith("budget.")] == ["budget.restored"]
+
+
+async def test_the_store_is_reached_at_start_and_an_unreachable_one_only_logged(
+    pg_schema: PgSchema,
+) -> None:
+    store = PostgresBudgetStore(_migrated(pg_schema))
+    try:
+        await connect_store(store)
+        with psycopg.connect(pg_schema.conninfo) as conn:
+            names = [
+                name for (name,) in conn.execute("SELECT application_name FROM pg_stat_activity")
+            ]
+        assert f"hipchatd budget {pg_schema.schema}" in names
+    finally:
+        store.close()
+    unreachable = _Unreachable(peers=1)
+    unreachable.peers = _refuse  # type: ignore[method-assign]
+    with capture_logs() as logs:
+        await connect_store(unreachable)
+        await connect_store(None)
+    assert [e["event"] for e in logs] == ["budget.unreachable"]
+    assert "connection refused" in logs[0]["error"]
+
+
+def _refuse() -> int:
+    raise BudgetStoreError("cannot count the instances of the shared budget: connection refused")
 
 
 def test_sqlite_keeps_the_budget_in_the_process_and_a_store_shares_it() -> None:

@@ -65,6 +65,7 @@ __all__ = [
     "Row",
     "SharedBudget",
     "Want",
+    "connect_store",
     "make_budget",
     "token_key",
 ]
@@ -381,6 +382,19 @@ def _report(key: str, info: RateInfo | None, window: float, now: float) -> Repor
     if not now < info.reset <= now + MAX_SERVER_WAIT:
         return None
     return Report(key, info.remaining, info.reset, window)
+
+
+async def connect_store(store: BudgetStore | None) -> None:
+    """Reach ``store`` once at start, so that the first send does not wait for a connection.
+
+    A store that cannot be reached now is logged; the first send tries again.
+    """
+    if store is None:
+        return
+    try:
+        await trio.to_thread.run_sync(store.peers)
+    except BudgetStoreError as exc:
+        log.warning("budget.unreachable", error=str(exc))
 
 
 def make_budget(settings: HipChatSettings, store: BudgetStore | None) -> RateBudget:
