@@ -11,6 +11,7 @@ every event sent during the outage delivered, per-room order kept.
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import signal
@@ -21,6 +22,7 @@ from typing import Any
 
 import httpx
 import psycopg
+import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
@@ -30,6 +32,7 @@ from hipchatd.delivery.spool import open_spool
 from hipchatd.delivery.spool.fallback import FallbackSpool
 from hipchatd.delivery.spool.postgresql import forward
 from hipchatd.emulator.server import Emulator
+from hipchatd.ops import spool_admin
 from tests.conftest import StartDaemon, classic_event, send_tcp
 from tests.postgres import PgSchema, PostgresServer
 from tests.processes import REPO, child_env
@@ -153,15 +156,23 @@ async def test_events_sent_while_the_server_is_down_are_held_locally_then_forwar
 
 
 async def test_a_restart_forwards_what_an_earlier_run_held_before_reading_the_server(
-    pg_schema: PgSchema, pg_server: PostgresServer, tmp_path: Path
+    pg_schema: PgSchema,
+    pg_server: PostgresServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """Stopped while degraded: the next start forwards the local entries while it opens, so
-    ``load_pending`` finds them on the server, in acceptance order."""
+    """Stopped while degraded: ``hipchatd spool list`` shows what is held locally; the next
+    start forwards it while it opens, so ``load_pending`` finds it on the server, in
+    acceptance order."""
     state_dir = str(tmp_path / "state")
     settings = postgresql_settings(pg_schema)
     with trio.fail_after(90), capture_logs() as logs:
         await _held_by_an_earlier_run(state_dir, settings, pg_server, 6)
         assert _local(Path(state_dir), "SELECT count(*) FROM pending") == [(_entries(6),)]
+        capsys.readouterr()
+        listing = argparse.Namespace(spool_command="list", dead=False)
+        assert await trio.to_thread.run_sync(spool_admin.run, listing, state_dir, settings) == 0
+        listed = capsys.readouterr().out.splitlines()
         reopened = await open_spool(state_dir, max_events=100, settings=settings)
         assert reopened.degraded is None
         entries = await reopened.load_pending()
@@ -170,6 +181,10 @@ async def test_a_restart_forwards_what_an_earlier_run_held_before_reading_the_se
     assert len(entries) == _entries(6)
     assert _local(Path(state_dir), "SELECT count(*) FROM pending") == [(0,)]
     assert [e["forwarded"] for e in _events(logs, "spool.caught_up")] == [_entries(6)]
+    assert listed[0] == "no pending events"
+    assert listed[2].startswith(f"held in the local spool {state_dir}/spool.sqlite3 until")
+    assert listed[3].startswith("ID ")
+    assert len(listed) == 4 + _entries(6)
 
 
 _CRASH_MID_FORWARD = """
