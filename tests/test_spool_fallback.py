@@ -187,6 +187,44 @@ async def test_a_restart_forwards_what_an_earlier_run_held_before_reading_the_se
     assert len(listed) == 4 + _entries(6)
 
 
+async def test_a_forward_the_server_refuses_keeps_the_entries_held_and_is_tried_again(
+    pg_schema: PgSchema,
+    pg_server: PostgresServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A forwarded batch the server refuses (not unreachability): logged as an error, the
+    spool opens degraded and keeps accepting; the next try after a probe forwards it."""
+    state_dir = str(tmp_path / "state")
+    settings = postgresql_settings(pg_schema)
+    copy = forward.forward
+    refusals = 0
+
+    def refused_once(*args: Any) -> Any:
+        nonlocal refusals
+        if not refusals:
+            refusals += 1
+            raise psycopg.DataError("value out of range")
+        return copy(*args)
+
+    with trio.fail_after(90), capture_logs() as logs:
+        await _held_by_an_earlier_run(state_dir, settings, pg_server, 3)
+        monkeypatch.setattr(forward, "forward", refused_once)
+        spool = await open_spool(state_dir, max_events=100, settings=settings)
+        assert spool.degraded is not None
+        assert spool.fallback_counts()["held"] == _entries(3)
+        async with running(spool) as committed:
+            assert spool.submit(EVENT, DOCUMENT, [OPS], 5000.0, "meanwhile")
+            await committed.wait_for(_entries(4))
+            while spool.degraded is not None:
+                await trio.sleep(0.02)
+    (failed,) = _events(logs, "spool.forward_failed")
+    assert failed["log_level"] == "error"
+    assert "value out of range" in failed["error"]
+    assert [h for h, _ in committed.events] == [None, None, None, "meanwhile"]
+    assert _query(pg_schema, "SELECT count(*) FROM pending") == [(_entries(4),)]
+
+
 _CRASH_MID_FORWARD = """
 import functools, os, signal, sys
 import trio

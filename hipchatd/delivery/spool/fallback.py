@@ -108,7 +108,9 @@ class FallbackDialect:
     def __init__(self, server: Server, local_file: LocalFile) -> None:
         self._server = server
         self._pg = pg.PostgresDialect(server)
-        self.errors: tuple[type[Exception], ...] = (*self._pg.errors, *SQLITE.errors)
+        #: what a failed write to the server raises.
+        self.server_errors = self._pg.errors
+        self.errors: tuple[type[Exception], ...] = (*self.server_errors, *SQLITE.errors)
         self.local = local_file
         #: why the spool is degraded (the server's error), None while it is not.
         self.cause: str | None = None
@@ -350,10 +352,13 @@ class FallbackSpool(pg.PostgresSpool):
         while True:
             try:
                 committed = await self._worker.call(fallback.forward_step)
-            except self.library_errors as exc:
-                if not forward.is_unreachable(exc):
-                    raise self._write_error(exc) from exc
-                log.warning(
+            except fallback.server_errors as exc:
+                # Unreachable again: forwarding resumes after the next probe. Anything else
+                # (the server refusing what it is given) is logged as an error and tried again
+                # the same way: the entries stay held, and accepting goes on, rather than a
+                # daemon that stops (and could not start again while they are held).
+                unreachable = forward.is_unreachable(exc)
+                (log.warning if unreachable else log.error)(
                     "spool.forward_failed",
                     path=self._path,
                     error=self._server.cause(exc),
@@ -363,12 +368,13 @@ class FallbackSpool(pg.PostgresSpool):
                 return
             except SQLITE.errors as exc:
                 log.error("spool.forward_failed", local=fallback.local.path, error=str(exc))
+                self._reachable = False
                 return
-            if committed and on_committed is not None:
-                on_committed(committed)
-            if not committed and not fallback.local.held:
+            if not committed:
                 self._caught_up()
                 return
+            if on_committed is not None:
+                on_committed(committed)
             if not whole:
                 # More to forward: the write loop comes back without waiting for its poll.
                 self._writer.nudge()
@@ -384,6 +390,7 @@ class FallbackSpool(pg.PostgresSpool):
             seconds=round(time.monotonic() - fallback.since, 3),
         )
         fallback.cause = None
+        fallback.local.held = 0
         self._reachable = False
         marks, fallback.marks = fallback.marks, []
         writer = self._writer
