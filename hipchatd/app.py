@@ -47,6 +47,7 @@ from hipchatd.config import Config, DaemonSettings, HipChatSettings, Listen
 from hipchatd.delivery.budget import RateBudget
 from hipchatd.delivery.hipchat import HipChatClient, make_http_client
 from hipchatd.delivery.lanes import Dispatcher
+from hipchatd.delivery.ownership import LeaseManager
 from hipchatd.delivery.spool import Spool, open_spool
 from hipchatd.errors import ConfigError, StartupError
 from hipchatd.ingest.intake import Intake
@@ -335,6 +336,9 @@ async def run(
             async with make_http_client(hipchat, daemon.concurrency) as http:
                 app: App
                 budget = RateBudget(rate_limit=hipchat.rate_limit, flood_limit=hipchat.flood_limit)
+                # A spool shared by several instances: send only for the lanes leased here.
+                leases = spool.lane_leases()
+                owner = None if leases is None else LeaseManager(leases, metrics)
                 dispatcher = Dispatcher(
                     lambda: app.config.hipchat,
                     lambda: app.client,
@@ -344,8 +348,11 @@ async def run(
                     concurrency=daemon.concurrency,
                     max_age=daemon.max_age,
                     memory_events=daemon.queue_size,
+                    owns=None if owner is None else owner.owns,
                 )
-                intake = Intake(lambda: app.config, metrics, spool, dispatcher)
+                intake = Intake(
+                    lambda: app.config, metrics, spool, dispatcher if owner is None else owner
+                )
                 connections = ConnectionHandler(
                     daemon,
                     intake.accept,
@@ -369,7 +376,11 @@ async def run(
                     )
                 async with trio.open_nursery() as services:
                     await services.start(dispatcher.run)
-                    intake.recover(await spool.load_pending())
+                    if owner is None:
+                        intake.recover(await spool.load_pending())
+                    else:
+                        # The owner reads its lanes' entries from the shared queue.
+                        await services.start(owner.run, dispatcher)
                     await services.start(
                         partial(spool.run, intake.committed, on_refused=intake.refused)
                     )

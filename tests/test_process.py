@@ -124,6 +124,14 @@ class Cluster:
         path.write_text(json.dumps(config))
         return Daemon(self.start("serve", "--config", str(path)), self.state_dir)
 
+    def sending(self, daemon: Daemon) -> None:
+        """Wait until ``daemon`` sends what it accepted (at once here: it owns every room)."""
+
+    def recovered(self, daemon: Daemon, entries: int) -> None:
+        """Wait until a restarted ``daemon`` took up the ``entries`` a killed one left."""
+        recovered = daemon.child.wait_logged("spool.recovered")
+        assert recovered["entries"] == entries
+
     def spool_options(self) -> list[str]:
         """Where ``hipchatd spool`` finds this cluster's spool."""
         return ["--state-dir", str(self.state_dir)]
@@ -214,7 +222,13 @@ def kill_9_mid_delivery(cluster: Cluster, prefix: str) -> Daemon:
     daemon = cluster.daemon(emulator)
     checks = {f"{prefix}{i:02d}" for i in range(30)}
     rooms = ["ops", "dev", "db"]
-    for i, check in enumerate(sorted(checks)):
+    ordered = sorted(checks)
+    # One event per room first: its message is in flight while the rest queue behind it.
+    for i, check in enumerate(ordered[: len(rooms)]):
+        daemon.send(_event(check, room=rooms[i]))
+    wait_for("the first events accepted", lambda: cluster.pending_now() == len(rooms), STARTUP)
+    cluster.sending(daemon)
+    for i, check in enumerate(ordered[len(rooms) :], start=len(rooms)):
         daemon.send(_event(check, room=rooms[i % len(rooms)]))
     wait_for("all 30 events accepted", lambda: cluster.pending_now() == 30, STARTUP)
     # The first message of each room went out at its first commit; the emulator answers
@@ -233,8 +247,7 @@ def kill_9_mid_delivery(cluster: Cluster, prefix: str) -> Daemon:
 
     emulator.faults(latency=0)
     restarted = cluster.daemon(emulator)
-    recovered = restarted.child.wait_logged("spool.recovered")
-    assert recovered["entries"] == 30
+    cluster.recovered(restarted, 30)
     wait_for(
         "every event delivered after the restart",
         lambda: emulator.checks_seen(prefix) == checks,

@@ -52,6 +52,7 @@ from hipchatd.delivery.hipchat import HipChatClient, Outcome, OutcomeKind
 from hipchatd.delivery.routing import Target
 from hipchatd.delivery.spool import Entry, Spool, SpoolReadError
 from hipchatd.delivery.templated import Shaping
+from hipchatd.delivery.tickets import Ticket
 from hipchatd.errors import EventError
 from hipchatd.metrics import Metrics
 from hipchatd.sensu.events import Event, parse_event
@@ -82,49 +83,6 @@ def backoff_delay(failures: int, rng: random.Random) -> float:
     """Full-jitter exponential backoff for the ``failures``-th consecutive failure."""
     ceiling = min(BACKOFF_CAP, BACKOFF_BASE * BACKOFF_FACTOR ** max(0, failures - 1))
     return rng.uniform(0.0, ceiling)
-
-
-@dataclass(slots=True, eq=False)
-class Ticket:
-    """One accepted event across its targets, for its one summary line."""
-
-    event_id: str
-    source: str
-    check: str
-    accepted_at: float
-    remaining: int
-    #: filled as targets finish; None until then (100,000 pending tickets add up).
-    rooms: list[str] | None = None
-    failures: list[str] | None = None
-    attempts: int = 1
-
-    def finish(self, room: str, failure: str | None, attempts: int) -> None:
-        """One target is done (``failure`` None: sent); the last one logs the event's summary."""
-        if self.rooms is None:
-            self.rooms = []
-        self.rooms.append(room)
-        self.attempts = max(self.attempts, attempts)
-        if failure is not None:
-            if self.failures is None:
-                self.failures = []
-            self.failures.append(failure)
-        self.remaining -= 1
-        if self.remaining > 0:
-            return
-        # Named here, not bound: one attempt can finish several events.
-        fields: dict[str, object] = {
-            "event_id": self.event_id,
-            "source": self.source,
-            "check": self.check,
-            "rooms": self.rooms,
-            "ms": round((unix_now() - self.accepted_at) * 1000, 1),
-        }
-        if self.attempts > 1:
-            fields["attempts"] = self.attempts
-        if self.failures:
-            log.error("event.failed", outcome=",".join(sorted(set(self.failures))), **fields)
-        else:
-            log.info("event.delivered", outcome="sent", **fields)
 
 
 @dataclass(slots=True, eq=False)
@@ -159,6 +117,8 @@ class _Shared:
     stopping: bool = False
     #: Set once stopping and no attempt is in flight.
     idle: trio.Event = field(default_factory=trio.Event)
+    #: Whether this instance may send for a target now (a cluster's lane lease; else always).
+    owns: Callable[[Target], bool] = field(default=lambda target: True)
 
 
 @dataclass(slots=True, eq=False)
@@ -271,7 +231,7 @@ class Lane:
             grant.budget = budget
         if waiting.cancelled_caught:
             return
-        if shared.stopping:
+        if shared.stopping or not shared.owns(self.target):
             grant.abandon()
             return
         shared.in_flight += 1
@@ -323,6 +283,10 @@ class Lane:
                     "spool.read_failed", room=self.target.name, error=str(exc), retry_in=delay
                 )
                 return
+            if not shared.owns(self.target):
+                # The lane went to another instance meanwhile (``Dispatcher.forget``).
+                grant.abandon()
+                return
             broken = [p for p, e in zip(more, loaded, strict=True) if e is None]
             if broken:
                 # A spool entry that no longer parses cannot be rendered: dead-letter it.
@@ -373,7 +337,7 @@ class Lane:
     def _forget(self, done: Sequence[_Pending]) -> None:
         # ``done`` is a prefix of the lane except for unreadable entries.
         items = self.items
-        if all(items[i] is p for i, p in enumerate(done)):
+        if len(items) >= len(done) and all(items[i] is p for i, p in enumerate(done)):
             for _ in done:
                 items.popleft()
         else:
@@ -492,10 +456,14 @@ class Dispatcher:
         max_age: float,
         memory_events: int,
         rng: random.Random | None = None,
+        owns: Callable[[Target], bool] | None = None,
     ) -> None:
         limiter = trio.CapacityLimiter(concurrency)
         rng = rng if rng is not None else random.Random()
         self._shared = _Shared(settings, client, spool, budget, metrics, max_age, rng, limiter)
+        if owns is not None:
+            # Lanes of a cluster: entries come only for lanes held, and no attempt starts without.
+            self._shared.owns = owns
         self._memory_events = memory_events
         self._lanes: dict[Target, Lane] = {}
         self._nursery: trio.Nursery | None = None
@@ -543,6 +511,21 @@ class Dispatcher:
                 entry.id, entry.accepted_at, ticket, event, entry.attempts, entry.last_error
             )
             self._lane(entry.target).add(pending)
+
+    def forget(self, lanes: Callable[[Target], bool]) -> None:
+        """Drop the entries of the lanes whose target ``lanes`` names: another instance sends them.
+
+        An attempt in flight ends as it ends (its outcome is still recorded).
+        """
+        for lane in self._lanes.values():
+            if lanes(lane.target) and lane.items:
+                for p in lane.items:
+                    if p.event is not None:
+                        # Counted here, not again when an attempt in flight settles.
+                        self._shared.in_memory -= 1
+                        p.event = None
+                lane.items.clear()
+                lane.wake.set()
 
     async def drain(self) -> None:
         """Start no new attempt; return once no attempt is in flight.

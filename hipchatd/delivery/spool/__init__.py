@@ -24,6 +24,8 @@ from hipchatd.delivery.spool.store import (
     DeadEntry,
     Entry,
     EventEntries,
+    Held,
+    LaneLeases,
     OnCommitted,
     OnRefused,
     PendingEntry,
@@ -33,6 +35,7 @@ from hipchatd.delivery.spool.store import (
     SpoolError,
     SpoolReadError,
     SpoolWriteError,
+    lane_of,
 )
 
 __all__ = [
@@ -40,6 +43,8 @@ __all__ = [
     "DeadEntry",
     "Entry",
     "EventEntries",
+    "Held",
+    "LaneLeases",
     "OnCommitted",
     "OnRefused",
     "PendingEntry",
@@ -50,6 +55,7 @@ __all__ = [
     "SpoolReadError",
     "SpoolWriteError",
     "describe_store",
+    "lane_of",
     "open_admin",
     "open_spool",
 ]
