@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -17,22 +19,28 @@ from typing import Any
 
 import psycopg
 import trio
+from trio.testing import MockClock
 
 from hipchatd import app as app_module
 from hipchatd.clock import unix_now
-from hipchatd.delivery.spool import lane_of, open_spool
-from hipchatd.delivery.spool.postgresql.leases import RENEW_EVERY, PgLeases
+from hipchatd.delivery.ownership import SAFETY_MARGIN, LeaseManager
+from hipchatd.delivery.spool import Held, SpoolError, lane_of, open_spool
+from hipchatd.delivery.spool.postgresql.leases import LEASE_TTL, RENEW_EVERY, PgLeases
 from hipchatd.delivery.tickets import tickets_for
 from hipchatd.emulator import Emulator
 from hipchatd.metrics import (
     EVENTS_ACCEPTED,
     LANES_OWNED,
+    LEASE_RENEWALS_FAILED,
     LEASE_TAKEOVERS,
     NOTIFICATIONS,
+    Metrics,
 )
 from tests.conftest import classic_event, make_config, represented, send_tcp, wait_until
 from tests.logcapture import capture_logs
 from tests.postgres import PgSchema
+from tests.processes import STARTUP, wait_for
+from tests.test_process import _event as process_event
 from tests.test_spool import DEV, DOCUMENT, EVENT, OPS, other_event
 from tests.test_spool_contract import postgresql_settings
 from tests.test_spool_edges import running
@@ -333,3 +341,130 @@ def _server(schema: PgSchema) -> Any:
     from hipchatd.delivery.spool.postgresql.connect import Server
 
     return Server.of(postgresql_settings(schema))
+
+
+# --- the lease manager's own clock -----------------------------------------------------------
+
+
+@dataclass(eq=False)
+class FakeLeases:
+    """LaneLeases that hold room:ops until ``failing``; then every round fails."""
+
+    ttl: float = 10.0
+    renew_every: float = 3.0
+    failing: bool = False
+    rounds: list[float] = field(default_factory=list)
+
+    async def round(self) -> Held:
+        self.rounds.append(trio.current_time())
+        if self.failing:
+            raise SpoolError("cannot renew the lane leases: the server is unreachable")
+        return Held(frozenset({"room:ops"}))
+
+    async def read(self, after: dict[str, int]) -> list[Any]:
+        return []
+
+    async def wait(self, within: float) -> bool:
+        await trio.sleep(within)
+        return False
+
+    async def release(self) -> None:
+        pass
+
+
+@dataclass(eq=False)
+class FakeDispatcher:
+    forgotten: list[bool] = field(default_factory=list)
+
+    def forget(self, lanes: Callable[[Any], bool]) -> None:
+        self.forgotten.append(lanes(OPS))
+
+    def enqueue(self, entries: Any) -> None:
+        pass
+
+
+async def test_an_owner_that_cannot_renew_stops_before_its_lease_could_expire(
+    autojump_clock: MockClock, nursery: trio.Nursery
+) -> None:
+    """The stop is the last good round's start + TTL - SAFETY_MARGIN, on the monotonic clock.
+
+    The server set ``now() + ttl`` after that start, so nobody can claim the
+    lane before this owner has stopped for SAFETY_MARGIN seconds.
+    """
+    leases, dispatcher, metrics = FakeLeases(), FakeDispatcher(), Metrics()
+    manager = LeaseManager(leases, metrics)
+    with capture_logs() as logs:
+        await nursery.start(manager.run, dispatcher)
+        assert manager.owns(OPS)
+        assert not manager.owns(DEV)
+        await trio.sleep(leases.renew_every + 0.1)
+        last_good = leases.rounds[-1]
+        leases.failing = True
+        stop = last_good + leases.ttl - SAFETY_MARGIN
+        await trio.sleep_until(stop - 0.01)
+        assert manager.owns(OPS)
+        assert dispatcher.forgotten == []
+        await trio.sleep_until(stop + 0.01)
+        assert not manager.owns(OPS)
+        # The dispatcher dropped what it held of the lane at that moment.
+        assert dispatcher.forgotten == [True]
+    assert metrics.value(LEASE_RENEWALS_FAILED) >= 2
+    assert metrics.value(LANES_OWNED) == 0
+    assert [e["lanes"] for e in logs if e["event"] == "lease.expired"] == [1]
+    # Renewed in time, the lane is held again (and read again from the queue).
+    leases.failing = False
+    await trio.sleep(leases.renew_every + 0.1)
+    assert manager.owns(OPS)
+    assert metrics.value(LANES_OWNED) == 1
+
+
+# --- SIGKILL of the owner ----------------------------------------------------------------------
+
+
+def test_a_killed_owner_s_rooms_are_taken_over_within_15_s_and_nothing_is_lost(
+    pg_cluster: PgCluster,  # noqa: F811 (the fixture imported above)
+) -> None:
+    """Two daemons, one schema; SIGKILL the owner of the rooms mid-delivery: the other takes
+    them over once their leases expire (<= 15 s), and delivers every accepted event."""
+    # Messages stay in flight 5 s: nothing leaves the spool until the kill.
+    emulator = pg_cluster.emulator("--latency", "5", "--auto-create-rooms")
+    daemons = [pg_cluster.daemon(emulator), pg_cluster.daemon(emulator)]
+    rooms = ["ops", "dev"]
+    checks = [f"killed{i:02d}" for i in range(20)]
+    for i, check in enumerate(checks[:2]):
+        daemons[0].send(process_event(check, room=rooms[i]))
+    wait_for("both rooms owned", lambda: _owners(pg_cluster.schema, rooms), STARTUP)
+    for i, check in enumerate(checks[2:], start=2):
+        daemons[i % 2].send(process_event(check, room=rooms[i % 2]))
+    wait_for("every event accepted", lambda: pg_cluster.pending_now() == len(checks), STARTUP)
+    # Kill the instance that holds room:ops (it may hold room:dev too).
+    [victim] = [d for d in daemons if "room:ops" in _claimed(d)]
+    heir = next(d for d in daemons if d is not victim)
+    killed_at = time.monotonic()
+    victim.signal(signal.SIGKILL)
+    assert victim.child.wait_exit(10) == -signal.SIGKILL
+    taken = heir.child.wait_logged("lease.taken_over", LEASE_TTL + 10)
+    took = time.monotonic() - killed_at
+    assert "room:ops" in taken["lanes"]
+    assert took <= 15
+    emulator.faults(latency=0)
+    wait_for("every event delivered", lambda: emulator.checks_seen("killed") == set(checks), 60)
+    wait_for("the spool emptied", lambda: pg_cluster.pending_now() == 0, 15)
+    # At least once: only requests in flight at the kill may come twice.
+    assert emulator.represented() >= len(checks)
+
+
+def _owners(schema: PgSchema, rooms: list[str]) -> dict[str, str]:
+    rows = _query(schema, "SELECT lane, owner::text FROM leases WHERE lane LIKE 'room:%'")
+    owned = {lane.removeprefix("room:"): owner for lane, owner in rows}
+    return owned if set(owned) == set(rooms) else {}
+
+
+def _claimed(daemon: Any) -> set[str]:
+    """The lanes ``daemon`` logged claiming."""
+    return {
+        lane
+        for record in daemon.child.logs()
+        if record["event"] == "lease.claimed"
+        for lane in record["lanes"]
+    }
