@@ -24,7 +24,7 @@ from trio.testing import MockClock
 from hipchatd import app as app_module
 from hipchatd.clock import unix_now
 from hipchatd.delivery.ownership import SAFETY_MARGIN, LeaseManager
-from hipchatd.delivery.spool import Held, SpoolError, lane_of, open_spool
+from hipchatd.delivery.spool import Held, SpoolError, lane_of, open_admin, open_spool
 from hipchatd.delivery.spool.postgresql.leases import LEASE_TTL, RENEW_EVERY, PgLeases
 from hipchatd.delivery.tickets import tickets_for
 from hipchatd.emulator import Emulator
@@ -335,6 +335,29 @@ async def test_the_safety_poll_alone_takes_over_without_notifications(
             emulator.set_down(False)
             await wait_until(lambda: represented(emulator, "ops") >= 1)
             assert second.app.metrics.value(LANES_OWNED) >= 0
+
+
+async def test_an_entry_re_queued_by_the_operator_is_delivered_by_its_lane_s_owner(
+    emulator: Emulator, pg_schema: PgSchema
+) -> None:
+    """``hipchatd spool retry`` on a cluster: whoever claims the lane reads the entry back."""
+    emulator.auto_create_rooms = False
+    with trio.fail_after(60):
+        async with instances(emulator, pg_schema) as start:
+            first, second = await start(), await start()
+            await _send(first, "leaselater", room="later")
+            dead = "SELECT count(*) FROM dead"
+            await wait_until(lambda: _query(pg_schema, dead) == [(1,)], step=0.1)
+            emulator.add_room("later")
+            admin = open_admin("unused", settings=postgresql_settings(pg_schema))
+            try:
+                assert len(admin.retry(None).ids) == 1
+            finally:
+                admin.close()
+            await wait_until(lambda: represented(emulator, "later") >= 1)
+            assert _order(emulator, "later") == ["leaselater"]
+            assert _sent(first.app) + _sent(second.app) == 1
+            await wait_until(lambda: _query(pg_schema, "SELECT count(*) FROM pending") == [(0,)])
 
 
 def _server(schema: PgSchema) -> Any:

@@ -4,9 +4,10 @@
 :class:`PostgresAdmin` (the operator commands, :mod:`.admin`) implement the
 protocols of :mod:`hipchatd.delivery.spool.store` in one schema of a
 PostgreSQL server (``hipchatd.spool``). Beneath them: :mod:`.connect`
-(connections, the instance lock, messages without the DSN), :mod:`.schema`
-(tables and migrations) and :mod:`.sql` (the statements, on a worker
-thread). psycopg 3 is called synchronously from worker threads, one
+(connections, messages without the DSN), :mod:`.schema` (tables and
+migrations), :mod:`.sql` (the statements, on a worker thread) and
+:mod:`.leases` (the lane leases several daemons on one schema share, and
+the LISTEN connection that wakes them). psycopg 3 is called synchronously from worker threads, one
 connection per thread, as the SQLite backend calls ``sqlite3``. Every
 psycopg exception leaves as a SpoolError ``from`` it.
 

@@ -238,12 +238,10 @@ class PostgresSpool(BufferedSpool[Session]):
 
 def _open(server: Server) -> tuple[Session, tuple[int, int], int]:
     """(session, (pending, dead), schema version found). Blocks."""
-    session = Session(server, instance_lock=False)
+    session = Session(server)
     try:
         try:
             conn = session.get()
-        except connect.InstanceConflict as exc:
-            raise SpoolError(f"cannot open the PostgreSQL spool {server.label}: {exc}") from exc
         except psycopg.Error as exc:
             raise connect.cannot_open(server, exc, connect.CONNECT_HINT) from exc
         try:

@@ -115,7 +115,7 @@ class _Listener:
     """The LISTEN connection, used by one worker thread at a time."""
 
     def __init__(self, server: Server) -> None:
-        self._session = Session(server, instance_lock=False)
+        self._session = Session(server)
         self._channel = server.channel
         self._listening: psycopg.Connection[Any] | None = None
 
@@ -144,7 +144,7 @@ class PgLeases:
         self._server = server
         #: this instance, as the ``owner`` of its rows; new at each start.
         self.owner = uuid.uuid4()
-        self._worker: Worker[Session] = Worker(Session(server, instance_lock=False), server.label)
+        self._worker: Worker[Session] = Worker(Session(server), server.label)
         self._listener = _Listener(server)
         self._listen_limiter = trio.CapacityLimiter(1)
 
