@@ -48,12 +48,15 @@ log = structlog.get_logger()
 #: Seconds before the server could expire its lease that an owner stops starting attempts:
 #: the round trip of the round that set it, and clocks that do not run at exactly one rate.
 SAFETY_MARGIN: Final = 2.0
-#: Seconds at least between rounds asked for by notifications: a storm notifies every commit.
+
+#: Seconds at least between rounds asked for by notifications (a storm notifies every
+#: commit, and a round reads every lane with pending entries).
 ROUND_GAP: Final = 0.5
-#: Seconds of one wait on the listening connection (a stop waits at most this for it).
-LISTEN_WAIT: Final = 0.5
-#: Seconds before listening again after the server could not be reached.
-LISTEN_RETRY: Final = 1.0
+
+#: Seconds of one wait on the listening connection (a stop waits at most this for it), and
+#: before listening again after the server could not be reached.
+LISTEN_WAIT, LISTEN_RETRY = 0.5, 1.0
+
 #: Seconds a clean stop gives the release of every lease (the others then take over at once).
 RELEASE_GRACE: Final = 2.0
 

@@ -36,7 +36,7 @@ from hipchatd.delivery.spool.buffered import SHUTDOWN_FLUSH, BufferedSpool
 from hipchatd.delivery.spool.group import GroupCommit, Worker
 from hipchatd.delivery.spool.postgresql import connect, schema, sql
 from hipchatd.delivery.spool.postgresql.connect import Server, Session
-from hipchatd.delivery.spool.postgresql.leases import PgLeases
+from hipchatd.delivery.spool.postgresql.leases import PgLeases, call
 from hipchatd.delivery.spool.store import (
     DeadEntry,
     Entry,
@@ -186,12 +186,7 @@ class PostgresSpool(BufferedSpool[Session]):
         return await self._read("the dead entries", sql.list_dead)
 
     async def _read(self, what: str, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
-        try:
-            return await self._worker.call(lambda session: fn(session.get()))
-        except psycopg.Error as exc:
-            raise SpoolReadError(
-                f"cannot read {what} from the spool {self._path}: {self._server.cause(exc)}"
-            ) from exc
+        return await call(self._worker, f"cannot read {what} from the spool", fn, SpoolReadError)
 
     def _write_error(self, exc: Exception) -> SpoolWriteError:
         return SpoolWriteError(

@@ -36,7 +36,7 @@ from hipchatd.delivery.spool.postgresql import sql
 from hipchatd.delivery.spool.postgresql.connect import Server, Session
 from hipchatd.delivery.spool.store import Entry, Held, SpoolError
 
-__all__ = ["HEARTBEAT", "LEASE_TTL", "RENEW_EVERY", "PgLeases"]
+__all__ = ["HEARTBEAT", "LEASE_TTL", "RENEW_EVERY", "PgLeases", "call"]
 
 log = structlog.get_logger()
 
@@ -189,9 +189,22 @@ class PgLeases:
             await trio.to_thread.run_sync(self._listener.close, limiter=self._listen_limiter)
 
     async def _call(self, what: str, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
-        try:
-            return await self._worker.call(lambda session: fn(session.get()))
-        except psycopg.Error as exc:
-            raise SpoolError(
-                f"cannot {what} in the spool {self._server.label}: {self._server.cause(exc)}"
-            ) from exc
+        return await call(self._worker, f"cannot {what} in the spool", fn)
+
+
+async def call(
+    worker: Worker[Session],
+    failed: str,
+    fn: Callable[[psycopg.Connection[Any]], T],
+    error: type[SpoolError] = SpoolError,
+) -> T:
+    """``fn(connection)`` on the worker's thread; a psycopg error raises ``error``.
+
+    Its message is ``failed``, the spool's label and the cause (never the DSN).
+    """
+    server = worker.conn.server if worker.conn is not None else None
+    try:
+        return await worker.call(lambda session: fn(session.get()))
+    except psycopg.Error as exc:
+        cause = server.cause(exc) if server is not None else str(exc)
+        raise error(f"{failed} {worker.path}: {cause}") from exc
