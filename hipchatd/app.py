@@ -11,6 +11,8 @@
         ├── emulator.serve        (only with --emulator)
         └── services
             ├── dispatcher.run    one lane task per room or user with work (reaped when idle)
+            ├── owner.run         (a shared PostgreSQL spool) lane leases; reads the lanes held
+            │                     from the shared queue; LISTEN wake-ups
             ├── spool.run         group commits; Intake.committed hands them to the lanes
             ├── reject_log.run    reports rejection lines suppressed per peer
             ├── skip_log.run      reports skip lines held back by their line budget
