@@ -350,7 +350,7 @@ async def run(
                     concurrency=daemon.concurrency,
                     max_age=daemon.max_age,
                     memory_events=daemon.queue_size,
-                    owns=None if owner is None else owner.owns,
+                    lease_left=None if owner is None else owner.lease_left,
                 )
                 intake = Intake(
                     lambda: app.config, metrics, spool, dispatcher if owner is None else owner

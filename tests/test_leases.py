@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,9 @@ from trio.testing import MockClock
 
 from hipchatd import app as app_module
 from hipchatd.clock import unix_now
+from hipchatd.delivery.hipchat import Outcome
 from hipchatd.delivery.ownership import ROUND_GAP, SAFETY_MARGIN, LeaseManager
+from hipchatd.delivery.routing import Target
 from hipchatd.delivery.spool import Held, SpoolError, lane_of, open_admin, open_spool
 from hipchatd.delivery.spool.postgresql.leases import LEASE_TTL, RENEW_EVERY, PgLeases
 from hipchatd.delivery.tickets import tickets_for
@@ -34,12 +37,14 @@ from hipchatd.metrics import (
     LEASE_RENEWALS_FAILED,
     LEASE_TAKEOVERS,
     NOTIFICATIONS,
+    NOTIFICATIONS_FAILED,
     Metrics,
 )
 from tests.conftest import classic_event, make_config, represented, send_tcp, wait_until
 from tests.logcapture import capture_logs
 from tests.postgres import PgSchema
 from tests.processes import STARTUP, wait_for
+from tests.test_lanes import SENT, Harness, ScriptedClient
 from tests.test_process import _event as process_event
 from tests.test_spool import DEV, DOCUMENT, EVENT, OPS, other_event
 from tests.test_spool_contract import postgresql_settings
@@ -496,3 +501,34 @@ def _claimed(daemon: Any) -> set[str]:
         if record["event"] == "lease.claimed"
         for lane in record["lanes"]
     }
+
+
+async def test_a_lane_sends_only_within_its_lease_and_an_attempt_ends_with_it(
+    autojump_clock: MockClock, nursery: trio.Nursery
+) -> None:
+    """The dispatcher's gate: no attempt for a lane not held; none runs past the lease."""
+    ends = trio.current_time() + 3.0
+
+    def lease_left(target: Target) -> float:
+        return max(0.0, ends - trio.current_time()) if target.name == "ops" else 0.0
+
+    async def slow(target: Target, message: object) -> Outcome:
+        await trio.sleep(60)
+        return SENT
+
+    harness = Harness(client=ScriptedClient(slow))
+    harness.dispatcher._shared.lease_left = lease_left
+    await nursery.start(harness.dispatcher.run)
+    ops, dev = harness.enqueue("ops"), harness.enqueue("dev")
+    timeouts = partial(harness.metrics.value, NOTIFICATIONS_FAILED, reason="timeout")
+    await trio.sleep_until(ends - 0.1)
+    assert [room for room, _, _ in harness.client.sent] == ["ops"]
+    assert timeouts() == 0
+    await trio.sleep_until(ends + 0.1)
+    # Cut at the lease's end (the timeout is 10 s, HipChat would answer after 60 s).
+    assert timeouts() == 1
+    assert harness.spool.attempts == [ops]
+    await trio.sleep(30)
+    # Not held any more: nothing else is sent, for either room.
+    assert [room for room, _, _ in harness.client.sent] == ["ops"]
+    assert dev not in harness.spool.attempts

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import math
 import random
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -73,6 +74,8 @@ FIRST_CHUNK = 128
 #: the lane is dropped: a burst to one room keeps its lane, while rooms named once in
 #: event data (about 4 KB of task and lane each) are held only this long.
 LANE_IDLE = 5.0
+#: Seconds before a lane whose lease is not held looks again (in a cluster of instances).
+NOT_HELD_RETRY = 1.0
 #: Seconds past ``max_age`` plus one attempt's timeout an entry may stay pending
 #: before ``/healthz`` calls delivery stuck: covers a fault back-off (at most
 #: BACKOFF_CAP), so only a lane that no longer runs its timers gets there.
@@ -117,8 +120,9 @@ class _Shared:
     stopping: bool = False
     #: Set once stopping and no attempt is in flight.
     idle: trio.Event = field(default_factory=trio.Event)
-    #: Whether this instance may send for a target now (a cluster's lane lease; else always).
-    owns: Callable[[Target], bool] = field(default=lambda target: True)
+    #: Seconds this instance may still send for a target (a cluster's lane lease; else inf):
+    #: no attempt starts at 0, and none runs past it.
+    lease_left: Callable[[Target], float] = field(default=lambda target: math.inf)
 
 
 @dataclass(slots=True, eq=False)
@@ -231,8 +235,11 @@ class Lane:
             grant.budget = budget
         if waiting.cancelled_caught:
             return
-        if shared.stopping or not shared.owns(self.target):
+        if shared.stopping or shared.lease_left(self.target) <= 0:
             grant.abandon()
+            if not shared.stopping:
+                # Not held (its owner drops its entries at once, or holds it again): look later.
+                await trio.sleep(NOT_HELD_RETRY)
             return
         shared.in_flight += 1
         try:
@@ -283,7 +290,7 @@ class Lane:
                     "spool.read_failed", room=self.target.name, error=str(exc), retry_in=delay
                 )
                 return
-            if not shared.owns(self.target):
+            if shared.lease_left(self.target) <= 0:
                 # The lane went to another instance meanwhile (``Dispatcher.forget``).
                 grant.abandon()
                 return
@@ -312,7 +319,7 @@ class Lane:
         started = trio.current_time()
         outcome: Outcome | None = None
         try:
-            with trio.move_on_after(settings.timeout) as scope:
+            with trio.move_on_after(min(settings.timeout, shared.lease_left(self.target))) as scope:
                 outcome = await shared.client().send(self.target, message)
             if scope.cancelled_caught:
                 outcome = Outcome.timeout(settings.timeout)
@@ -456,14 +463,14 @@ class Dispatcher:
         max_age: float,
         memory_events: int,
         rng: random.Random | None = None,
-        owns: Callable[[Target], bool] | None = None,
+        lease_left: Callable[[Target], float] | None = None,
     ) -> None:
         limiter = trio.CapacityLimiter(concurrency)
         rng = rng if rng is not None else random.Random()
         self._shared = _Shared(settings, client, spool, budget, metrics, max_age, rng, limiter)
-        if owns is not None:
-            # Lanes of a cluster: entries come only for lanes held, and no attempt starts without.
-            self._shared.owns = owns
+        if lease_left is not None:
+            # Lanes of a cluster: entries come only for lanes held, attempts only while held.
+            self._shared.lease_left = lease_left
         self._memory_events = memory_events
         self._lanes: dict[Target, Lane] = {}
         self._nursery: trio.Nursery | None = None

@@ -16,9 +16,10 @@ An owner that cannot renew stops before its lease could expire on the
 server: a round that succeeds sets the local stop to its start plus the TTL
 less ``SAFETY_MARGIN`` on the monotonic clock (the server set ``now() +
 ttl`` later than that start), and the dispatcher starts no attempt for a
-lane past it. So two instances never start sending for one lane at once;
-a lane taken over is read again from the queue, and the entries whose
-request was in flight at the old owner are sent again (at least once).
+lane past it and cuts an attempt in flight short there. So two instances
+never send for one lane at once; a lane taken over is read again from the
+queue, and the entries whose request was in flight at the old owner are
+sent again (at least once).
 
 Wake-ups: another instance's commit, release or re-queue notifies the
 spool's channel; the manager then reads its lanes and runs a round (at most
@@ -64,7 +65,7 @@ RELEASE_GRACE: Final = 2.0
 class LeaseManager:
     """This instance's lane leases, and the reads that feed its lanes from the shared queue.
 
-    ``owns`` is the dispatcher's gate; ``enqueue`` takes intake's committed
+    ``lease_left`` is the dispatcher's gate; ``enqueue`` takes intake's committed
     entries (a :class:`~hipchatd.delivery.tickets.Feed`) only as a hint to read.
     """
 
@@ -89,7 +90,19 @@ class LeaseManager:
 
     def owns(self, target: Target) -> bool:
         """True while this instance may start sending to ``target``."""
-        return lane_of(target) in self._held and trio.current_time() < self._until
+        return self.lease_left(target) > 0
+
+    def lease_left(self, target: Target) -> float:
+        """Seconds this instance may still send to ``target`` (0 when its lane is not held).
+
+        The dispatcher starts no attempt at 0 and ends one in flight when it
+        gets there, so a request of this instance is not in flight when
+        another may take the lane over (HipChat may still act on a request
+        whose answer came too late: at least once).
+        """
+        if lane_of(target) not in self._held:
+            return 0.0
+        return max(0.0, self._until - trio.current_time())
 
     def enqueue(self, entries: Iterable[Queued]) -> None:
         """Entries committed here: the owner of their lane reads them from the queue."""
