@@ -11,6 +11,8 @@
         ├── emulator.serve        (only with --emulator)
         └── services
             ├── dispatcher.run    one lane task per room or user with work (reaped when idle)
+            ├── owner.run         (a shared PostgreSQL spool) lane leases; reads the lanes held
+            │                     from the shared queue; LISTEN wake-ups
             ├── spool.run         group commits; Intake.committed hands them to the lanes
             ├── reject_log.run    reports rejection lines suppressed per peer
             ├── skip_log.run      reports skip lines held back by their line budget
@@ -46,6 +48,7 @@ import trio
 from hipchatd.config import Config, DaemonSettings, HipChatSettings, Listen
 from hipchatd.delivery.hipchat import HipChatClient, make_http_client
 from hipchatd.delivery.lanes import Dispatcher
+from hipchatd.delivery.ownership import LeaseManager
 from hipchatd.delivery.shared_budget import BudgetStore, connect_store, make_budget
 from hipchatd.delivery.spool import Spool, open_budget_store, open_spool
 from hipchatd.errors import ConfigError, StartupError
@@ -349,6 +352,9 @@ async def run(
             async with make_http_client(hipchat, daemon.concurrency) as http:
                 app: App
                 budget = make_budget(hipchat, store)
+                # A spool shared by several instances: send only for the lanes leased here.
+                leases = spool.lane_leases()
+                owner = None if leases is None else LeaseManager(leases, metrics)
                 dispatcher = Dispatcher(
                     lambda: app.config.hipchat,
                     lambda: app.client,
@@ -358,8 +364,11 @@ async def run(
                     concurrency=daemon.concurrency,
                     max_age=daemon.max_age,
                     memory_events=daemon.queue_size,
+                    lease_left=None if owner is None else owner.lease_left,
                 )
-                intake = Intake(lambda: app.config, metrics, spool, dispatcher)
+                intake = Intake(
+                    lambda: app.config, metrics, spool, dispatcher if owner is None else owner
+                )
                 connections = ConnectionHandler(
                     daemon,
                     intake.accept,
@@ -386,7 +395,11 @@ async def run(
                 metrics.spool_forwarded.set_function(partial(_fallback_count, spool, "forwarded"))
                 async with trio.open_nursery() as services:
                     await services.start(dispatcher.run)
-                    intake.recover(await spool.load_pending())
+                    if owner is None:
+                        intake.recover(await spool.load_pending())
+                    else:
+                        # The owner reads its lanes' entries from the shared queue.
+                        await services.start(owner.run, dispatcher)
                     await services.start(
                         partial(spool.run, intake.committed, on_refused=intake.refused)
                     )

@@ -25,6 +25,9 @@ __all__ = [
     "FAILURE_REASONS",
     "INTERNAL_ERRORS",
     "INTERNAL_ERROR_PLACES",
+    "LANES_OWNED",
+    "LEASE_RENEWALS_FAILED",
+    "LEASE_TAKEOVERS",
     "NOTIFICATIONS",
     "NOTIFICATIONS_FAILED",
     "NOTIFICATION_LATENCY",
@@ -54,6 +57,9 @@ SPOOL_EVENTS: Final = "hipchatd_spool_events"
 SPOOL_LOCAL: Final = "hipchatd_spool_local_entries"
 SPOOL_FORWARDED: Final = "hipchatd_spool_forwarded_entries_total"
 INTERNAL_ERRORS: Final = "hipchatd_internal_errors_total"
+LANES_OWNED: Final = "hipchatd_lanes_owned"
+LEASE_TAKEOVERS: Final = "hipchatd_lease_takeovers_total"
+LEASE_RENEWALS_FAILED: Final = "hipchatd_lease_renewals_failed_total"
 
 TRANSPORTS = ("tcp", "udp")
 #: The labels of EVENTS_REJECTED: one per RejectReason, in its order.
@@ -110,6 +116,16 @@ class Metrics:
             "Unexpected exceptions caught at a fault boundary (bugs), by where",
             ["where"],
             registry=r,
+        )
+        # Several instances on one PostgreSQL spool: the lanes this one sends for.
+        self.lanes_owned = Gauge(
+            LANES_OWNED, "Lanes (rooms, users) this instance holds the lease of", registry=r
+        )
+        self.lease_takeovers = Counter(
+            LEASE_TAKEOVERS, "Lanes taken over from an instance whose lease expired", registry=r
+        )
+        self.lease_renewals_failed = Counter(
+            LEASE_RENEWALS_FAILED, "Lease rounds the spool's server did not complete", registry=r
         )
         # Children looked up once: ``labels()`` costs more than ``inc()`` on the hot path.
         self.received = {t: self.events_received.labels(transport=t) for t in TRANSPORTS}

@@ -131,6 +131,14 @@ class Cluster:
         path.write_text(json.dumps(config))
         return Daemon(self.start("serve", "--config", str(path)), self.state_dir)
 
+    def sending(self, daemon: Daemon) -> None:
+        """Wait until ``daemon`` sends what it accepted (at once here: it owns every room)."""
+
+    def recovered(self, daemon: Daemon, entries: int) -> None:
+        """Wait until a restarted ``daemon`` took up the ``entries`` a killed one left."""
+        recovered = daemon.child.wait_logged("spool.recovered")
+        assert recovered["entries"] == entries
+
     def spool_options(self) -> list[str]:
         """Where ``hipchatd spool`` finds this cluster's spool."""
         return ["--state-dir", str(self.state_dir)]
@@ -223,9 +231,11 @@ def kill_9_mid_delivery(cluster: Cluster, prefix: str) -> Daemon:
     rooms = ["ops", "dev", "db"]
     ordered = sorted(checks)
     # One event per room first, and its request in flight, whatever the machine's load:
-    # the emulator answers each after `latency` seconds.
+    # the emulator answers each after `latency` seconds, and the rest queue behind it.
     for i, check in enumerate(ordered[: len(rooms)]):
         daemon.send(_event(check, room=rooms[i]))
+    wait_for("the first events accepted", lambda: cluster.pending_now() == len(rooms), STARTUP)
+    cluster.sending(daemon)
     wait_for("a request in flight per room", lambda: emulator.arrived() == len(rooms), STARTUP)
     for i, check in enumerate(ordered[len(rooms) :], start=len(rooms)):
         daemon.send(_event(check, room=rooms[i % len(rooms)]))
@@ -245,8 +255,7 @@ def kill_9_mid_delivery(cluster: Cluster, prefix: str) -> Daemon:
 
     emulator.faults(latency=0)
     restarted = cluster.daemon(emulator)
-    recovered = restarted.child.wait_logged("spool.recovered")
-    assert recovered["entries"] == 30
+    cluster.recovered(restarted, 30)
     wait_for(
         "every event delivered after the restart",
         lambda: emulator.checks_seen(prefix) == checks,

@@ -40,7 +40,6 @@ from hipchatd.delivery.shared_budget import (
 )
 from hipchatd.delivery.spool import open_budget_store
 from hipchatd.delivery.spool.postgresql import PostgresBudgetStore
-from hipchatd.delivery.spool.postgresql import connect as pg_connect
 from hipchatd.delivery.spool.postgresql.connect import Server
 from hipchatd.delivery.spool.postgresql.schema import migrate
 from hipchatd.emulator import Emulator
@@ -388,12 +387,8 @@ async def test_two_daemons_on_one_schema_share_hipchat_s_budget(
     nursery: trio.Nursery,
     autojump_clock: trio.testing.MockClock,
     pg_schema: PgSchema,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Two daemons, 40 rooms, an event per room every 5 s for 3 minutes; HipChat's limits."""
-    # Lanes are not leased here: each daemon sends what it accepted, so two may share a
-    # schema as long as neither finds entries of the other's at start (a fresh schema).
-    monkeypatch.setattr(pg_connect, "_take_instance_lock", lambda conn, schema: None)
     rooms = [f"team-{r}" for r in range(40)]
     emulator = Emulator(
         tokens=[TOKEN], rooms=rooms, rate_limit=100, flood_limit=30, auto_create_rooms=False

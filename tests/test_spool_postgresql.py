@@ -29,6 +29,7 @@ from hipchatd.config import Secret, SpoolSettings, load_config
 from hipchatd.delivery.spool import SpoolError, open_admin, open_spool
 from hipchatd.delivery.spool.postgresql import SCHEMA_VERSION, PostgresSpool, sql
 from hipchatd.delivery.spool.postgresql import schema as pg_schema_module
+from hipchatd.delivery.spool.postgresql.leases import LEASE_TTL
 from hipchatd.delivery.spool.store import EventEntries
 from hipchatd.ops import logconfig
 from tests.postgres import PgSchema, PostgresServer
@@ -189,20 +190,30 @@ async def test_the_operator_commands_never_create_a_spool(pg_schema: PgSchema) -
     assert _tables(pg_schema) == set()
 
 
-# --- one daemon per schema; the secret ---------------------------------------------------------
+# --- several daemons per schema; the secret ----------------------------------------------------
 
 
-async def test_a_second_daemon_on_the_same_schema_is_refused(pg_schema: PgSchema) -> None:
+async def test_several_daemons_open_one_schema_each_with_its_own_leases(
+    pg_schema: PgSchema,
+) -> None:
+    """No instance lock: a second daemon opens the same schema; each has its own lease owner."""
     settings = postgresql_settings(pg_schema)
     with trio.fail_after(30):
         first = await open_spool(":memory:", max_events=10, settings=settings)
-        with pytest.raises(SpoolError) as raised:
-            await open_spool(":memory:", max_events=10, settings=settings)
-        await first.aclose()
-        # Released with the first one's connection.
         second = await open_spool(":memory:", max_events=10, settings=settings)
-        await second.aclose()
-    assert f"another hipchatd daemon uses schema {pg_schema.schema}" in str(raised.value)
+        try:
+            one, two = first.lane_leases(), second.lane_leases()
+            assert one is not None
+            assert two is not None
+            assert one is first.lane_leases()
+            assert one.ttl == LEASE_TTL
+            assert one.renew_every < one.ttl / 2
+        finally:
+            for spool in (first, second):
+                leases = spool.lane_leases()
+                assert leases is not None
+                await leases.release()
+                await spool.aclose()
 
 
 def _config(
@@ -544,6 +555,16 @@ class PgCluster(Cluster):
 
     def daemon(self, emulator: Emulator, **settings: object) -> Daemon:
         return super().daemon(emulator, spool=self.spool_config, **settings)
+
+    def sending(self, daemon: Daemon) -> None:
+        """The rooms' lanes are claimed at the first round after their first entries."""
+        claimed = daemon.child.wait_logged("lease.claimed")
+        assert claimed["claimed"] == 3
+
+    def recovered(self, daemon: Daemon, entries: int) -> None:
+        """A new instance takes the killed one's lanes once their leases expired (<= 15 s)."""
+        taken = daemon.child.wait_logged("lease.taken_over", STARTUP + LEASE_TTL + 5)
+        assert taken["lanes"] == ["room:db", "room:dev", "room:ops"]
 
     def spool_options(self) -> list[str]:
         path = _config(self.tmp_path / "spool-command.json", self.spool_config)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import math
 import random
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -52,6 +53,7 @@ from hipchatd.delivery.hipchat import HipChatClient, Outcome, OutcomeKind
 from hipchatd.delivery.routing import Target
 from hipchatd.delivery.spool import Entry, Spool, SpoolReadError
 from hipchatd.delivery.templated import Shaping
+from hipchatd.delivery.tickets import Ticket
 from hipchatd.errors import EventError
 from hipchatd.metrics import Metrics
 from hipchatd.sensu.events import Event, parse_event
@@ -72,6 +74,8 @@ FIRST_CHUNK = 128
 #: the lane is dropped: a burst to one room keeps its lane, while rooms named once in
 #: event data (about 4 KB of task and lane each) are held only this long.
 LANE_IDLE = 5.0
+#: Seconds before a lane whose lease is not held looks again (in a cluster of instances).
+NOT_HELD_RETRY = 1.0
 #: Seconds past ``max_age`` plus one attempt's timeout an entry may stay pending
 #: before ``/healthz`` calls delivery stuck: covers a fault back-off (at most
 #: BACKOFF_CAP), so only a lane that no longer runs its timers gets there.
@@ -82,49 +86,6 @@ def backoff_delay(failures: int, rng: random.Random) -> float:
     """Full-jitter exponential backoff for the ``failures``-th consecutive failure."""
     ceiling = min(BACKOFF_CAP, BACKOFF_BASE * BACKOFF_FACTOR ** max(0, failures - 1))
     return rng.uniform(0.0, ceiling)
-
-
-@dataclass(slots=True, eq=False)
-class Ticket:
-    """One accepted event across its targets, for its one summary line."""
-
-    event_id: str
-    source: str
-    check: str
-    accepted_at: float
-    remaining: int
-    #: filled as targets finish; None until then (100,000 pending tickets add up).
-    rooms: list[str] | None = None
-    failures: list[str] | None = None
-    attempts: int = 1
-
-    def finish(self, room: str, failure: str | None, attempts: int) -> None:
-        """One target is done (``failure`` None: sent); the last one logs the event's summary."""
-        if self.rooms is None:
-            self.rooms = []
-        self.rooms.append(room)
-        self.attempts = max(self.attempts, attempts)
-        if failure is not None:
-            if self.failures is None:
-                self.failures = []
-            self.failures.append(failure)
-        self.remaining -= 1
-        if self.remaining > 0:
-            return
-        # Named here, not bound: one attempt can finish several events.
-        fields: dict[str, object] = {
-            "event_id": self.event_id,
-            "source": self.source,
-            "check": self.check,
-            "rooms": self.rooms,
-            "ms": round((unix_now() - self.accepted_at) * 1000, 1),
-        }
-        if self.attempts > 1:
-            fields["attempts"] = self.attempts
-        if self.failures:
-            log.error("event.failed", outcome=",".join(sorted(set(self.failures))), **fields)
-        else:
-            log.info("event.delivered", outcome="sent", **fields)
 
 
 @dataclass(slots=True, eq=False)
@@ -159,6 +120,9 @@ class _Shared:
     stopping: bool = False
     #: Set once stopping and no attempt is in flight.
     idle: trio.Event = field(default_factory=trio.Event)
+    #: Seconds this instance may still send for a target (a cluster's lane lease; else inf):
+    #: no attempt starts at 0, and none runs past it.
+    lease_left: Callable[[Target], float] = field(default=lambda target: math.inf)
 
 
 @dataclass(slots=True, eq=False)
@@ -271,8 +235,11 @@ class Lane:
             grant.budget = budget
         if waiting.cancelled_caught:
             return
-        if shared.stopping:
+        if shared.stopping or shared.lease_left(self.target) <= 0:
             grant.abandon()
+            if not shared.stopping:
+                # Not held (its owner drops its entries at once, or holds it again): look later.
+                await trio.sleep(NOT_HELD_RETRY)
             return
         shared.in_flight += 1
         try:
@@ -323,6 +290,10 @@ class Lane:
                     "spool.read_failed", room=self.target.name, error=str(exc), retry_in=delay
                 )
                 return
+            if shared.lease_left(self.target) <= 0:
+                # The lane went to another instance meanwhile (``Dispatcher.forget``).
+                grant.abandon()
+                return
             broken = [p for p, e in zip(more, loaded, strict=True) if e is None]
             if broken:
                 # A spool entry that no longer parses cannot be rendered: dead-letter it.
@@ -348,7 +319,7 @@ class Lane:
         started = trio.current_time()
         outcome: Outcome | None = None
         try:
-            with trio.move_on_after(settings.timeout) as scope:
+            with trio.move_on_after(min(settings.timeout, shared.lease_left(self.target))) as scope:
                 outcome = await shared.client().send(self.target, message)
             if scope.cancelled_caught:
                 outcome = Outcome.timeout(settings.timeout)
@@ -373,7 +344,7 @@ class Lane:
     def _forget(self, done: Sequence[_Pending]) -> None:
         # ``done`` is a prefix of the lane except for unreadable entries.
         items = self.items
-        if all(items[i] is p for i, p in enumerate(done)):
+        if len(items) >= len(done) and all(items[i] is p for i, p in enumerate(done)):
             for _ in done:
                 items.popleft()
         else:
@@ -492,10 +463,14 @@ class Dispatcher:
         max_age: float,
         memory_events: int,
         rng: random.Random | None = None,
+        lease_left: Callable[[Target], float] | None = None,
     ) -> None:
         limiter = trio.CapacityLimiter(concurrency)
         rng = rng if rng is not None else random.Random()
         self._shared = _Shared(settings, client, spool, budget, metrics, max_age, rng, limiter)
+        if lease_left is not None:
+            # Lanes of a cluster: entries come only for lanes held, attempts only while held.
+            self._shared.lease_left = lease_left
         self._memory_events = memory_events
         self._lanes: dict[Target, Lane] = {}
         self._nursery: trio.Nursery | None = None
@@ -543,6 +518,21 @@ class Dispatcher:
                 entry.id, entry.accepted_at, ticket, event, entry.attempts, entry.last_error
             )
             self._lane(entry.target).add(pending)
+
+    def forget(self, lanes: Callable[[Target], bool]) -> None:
+        """Drop the entries of the lanes whose target ``lanes`` names: another instance sends them.
+
+        An attempt in flight ends as it ends (its outcome is still recorded).
+        """
+        for lane in self._lanes.values():
+            if lanes(lane.target) and lane.items:
+                for p in lane.items:
+                    if p.event is not None:
+                        # Counted here, not again when an attempt in flight settles.
+                        self._shared.in_memory -= 1
+                        p.event = None
+                lane.items.clear()
+                lane.wake.set()
 
     async def drain(self) -> None:
         """Start no new attempt; return once no attempt is in flight.

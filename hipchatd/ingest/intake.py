@@ -29,9 +29,9 @@ from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from hipchatd.clock import unix_now
 from hipchatd.config import Config
-from hipchatd.delivery.lanes import Dispatcher, Ticket
 from hipchatd.delivery.routing import route
 from hipchatd.delivery.spool import Entry, EventEntries, Spool
+from hipchatd.delivery.tickets import Feed, Ticket, tickets_for
 from hipchatd.errors import EventError
 from hipchatd.ingest.listeners import reject
 from hipchatd.ingest.skiplog import SkipLog, check_key
@@ -70,7 +70,7 @@ class Intake:
     """
 
     def __init__(
-        self, config: Callable[[], Config], metrics: Metrics, spool: Spool, dispatcher: Dispatcher
+        self, config: Callable[[], Config], metrics: Metrics, spool: Spool, dispatcher: Feed
     ) -> None:
         self._config = config
         self._metrics = metrics
@@ -191,22 +191,14 @@ class Intake:
 
     def recover(self, entries: Sequence[Entry]) -> None:
         """Queue what a previous run left pending, in acceptance order."""
-        tickets: dict[tuple[float, str, str], Ticket] = {}
-        batch: list[tuple[Entry, Ticket, Event | None]] = []
-        for entry in entries:
-            key = (entry.accepted_at, entry.source, entry.check)
-            ticket = tickets.get(key)
-            if ticket is None:
-                ticket = tickets[key] = _ticket_for(entry, remaining=0)
-            ticket.remaining += 1
-            batch.append((entry, ticket, None))
+        batch, events = tickets_for(entries)
         self._dispatcher.enqueue(batch)
         if entries:
-            log.info("spool.recovered", entries=len(entries), events=len(tickets))
+            log.info("spool.recovered", entries=len(entries), events=events)
 
 
-def _ticket_for(entry: Entry, remaining: int = 1) -> Ticket:
-    return Ticket("", entry.source, entry.check, entry.accepted_at, remaining)
+def _ticket_for(entry: Entry) -> Ticket:
+    return Ticket("", entry.source, entry.check, entry.accepted_at, 1)
 
 
 def _too_deep(document: Document) -> str | None:

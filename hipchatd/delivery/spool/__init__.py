@@ -25,6 +25,8 @@ from hipchatd.delivery.spool.store import (
     DeadEntry,
     Entry,
     EventEntries,
+    Held,
+    LaneLeases,
     OnCommitted,
     OnRefused,
     PendingEntry,
@@ -34,6 +36,7 @@ from hipchatd.delivery.spool.store import (
     SpoolError,
     SpoolReadError,
     SpoolWriteError,
+    lane_of,
 )
 
 __all__ = [
@@ -41,6 +44,8 @@ __all__ = [
     "DeadEntry",
     "Entry",
     "EventEntries",
+    "Held",
+    "LaneLeases",
     "OnCommitted",
     "OnRefused",
     "PendingEntry",
@@ -51,6 +56,7 @@ __all__ = [
     "SpoolReadError",
     "SpoolWriteError",
     "describe_store",
+    "lane_of",
     "open_admin",
     "open_budget_store",
     "open_spool",

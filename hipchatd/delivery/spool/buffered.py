@@ -20,6 +20,7 @@ from hipchatd.delivery.routing import Target
 from hipchatd.delivery.spool.group import WRITE_RETRY, GroupCommit, Worker
 from hipchatd.delivery.spool.store import (
     Entry,
+    LaneLeases,
     OnCommitted,
     OnRefused,
     SpoolError,
@@ -211,6 +212,10 @@ class BufferedSpool(Generic[C]):
             await self._shutdown()
         except self.library_errors as exc:
             raise self._write_error(exc) from exc
+
+    def lane_leases(self) -> LaneLeases | None:
+        """None: a store one daemon uses alone, so this daemon owns every lane."""
+        return None
 
     # --- for the backends ------------------------------------------------------------------
 

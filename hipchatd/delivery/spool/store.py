@@ -277,6 +277,73 @@ class Spool(Protocol):
         """
         ...
 
+    def lane_leases(self) -> LaneLeases | None:
+        """The leases that share lanes between instances, or None: this daemon owns every lane.
+
+        None for a store only one daemon uses (SQLite); a shared store
+        (PostgreSQL) returns its leases, and the daemon then sends only for
+        the lanes it holds, reading their entries with ``LaneLeases.read``.
+        """
+        ...
+
+
+def lane_of(target: Target) -> str:
+    """The lane a target's entries queue in, across every instance: ``room:ops``, ``user:bob``."""
+    return f"{target.kind}:{target.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """What a lease round left this instance with."""
+
+    #: the lanes this instance holds (renewed or claimed in this round).
+    lanes: frozenset[str]
+    #: of those, the lanes taken from an owner whose lease had expired (a takeover).
+    taken_over: frozenset[str] = frozenset()
+
+
+class LaneLeases(Protocol):
+    """Lane ownership among the instances sharing one store (exactly one sender per lane).
+
+    A lease is held for ``ttl`` seconds from the round that took or renewed
+    it; ``round`` is called every ``renew_every`` seconds. Methods run I/O
+    on a worker thread and raise SpoolError (the caller logs and retries).
+    """
+
+    @property
+    def ttl(self) -> float:
+        """Seconds a lease lasts after the round that took or renewed it."""
+        ...
+
+    @property
+    def renew_every(self) -> float:
+        """Seconds between rounds while nothing else wakes the caller."""
+        ...
+
+    async def round(self) -> Held:
+        """Renew the leases held, give up idle lanes, claim a fair share of unowned ones.
+
+        The answer is every lane held now: a lane another instance took
+        meanwhile (this one's lease had expired) is missing from it.
+        """
+        ...
+
+    async def read(self, after: dict[str, int]) -> list[Entry]:
+        """Pending entries of these lanes with ids above each lane's mark, in id order.
+
+        Entries an operator re-queued in these lanes come too, whatever
+        their ids, with attempts and error reset (``requeued`` True).
+        """
+        ...
+
+    async def wait(self, within: float) -> bool:
+        """Wait at most ``within`` s for another instance's news: True when some came."""
+        ...
+
+    async def release(self) -> None:
+        """Give up every lane (clean shutdown), tell the other instances, close. Never raises."""
+        ...
+
 
 class SpoolAdmin(Protocol):
     """The operator's handle on a spool (``hipchatd spool``), beside a running daemon.

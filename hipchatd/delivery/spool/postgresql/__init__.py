@@ -4,13 +4,14 @@
 :class:`PostgresAdmin` (the operator commands, :mod:`.admin`) implement the
 protocols of :mod:`hipchatd.delivery.spool.store` in one schema of a
 PostgreSQL server (``hipchatd.spool``). Beneath them: :mod:`.connect`
-(connections, the instance lock, messages without the DSN), :mod:`.schema`
-(tables and migrations) and :mod:`.sql` (the statements, on a worker
-thread); :mod:`.budgets` keeps HipChat's budget, shared by every instance.
-psycopg 3 is called synchronously from worker threads, one connection per
-thread, as the SQLite backend calls ``sqlite3``. Every
-psycopg exception leaves as a SpoolError (BudgetStoreError in
-:mod:`.budgets`) ``from`` it.
+(connections, messages without the DSN), :mod:`.schema` (tables and
+migrations), :mod:`.sql` (the statements, on a worker thread),
+:mod:`.leases` (the lane leases several daemons on one schema share, and
+the LISTEN connection that wakes them) and :mod:`.budgets` (HipChat's
+budget, shared by every instance). psycopg 3 is called synchronously from
+worker threads, one connection per thread, as the SQLite backend calls
+``sqlite3``. Every psycopg exception leaves as a SpoolError
+(BudgetStoreError in :mod:`.budgets`) ``from`` it.
 
 Imported only when the configuration chooses this backend: psycopg is the
 optional extra ``hipchatd[postgresql]``.

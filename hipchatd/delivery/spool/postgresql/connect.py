@@ -5,14 +5,12 @@ every text built from a psycopg error is scrubbed of each form of the DSN
 and its password (``SpoolSettings.secrets``), and the spool is named by a
 label built from the parts libpq reports (user, host, port, database,
 schema). A broken connection is replaced at the next call on the worker
-thread (:class:`Session`); the daemon's session also holds the instance
-lock, so a second daemon on the same schema is refused (one sender per room
-needs lane leases, which a cluster of instances adds).
+thread (:class:`Session`). Several daemons may share a schema: lane leases
+(:mod:`.leases`) keep one sender per room.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -26,7 +24,6 @@ from hipchatd.redaction import Redactor
 
 __all__ = [
     "CONNECT_TIMEOUT",
-    "InstanceConflict",
     "Server",
     "Session",
     "cause",
@@ -51,15 +48,6 @@ APPLICATION_NAME: Final = "hipchatd"
 #: Advisory-lock namespace (the first key of the pair; the second is the schema's hash).
 #: Cannot collide with one-key locks other programs take: those use the 64-bit form.
 LOCK_MIGRATE: Final = "hipchatd migrate"
-LOCK_INSTANCE: Final = "hipchatd instance"
-#: Seconds a new daemon keeps asking for the instance lock, every ``_LOCK_RETRY``: the server
-#: ends a closed (or killed) predecessor's session a moment after its socket closed.
-INSTANCE_LOCK_WAIT: Final = 2.0
-_LOCK_RETRY: Final = 0.1
-
-
-class InstanceConflict(psycopg.OperationalError):
-    """Another hipchatd daemon holds the instance lock of this schema."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,16 +167,10 @@ CONNECT_HINT: Final = (
 
 
 class Session:
-    """The connection of one worker thread, replaced at the next call after it broke.
+    """The connection of one worker thread, replaced at the next call after it broke."""
 
-    With ``instance_lock``, each new connection takes the schema's instance
-    lock first (held until the connection ends), and raises InstanceConflict
-    when another daemon holds it.
-    """
-
-    def __init__(self, server: Server, *, instance_lock: bool) -> None:
+    def __init__(self, server: Server) -> None:
         self.server = server
-        self._instance_lock = instance_lock
         self._conn: psycopg.Connection[Any] | None = None
 
     def get(self) -> psycopg.Connection[Any]:
@@ -200,43 +182,11 @@ class Session:
             conn.close()
             self._conn = None
             log.warning("spool.reconnecting", path=self.server.label)
-        conn = connect(self.server)
-        if self._instance_lock:
-            try:
-                _take_instance_lock(conn, self.server.schema)
-            except BaseException:
-                conn.close()
-                raise
-        self._conn = conn
-        return conn
+        self._conn = connect(self.server)
+        return self._conn
 
     def close(self) -> None:
-        """Release the locks and close the connection. Idempotent; never raises."""
+        """Close the connection (its session's locks go with it). Idempotent; never raises."""
         conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        try:
-            if self._instance_lock and not conn.closed and not conn.broken:
-                # Closing returns before the server has ended the session: unlock first, so
-                # a daemon started right after this one finds the lock free.
-                conn.execute("SELECT pg_advisory_unlock_all()")
-        except psycopg.Error as exc:
-            log.warning("spool.close_failed", error=self.server.cause(exc))
-        finally:
+        if conn is not None:
             conn.close()
-
-
-def _take_instance_lock(conn: psycopg.Connection[Any], schema: str) -> None:
-    deadline = time.monotonic() + INSTANCE_LOCK_WAIT
-    while True:
-        row = conn.execute(
-            "SELECT pg_try_advisory_lock(hashtext(%s), hashtext(%s))", [LOCK_INSTANCE, schema]
-        ).fetchone()
-        if (row and row[0]) or time.monotonic() >= deadline:
-            break
-        time.sleep(_LOCK_RETRY)
-    if not (row and row[0]):
-        raise InstanceConflict(
-            f"another hipchatd daemon uses schema {schema} (it holds the instance lock); "
-            "stop that one, or give each daemon its own hipchatd.spool.schema"
-        )

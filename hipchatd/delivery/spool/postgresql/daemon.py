@@ -12,8 +12,10 @@ COMMIT, the retry finds the events that did commit (by their
 nothing is stored twice and nothing reported accepted was not committed.
 
 Entries ``hipchatd spool retry`` re-queued are picked up every
-``RETRY_POLL`` (one indexed query). One daemon per schema: its connection
-holds the schema's instance lock.
+``RETRY_POLL`` (one indexed query). Several daemons may share a schema:
+once the daemon takes the :meth:`PostgresSpool.lane_leases`, it sends only
+for the lanes it holds and reads their entries (re-queued ones included)
+through them, and the poll only refreshes the schema's counts.
 """
 
 from __future__ import annotations
@@ -34,10 +36,12 @@ from hipchatd.delivery.spool.buffered import SHUTDOWN_FLUSH, BufferedSpool
 from hipchatd.delivery.spool.group import Dialect, GroupCommit, Worker
 from hipchatd.delivery.spool.postgresql import connect, schema, sql
 from hipchatd.delivery.spool.postgresql.connect import Server, Session
+from hipchatd.delivery.spool.postgresql.leases import PgLeases, call
 from hipchatd.delivery.spool.store import (
     DeadEntry,
     Entry,
     EventEntries,
+    LaneLeases,
     OnCommitted,
     SpoolError,
     SpoolReadError,
@@ -132,15 +136,16 @@ class PostgresSpool(BufferedSpool[Session]):
         # Ids given here only name an event until its commit numbers it (``origin_id``).
         super().__init__(worker, writer, max_events=max_events, next_id=1)
         self._server = server
+        self._leases: PgLeases | None = None
 
     @classmethod
     async def open(cls, settings: SpoolSettings, *, max_events: int) -> PostgresSpool:
-        """Connect, take the schema's instance lock, create or migrate the schema.
+        """Connect, create or migrate the schema.
 
         Raises SpoolError, one line naming the server (never the DSN or its
         password), the cause and what to check: the server cannot be reached
-        or refuses the login, another daemon uses the schema, or the schema
-        is newer than this hipchatd or holds other tables.
+        or refuses the login, or the schema is newer than this hipchatd or
+        holds other tables.
         """
         server, session, counts = await open_session(settings)
         return cls(server, session, counts=counts, max_events=max_events)
@@ -148,6 +153,16 @@ class PostgresSpool(BufferedSpool[Session]):
     def file_problem(self) -> str | None:
         """None: the server keeps the data (a failed commit shows in ``writable``)."""
         return None
+
+    def lane_leases(self) -> LaneLeases:
+        """This instance's lane leases on the schema (made at the first call).
+
+        From then on the poll leaves re-queued entries to the lanes' owners
+        and counts the schema's entries, every instance's.
+        """
+        if self._leases is None:
+            self._leases = PgLeases(self._server)
+        return self._leases
 
     async def load_pending(self) -> list[Entry]:
         """Every pending entry, in acceptance order. Call once at start, before ``run``.
@@ -169,12 +184,7 @@ class PostgresSpool(BufferedSpool[Session]):
         return await self._read("the dead entries", sql.list_dead)
 
     async def _read(self, what: str, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
-        try:
-            return await self._worker.call(lambda session: fn(session.get()))
-        except psycopg.Error as exc:
-            raise SpoolReadError(
-                f"cannot read {what} from the spool {self._path}: {self._server.cause(exc)}"
-            ) from exc
+        return await call(self._worker, f"cannot read {what} from the spool", fn, SpoolReadError)
 
     def _write_error(self, exc: Exception) -> SpoolWriteError:
         return SpoolWriteError(
@@ -182,6 +192,9 @@ class PostgresSpool(BufferedSpool[Session]):
         )
 
     async def _look(self, on_committed: OnCommitted) -> None:
+        if self._leases is not None:
+            await self._count()
+            return
         try:
             now = unix_now()
             entries, dead = await self._worker.call(lambda session: sql.pick_up(session.get(), now))
@@ -198,6 +211,19 @@ class PostgresSpool(BufferedSpool[Session]):
             self._writer.pending += len(entries)
             log.info("spool.requeued", entries=len(entries), ids=[e.id for e in entries[:20]])
             on_committed([(None, entries)])
+
+    async def _count(self) -> None:
+        """Refresh the counts from the schema: other instances deliver entries this one took."""
+        try:
+            pending, dead = await self._worker.call(lambda session: sql.count(session.get()))
+        except psycopg.Error as exc:
+            if not connect.is_transient(exc):
+                raise SpoolReadError(
+                    f"cannot count the entries of the spool {self._path}: {self._server.cause(exc)}"
+                ) from exc
+            log.error("spool.poll_failed", path=self._path, error=self._server.cause(exc))
+            return
+        self._writer.pending, self._writer.dead = pending, dead
 
     def _release(self) -> Callable[[Session], None]:
         return Session.close
@@ -223,13 +249,11 @@ async def open_session(settings: SpoolSettings) -> tuple[Server, Session, tuple[
 
 
 def _open(server: Server) -> tuple[Session, tuple[int, int], int]:
-    """(session holding the instance lock, (pending, dead), schema version found). Blocks."""
-    session = Session(server, instance_lock=True)
+    """(session, (pending, dead), schema version found). Blocks."""
+    session = Session(server)
     try:
         try:
             conn = session.get()
-        except connect.InstanceConflict as exc:
-            raise SpoolError(f"cannot open the PostgreSQL spool {server.label}: {exc}") from exc
         except psycopg.Error as exc:
             raise connect.cannot_open(server, exc, connect.CONNECT_HINT) from exc
         try:

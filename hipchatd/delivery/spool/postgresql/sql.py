@@ -34,6 +34,7 @@ __all__ = [
     "load_pending",
     "pick_up",
     "purge_dead",
+    "read_lanes",
     "retry",
     "write_events",
     "write_marks",
@@ -89,6 +90,7 @@ def write_events(
         if uncertain:
             stored = _stored(conn, origin, [entries[0].id for _, entries in batch])
         count = sum(len(entries) for _, entries in batch if entries[0].id not in stored)
+        _lock_lanes(conn, batch)
         rows = conn.execute(
             "SELECT nextval('entry_ids') FROM generate_series(1, %s)", [count]
         ).fetchall()
@@ -139,6 +141,21 @@ def write_events(
             )
             _notify(conn, channel, "pending")
     return sum(len(entries) for _, entries in committed), committed
+
+
+def _lock_lanes(conn: psycopg.Connection[Any], batch: list[EventEntries]) -> None:
+    """Serialise the commits to each lane of ``batch`` until this transaction ends.
+
+    Taken before ids are drawn, so within a lane id order is commit order
+    and a reader of ``id > last`` never misses an earlier entry; taken in
+    the order of the lock keys, so two commits never wait on each other.
+    """
+    lanes = sorted({lane(e.target) for _, entries in batch for e in entries})
+    conn.execute(
+        "SELECT count(pg_advisory_xact_lock(hashtext('hipchatd lane ' || current_schema()), k))"
+        " FROM (SELECT DISTINCT hashtext(l) AS k FROM unnest(%b::text[]) AS l ORDER BY k) AS s",
+        [lanes],
+    )
 
 
 def _stored(
@@ -269,6 +286,32 @@ def pick_up(conn: psycopg.Connection[Any], now: float) -> tuple[list[Entry], int
         entries = _entries(conn, sorted(rows), requeued=True)
         row = conn.execute("SELECT count(*) FROM dead").fetchone()
     return entries, int(row[0]) if row else 0
+
+
+def read_lanes(conn: psycopg.Connection[Any], after: dict[str, int], now: float) -> list[Entry]:
+    """Pending entries of these lanes with ids above each lane's mark, in id order.
+
+    Entries re-queued in these lanes come too (their ids are old), reset to ``now`` first.
+    """
+    if not after:
+        return []
+    lanes = list(after)
+    with conn.transaction():
+        requeued = [
+            i
+            for (i,) in conn.execute(
+                "UPDATE pending SET requeued = false, attempts = 0, last_error = NULL,"
+                " accepted_at = %b WHERE requeued AND lane = ANY(%b) RETURNING id",
+                [now, lanes],
+            )
+        ]
+        rows = conn.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM pending p JOIN unnest(%b::text[], %b::bigint[])"
+            " AS l(lane, mark) ON p.lane = l.lane WHERE p.id > l.mark OR p.id = ANY(%b)"
+            " ORDER BY p.id",
+            [lanes, [after[name] for name in lanes], requeued],
+        )
+        return _entries(conn, rows, requeued=False)
 
 
 # --- the operator's reads and writes ---------------------------------------------------------
