@@ -2,7 +2,8 @@
 
 The run order shares one emulator (limits off) and one daemon across the
 scenarios that allow it; the storm and the pending-events scenario start
-their own. Every child is stopped on the way out, whatever happened.
+their own, and the PostgreSQL scenarios (:mod:`bench.cluster`) their own
+private server. Every child is stopped on the way out, whatever happened.
 
 Exit status: 0 when every scenario ran (targets missed or not), 1 when the
 harness could not measure something (a child did not start, a phase overran
@@ -27,7 +28,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import procs, report, scenarios
+from bench import cluster, procs, report, scenarios
 from bench.payloads import ROOM, ingest_templates, storm_payload, storm_room, storm_templates
 from bench.procs import Children, HarnessError
 from bench.scenarios import NO_LIMIT, TOKEN, Context, Sizes
@@ -202,6 +203,12 @@ def _run_all(ctx: Context, results: dict[str, Any]) -> None:
 
     run.step("storm", lambda: scenarios.scenario_storm(ctx))
     run.step("pending", lambda: scenarios.scenario_pending(ctx))
+
+    with cluster.private_server(ctx) as server:
+        if server is not None:
+            run.step("pg_spool_cost", lambda: cluster.scenario_pg_spool_cost(ctx, server))
+            run.step("pg_instances", lambda: cluster.scenario_pg_instances(ctx, server))
+            run.step("pg_storm", lambda: cluster.scenario_pg_storm(ctx, server))
 
 
 def _start_profiler(ctx: Context, daemon: procs.Daemon) -> None:
