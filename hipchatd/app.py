@@ -114,7 +114,7 @@ class App:
         Returns the keys whose change needs a restart to take effect.
         """
         old = self.config
-        logconfig.register_secret(new.hipchat.api_token.reveal())
+        logconfig.register_config_secrets(new)
         restart = [
             f"hipchatd.{name}"
             for name in _RESTART_KEYS
@@ -317,9 +317,7 @@ async def run(
     points the client at it, creating rooms on demand. ``inherited`` are
     sockets passed by systemd: they replace the configured ``tcp``/``udp``.
     """
-    logconfig.register_secret(config.hipchat.api_token.reveal())
-    for secret in config.daemon.spool.secrets():
-        logconfig.register_secret(secret)
+    logconfig.register_config_secrets(config)
     async with trio.open_nursery() as root:
         emulator_url = None
         if with_emulator:

@@ -172,7 +172,7 @@ def _serve(args: argparse.Namespace) -> int:
             log.warning("config.warning", warning=warning)
         return EXIT_CONFIG
     config = _with_port(result.config, args.port)
-    _register_secrets(config)
+    logconfig.register_config_secrets(config)
     for warning in result.warnings:
         log.warning("config.warning", warning=warning)
     config = _with_state_dir(config, _state_dir(args, config, os.environ))
@@ -255,16 +255,9 @@ def _online(args: argparse.Namespace, check: Callable[..., Awaitable[int]], *ext
     result = _load_for_command(args, require_token=True)
     if result is None:
         return EXIT_CONFIG
-    _register_secrets(result.config)
+    logconfig.register_config_secrets(result.config)
     code: int = trio.run(partial(check, result.config, *extra, sys.stdout))
     return code
-
-
-def _register_secrets(config: Config) -> None:
-    """The token and the spool's DSN (with its password) never reach a log line."""
-    logconfig.register_secret(config.hipchat.api_token.reveal())
-    for secret in config.daemon.spool.secrets():
-        logconfig.register_secret(secret)
 
 
 def _spool(args: argparse.Namespace) -> int:
@@ -274,7 +267,7 @@ def _spool(args: argparse.Namespace) -> int:
     result = _load_for_command(args, require_token=False)
     if result is None:
         return EXIT_CONFIG
-    _register_secrets(result.config)
+    logconfig.register_config_secrets(result.config)
     config = result.config
     return spool_admin.run(args, _state_dir(args, config, os.environ), config.daemon.spool)
 

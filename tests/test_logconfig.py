@@ -6,13 +6,16 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from urllib.parse import quote, quote_plus
 
 import pytest
 import structlog
 
+from hipchatd.config import Config, DaemonSettings, ProxyUrl, Secret, SpoolSettings
 from hipchatd.ops import logconfig
 from hipchatd.redaction import MIN_SECRET_LENGTH, REDACTED, Redactor, scrub
+from tests.factories import make_settings
 
 SECRET = "tok-9f8e7d6c5b4a"
 
@@ -158,3 +161,29 @@ def test_bound_context_is_merged_into_every_line_and_redacted(stream: io.StringI
         ("192.0.2.7:4000", 3, "evt-2"),
         (None, None, None),
     ]
+
+
+def test_every_secret_a_configuration_holds_is_registered(stream: io.StringIO) -> None:
+    config = Config(
+        hipchat=replace(
+            make_settings(proxy=ProxyUrl.parse("http://squid:p%40ss-w0rd-long@proxy.example:3128")),
+            api_token=Secret("token-0123456789abcdef"),
+        ),
+        daemon=DaemonSettings(
+            spool=SpoolSettings(
+                backend="postgresql", dsn=Secret("postgresql://u:dsn-pass-123456@db/sensu")
+            )
+        ),
+    )
+    logconfig.register_config_secrets(config)
+    structlog.get_logger().warning(
+        "thing.failed",
+        token="token-0123456789abcdef",
+        proxy="squid:p%40ss-w0rd-long",
+        password="p@ss-w0rd-long",
+        dsn="dsn-pass-123456",
+    )
+    text = stream.getvalue()
+    for secret in ("token-0123456789abcdef", "p%40ss-w0rd-long", "p@ss-w0rd-long", "dsn-pass-1"):
+        assert secret not in text
+    assert text.count(REDACTED) >= 4

@@ -153,6 +153,9 @@ def test_classic_repeat_attributes_and_handle_when() -> None:
     event = classic({"occurrences": 3, "refresh": 600, "handle_when": {"occurrences": 2}})
     assert event.repeat == Repeat(occurrences=3, refresh=600, handle_when_given=True)
     assert classic({"occurrences": 0, "refresh": -1}).repeat == Repeat()
+    # sensu-plugin read them with Ruby's to_i: a string of digits counts.
+    assert classic({"occurrences": "3", "refresh": "600"}).repeat == Repeat(3, 600)
+    assert classic({"occurrences": "3x", "refresh": "1e3"}).repeat == Repeat()
 
 
 def test_client_is_the_client_name_even_for_a_proxy_check() -> None:

@@ -31,6 +31,7 @@ from typing import Any, TextIO
 
 import structlog
 
+from hipchatd.config import Config, ProxyUrl
 from hipchatd.redaction import REDACTED, Redactor, scrub, secret_forms
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "configure",
     "redact",
     "redact_secrets",
+    "register_config_secrets",
     "register_secret",
     "reset_secrets",
     "scrub",
@@ -53,6 +55,20 @@ SECRETS = Redactor()
 def register_secret(value: str) -> None:
     """Make ``value``, in each of its :func:`secret_forms`, unprintable in every log line."""
     SECRETS.add(value)
+
+
+def register_config_secrets(config: Config) -> None:
+    """Register every secret ``config`` holds: the API token, the spool's DSN and its
+    password, and the proxy's credentials (as written and percent-decoded)."""
+    register_secret(config.hipchat.api_token.reveal())
+    for secret in config.daemon.spool.secrets():
+        register_secret(secret)
+    proxy = config.hipchat.proxy
+    if isinstance(proxy, ProxyUrl) and proxy.credentials is not None:
+        register_secret(proxy.credentials.reveal())
+        auth = proxy.auth()
+        if auth is not None and auth[1]:
+            register_secret(auth[1])
 
 
 def reset_secrets() -> None:

@@ -97,14 +97,24 @@ def read_repeat(check: Mapping[str, Any], extra: Mapping[str, Any] | None) -> Re
     """The Classic repeat attributes: ``occurrences`` and ``refresh`` from ``extra`` if given
     (a Go check's ``sensu.io.json_attributes``), else from the check itself."""
     attrs = check if extra is None else extra
-    occurrences = attrs.get("occurrences")
-    refresh = attrs.get("refresh")
+    occurrences = _count(attrs.get("occurrences"))
+    refresh = _count(attrs.get("refresh"))
     return Repeat(
-        occurrences=occurrences if is_int(occurrences) and occurrences >= 1 else None,
-        refresh=refresh if is_int(refresh) and refresh >= 0 else None,
+        occurrences=occurrences if occurrences is not None and occurrences >= 1 else None,
+        refresh=refresh,
         handle_when_given=is_mapping(check.get("handle_when"))
         or (extra is not None and is_mapping(extra.get("handle_when"))),
     )
+
+
+def _count(value: object) -> int | None:
+    """A non-negative integer, also written as a string of digits, as sensu-plugin's
+    ``to_i`` read check attributes (``"occurrences": "3"``); None otherwise."""
+    if is_int(value):
+        return value if value >= 0 else None
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 10:
+        return int(value)
+    return None
 
 
 def _mention_text(value: object) -> str | None:
