@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from bench import scenarios
@@ -79,47 +81,68 @@ def _emulator(ctx: Context, name: str) -> Emulator:
     )
 
 
-def _cpu_per_event(run: dict[str, Any], daemon: Daemon) -> float | None:
-    """The daemon's CPU per event (µs) through the load phase."""
-    cpu = run["generator"]["cpu_s"].get(daemon.name)
-    return round(cpu / run["sent"] * 1e6, 1) if cpu is not None and run["sent"] else None
+def server_cpu(server: Any) -> float:
+    """CPU seconds the PostgreSQL server has used: the postmaster, its live backends and
+    the ones it has reaped (read from ``/proc``, as :meth:`bench.procs.Child.cpu`)."""
+    try:
+        postmaster = int((server.data / "postmaster.pid").read_text().split()[0])
+        children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    total = 0.0
+    for pid, reaped in ((postmaster, True), *((int(c), False) for c in children)):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        used = int(fields[11]) + int(fields[12])
+        if reaped:
+            used += int(fields[13]) + int(fields[14])
+        total += used / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def scenario_pg_spool_cost(ctx: Context, server: Any) -> dict[str, Any]:
-    """The same ingest into a daemon on SQLite and one on PostgreSQL, alternating."""
+    """The same ingest into a daemon on SQLite and one on PostgreSQL, alternating.
+
+    The CPU per event is the daemon's plus, on PostgreSQL, the server's (its
+    backends do the commits' work), from the first event sent until every
+    event shows as accepted (committed).
+    """
     s = ctx.sizes
     emulator = _emulator(ctx, "emulator-pg-cost")
     big = scenarios.daemon_settings()
-    sqlite = ctx.children.daemon("daemon-sqlite", emulator=emulator, settings=big)
-    postgresql = ctx.children.daemon(
-        "daemon-postgresql", emulator=emulator, settings={**big, **_spool(server)}
-    )
+    daemons = {
+        "sqlite": ctx.children.daemon("daemon-sqlite", emulator=emulator, settings=big),
+        "postgresql": ctx.children.daemon(
+            "daemon-postgresql", emulator=emulator, settings={**big, **_spool(server)}
+        ),
+    }
     runs: dict[str, list[dict[str, Any]]] = {"sqlite": [], "postgresql": []}
     try:
         for _ in range(s.repeat):
-            for backend, daemon in (("sqlite", sqlite), ("postgresql", postgresql)):
-                run = scenarios.ingest_daemon(
-                    ctx, daemon, emulator, "conn", s.ingest_variant, senders=s.senders
-                )
-                run.pop("bins", None)
-                run["daemon_cpu_us_per_event"] = _cpu_per_event(run, daemon)
-                runs[backend].append(run)
+            for backend, daemon in daemons.items():
+                runs[backend].append(_spread_ingest(ctx, [daemon], emulator, server))
     finally:
-        for child in (postgresql, sqlite, emulator):
+        for child in (*daemons.values(), emulator):
             ctx.children.stop(child)
     best = {k: max(v, key=lambda r: r["rate"] or 0) for k, v in runs.items()}
     rate = {k: v["rate"] for k, v in best.items()}
-    cpu = {k: min((r["daemon_cpu_us_per_event"] or 0) for r in v) for k, v in runs.items()}
+    cpu = {k: min(r["daemon_cpu_us_per_event"] for r in v) for k, v in runs.items()}
+    in_server = {k: min(r["server_cpu_us_per_event"] for r in v) for k, v in runs.items()}
+    spool_cpu = {"sqlite": cpu["sqlite"], "postgresql": cpu["postgresql"] + in_server["postgresql"]}
     return {
         "events": s.ingest_variant,
         "senders": s.senders,
         "rate": rate,
         "daemon_cpu_us_per_event": cpu,
+        "server_cpu_us_per_event": in_server,
+        "cpu_us_per_event": spool_cpu,
         "runs": {k: [r["rate"] for r in v] for k, v in runs.items()},
-        "delivered": {k: v.get("delivery", {}).get("events_delivered") for k, v in best.items()},
-        # The spool's cost: PostgreSQL over SQLite, in time per event and daemon CPU per event.
+        "delivered": {k: v["events_delivered"] for k, v in best.items()},
+        # The spool's cost: PostgreSQL over SQLite, in time per event and CPU per event.
         "time_ratio": rate["sqlite"] / rate["postgresql"] if rate["postgresql"] else None,
-        "cpu_ratio": cpu["postgresql"] / cpu["sqlite"] if cpu["sqlite"] else None,
+        "cpu_ratio": spool_cpu["postgresql"] / cpu["sqlite"] if cpu["sqlite"] else None,
     }
 
 
@@ -147,11 +170,15 @@ def _instances(
     return started
 
 
-def _spread_ingest(ctx: Context, daemons: list[Daemon], emulator: Emulator) -> dict[str, Any]:
-    """Scenario 1's load spread over ``daemons``; done when all of it shows as processed."""
+def _spread_ingest(
+    ctx: Context, daemons: list[Daemon], emulator: Emulator, server: Any
+) -> dict[str, Any]:
+    """Scenario 1's load spread over ``daemons``; done when all of it shows as processed
+    (accepted, skipped or rejected); then waits for its deliveries."""
     s = ctx.sizes
     emulator.reset()
     before = [d.metrics() or {} for d in daemons]
+    cpu_before = sum(d.cpu() for d in daemons), server_cpu(server)
     start = ctx.seqs(s.ingest_variant)
     spec = scenarios._spec(
         "conn",
@@ -176,6 +203,9 @@ def _spread_ingest(ctx: Context, daemons: list[Daemon], emulator: Emulator) -> d
             break
         time.sleep(0.02)
     end = done_at or time.time()
+    events = max(1, result["sent"])
+    daemon_cpu = (sum(d.cpu() for d in daemons) - cpu_before[0]) / events * 1e6
+    in_server = (server_cpu(server) - cpu_before[1]) / events * 1e6
     drained = emulator.wait_delivered(result["sent"], cap=s.phase_cap, quiet=s.quiet)
     messages = emulator.messages()
     return {
@@ -186,7 +216,8 @@ def _spread_ingest(ctx: Context, daemons: list[Daemon], emulator: Emulator) -> d
         "all_processed": done_at is not None,
         "events_delivered": len(scenarios._arrivals(messages, start, start + s.ingest_variant)),
         "drain_s": round(drained, 2),
-        "cpu_s": result["cpu"],
+        "daemon_cpu_us_per_event": round(daemon_cpu, 1),
+        "server_cpu_us_per_event": round(in_server, 1),
     }
 
 
@@ -200,7 +231,9 @@ def scenario_pg_instances(ctx: Context, server: Any) -> dict[str, Any]:
             if isinstance(daemons, str):
                 return {**out, "available": False, "reason": daemons}
             try:
-                runs = [_spread_ingest(ctx, daemons, emulator) for _ in range(ctx.sizes.repeat)]
+                runs = [
+                    _spread_ingest(ctx, daemons, emulator, server) for _ in range(ctx.sizes.repeat)
+                ]
             finally:
                 for daemon in daemons:
                     ctx.children.stop(daemon)

@@ -341,16 +341,18 @@ def _pg_rows(results: dict[str, Any]) -> list[Measurement]:
     rows: list[Measurement] = []
     cost = _get(results, "pg_spool_cost")
     if cost:
-        rate, cpu = cost["rate"], cost["daemon_cpu_us_per_event"]
+        rate, cpu = cost["rate"], cost["cpu_us_per_event"]
+        in_server = cost["server_cpu_us_per_event"]["postgresql"]
         rows.append(
             (
                 f"6. Spool on PostgreSQL vs SQLite, Sensu-style ingest, {_n(cost['events'])} "
                 "events (delivered)",
                 _n(rate["postgresql"], "ev/s"),
                 _n(rate["sqlite"], "ev/s") + " on SQLite",
-                f"time per event PostgreSQL/SQLite {_ratio(cost['time_ratio'])}; daemon CPU "
-                f"per event {_n(cpu['postgresql'], 'µs')} vs {_n(cpu['sqlite'], 'µs')} "
-                f"(ratio {_ratio(cost['cpu_ratio'])}); runs {cost['runs']}",
+                f"time per event PostgreSQL/SQLite {_ratio(cost['time_ratio'])}; CPU per "
+                f"event {_n(cpu['postgresql'], 'µs')} (of which the server "
+                f"{_n(in_server, 'µs')}) vs {_n(cpu['sqlite'], 'µs')} "
+                f"(ratio {_ratio(cost['cpu_ratio'])})",
             )
         )
     pair = _get(results, "pg_instances")
