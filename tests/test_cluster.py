@@ -60,3 +60,29 @@ def test_one_instance_on_postgresql_delivers_a_storm_in_order_within_budget(
     # Storms fold into summaries: far fewer requests than events, within the budget.
     assert statuses["total"] <= RATE_LIMIT, statuses
     assert group.accepted(0) == 120
+
+
+def _message(at: float, *events: tuple[int, int]) -> dict[str, object]:
+    lines = [f"cl-{room:02d}-{seq:05d}: cl-{room:02d}-{seq:05d} output" for room, seq in events]
+    return {"date": at, "message": "<br>".join(lines)}
+
+
+def test_the_room_history_says_what_is_missing_repeated_and_out_of_order() -> None:
+    """The harness's own reading: events by their check names, first arrivals, per-instance
+    order, groups committed one after the other."""
+    sent = [cluster.Sent(0, seq, seq % 2, 0.0) for seq in range(5)]
+    first, second = sent[:3], sent[3:]
+    shown = cluster.arrivals(
+        [_message(2.0, (0, 3), (0, 2)), _message(1.0, (0, 0), (0, 1)), _message(3.0, (0, 1))]
+    )
+    assert [(a.seq, a.at) for a in shown] == [(0, 1.0), (1, 1.0), (3, 2.0), (2, 2.0), (1, 3.0)]
+    delivery = Delivery(sent, shown)
+    assert delivery.missing() == {(0, 4)}
+    assert delivery.duplicated() == {(0, 1)}
+    assert delivery.first_order(0) == [0, 1, 3, 2]
+    # 2 went to the same instance as 0 (even): fine; 3 before 2 breaks the groups only.
+    assert delivery.order_problems() == []
+    assert delivery.order_problems([first, second]) == ["room 0: groups out of order [0, 0, 1, 0]"]
+    # 3 and 1 went to instance 1: 1 arriving after 3 is out of that instance's order.
+    late = Delivery(sent, cluster.arrivals([_message(1.0, (0, 3), (0, 1))]))
+    assert late.order_problems() == ["room 0: event 1 (instance 1) after 3"]
