@@ -44,10 +44,10 @@ import structlog
 import trio
 
 from hipchatd.config import Config, DaemonSettings, HipChatSettings, Listen
-from hipchatd.delivery.budget import RateBudget
 from hipchatd.delivery.hipchat import HipChatClient, make_http_client
 from hipchatd.delivery.lanes import Dispatcher
-from hipchatd.delivery.spool import Spool, open_spool
+from hipchatd.delivery.shared_budget import BudgetStore, connect_store, make_budget
+from hipchatd.delivery.spool import Spool, open_budget_store, open_spool
 from hipchatd.errors import ConfigError, StartupError
 from hipchatd.ingest.intake import Intake
 from hipchatd.ingest.listeners import ConnectionHandler, serve_tcp, serve_udp
@@ -79,6 +79,8 @@ class App:
     udp_address: tuple[str, int] | None = None
     metrics_addresses: list[str] = field(default_factory=list)
     emulator_url: str | None = None
+    #: Where HipChat's budget is shared with other instances (None: this process's own).
+    budget_store: BudgetStore | None = None
     stopping: bool = False
     _ingest: trio.CancelScope = field(default_factory=trio.CancelScope)
 
@@ -136,7 +138,7 @@ class App:
         budget = None
         if _budget_key(old.hipchat) != _budget_key(hipchat):
             # HipChat counts per token: a new token (or new limits) starts a new budget.
-            budget = RateBudget(rate_limit=hipchat.rate_limit, flood_limit=hipchat.flood_limit)
+            budget = make_budget(hipchat, self.budget_store)
         self.dispatcher.reconfigure(max_age=kept.max_age, budget=budget)
         return restart
 
@@ -326,13 +328,15 @@ async def run(
         daemon = config.daemon
         hipchat = config.hipchat
         metrics = Metrics()
+        store = open_budget_store(daemon.spool)
         spool = await open_spool(
             daemon.state_dir, max_events=daemon.max_spool_events, settings=daemon.spool
         )
         try:
+            await connect_store(store)
             async with make_http_client(hipchat, daemon.concurrency) as http:
                 app: App
-                budget = RateBudget(rate_limit=hipchat.rate_limit, flood_limit=hipchat.flood_limit)
+                budget = make_budget(hipchat, store)
                 dispatcher = Dispatcher(
                     lambda: app.config.hipchat,
                     lambda: app.client,
@@ -360,6 +364,7 @@ async def run(
                     intake,
                     connections,
                     emulator_url=emulator_url,
+                    budget_store=store,
                 )
                 for state in ("pending", "dead"):
                     metrics.spool_events.labels(state=state).set_function(
@@ -397,6 +402,8 @@ async def run(
                     task_status.started(app)
         finally:
             with trio.move_on_after(2, shield=True):
+                if store is not None:
+                    await trio.to_thread.run_sync(store.close)
                 await spool.aclose()
         root.cancel_scope.cancel()
 

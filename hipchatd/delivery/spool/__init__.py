@@ -19,6 +19,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from hipchatd.config import SpoolSettings
+from hipchatd.delivery.shared_budget import BudgetStore
 from hipchatd.delivery.spool.sqlite import SqliteAdmin, SqliteSpool
 from hipchatd.delivery.spool.store import (
     DeadEntry,
@@ -51,6 +52,7 @@ __all__ = [
     "SpoolWriteError",
     "describe_store",
     "open_admin",
+    "open_budget_store",
     "open_spool",
 ]
 
@@ -83,6 +85,18 @@ def open_admin(state_dir: str, settings: SpoolSettings = SQLITE) -> SpoolAdmin:
         admin: SpoolAdmin = _postgresql().PostgresAdmin.open(settings)
         return admin
     return SqliteAdmin.open(state_dir)
+
+
+def open_budget_store(settings: SpoolSettings) -> BudgetStore | None:
+    """Where HipChat's budget is shared with other instances: the PostgreSQL spool's schema.
+
+    None for SQLite (one instance: the budget stays in this process). Never
+    connects; raises SpoolError for a DSN libpq cannot parse.
+    """
+    if settings.backend != "postgresql":
+        return None
+    store: BudgetStore = _postgresql().open_budget_store(settings)
+    return store
 
 
 def describe_store(settings: SpoolSettings) -> str | None:
