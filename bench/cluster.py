@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import scenarios
-from bench.procs import Daemon, Emulator, HarnessError
+from bench.procs import Daemon, Emulator, HarnessError, wait_for
 from bench.scenarios import NO_LIMIT, TOKEN, Context
 
 __all__ = ["private_server", "scenario_pg_instances", "scenario_pg_spool_cost", "scenario_pg_storm"]
@@ -170,11 +170,26 @@ def _instances(
     return started
 
 
+def _queue(daemon: Daemon) -> int:
+    """Entries waiting to be delivered: in the shared PostgreSQL queue (every instance's),
+    else in the daemon's own spool (``/metrics``)."""
+    spool = daemon.config["hipchatd"].get("spool", {})
+    if spool.get("backend") != "postgresql":
+        return int(daemon.pending() or 0)
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(spool["dsn"], connect_timeout=10) as conn:
+        query = sql.SQL("SELECT count(*) FROM {}.pending").format(sql.Identifier(spool["schema"]))
+        row = conn.execute(query).fetchone()
+    return int(row[0]) if row else 0
+
+
 def _spread_ingest(
     ctx: Context, daemons: list[Daemon], emulator: Emulator, server: Any
 ) -> dict[str, Any]:
     """Scenario 1's load spread over ``daemons``; done when all of it shows as processed
-    (accepted, skipped or rejected); then waits for its deliveries."""
+    (accepted, skipped or rejected); then waits until nothing is left to deliver."""
     s = ctx.sizes
     emulator.reset()
     before = [d.metrics() or {} for d in daemons]
@@ -206,7 +221,15 @@ def _spread_ingest(
     events = max(1, result["sent"])
     daemon_cpu = (sum(d.cpu() for d in daemons) - cpu_before[0]) / events * 1e6
     in_server = (server_cpu(server) - cpu_before[1]) / events * 1e6
-    drained = emulator.wait_delivered(result["sent"], cap=s.phase_cap, quiet=s.quiet)
+    drained_at = time.monotonic()
+    wait_for(
+        "the deliveries done",
+        lambda: all(_queue(d) == 0 for d in daemons),
+        s.phase_cap,
+        step=0.2,
+        detail=daemons[0].tail,
+    )
+    drained = time.monotonic() - drained_at
     messages = emulator.messages()
     return {
         "sent": result["sent"],
