@@ -85,7 +85,11 @@ class App:
     _ingest: trio.CancelScope = field(default_factory=trio.CancelScope)
 
     def health(self) -> tuple[bool, str]:
-        """For ``/healthz``: listeners serving and the spool writable, else why not."""
+        """For ``/healthz``: listeners serving and the spool writable, else why not.
+
+        Healthy with a reason starting with ``DEGRADED``: accepting into the
+        local spool while PostgreSQL is unreachable.
+        """
         if self.stopping:
             return False, "stopping"
         if self._ingest.cancel_called:
@@ -98,6 +102,10 @@ class App:
             return False, lost
         if (stuck := self.dispatcher.stuck()) is not None:
             return False, stuck
+        if (degraded := self.spool.degraded) is not None:
+            from hipchatd.ops.http import DEGRADED
+
+            return True, f"{DEGRADED}{degraded}"
         return True, "ok"
 
     def status_line(self) -> str:
@@ -179,6 +187,10 @@ def _budget_key(settings: HipChatSettings) -> tuple[object, ...]:
 
 def _spool_count(spool: Spool, state: str) -> float:
     return spool.counts()[state]
+
+
+def _fallback_count(spool: Spool, what: str) -> float:
+    return spool.fallback_counts()[what]
 
 
 async def _bind_udp(listen: Listen) -> trio.socket.SocketType:
@@ -370,6 +382,8 @@ async def run(
                     metrics.spool_events.labels(state=state).set_function(
                         partial(_spool_count, spool, state)
                     )
+                metrics.spool_local.set_function(partial(_fallback_count, spool, "held"))
+                metrics.spool_forwarded.set_function(partial(_fallback_count, spool, "forwarded"))
                 async with trio.open_nursery() as services:
                     await services.start(dispatcher.run)
                     intake.recover(await spool.load_pending())

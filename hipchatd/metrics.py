@@ -7,9 +7,12 @@ reads 0 rather than being absent.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from hipchatd.reasons import OutcomeKind, RejectReason, SkipReason
 
@@ -28,8 +31,11 @@ __all__ = [
     "RATELIMIT_REMAINING",
     "REJECT_REASONS",
     "SPOOL_EVENTS",
+    "SPOOL_FORWARDED",
+    "SPOOL_LOCAL",
     "TRANSPORTS",
     "Metrics",
+    "ReadCounter",
 ]
 
 # The series, named as they appear on /metrics: a counter's samples end in
@@ -45,6 +51,8 @@ NOTIFICATION_LATENCY: Final = "hipchatd_notification_latency_seconds"
 CONNECTIONS_OPEN: Final = "hipchatd_connections_open"
 RATELIMIT_REMAINING: Final = "hipchatd_ratelimit_remaining"
 SPOOL_EVENTS: Final = "hipchatd_spool_events"
+SPOOL_LOCAL: Final = "hipchatd_spool_local_entries"
+SPOOL_FORWARDED: Final = "hipchatd_spool_forwarded_entries_total"
 INTERNAL_ERRORS: Final = "hipchatd_internal_errors_total"
 
 TRANSPORTS = ("tcp", "udp")
@@ -91,6 +99,12 @@ class Metrics:
         self.spool_events = Gauge(
             SPOOL_EVENTS, "Spooled deliveries, by state", ["state"], registry=r
         )
+        self.spool_local = Gauge(
+            SPOOL_LOCAL, "Entries held in the local spool (PostgreSQL unreachable)", registry=r
+        )
+        self.spool_forwarded = ReadCounter(
+            SPOOL_FORWARDED, "Entries forwarded from the local spool to PostgreSQL", registry=r
+        )
         self.internal_errors_total = Counter(
             INTERNAL_ERRORS,
             "Unexpected exceptions caught at a fault boundary (bugs), by where",
@@ -113,3 +127,20 @@ class Metrics:
         """The current value of a sample (0.0 when absent); for status lines and tests."""
         found = self.registry.get_sample_value(name, labels)
         return 0.0 if found is None else found
+
+
+class ReadCounter(Collector):
+    """A counter kept by its owner (the spool counts what it forwards), read at each scrape."""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        self._name = name.removesuffix("_total")
+        self._documentation = documentation
+        self._read: Callable[[], float] = lambda: 0.0
+        registry.register(self)
+
+    def set_function(self, read: Callable[[], float]) -> None:
+        """Read the value from ``read()`` from now on."""
+        self._read = read
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self._name, self._documentation, value=self._read())

@@ -1107,7 +1107,7 @@ async def test_set_down_resets_api_requests_and_drops_then_comes_back(
         emu.set_down(False)
         back = await notify(client, emu)
     assert control.status_code == 200
-    assert control.json() == {"204": 1, "total": 1}  # the reset requests were never handled
+    assert control.json() == {"204": 1, "total": 1, "arrived": 1}  # the reset ones never arrived
     assert back.status_code == 204
     assert emu.url.endswith(f":{port}")
     assert len(emu.messages) == 2
@@ -1235,7 +1235,7 @@ async def test_admin_endpoints(start: StartEmulator, client: httpx.AsyncClient) 
     assert record["color"] == "red"
     assert record["room"] == "sensu"
     assert set(record) >= {"kind", "api_version", "room_id", "user", "sender", "notify", "date"}
-    assert counts.json() == {"204": 1, "429": 1, "total": 2}
+    assert counts.json() == {"204": 1, "429": 1, "total": 2, "arrived": 2}
     assert faults.status_code == 200
     assert faults.json()["fail_next"] == {"count": 1, "status": 500}
     assert (failed.status_code, ok.status_code) == (500, 204)
@@ -1243,7 +1243,7 @@ async def test_admin_endpoints(start: StartEmulator, client: httpx.AsyncClient) 
     assert ok.headers["X-FloodControl-Limit"] == "5"
     assert bad_fault.status_code == 400
     assert reset.status_code == 204
-    assert after_reset.json() == {"total": 0}
+    assert after_reset.json() == {"total": 0, "arrived": 0}
     assert emu.messages == []
     assert emu.rate_limit == 1
 

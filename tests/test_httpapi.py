@@ -85,6 +85,20 @@ async def test_healthz_ok_and_unavailable(server: Server, client: httpx.AsyncCli
     assert down.json() == {"status": "unavailable", "reason": "HipChat unreachable for 120 s"}
 
 
+async def test_healthz_degraded_is_200_with_its_reason(
+    server: Server, client: httpx.AsyncClient
+) -> None:
+    """Working on a fallback is neither ok nor unavailable (a watchdog keeps it running)."""
+    server.health = (True, f"{http.DEGRADED}local spool only: PostgreSQL unreachable")
+    with trio.fail_after(10):
+        degraded = await client.get(f"{server.url}/healthz")
+    assert degraded.status_code == 200
+    assert degraded.json() == {
+        "status": "degraded",
+        "reason": "local spool only: PostgreSQL unreachable",
+    }
+
+
 async def test_unknown_path_is_404_and_wrong_method_405(
     server: Server, client: httpx.AsyncClient
 ) -> None:

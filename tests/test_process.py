@@ -55,6 +55,13 @@ class Emulator:
         messages: list[dict[str, Any]] = response.json()
         return messages
 
+    def arrived(self) -> int:
+        """API requests the emulator received, including those still waiting out its latency."""
+        response = httpx.get(f"{self.url}/_emulator/requests", timeout=10)
+        response.raise_for_status()
+        count: int = response.json()["arrived"]
+        return count
+
     def faults(self, **faults: object) -> dict[str, Any]:
         response = httpx.post(f"{self.url}/_emulator/faults", json=faults, timeout=10)
         response.raise_for_status()
@@ -209,16 +216,21 @@ def test_kill_9_mid_delivery_loses_nothing(cluster: Cluster) -> None:
 def kill_9_mid_delivery(cluster: Cluster, prefix: str) -> Daemon:
     """30 events to 3 rooms, SIGKILL with the first messages in flight, restart: every event
     is delivered at least once and the spool empties. Returns the restarted daemon."""
-    latency = 2.0
+    latency = 5.0
     emulator = cluster.emulator("--latency", str(latency), "--auto-create-rooms")
     daemon = cluster.daemon(emulator)
     checks = {f"{prefix}{i:02d}" for i in range(30)}
     rooms = ["ops", "dev", "db"]
-    for i, check in enumerate(sorted(checks)):
+    ordered = sorted(checks)
+    # One event per room first, and its request in flight, whatever the machine's load:
+    # the emulator answers each after `latency` seconds.
+    for i, check in enumerate(ordered[: len(rooms)]):
+        daemon.send(_event(check, room=rooms[i]))
+    wait_for("a request in flight per room", lambda: emulator.arrived() == len(rooms), STARTUP)
+    for i, check in enumerate(ordered[len(rooms) :], start=len(rooms)):
         daemon.send(_event(check, room=rooms[i % len(rooms)]))
     wait_for("all 30 events accepted", lambda: cluster.pending_now() == 30, STARTUP)
-    # The first message of each room went out at its first commit; the emulator answers
-    # each after `latency` seconds, so none has come back yet.
+    # The rest wait behind their room's message in flight, none of which has come back.
     assert emulator.messages() == []
     daemon.signal(signal.SIGKILL)
     assert daemon.child.wait_exit(10) == -signal.SIGKILL

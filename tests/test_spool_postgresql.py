@@ -66,9 +66,9 @@ async def test_the_first_start_creates_the_schema_and_records_its_version(
     settings = SpoolSettings("postgresql", Secret(pg_schema.conninfo), fresh)
     try:
         with trio.fail_after(30), capture_logs() as logs:
-            spool = await open_spool("unused", max_events=10, settings=settings)
+            spool = await open_spool(":memory:", max_events=10, settings=settings)
             await spool.aclose()
-            again = await open_spool("unused", max_events=10, settings=settings)
+            again = await open_spool(":memory:", max_events=10, settings=settings)
             await again.aclose()
         assert _tables(pg_schema, fresh) == TABLES
         rows = _query(pg_schema, f"SELECT version, hipchatd FROM {fresh}.migrations")
@@ -149,7 +149,7 @@ async def test_a_migration_lock_held_too_long_fails_the_start_with_what_to_do(
             [pg_schema.schema],
         )
         with trio.fail_after(30), pytest.raises(SpoolError) as raised:
-            await open_spool("unused", max_events=10, settings=postgresql_settings(pg_schema))
+            await open_spool(":memory:", max_events=10, settings=postgresql_settings(pg_schema))
     assert "lock timeout" in str(raised.value)
     assert "waited 0.2 s for a lock on the schema; end the session holding it" in str(raised.value)
 
@@ -159,11 +159,11 @@ async def test_a_newer_schema_or_a_foreign_one_is_refused_with_what_to_do(
 ) -> None:
     settings = postgresql_settings(pg_schema)
     with trio.fail_after(30):
-        spool = await open_spool("unused", max_events=10, settings=settings)
+        spool = await open_spool(":memory:", max_events=10, settings=settings)
         await spool.aclose()
         _query(pg_schema, "INSERT INTO migrations (version, hipchatd) VALUES (99, 'x')")
         with pytest.raises(SpoolError) as newer:
-            await open_spool("unused", max_events=10, settings=settings)
+            await open_spool(":memory:", max_events=10, settings=settings)
         with pytest.raises(SpoolError) as admin:
             open_admin("unused", settings)
     assert "schema version 99, written by a newer hipchatd" in str(newer.value)
@@ -175,7 +175,7 @@ async def test_a_newer_schema_or_a_foreign_one_is_refused_with_what_to_do(
     _query(pg_schema, "CREATE TABLE public.someone_elses (x int)")
     try:
         with trio.fail_after(30), pytest.raises(SpoolError) as raised:
-            await open_spool("unused", max_events=10, settings=foreign)
+            await open_spool(":memory:", max_events=10, settings=foreign)
     finally:
         _query(pg_schema, "DROP TABLE public.someone_elses")
     assert "schema public holds tables that are not a hipchatd spool" in str(raised.value)
@@ -195,12 +195,12 @@ async def test_the_operator_commands_never_create_a_spool(pg_schema: PgSchema) -
 async def test_a_second_daemon_on_the_same_schema_is_refused(pg_schema: PgSchema) -> None:
     settings = postgresql_settings(pg_schema)
     with trio.fail_after(30):
-        first = await open_spool("unused", max_events=10, settings=settings)
+        first = await open_spool(":memory:", max_events=10, settings=settings)
         with pytest.raises(SpoolError) as raised:
-            await open_spool("unused", max_events=10, settings=settings)
+            await open_spool(":memory:", max_events=10, settings=settings)
         await first.aclose()
         # Released with the first one's connection.
-        second = await open_spool("unused", max_events=10, settings=settings)
+        second = await open_spool(":memory:", max_events=10, settings=settings)
         await second.aclose()
     assert f"another hipchatd daemon uses schema {pg_schema.schema}" in str(raised.value)
 
@@ -250,7 +250,7 @@ async def test_a_dsn_libpq_cannot_parse_is_refused_without_quoting_it() -> None:
     """libpq quotes what it could not parse, perhaps a piece of the password: not shown."""
     settings = SpoolSettings("postgresql", Secret("host=db password=two words"), "hipchatd")
     with pytest.raises(SpoolError) as raised:
-        await open_spool("unused", max_events=10, settings=settings)
+        await open_spool(":memory:", max_events=10, settings=settings)
     assert str(raised.value) == (
         "hipchatd.spool.dsn: libpq cannot parse it (value hidden); expected a libpq connection"
         " URI or key=value string"
@@ -332,7 +332,7 @@ async def test_a_connection_lost_mid_run_is_replaced_and_nothing_is_lost(
     on a new connection; the event is reported accepted once, after it committed."""
     settings = postgresql_settings(pg_schema)
     with trio.fail_after(60), capture_logs() as logs:
-        spool = await open_spool("unused", max_events=100, settings=settings)
+        spool = await PostgresSpool.open(settings, max_events=100)
         async with running(spool) as (committed, refused):
             spool.submit(EVENT, DOCUMENT, [OPS], 1000.0, "first")
             await committed.wait_for(1)
@@ -359,7 +359,7 @@ async def test_a_stopped_server_holds_events_back_until_it_is_back(
     event is reported accepted; once it is back, they commit and nothing is lost."""
     settings = postgresql_settings(pg_schema)
     with trio.fail_after(90), capture_logs() as logs:
-        spool = await open_spool("unused", max_events=100, settings=settings)
+        spool = await PostgresSpool.open(settings, max_events=100)
         async with running(spool) as (committed, refused):
             spool.submit(EVENT, DOCUMENT, [OPS], 1000.0, "before")
             await committed.wait_for(1)
@@ -401,7 +401,7 @@ async def test_a_commit_whose_reply_was_lost_is_not_stored_twice(
     monkeypatch.setattr(sql, "write_events", reply_lost)
     settings = postgresql_settings(pg_schema)
     with trio.fail_after(60):
-        spool = await open_spool("unused", max_events=100, settings=settings)
+        spool = await open_spool(":memory:", max_events=100, settings=settings)
         async with running(spool) as (committed, _):
             spool.submit(EVENT, DOCUMENT, [OPS, DEV], 1000.0, "only")
             entries = await committed.wait_for(2)
@@ -423,7 +423,7 @@ async def test_text_postgresql_cannot_hold_is_kept_or_refused_alone(pg_schema: P
     surrogate = dataclasses.replace(surrogate, check="bad\ud800")
     settings = postgresql_settings(pg_schema)
     with trio.fail_after(30), capture_logs() as logs:
-        spool = await open_spool("unused", max_events=100, settings=settings)
+        spool = await open_spool(":memory:", max_events=100, settings=settings)
         async with running(spool) as (committed, refused):
             spool.submit(nul, nul_doc, [OPS], 1000.0, "nul")
             spool.submit(surrogate, surrogate_doc, [OPS], 1001.0, "surrogate")
@@ -446,7 +446,7 @@ async def test_entries_are_keyed_by_lane_and_each_commit_notifies(pg_schema: PgS
     with psycopg.connect(pg_schema.conninfo, autocommit=True) as listener:
         listener.execute(f'LISTEN "{channel}"')
         with trio.fail_after(30):
-            spool = await open_spool("unused", max_events=100, settings=settings)
+            spool = await open_spool(":memory:", max_events=100, settings=settings)
             assert isinstance(spool, PostgresSpool)
             async with running(spool) as (committed, _):
                 spool.submit(EVENT, DOCUMENT, [OPS, DEV], 1000.0)
@@ -523,7 +523,7 @@ def test_check_config_online_reports_the_spool_and_its_version(
 
 
 async def _open_and_close(settings: SpoolSettings) -> None:
-    spool = await open_spool("unused", max_events=10, settings=settings)
+    spool = await open_spool(":memory:", max_events=10, settings=settings)
     await spool.aclose()
 
 

@@ -22,11 +22,13 @@ def messages(ex: Exchange) -> Response:
 
 
 def requests(ex: Exchange) -> Response:
-    """``GET /_emulator/requests``: answered API requests counted by status, and in all."""
+    """``GET /_emulator/requests``: answered API requests counted by status, and in all;
+    ``arrived`` counts those received, answered or still waiting out the latency."""
     counts: dict[str, int] = {}
     for record in ex.site.requests:
         counts[str(record.status)] = counts.get(str(record.status), 0) + 1
     counts["total"] = len(ex.site.requests)
+    counts["arrived"] = ex.site.arrived
     return json_response(200, compact_json(counts))
 
 

@@ -286,6 +286,7 @@ class _ConnectionHandler:
             return api.answer_control(site, request, target)
         if site.faults.down:
             return None
+        site.arrived += 1
         delay = site.latency + api.room_delay(site, request, target)
         if delay > 0:
             await trio.sleep(delay)

@@ -40,6 +40,9 @@ class Site:
         self.latency = 0.0
         self.room_latency: dict[str, float] = {}
         self.requests: list[RequestRecord] = []
+        #: API requests received, counted before any latency: with ``requests`` (the
+        #: answered ones) it shows what is in flight.
+        self.arrived = 0
         #: the scheme and base URL serving started with
         self.scheme = "http"
         self.url = ""
@@ -60,6 +63,7 @@ class Site:
         """Clear messages, requests, counts and faults (an outage ends); rooms stay."""
         self.rooms.messages.clear()
         self.requests.clear()
+        self.arrived = 0
         self.limits.clear()
         rate_limit, flood_limit, latency = self.baseline
         self.limits.rate_limit, self.limits.flood_limit = rate_limit, flood_limit

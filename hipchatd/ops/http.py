@@ -4,8 +4,10 @@ A small HTTP/1.1 server for a Prometheus scraper and a load balancer or
 monitoring probe, enabled by the ``hipchatd.metrics`` setting:
 
 * ``GET /metrics``: the daemon's registry in the Prometheus text format.
-* ``GET /healthz``: ``200 {"status": "ok"}``, or ``503 {"status":
-  "unavailable", "reason": "..."}`` when the health callback says so.
+* ``GET /healthz``: ``200 {"status": "ok"}``; ``200 {"status": "degraded",
+  "reason": "..."}`` while working on a fallback (accepting into the local
+  spool); or ``503 {"status": "unavailable", "reason": "..."}`` when the
+  health callback says so.
 * ``HEAD`` on both; anything else on them 405, any other path 404.
 
 Connections are kept alive (Prometheus reuses one per target). Every request
@@ -34,6 +36,7 @@ from hipchatd.http11 import Head, Limits, Request, Response, serve_connection, s
 from hipchatd.metrics import Metrics
 
 __all__ = [
+    "DEGRADED",
     "KEEPALIVE_IDLE_TIMEOUT",
     "LIMITS",
     "MAX_BODY_BYTES",
@@ -61,8 +64,12 @@ MAX_CONNECTIONS = 64
 #: Bytes read per receive.
 RECEIVE_CHUNK = 16 * 1024
 
-#: ``() -> (healthy, reason)``; the reason is shown only when unhealthy.
+#: ``() -> (healthy, reason)``; the reason is shown only when unhealthy, or when a healthy
+#: reason starts with DEGRADED (working, on a fallback).
 HealthCheck = Callable[[], tuple[bool, str]]
+
+#: Starts the reason of a healthy daemon working on a fallback: ``{"status": "degraded"}``.
+DEGRADED = "degraded: "
 
 _JSON = "application/json"
 _TEXT = "text/plain; charset=utf-8"
@@ -167,6 +174,8 @@ class _Server:
         document: dict[str, str] = (
             {"status": "ok"} if healthy else {"status": "unavailable", "reason": reason}
         )
+        if healthy and reason.startswith(DEGRADED):
+            document = {"status": "degraded", "reason": reason.removeprefix(DEGRADED)}
         return Response(
             200 if healthy else 503,
             json.dumps(document).encode() + b"\n",

@@ -62,17 +62,26 @@ def run(args: argparse.Namespace, state_dir: str, settings: SpoolSettings = SQLI
     """Run ``hipchatd spool ACTION`` on the configured spool; return the exit code (0 or 1).
 
     The spool is in ``state_dir`` (SQLite) or where ``settings`` say (PostgreSQL).
-    Never creates a spool.
+    Never creates a spool. With PostgreSQL, ``list`` also shows the entries
+    held in the local spool in ``state_dir`` (accepted while the server was
+    unreachable, not forwarded yet), even when the server cannot be reached.
     """
+    command: str = args.spool_command
+    held = settings.backend == "postgresql" and command == "list" and not args.dead
     try:
         admin = open_admin(state_dir, settings)
     except SpoolError as exc:
-        return _fail(str(exc))
+        code = _fail(str(exc))
+        if held:
+            _list_held(state_dir)
+        return code
     with contextlib.closing(admin):
         try:
-            command: str = args.spool_command
             if command == "list":
-                return _list(admin, dead=args.dead)
+                code = _list(admin, dead=args.dead)
+                if held:
+                    _list_held(state_dir)
+                return code
             if command == "retry":
                 return _retry(admin, None if args.all else args.ids)
             purged = admin.purge_dead()
@@ -110,6 +119,18 @@ def _list(admin: SpoolAdmin, *, dead: bool) -> int:
     ]
     print(_table(headers, rows))
     return 0
+
+
+def _list_held(state_dir: str) -> None:
+    """The local spool's pending entries (PostgreSQL spool), when there are any."""
+    try:
+        local = open_admin(state_dir)
+    except SpoolError:
+        return
+    with contextlib.closing(local):
+        if local.list_pending():
+            print(f"\nheld in the local spool {local.path} until PostgreSQL answers (local ids):")
+            _list(local, dead=False)
 
 
 def _outcome(entry: PendingEntry | DeadEntry) -> tuple[str, ...]:

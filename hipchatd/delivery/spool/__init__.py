@@ -66,12 +66,18 @@ async def open_spool(state_dir: str, *, max_events: int, settings: SpoolSettings
 
     SQLite: in ``state_dir`` (``":memory:"``: in memory, not kept).
     PostgreSQL: in ``settings.schema`` of the server ``settings.dsn`` names,
-    created or migrated there. At most ``max_events`` entries are pending at
-    once. Raises SpoolError naming the path (or the server, never its DSN),
-    the cause and the fix.
+    created or migrated there, with the SQLite file in ``state_dir`` as the
+    local fallback while the server is unreachable (:mod:`.fallback`).
+    At most ``max_events`` entries are pending at once. Raises SpoolError
+    naming the path (or the server, never its DSN), the cause and the fix.
     """
     if settings.backend == "postgresql":
-        spool: Spool = await _postgresql().PostgresSpool.open(settings, max_events=max_events)
+        _postgresql()
+        from hipchatd.delivery.spool.fallback import FallbackSpool
+
+        spool: Spool = await FallbackSpool.open_with_fallback(
+            settings, state_dir, max_events=max_events
+        )
         return spool
     return await SqliteSpool.open(state_dir, max_events=max_events)
 

@@ -74,6 +74,15 @@ class BufferedSpool(Generic[C]):
         return self._writer.writable
 
     @property
+    def degraded(self) -> str | None:
+        """None: the store itself keeps what is committed (no fallback)."""
+        return None
+
+    def fallback_counts(self) -> dict[str, int]:
+        """Zeros: no local fallback."""
+        return {"held": 0, "forwarded": 0}
+
+    @property
     def buffered(self) -> int:
         """New entries submitted but not yet committed."""
         return self._writer.unflushed

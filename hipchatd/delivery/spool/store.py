@@ -159,8 +159,22 @@ class Spool(Protocol):
         """False after a failed commit or a refused event, until commits work again (/healthz)."""
         ...
 
+    @property
+    def degraded(self) -> str | None:
+        """Why accepted events are held in a local fallback instead of the store, else None.
+
+        For ``/healthz``: degraded is neither healthy nor failing (events are
+        accepted and kept, delivery of some waits).
+        """
+        ...
+
     def counts(self) -> dict[str, int]:
         """``{"pending": n, "dead": n}`` of committed entries, without I/O."""
+        ...
+
+    def fallback_counts(self) -> dict[str, int]:
+        """``{"held": n, "forwarded": n}``: entries in a local fallback now, and moved on since
+        start (counted in ``pending`` too). Zeros for a store without one. Without I/O."""
         ...
 
     def file_problem(self) -> str | None:

@@ -31,7 +31,7 @@ from psycopg import errors as pg_errors
 from hipchatd.clock import unix_now
 from hipchatd.config import SpoolSettings
 from hipchatd.delivery.spool.buffered import SHUTDOWN_FLUSH, BufferedSpool
-from hipchatd.delivery.spool.group import GroupCommit, Worker
+from hipchatd.delivery.spool.group import Dialect, GroupCommit, Worker
 from hipchatd.delivery.spool.postgresql import connect, schema, sql
 from hipchatd.delivery.spool.postgresql.connect import Server, Session
 from hipchatd.delivery.spool.store import (
@@ -44,7 +44,7 @@ from hipchatd.delivery.spool.store import (
     SpoolWriteError,
 )
 
-__all__ = ["COMMIT_DELAY", "RETRY_POLL", "SHUTDOWN_FLUSH", "PostgresSpool"]
+__all__ = ["COMMIT_DELAY", "RETRY_POLL", "SHUTDOWN_FLUSH", "PostgresSpool", "open_session"]
 
 log = structlog.get_logger()
 
@@ -117,10 +117,18 @@ class PostgresSpool(BufferedSpool[Session]):
     library_errors = (psycopg.Error,)
 
     def __init__(
-        self, server: Server, session: Session, *, counts: tuple[int, int], max_events: int
+        self,
+        server: Server,
+        session: Session,
+        *,
+        counts: tuple[int, int],
+        max_events: int,
+        dialect: Dialect[Session] | None = None,
     ) -> None:
         worker = Worker(session, server.label)
-        writer = GroupCommit(worker, PostgresDialect(server), pending=counts[0], dead=counts[1])
+        if dialect is None:
+            dialect = PostgresDialect(server)
+        writer = GroupCommit(worker, dialect, pending=counts[0], dead=counts[1])
         # Ids given here only name an event until its commit numbers it (``origin_id``).
         super().__init__(worker, writer, max_events=max_events, next_id=1)
         self._server = server
@@ -134,17 +142,7 @@ class PostgresSpool(BufferedSpool[Session]):
         or refuses the login, another daemon uses the schema, or the schema
         is newer than this hipchatd or holds other tables.
         """
-        server = Server.of(settings)
-        session, counts, found = await trio.to_thread.run_sync(_open, server)
-        log.info(
-            "spool.opened",
-            path=server.label,
-            backend="postgresql",
-            pending=counts[0],
-            dead=counts[1],
-            schema_version=schema.SCHEMA_VERSION,
-            created=found == 0,
-        )
+        server, session, counts = await open_session(settings)
         return cls(server, session, counts=counts, max_events=max_events)
 
     def file_problem(self) -> str | None:
@@ -203,6 +201,25 @@ class PostgresSpool(BufferedSpool[Session]):
 
     def _release(self) -> Callable[[Session], None]:
         return Session.close
+
+
+async def open_session(settings: SpoolSettings) -> tuple[Server, Session, tuple[int, int]]:
+    """(server, session holding the instance lock, (pending, dead)); logs ``spool.opened``.
+
+    Raises SpoolError as :meth:`PostgresSpool.open` says.
+    """
+    server = Server.of(settings)
+    session, counts, found = await trio.to_thread.run_sync(_open, server)
+    log.info(
+        "spool.opened",
+        path=server.label,
+        backend="postgresql",
+        pending=counts[0],
+        dead=counts[1],
+        schema_version=schema.SCHEMA_VERSION,
+        created=found == 0,
+    )
+    return server, session, counts
 
 
 def _open(server: Server) -> tuple[Session, tuple[int, int], int]:
