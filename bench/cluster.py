@@ -75,6 +75,11 @@ def _spool(server: Any) -> dict[str, Any]:
     return {"spool": {"backend": "postgresql", "dsn": schema.conninfo, "schema": schema.schema}}
 
 
+#: The daemons' own budget settings, the emulator's limits (off): a budget shared through
+#: PostgreSQL starts from these and HipChat's answers only ever lower it.
+NO_LIMITS = {"rate_limit": NO_LIMIT, "flood_limit": NO_LIMIT}
+
+
 def _emulator(ctx: Context, name: str) -> Emulator:
     return ctx.children.emulator(
         name, token=TOKEN, rate_limit=NO_LIMIT, flood_limit=NO_LIMIT, rooms=["bench"]
@@ -113,9 +118,14 @@ def scenario_pg_spool_cost(ctx: Context, server: Any) -> dict[str, Any]:
     emulator = _emulator(ctx, "emulator-pg-cost")
     big = scenarios.daemon_settings()
     daemons = {
-        "sqlite": ctx.children.daemon("daemon-sqlite", emulator=emulator, settings=big),
+        "sqlite": ctx.children.daemon(
+            "daemon-sqlite", emulator=emulator, hipchat=NO_LIMITS, settings=big
+        ),
         "postgresql": ctx.children.daemon(
-            "daemon-postgresql", emulator=emulator, settings={**big, **_spool(server)}
+            "daemon-postgresql",
+            emulator=emulator,
+            hipchat=NO_LIMITS,
+            settings={**big, **_spool(server)},
         ),
     }
     runs: dict[str, list[dict[str, Any]]] = {"sqlite": [], "postgresql": []}
@@ -162,7 +172,11 @@ def _instances(
     started: list[Daemon] = []
     for i in range(count):
         try:
-            started.append(ctx.children.daemon(f"{name}-{i}", emulator=emulator, settings=settings))
+            started.append(
+                ctx.children.daemon(
+                    f"{name}-{i}", emulator=emulator, hipchat=NO_LIMITS, settings=settings
+                )
+            )
         except HarnessError as exc:
             for daemon in started:
                 ctx.children.stop(daemon)
