@@ -29,6 +29,8 @@ Modes (``spec["mode"]``):
 
 Common keys: ``host``, ``port``, ``count``, ``seq_start``, ``templates`` (path of
 a JSON list of template strings), ``storm`` (use :func:`bench.payloads.storm_payload`).
+``ports`` (``conn`` and ``paced``): send event ``seq`` to ``ports[seq % len(ports)]``
+instead of ``port``, as Sensu backends each with their own hipchatd instance would.
 """
 
 from __future__ import annotations
@@ -81,6 +83,12 @@ def _connect(address: tuple[str, int]) -> socket.socket:
     raise AssertionError("unreachable")
 
 
+def _addresses(spec: dict[str, Any]) -> Callable[[int], tuple[str, int]]:
+    """Where event ``seq`` goes: ``port``, or the instances of ``ports`` in turn."""
+    ports = spec.get("ports") or [spec["port"]]
+    return lambda seq: (spec["host"], ports[seq % len(ports)])
+
+
 def _wait_close(sock: socket.socket) -> None:
     while sock.recv(4096):
         pass
@@ -114,7 +122,7 @@ def _threads(count: int, target: Callable[[], None]) -> None:
 
 def _conn(spec: dict[str, Any], rec: _Recorder) -> dict[str, Any]:
     make = _payload_maker(spec)
-    address = (spec["host"], spec["port"])
+    address = _addresses(spec)
     ack = spec.get("ack", True)
     seqs: Iterator[int] = iter(range(spec["seq_start"], spec["seq_start"] + spec["count"]))
 
@@ -123,7 +131,7 @@ def _conn(spec: dict[str, Any], rec: _Recorder) -> dict[str, Any]:
         for seq in seqs:  # a shared range iterator: next() is atomic under the GIL
             data = make(seq)
             try:
-                sock = _connect(address)
+                sock = _connect(address(seq))
                 try:
                     sock.sendall(data)
                     if ack:
@@ -143,7 +151,7 @@ def _conn(spec: dict[str, Any], rec: _Recorder) -> dict[str, Any]:
 
 def _paced(spec: dict[str, Any], rec: _Recorder) -> dict[str, Any]:
     make = _payload_maker(spec)
-    address = (spec["host"], spec["port"])
+    address = _addresses(spec)
     rate, count, start = float(spec["rate"]), spec["count"], spec["seq_start"]
     writes: list[float] = [0.0] * count
     late = 0
@@ -157,7 +165,7 @@ def _paced(spec: dict[str, Any], rec: _Recorder) -> dict[str, Any]:
             late += 1
         data = make(start + i)
         try:
-            sock = _connect(address)
+            sock = _connect(address(start + i))
             try:
                 writes[i] = time.time()
                 sock.sendall(data)

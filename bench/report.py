@@ -333,6 +333,65 @@ def _memory_rows(results: dict[str, Any]) -> list[Measurement]:
     return rows
 
 
+def _pg_storm_value(storm: dict[str, Any]) -> str:
+    return f"{storm['requests']} requests, {storm['rate_limited_429']} × 429"
+
+
+def _pg_rows(results: dict[str, Any]) -> list[Measurement]:
+    rows: list[Measurement] = []
+    cost = _get(results, "pg_spool_cost")
+    if cost:
+        rate, cpu = cost["rate"], cost["cpu_us_per_event"]
+        in_server = cost["server_cpu_us_per_event"]["postgresql"]
+        rows.append(
+            (
+                f"6. Spool on PostgreSQL vs SQLite, Sensu-style ingest, {_n(cost['events'])} "
+                "events (delivered)",
+                _n(rate["postgresql"], "ev/s"),
+                _n(rate["sqlite"], "ev/s") + " on SQLite",
+                f"time per event PostgreSQL/SQLite {_ratio(cost['time_ratio'])}; CPU per "
+                f"event {_n(cpu['postgresql'], 'µs')} (of which the server "
+                f"{_n(in_server, 'µs')}) vs {_n(cpu['sqlite'], 'µs')} "
+                f"(ratio {_ratio(cost['cpu_ratio'])})",
+            )
+        )
+    pair = _get(results, "pg_instances")
+    if pair:
+        label = f"6. Two instances on one PostgreSQL schema, {_n(pair['events'])} events"
+        if pair.get("available"):
+            one, two = pair["instances_1"], pair["instances_2"]
+            rows.append(
+                (
+                    label,
+                    _n(two["rate"], "ev/s"),
+                    _n(one["rate"], "ev/s") + " one instance",
+                    f"ratio {_ratio(pair['ratio'])}; delivered {_n(two['events_delivered'])} "
+                    f"and {_n(one['events_delivered'])}",
+                )
+            )
+        else:
+            rows.append((label, "not available", "", str(pair.get("reason"))))
+    storm = _get(results, "pg_storm")
+    if storm:
+        label = "6. Storm (scenario 4) on PostgreSQL, several instances"
+        one = _pg_storm_value(storm["one"]) + " one instance"
+        if storm.get("available"):
+            several = storm["several"]
+            rows.append(
+                (
+                    f"6. Storm (scenario 4) on PostgreSQL, {storm['instances']} instances",
+                    _pg_storm_value(several),
+                    one,
+                    f"same request count: {'yes' if storm['same_requests'] else 'no'}; events "
+                    f"represented {_n(several['events_represented'])}/"
+                    f"{_n(several['events'])} vs {_n(storm['one']['events_represented'])}",
+                )
+            )
+        else:
+            rows.append((label, "not available", one, str(storm.get("reason"))))
+    return rows
+
+
 def _measurements(results: dict[str, Any]) -> list[Measurement]:
     return [
         *_ingest_rows(results),
@@ -340,6 +399,7 @@ def _measurements(results: dict[str, Any]) -> list[Measurement]:
         *_delivery_rows(results),
         *_storm_rows(results),
         *_memory_rows(results),
+        *_pg_rows(results),
     ]
 
 

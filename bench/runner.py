@@ -2,7 +2,8 @@
 
 The run order shares one emulator (limits off) and one daemon across the
 scenarios that allow it; the storm and the pending-events scenario start
-their own. Every child is stopped on the way out, whatever happened.
+their own, and the PostgreSQL scenarios (:mod:`bench.cluster`) their own
+private server. Every child is stopped on the way out, whatever happened.
 
 Exit status: 0 when every scenario ran (targets missed or not), 1 when the
 harness could not measure something (a child did not start, a phase overran
@@ -27,7 +28,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import procs, report, scenarios
+from bench import cluster, procs, report, scenarios
 from bench.payloads import ROOM, ingest_templates, storm_payload, storm_room, storm_templates
 from bench.procs import Children, HarnessError
 from bench.scenarios import NO_LIMIT, TOKEN, Context, Sizes
@@ -63,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--senders", type=int, help="concurrent Sensu-style senders")
     parser.add_argument("--repeat", type=int, help="alternating ceiling/daemon runs, best kept")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument(
+        "--postgresql-only",
+        action="store_true",
+        help="run only the PostgreSQL scenarios (spool cost, two instances, storm on three)",
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -130,9 +136,20 @@ class _Run:
         return value
 
 
-def _run_all(ctx: Context, results: dict[str, Any]) -> None:
+def _run_postgresql(ctx: Context, run: _Run) -> None:
+    with cluster.private_server(ctx) as server:
+        if server is not None:
+            run.step("pg_spool_cost", lambda: cluster.scenario_pg_spool_cost(ctx, server))
+            run.step("pg_instances", lambda: cluster.scenario_pg_instances(ctx, server))
+            run.step("pg_storm", lambda: cluster.scenario_pg_storm(ctx, server))
+
+
+def _run_all(ctx: Context, results: dict[str, Any], *, postgresql_only: bool = False) -> None:
     s = ctx.sizes
     run = _Run(ctx, results)
+    if postgresql_only:
+        _run_postgresql(ctx, run)
+        return
     children = ctx.children
     emulator = children.emulator(
         "emulator", token=TOKEN, rate_limit=NO_LIMIT, flood_limit=NO_LIMIT, rooms=[ROOM]
@@ -202,6 +219,7 @@ def _run_all(ctx: Context, results: dict[str, Any]) -> None:
 
     run.step("storm", lambda: scenarios.scenario_storm(ctx))
     run.step("pending", lambda: scenarios.scenario_pending(ctx))
+    _run_postgresql(ctx, run)
 
 
 def _start_profiler(ctx: Context, daemon: procs.Daemon) -> None:
@@ -287,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx.profile = args.out / f"{stem}-profile.svg"
     try:
         with ctx.children:
-            _run_all(ctx, results)
+            _run_all(ctx, results, postgresql_only=args.postgresql_only)
     except HarnessError as exc:
         results["errors"]["setup"] = str(exc)
     except KeyboardInterrupt:

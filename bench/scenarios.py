@@ -707,18 +707,37 @@ def scenario_peer(ctx: Context, emulator: Emulator) -> dict[str, Any]:
 _CHECK = re.compile(r"storm-(\d{3})")
 
 
-def scenario_storm(ctx: Context) -> dict[str, Any]:
+def scenario_storm(
+    ctx: Context,
+    *,
+    name: str = "storm",
+    instances: int = 1,
+    settings: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Scenario 4: a burst over many checks and rooms against HipChat's real limits.
 
     The emulator allows 100 requests per 300 s per token and 30 messages per
     room per minute; the daemon keeps its defaults (which assume the same).
+    With ``instances`` > 1 (on one PostgreSQL schema, from ``settings``) the
+    events go to the instances in turn and the deliveries count as done after
+    ``storm_quiet`` s without a request.
     """
     s = ctx.sizes
     emulator = ctx.children.emulator(
-        "emulator-storm", token=TOKEN, rate_limit=100, flood_limit=30, rooms=[]
+        f"emulator-{name}", token=TOKEN, rate_limit=100, flood_limit=30, rooms=[]
     )
-    daemon = ctx.children.daemon("daemon-storm", emulator=emulator, settings=daemon_settings())
+    daemons: list[Daemon] = []
     try:
+        for i in range(instances):
+            suffix = f"-{i}" if instances > 1 else ""
+            daemons.append(
+                ctx.children.daemon(
+                    f"daemon-{name}{suffix}",
+                    emulator=emulator,
+                    settings={**daemon_settings(), **(settings or {})},
+                )
+            )
+        daemon = daemons[0]
         rate = s.storm_events / s.storm_seconds
         spec = _spec(
             "paced",
@@ -728,10 +747,11 @@ def scenario_storm(ctx: Context) -> dict[str, Any]:
             ctx.templates("storm"),
             rate=rate,
             storm=True,
+            ports=[d.tcp_port for d in daemons],
         )
-        result = _load(ctx, "daemon-storm", spec, daemon, [emulator])
+        result = _load(ctx, f"daemon-{name}", spec, daemon, [*daemons[1:], emulator])
         t0 = time.monotonic()
-        if daemon.pending() is None:
+        if instances > 1 or daemon.pending() is None:
             emulator.wait_delivered(NO_LIMIT, cap=s.storm_cap, quiet=s.storm_quiet)
         else:
             _drain(emulator, NO_LIMIT, s.storm_cap, s.storm_quiet, daemon)
@@ -739,7 +759,8 @@ def scenario_storm(ctx: Context) -> dict[str, Any]:
         counts = emulator.counts()
         messages = emulator.messages()
     finally:
-        ctx.children.stop(daemon)
+        for started in daemons:
+            ctx.children.stop(started)
         ctx.children.stop(emulator)
     seqs: set[int] = set()
     checks: set[int] = set()
@@ -784,7 +805,8 @@ def scenario_storm(ctx: Context) -> dict[str, Any]:
         "time_to_last_message_s": round(max(dates) - result["start"], 2) if dates else None,
         "all_events_represented_s": all_events_at,
         "all_latest_states_s": latest_at,
-        "daemon_failed_logs": daemon.log_lines("event.failed"),
+        "instances": instances,
+        "daemon_failed_logs": sum(d.log_lines("event.failed") for d in daemons),
     }
 
 

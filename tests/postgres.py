@@ -38,6 +38,7 @@ import pytest
 
 __all__ = [
     "BINDIR_ENV",
+    "DURABLE_OPTIONS",
     "PACKAGE",
     "REQUIRE_ENV",
     "PgSchema",
@@ -80,6 +81,13 @@ SERVER_OPTIONS = (
     "full_page_writes=off",
     "log_statement=none",
     "max_connections=50",
+)
+#: The same server made durable, as production runs it (the benchmark measures with it):
+#: every commit waits for its WAL flush.
+DURABLE_OPTIONS = tuple(
+    o
+    for o in SERVER_OPTIONS
+    if o.partition("=")[0] not in {"fsync", "synchronous_commit", "full_page_writes"}
 )
 
 
@@ -143,8 +151,9 @@ class PgSchema:
 class PostgresServer:
     """One private server: :meth:`start` it, then :meth:`stop` (idempotent, also at exit)."""
 
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, options: Sequence[str] = SERVER_OPTIONS) -> None:
         self.bindir = bindir
+        self.options = tuple(options)
         self.as_user: pwd.struct_passwd | None = None
         if os.geteuid() == 0:
             try:
@@ -217,7 +226,7 @@ class PostgresServer:
 
     def _pg_ctl_start(self) -> subprocess.CompletedProcess[str]:
         options = " ".join(
-            [f"-p {self.port}", f"-k {self.root}", *(f"-c {o}" for o in SERVER_OPTIONS)]
+            [f"-p {self.port}", f"-k {self.root}", *(f"-c {o}" for o in self.options)]
         )
         return self._run(
             str(self.bindir / "pg_ctl"),
