@@ -78,6 +78,19 @@ async def test_token_burst_then_paced_at_limit_per_window(autojump_clock: Clock)
     assert times[25:] == pytest.approx([3.0 * k for k in range(1, 16)])
 
 
+async def test_one_of_three_instances_paces_a_third_of_the_token_budget(
+    autojump_clock: Clock,
+) -> None:
+    budget = RateBudget(rate_limit=100, rate_window=300, flood_limit=HUGE)
+    budget.share_pacing(3)
+    with trio.fail_after(CEILING):
+        times = await send_all(budget, [f"room-{i % 20}" for i in range(14)])
+    # A third of the quarter-window burst (100 // 4 // 3 = 8) at once...
+    assert times[:8] == [0.0] * 8
+    # ...then one request per 3 x 300/100 s: three such instances pace as one would.
+    assert times[8:] == pytest.approx([9.0 * k for k in range(1, 7)])
+
+
 async def test_room_burst_then_paced_at_flood_limit(autojump_clock: Clock) -> None:
     budget = RateBudget(rate_limit=HUGE, flood_limit=30, flood_window=60)
     with trio.fail_after(CEILING):

@@ -103,6 +103,7 @@ class _Family:
         "limit",
         "provisional",
         "reset",
+        "share",
         "stamp",
         "tokens",
         "used",
@@ -125,6 +126,8 @@ class _Family:
         self.provisional = False
         #: no grant before this Unix time (a 429 said so).
         self.blocked_until = -math.inf
+        #: instances pacing their requests against this limit together (see share_pacing).
+        self.share = 1
         self.tokens = float(self.capacity)
         self.stamp = -math.inf
         #: waiters on this family (keys only), so a sweep keeps it.
@@ -132,11 +135,11 @@ class _Family:
 
     @property
     def capacity(self) -> int:
-        return max(1, self.limit // BURST_DIVISOR)
+        return max(1, self.limit // BURST_DIVISOR // self.share)
 
     @property
     def refill_rate(self) -> float:
-        return max(self.limit, 1) / self.window
+        return max(self.limit, 1) / self.window / self.share
 
     def _advance(self, now: float) -> None:
         if self.reset is not None and now >= self.reset + RESET_MARGIN:
@@ -379,6 +382,18 @@ class RateBudget:
         now = unix_now()
         family = self._keys.get(key) or _Family(self._flood_limit, self._flood_window)
         return max(0.0, self._ready_at(family, now) - now)
+
+    def share_pacing(self, instances: int) -> None:
+        """Pace the token's requests as one of ``instances`` that share its budget.
+
+        Each instance's bucket then holds and refills ``1/instances`` of what one
+        alone would, so together they spread a window's requests as one would,
+        leaving a storm's events the same time to fold into fewer messages.
+        The hard window (``limit``) is not divided: the shared store enforces it.
+        """
+        family = self._token
+        family.share = max(1, instances)
+        family.tokens = min(family.tokens, float(family.capacity))
 
     def snapshot(self) -> dict[str, float | int | None]:
         """The token budget for metrics: limit, remaining (in-flight excluded), reset, queue."""

@@ -24,6 +24,11 @@ A store holds, per key, what is left and when the window ends:
   answer whose window is over is ignored. A 429 sets ``remaining`` to 0
   until its reset (else until the row's, else for a whole window).
 
+Pacing is shared as well: every PEERS_REFRESH seconds an instance counts the
+instances on the store and paces the token's requests as one of them
+(:meth:`RateBudget.share_pacing`), so N instances spread a window's budget as
+one would, and a storm's events get the same time to fold into fewer messages.
+
 The token's key is a hash of the token (``rate:`` + SHA-256), never the
 token; a room's key is ``flood:`` + a prefix of that hash + the room, since
 rooms with one name on two HipChat servers are different rooms.
@@ -366,6 +371,7 @@ class SharedBudget(RateBudget):
         if now - self._peers_at >= PEERS_REFRESH:
             self._peers_at = now
             self._peers = self._store.peers()
+            self.share_pacing(self._peers)
 
     def _local(self, exc: BudgetStoreError, now: float) -> LocalBudgetStore:
         self._retry_store_at = now + STORE_RETRY
