@@ -39,7 +39,7 @@ from hipchatd.config.settings import (
 from hipchatd.config.templates import Source
 from hipchatd.sensu.events import BySeverity, MessageFormat, Severity
 from hipchatd.sensu.framing import Framing
-from hipchatd.sensu.links import dashboard_problem, mention_problem
+from hipchatd.sensu.links import dashboard_problem, is_web_url, mention_problem
 
 
 class Reject(ValueError):
@@ -160,26 +160,21 @@ def _card_icons(value: object) -> Mapping[str, str]:
 
 
 def _is_icon_url(url: str) -> bool:
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return False
-    return (
-        parts.scheme.lower() in ("http", "https")
-        and bool(parts.netloc)
-        and url.isprintable()
-        and " " not in url
-        and len(url) <= _MAX_ICON_URL_CHARS
-    )
+    return is_web_url(url) and " " not in url and len(url) <= _MAX_ICON_URL_CHARS
 
 
-def _dashboard_url(value: object) -> str:
-    if not isinstance(value, str):
-        raise Reject
-    problem = dashboard_problem(value)
-    if problem is not None:
-        raise Reject(problem)
-    return value
+def _checked(problem: Callable[[str], str | None]) -> Callable[[object], str]:
+    """A converter for a string that ``problem`` accepts; its answer is the reason otherwise."""
+
+    def convert(value: object) -> str:
+        if not isinstance(value, str):
+            raise Reject
+        why = problem(value)
+        if why is not None:
+            raise Reject(why)
+        return value
+
+    return convert
 
 
 def _server_url(value: object) -> str:
@@ -354,15 +349,6 @@ def dsn_problem(dsn: str) -> str | None:
     return None
 
 
-def _dsn(value: object) -> str:
-    if not isinstance(value, str):
-        raise Reject
-    problem = dsn_problem(value)
-    if problem is not None:
-        raise Reject(problem)
-    return value
-
-
 def _schema_name(value: object) -> str:
     if not isinstance(value, str) or not _SCHEMA_NAME.fullmatch(value):
         raise Reject
@@ -442,7 +428,7 @@ HIPCHAT_RULES: Mapping[str, Rule] = {
     ),
     "card": _BOOLEAN,
     "dashboard_url": Rule(
-        _dashboard_url,
+        _checked(dashboard_problem),
         "an http(s) URL pattern with {source}, {check}, {namespace} or {client} placeholders",
     ),
     "legacy_occurrences": _BOOLEAN,
@@ -506,7 +492,7 @@ DAEMON_RULES: Mapping[str, Rule] = {
         fields={
             "backend": _choice(SpoolBackend),
             "dsn": Rule(
-                _dsn,
+                _checked(dsn_problem),
                 'a libpq connection URI ("postgresql://user@host/db") or key=value string',
                 secret=True,
             ),

@@ -38,9 +38,9 @@ import json
 import re
 import uuid
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 from hipchatd.sensu.events import Event
+from hipchatd.sensu.links import is_web_url
 
 __all__ = [
     "ATTRIBUTE_LABEL_MAX",
@@ -50,7 +50,6 @@ __all__ = [
     "CARD_URL_MAX",
     "LOZENGES",
     "build_card",
-    "is_web_url",
 ]
 
 #: §4.2: a title is 1 to 500 characters.
@@ -122,15 +121,6 @@ def card_id(event: Event) -> str:
     ]
     # json.dumps escapes to ASCII, so even a lone surrogate is a valid name.
     return str(uuid.uuid5(_ID_NAMESPACE, json.dumps(key)))
-
-
-def is_web_url(value: str) -> bool:
-    """Whether ``value`` is a printable http(s) URL with a host."""
-    try:
-        parts = urlsplit(value)
-    except ValueError:
-        return False
-    return parts.scheme.lower() in ("http", "https") and bool(parts.netloc) and value.isprintable()
 
 
 def _description(event: Event) -> str:

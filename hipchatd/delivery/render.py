@@ -36,7 +36,7 @@ from typing import Any
 
 from hipchatd.config import ApiVersion
 from hipchatd.config.templates import TemplateSet
-from hipchatd.delivery.cards import build_card, is_web_url
+from hipchatd.delivery.cards import build_card
 from hipchatd.delivery.mentions import (
     finish_text,
     mention_prefix,
@@ -47,7 +47,7 @@ from hipchatd.delivery.mentions import (
 from hipchatd.delivery.routing import Target
 from hipchatd.delivery.templated import Document, templated_text
 from hipchatd.sensu.events import Event, MessageFormat, Severity, severity
-from hipchatd.sensu.links import dashboard_link
+from hipchatd.sensu.links import dashboard_link, is_web_url
 
 __all__ = [
     "MAX_MESSAGE_CHARS",

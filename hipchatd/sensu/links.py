@@ -30,6 +30,7 @@ __all__ = [
     "MAX_DASHBOARD_CHARS",
     "dashboard_link",
     "dashboard_problem",
+    "is_web_url",
     "mention_problem",
 ]
 
@@ -66,13 +67,18 @@ def dashboard_problem(pattern: str) -> str | None:
             return f"unknown placeholder {{{shown}}}; known: {known}"
         if spec or conversion:
             return f"placeholder {{{name}}} takes no format spec or conversion"
-    try:
-        parts = urlsplit(_expand(pattern, dict.fromkeys(DASHBOARD_PLACEHOLDERS, "x")))
-    except ValueError as exc:
-        return f"not a URL ({exc})"
-    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+    if not is_web_url(_expand(pattern, dict.fromkeys(DASHBOARD_PLACEHOLDERS, "x"))):
         return "expected an http(s) URL with a host"
     return None
+
+
+def is_web_url(value: str) -> bool:
+    """Whether ``value`` is a printable http(s) URL with a host."""
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.netloc) and value.isprintable()
 
 
 def dashboard_link(pattern: str, event: Event) -> str:
