@@ -20,7 +20,17 @@ PACKAGE = Path(hipchatd.__file__).parent
 #: Lowest first. A module may import from its own floor and the floors below it.
 FLOORS: tuple[frozenset[str], ...] = (
     frozenset(
-        {"__init__", "errors", "clock", "redaction", "reasons", "metrics", "boundary", "http11"}
+        {
+            "__init__",
+            "errors",
+            "clock",
+            "redaction",
+            "reasons",
+            "metrics",
+            "boundary",
+            "http11",
+            "jsontext",
+        }
     ),
     frozenset({"sensu"}),
     frozenset({"config"}),
@@ -119,6 +129,8 @@ def test_nothing_imports_upward() -> None:
         ("httpx", "delivery/hipchat.py"),
         # Templates are compiled, checked and rendered by one module.
         ("jinja2", "config/sandbox.py"),
+        # Fast JSON text, with the json module's answers, comes from one module.
+        ("msgspec", "jsontext.py"),
     ],
 )
 def test_one_owner_per_foreign_library(library: str, owner: str) -> None:
