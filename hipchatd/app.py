@@ -348,7 +348,9 @@ async def run(
             daemon.state_dir, max_events=daemon.max_spool_events, settings=daemon.spool
         )
         try:
-            await connect_store(store)
+            # Degraded: the server did not answer the spool; the first send tries the store.
+            if spool.degraded is None:
+                await connect_store(store)
             async with make_http_client(hipchat, daemon.concurrency) as http:
                 app: App
                 budget = make_budget(hipchat, store)

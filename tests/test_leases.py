@@ -28,6 +28,7 @@ from hipchatd.delivery.hipchat import Outcome
 from hipchatd.delivery.ownership import ROUND_GAP, SAFETY_MARGIN, LeaseManager
 from hipchatd.delivery.routing import Target
 from hipchatd.delivery.spool import Held, SpoolError, lane_of, open_admin, open_spool
+from hipchatd.delivery.spool.gated import GatedLeases
 from hipchatd.delivery.spool.postgresql.leases import LEASE_TTL, RENEW_EVERY, PgLeases
 from hipchatd.delivery.tickets import tickets_for
 from hipchatd.emulator import Emulator
@@ -81,6 +82,8 @@ class Instance:
     @property
     def leases(self) -> PgLeases:
         leases = self.app.spool.lane_leases()
+        if isinstance(leases, GatedLeases):
+            leases = leases.inner
         assert isinstance(leases, PgLeases)
         return leases
 

@@ -102,9 +102,10 @@ async def _held_by_an_earlier_run(
 async def test_events_sent_while_the_server_is_down_are_held_locally_then_forwarded(
     pg_schema: PgSchema, pg_server: PostgresServer, tmp_path: Path
 ) -> None:
-    """Accepted into the local file at once (writable, degraded), none handed to the lanes
-    until the server is back; then forwarded in acceptance order, handed out with the
-    handles they were submitted with, the marks made meanwhile written; logged once each."""
+    """Accepted into the local file at once (writable, degraded): each handed back with its
+    handle and no entries, none handed to the lanes until the server is back; then
+    forwarded in acceptance order (as ``(None, entries)``), the marks made meanwhile
+    written; logged once each."""
     state_dir = tmp_path / "state"
     with trio.fail_after(90), capture_logs() as logs:
         spool = await open_spool(
@@ -127,7 +128,8 @@ async def test_events_sent_while_the_server_is_down_are_held_locally_then_forwar
                 held = spool.fallback_counts()["held"]
                 assert held == _entries(10)
                 assert spool.counts()["pending"] == 1 + held
-                assert [h for h, _ in committed.events] == ["before"]
+                assert [h for h, _ in committed.events] == ["before", *handles]
+                assert len(committed.entries) == 1
                 assert _local(state_dir, "SELECT count(*) FROM pending") == [(held,)]
             finally:
                 await trio.to_thread.run_sync(pg_server.resume)
@@ -138,8 +140,10 @@ async def test_events_sent_while_the_server_is_down_are_held_locally_then_forwar
             await committed.wait_for(2 + held)
             await spool.flush()
             assert spool.fallback_counts() == {"held": 0, "forwarded": held}
-    assert [h for h, _ in committed.events] == ["before", *handles, "after"]
-    forwarded = [e for h, es in committed.events if h != "before" for e in es]
+    reported = [(h, len(es)) for h, es in committed.events]
+    forwarded_events = [(None, len(_TARGETS[k % len(_TARGETS)])) for k in range(10)]
+    assert reported == [("before", 1), *((h, 0) for h in handles), *forwarded_events, ("after", 1)]
+    forwarded = [e for h, es in committed.events if h is None for e in es]
     # Server ids in acceptance order, each lane's entries in the order they were accepted.
     assert [e.id for e in forwarded] == sorted(e.id for e in forwarded)
     for times in _in_lane_order(forwarded).values():
@@ -221,7 +225,10 @@ async def test_a_forward_the_server_refuses_keeps_the_entries_held_and_is_tried_
     (failed,) = _events(logs, "spool.forward_failed")
     assert failed["log_level"] == "error"
     assert "value out of range" in failed["error"]
-    assert [h for h, _ in committed.events] == [None, None, None, "meanwhile"]
+    reported = [(h, len(es)) for h, es in committed.events]
+    # Accepted at its local commit; forwarded after the earlier run's three, with no handle.
+    earlier = [(None, len(targets)) for targets in _TARGETS[:3]]
+    assert reported == [("meanwhile", 0), *earlier, (None, 1)]
     assert _query(pg_schema, "SELECT count(*) FROM pending") == [(_entries(4),)]
 
 
@@ -318,8 +325,9 @@ async def test_the_daemon_accepts_while_postgresql_is_down_and_delivers_once_it_
     tmp_path: Path,
 ) -> None:
     """Events sent to the daemon while its server is stopped: accepted into the local spool
-    (``/healthz`` 200 degraded, the local gauge counts them), none sent meanwhile; once the
-    server is back every one is delivered, in each room's order, and the health is ok again."""
+    (``/healthz`` 200 degraded, the local gauge counts them, and so does the accepted
+    counter, at once), none sent meanwhile; once the server is back every one is delivered,
+    in each room's order, counted accepted once, and the health is ok again."""
     rooms = ["ops", "dev", "sensu"]
     with trio.fail_after(120), capture_logs() as logs:
         app = await start_daemon(
@@ -357,6 +365,8 @@ async def test_the_daemon_accepts_while_postgresql_is_down_and_delivers_once_it_
     assert degraded.json()["status"] == "degraded"
     assert degraded.json()["reason"].startswith("local spool only: PostgreSQL ")
     assert during["hipchatd_spool_local_entries"] == 15
+    assert during["hipchatd_events_accepted_total"] == 16
+    assert after["hipchatd_events_accepted_total"] == 16
     assert sent_during == 1
     assert recovered.json() == {"status": "ok"}
     assert after["hipchatd_spool_local_entries"] == 0

@@ -2,12 +2,12 @@
 
 Migrations (from nothing, by two processes at once, a newer schema), one
 daemon per schema, the DSN and its password never printed, a server that
-refuses the connection at start (one line), a connection lost mid-run (the
-batch is retried, never reported twice nor lost), the operator commands and
-``check-config --online``, and end to end: the real daemon on PostgreSQL with
-the real emulator, ``kill -9`` and restart, nothing accepted lost. Every test
-runs on the test session's private server (``tests/postgres.py``), in a schema
-of its own.
+refuses the login at start (one line; one that does not answer is told
+apart), a connection lost mid-run (the batch is retried, never reported twice
+nor lost), the operator commands and ``check-config --online``, and end to
+end: the real daemon on PostgreSQL with the real emulator, ``kill -9`` and
+restart, nothing accepted lost. Every test runs on the test session's
+private server (``tests/postgres.py``), in a schema of its own.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from hipchatd.config import Secret, SpoolSettings, load_config
 from hipchatd.delivery.spool import SpoolError, open_admin, open_spool
 from hipchatd.delivery.spool.postgresql import SCHEMA_VERSION, PostgresSpool, sql
 from hipchatd.delivery.spool.postgresql import schema as pg_schema_module
+from hipchatd.delivery.spool.postgresql.connect import Unreachable
 from hipchatd.delivery.spool.postgresql.leases import LEASE_TTL
 from hipchatd.delivery.spool.store import EventEntries
 from hipchatd.ops import logconfig
@@ -281,35 +282,74 @@ def test_a_dsn_from_the_systemd_credential(pg_schema: PgSchema, tmp_path: Path) 
 # --- failures at start and while running -------------------------------------------------------
 
 
-def test_a_server_refusing_connections_at_start_is_one_clear_line(
-    pg_schema: PgSchema, tmp_path: Path
+@pytest.mark.parametrize(
+    ("wrong", "problem"),
+    [
+        ("password", 'password authentication failed for user "hipchatd_test"'),
+        ("database", 'database "no_such_db" does not exist'),
+    ],
+)
+def test_a_server_refusing_the_login_at_start_is_one_clear_line(
+    pg_schema: PgSchema, pg_server: PostgresServer, tmp_path: Path, wrong: str, problem: str
 ) -> None:
-    """The daemon exits 1 with one ERROR line naming the server and the cause, never the DSN."""
-    with socket_closed_port() as port:
-        dsn = f"postgresql://hipchatd_test:{pg_schema.password}@127.0.0.1:{port}/hipchatd_test"
-        config = _config(
-            tmp_path / "refused.json",
-            {"backend": "postgresql", "dsn": dsn},
-            tcp={"host": "127.0.0.1", "port": 0},
-            udp=None,
-            state_dir=str(tmp_path / "state"),
-        )
-        child = Child("serve", "--config", str(config))
-        try:
-            assert child.wait_exit(STARTUP) == 1
-        finally:
-            child.close()
-    errors = [record for record in child.logs() if record.get("level") == "error"]
+    """A server that answers and refuses (a wrong password, no such database): the daemon
+    exits 1 with one ERROR line naming the server and the problem, never the DSN or the
+    password, and never starts on its local spool."""
+    password = pg_schema.password
+    user, database = "hipchatd_test", "hipchatd_test"
+    given = password[::-1] if wrong == "password" else password
+    if wrong == "database":
+        database = "no_such_db"
+    dsn = f"postgresql://{user}:{given}@127.0.0.1:{pg_server.port}/{database}"
+    config = _config(
+        tmp_path / "refused.json",
+        {"backend": "postgresql", "dsn": dsn},
+        tcp={"host": "127.0.0.1", "port": 0},
+        udp=None,
+        state_dir=str(tmp_path / "state"),
+    )
+    child = Child("serve", "--config", str(config))
+    try:
+        assert child.wait_exit(STARTUP) == 1
+    finally:
+        child.close()
+    logs = child.logs()
+    errors = [record for record in logs if record.get("level") == "error"]
     assert [record["event"] for record in errors] == ["spool.unavailable"]
     [error] = errors
     assert error["error"].startswith(
+        f"cannot open the PostgreSQL spool postgresql://{user}@127.0.0.1:{pg_server.port}/"
+        f"{database}, schema hipchatd: "
+    )
+    assert problem in error["error"]
+    assert "check hipchatd.spool.dsn" in error["error"]
+    assert "\n" not in error["error"]
+    assert not [record for record in logs if record["event"] == "spool.degraded"]
+    assert password not in child.output
+    assert password[::-1] not in child.output
+
+
+async def test_a_server_that_does_not_answer_is_unreachable_not_refused(
+    pg_schema: PgSchema,
+) -> None:
+    """Nothing listening: the plain spool still fails to open, with one line naming the
+    server, the cause and what to check; it is told apart as Unreachable (the daemon's
+    spool then starts on its local spool)."""
+    with socket_closed_port() as port:
+        dsn = f"postgresql://hipchatd_test:{pg_schema.password}@127.0.0.1:{port}/hipchatd_test"
+        settings = SpoolSettings("postgresql", Secret(dsn), "hipchatd")
+        with pytest.raises(Unreachable) as raised:
+            await PostgresSpool.open(settings, max_events=10)
+    message = str(raised.value)
+    assert message.startswith(
         f"cannot open the PostgreSQL spool postgresql://hipchatd_test@127.0.0.1:{port}/"
         "hipchatd_test, schema hipchatd: "
     )
-    assert "Connection refused" in error["error"]
-    assert "check hipchatd.spool.dsn" in error["error"]
-    assert "\n" not in error["error"]
-    assert pg_schema.password not in child.output
+    assert "Connection refused" in message
+    assert "check hipchatd.spool.dsn" in message
+    assert "\n" not in message
+    assert "Connection refused" in raised.value.cause
+    assert pg_schema.password not in message + raised.value.cause
 
 
 class socket_closed_port:
@@ -419,7 +459,9 @@ async def test_a_commit_whose_reply_was_lost_is_not_stored_twice(
             await spool.flush()
             assert spool.counts() == {"pending": 2, "dead": 0}
     assert calls == 2
-    assert [handle for handle, _ in committed.events] == ["only"]
+    # Accepted at once into the local spool (the failure looks like a lost server), its
+    # entries handed out once forwarded, under the name the lost commit gave them.
+    assert [(handle, len(found)) for handle, found in committed.events] == [("only", 0), (None, 2)]
     stored = _query(pg_schema, "SELECT id FROM pending ORDER BY id")
     assert [e.id for e in entries] == [i for (i,) in stored]
     assert _query(pg_schema, "SELECT count(*) FROM documents") == [(1,)]

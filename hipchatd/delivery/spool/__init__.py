@@ -73,7 +73,8 @@ async def open_spool(state_dir: str, *, max_events: int, settings: SpoolSettings
     SQLite: in ``state_dir`` (``":memory:"``: in memory, not kept).
     PostgreSQL: in ``settings.schema`` of the server ``settings.dsn`` names,
     created or migrated there, with the SQLite file in ``state_dir`` as the
-    local fallback while the server is unreachable (:mod:`.fallback`).
+    local fallback while the server is unreachable, from the start if it
+    does not answer then (:mod:`.fallback`).
     At most ``max_events`` entries are pending at once. Raises SpoolError
     naming the path (or the server, never its DSN), the cause and the fix.
     """

@@ -6,34 +6,43 @@ unreachable. :class:`FallbackSpool` is the PostgreSQL spool with the
 SQLite spool file in ``state_dir`` beside it; its dialect chooses per
 commit:
 
+- **Start**: a server that does not answer at all (no connection, a
+  timeout, a name that does not resolve, a server starting up or shutting
+  down) does not stop the start: the spool opens *degraded* on the local
+  file, and creates or migrates the schema once the server answers. A
+  server that answers and refuses (a wrong password, a database that does
+  not exist, a schema newer than this hipchatd) still fails the start.
 - **Switch-over**: the first commit (events or marks) that fails because the
   server cannot be reached (a refused or lost connection, the server shutting
-  down; not a write the server refused) makes the spool *degraded*. That
+  down; not a write the server refused) makes the spool degraded. That
   commit's events, and every event after it, are committed locally instead:
-  they are accepted once committed there. ``spool.degraded`` is logged once,
-  with the cause. A write the server refuses (a full disk, a value it cannot
-  store) is not unreachability: it is handled as before (halved, refused).
+  they are accepted once committed there, and handed back at once as
+  ``(handle, [])`` (accepted; their entries reach the lanes once forwarded,
+  as ``(None, entries)``). ``spool.degraded`` is logged once, with the cause.
+  A write the server refuses (a full disk, a value it cannot store) is not
+  unreachability: it is handled as before (halved, refused).
 - **While degraded**: nothing on the commit path waits for the server.
   Marks (delivered, attempts, dead) of entries that are on the server are
-  kept in memory and written once caught up. Locally accepted entries are
-  not delivered yet: a lane's owner is whoever holds its lease on the server,
-  and an owner that cannot reach the server must stop sending, so during an
-  outage those notifications wait; nothing is lost.
+  kept in the local file (so a restart does not send those entries again)
+  and written there first when the server answers; until then this
+  instance's lane leases hold nothing, so no lane's entries are read (and
+  sent) again before their marks are written. Locally accepted entries are
+  not delivered yet: a lane's owner is whoever holds its lease on the
+  server, so during an outage those notifications wait; nothing is lost.
 - **Forwarding**: at each of the spool's looks (every ``RETRY_POLL``) a
-  probe connects on a thread of its own; once it succeeds, the writer
-  forwards the oldest ``FORWARD_EVENTS`` local events per step, each step
-  one server transaction (events named by the local spool's origin and
-  their local id, so a copy repeated after a crash stores nothing twice)
-  and then one local transaction deleting them.
-  New events keep going local until the backlog is empty, so acceptance
-  order holds across the switch. Forwarded entries are handed to the lanes
-  with their server ids, as if just committed there. When nothing is left,
-  ``spool.caught_up`` is logged (entries forwarded, seconds degraded), the
-  kept marks are written and commits go to the server again.
-- **Restart**: local entries left by an earlier run are forwarded while the
-  spool opens, before the server's pending entries are read, so a forward
-  cut short by ``kill -9`` (copied, not yet deleted) is found by its name
-  and not stored twice.
+  probe connects on a thread of its own; once it succeeds, the writer opens
+  the schema if it never did, writes the kept marks, then forwards the
+  oldest ``FORWARD_EVENTS`` local events per step, each step one server
+  transaction (events named by the local spool's origin and their local id,
+  so a copy repeated after a crash stores nothing twice) and then one local
+  transaction deleting them. New events keep going local until the backlog
+  is empty, so acceptance order holds across the switch. When nothing is
+  left, ``spool.caught_up`` is logged (entries forwarded, seconds degraded)
+  and commits go to the server again.
+- **Restart**: marks and entries left by an earlier run are written and
+  forwarded while the spool opens, before the server's pending entries are
+  read, so a forward cut short by ``kill -9`` (copied, not yet deleted) is
+  found by its name and not stored twice.
 """
 
 from __future__ import annotations
@@ -49,12 +58,13 @@ import structlog
 import trio
 
 from hipchatd.config import SpoolSettings
+from hipchatd.delivery.spool.gated import GatedLeases
 from hipchatd.delivery.spool.postgresql import daemon as pg
 from hipchatd.delivery.spool.postgresql import forward
-from hipchatd.delivery.spool.postgresql.connect import Server, Session
+from hipchatd.delivery.spool.postgresql.connect import Server, Session, Unreachable
 from hipchatd.delivery.spool.sqlite import files, local
 from hipchatd.delivery.spool.sqlite.writer import DIALECT as SQLITE
-from hipchatd.delivery.spool.store import Entry, EventEntries, OnCommitted, SpoolError
+from hipchatd.delivery.spool.store import Entry, EventEntries, LaneLeases, OnCommitted, SpoolError
 
 __all__ = ["FORWARD_EVENTS", "FallbackDialect", "FallbackSpool", "LocalFile"]
 
@@ -68,8 +78,11 @@ FORWARD_EVENTS: Final = 256
 #: Marks as GroupCommit writes them: attempts (error, id), dead (dead_at, reason, error, id).
 _Attempts = list[tuple[str, int]]
 _Dead = list[tuple[float, str, str | None, int]]
-#: Marks kept while degraded: (attempts, dead, delivered).
-_Marks = tuple[_Attempts, _Dead, list[int]]
+
+#: ``spool.degraded``'s reason when the server could not be reached at start.
+AT_START: Final = (
+    "PostgreSQL cannot be reached at start: accepting into the local spool until it answers"
+)
 
 
 @dataclasses.dataclass(slots=True)
@@ -82,6 +95,8 @@ class LocalFile:
     next_id: int
     #: pending entries here (not yet forwarded).
     held: int
+    #: marks kept here for entries on the server (not yet written there).
+    marks: int
 
     @classmethod
     def open(cls, state_dir: str) -> LocalFile:
@@ -89,10 +104,11 @@ class LocalFile:
         opened = files.open_spool_file(state_dir)
         try:
             found = local.origin(opened.conn)
+            marks = local.marks_held(opened.conn)
         except SQLITE.errors as exc:
             files.release(opened.conn, opened.lock)
             raise SpoolError(f"cannot open the spool {opened.path}: {exc}") from exc
-        return cls(opened, found, opened.next_id, opened.pending)
+        return cls(opened, found, opened.next_id, opened.pending, marks)
 
     @property
     def path(self) -> str:
@@ -119,15 +135,20 @@ class FallbackDialect:
         #: entries forwarded since the spool became degraded, and since the start.
         self.forwarded_now = 0
         self.forwarded = 0
-        #: marks of entries on the server, kept while degraded.
-        self.marks: list[_Marks] = []
-        #: local id of an event's first entry -> the handle ``submit`` got.
-        self._handles: dict[int, object] = {}
+        #: the last probe answered, and nothing failed since: the server may be written to.
+        self.reachable = False
+        #: the schema was created or migrated on the server (at start, or once it answered).
+        self.opened = True
         #: local ids copied to the server but not deleted here yet.
         self._copied: list[int] = []
 
-    def degrade(self, cause: str) -> None:
+    def degrade(
+        self,
+        cause: str,
+        reason: str = "PostgreSQL cannot be reached: accepting into the local spool",
+    ) -> None:
         """Commit locally from now on; logs ``spool.degraded`` (once per outage)."""
+        self.reachable = False
         if self.cause is not None:
             return
         self.cause = cause
@@ -138,7 +159,7 @@ class FallbackDialect:
             path=self._server.label,
             local=self.local.path,
             error=cause,
-            reason="PostgreSQL cannot be reached: accepting into the local spool",
+            reason=reason,
         )
 
     def write_events(
@@ -158,7 +179,8 @@ class FallbackDialect:
     def _write_local(
         self, batch: list[EventEntries], *, maybe_stored: bool
     ) -> tuple[int, list[EventEntries]]:
-        """Commit ``batch`` to the local file, numbered from its ids: nothing goes to lanes yet.
+        """Commit ``batch`` to the local file, numbered from its ids: each event comes back as
+        ``(handle, [])`` (accepted; its entries go to the lanes once forwarded).
 
         With ``maybe_stored``, each event keeps its name on the server, so forwarding finds
         it there if the failed write did commit.
@@ -175,38 +197,51 @@ class FallbackDialect:
         written, _ = SQLITE.write_events(conn, renumbered)
         self.local.next_id = next_id
         self.local.held += written
-        for handle, entries in renumbered:
-            if handle is not None:
-                self._handles[entries[0].id] = handle
         if maybe_stored:
             try:
                 local.name(conn, names)
             except SQLITE.errors as exc:
                 # Committed here all the same: at worst a copy is stored twice (sent twice).
                 log.error("spool.name_failed", local=self.local.path, error=str(exc))
-        return written, []
+        return written, [(handle, []) for handle, _ in batch]
 
     def write_marks(
         self, conn: Session, attempts: _Attempts, dead: _Dead, delivered: list[int]
     ) -> tuple[int, int]:
-        if self.cause is None:
+        # Marks kept here go first: a mark goes to the server only when none waits here.
+        if self.cause is None or (self.reachable and self.opened and not self.local.marks):
             try:
                 return self._pg.write_marks(conn, attempts, dead, delivered)
             except Exception as exc:
                 if not forward.is_unreachable(exc):
                     raise
                 self.degrade(self._server.cause(exc))
-        self.marks.append((attempts, dead, delivered))
+        found = (attempts, dead, delivered)
+        self.local.marks += local.keep_marks(self.local.opened.conn, self._server.label, found)
         return 0, 0
+
+    def write_kept_marks(self, conn: Session) -> tuple[int, int, int]:
+        """Write the marks kept here to the server, then forget them here. Blocks.
+
+        (removed from pending, moved to dead, marks dropped because they were
+        kept for another server). Writing them again after a crash between
+        the two changes nothing for entries no longer pending (an attempt
+        may be counted twice).
+        """
+        found, last, foreign = local.marks(self.local.opened.conn, self._server.label)
+        removed, dead = self._pg.write_marks(conn, *found)
+        local.drop_marks(self.local.opened.conn, last)
+        self.local.marks = 0
+        return removed, dead, foreign
 
     def forward_step(self, session: Session) -> list[EventEntries]:
         """Copy the oldest local events to the server, then delete them here. Blocks.
 
-        The events as committed on the server (ids final, handles of this
-        run's submits); empty when nothing is left. Raises psycopg's error
-        when the server fails (nothing deleted here), SQLite's when the file
-        does (what was copied is deleted at the next step, before anything
-        else is read).
+        The events as committed on the server (ids final, handle None: each
+        was handed back as accepted when committed here); empty when nothing
+        is left. Raises psycopg's error when the server fails (nothing
+        deleted here), SQLite's when the file does (what was copied is
+        deleted at the next step, before anything else is read).
         """
         conn = self.local.opened.conn
         if self._copied:
@@ -223,15 +258,12 @@ class FallbackDialect:
             if (self.local.origin if named is None else named[0]) != origin:
                 break
             events.append(entries)
-            handle = self._handles.get(entries[0].id)
             if named is not None:
                 start = named[1]
                 entries = [dataclasses.replace(e, id=start + k) for k, e in enumerate(entries)]
-            batch.append((handle, entries))
+            batch.append((None, entries))
         _, committed = forward.forward(session, batch, origin)
         self._copied = [e.id for entries in events for e in entries]
-        for entries in events:
-            self._handles.pop(entries[0].id, None)
         count = len(self._copied)
         self.forwarded_now += count
         self.forwarded += count
@@ -282,37 +314,64 @@ class FallbackSpool(pg.PostgresSpool):
         *,
         counts: tuple[int, int],
         max_events: int,
+        opened: bool = True,
     ) -> None:
         super().__init__(server, session, counts=counts, max_events=max_events, dialect=dialect)
         self._fallback = dialect
         self._writer.pending += dialect.local.held
-        #: the last probe answered (a forwarding step may start).
-        self._reachable = False
+        dialect.opened = opened
         self._probing = False
         self._token: trio.lowlevel.TrioToken | None = None
+        self._gated: GatedLeases | None = None
 
     @classmethod
     async def open_with_fallback(
         cls, settings: SpoolSettings, state_dir: str, *, max_events: int
     ) -> FallbackSpool:
-        """Open the server, then the local file; forward what an earlier run left locally.
+        """Open the server, then the local file; write and forward what an earlier run kept.
 
-        Raises SpoolError as ``PostgresSpool.open`` and ``SqliteSpool.open``
-        do. A server that fails while the earlier run's entries are forwarded
-        leaves the spool degraded (forwarding resumes once it answers).
+        A server that does not answer at all leaves the spool degraded (the
+        schema is opened once it answers); one that refuses raises SpoolError
+        as ``PostgresSpool.open`` does, and the local file raises as
+        ``SqliteSpool.open`` does. A server that fails while the earlier
+        run's marks and entries are written leaves the spool degraded too.
         """
-        server, session, counts = await pg.open_session(settings)
+        unreachable: Unreachable | None = None
+        try:
+            server, session, counts = await pg.open_session(settings)
+        except Unreachable as exc:
+            unreachable = exc
+            server = Server.of(settings)
+            session, counts = Session(server), (0, 0)
         try:
             local_file = await trio.to_thread.run_sync(LocalFile.open, state_dir)
         except BaseException:
             session.close()
             raise
-        log.info("spool.local_opened", local=local_file.path, held=local_file.held)
+        log.info(
+            "spool.local_opened",
+            local=local_file.path,
+            held=local_file.held,
+            marks=local_file.marks,
+        )
         dialect = FallbackDialect(server, local_file)
-        spool = cls(server, session, dialect, counts=counts, max_events=max_events)
-        if local_file.held:
-            dialect.degrade("entries held in the local spool by an earlier run")
-            await spool._forward(None, whole=True)
+        spool = cls(
+            server,
+            session,
+            dialect,
+            counts=counts,
+            max_events=max_events,
+            opened=unreachable is None,
+        )
+        if unreachable is not None:
+            dialect.degrade(unreachable.cause, AT_START)
+        elif local_file.held or local_file.marks:
+            dialect.degrade(
+                "entries or marks kept in the local spool by an earlier run",
+                "writing to PostgreSQL what an earlier run kept in the local spool",
+            )
+            dialect.reachable = True
+            await spool._catch_up(None, whole=True)
         return spool
 
     @property
@@ -326,6 +385,16 @@ class FallbackSpool(pg.PostgresSpool):
             f"{fallback.local.held} entries held in {fallback.local.path}"
         )
 
+    @property
+    def opened(self) -> bool:
+        """The schema was created or migrated on the server (at start, or once it answered)."""
+        return self._fallback.opened
+
+    @property
+    def ready(self) -> bool:
+        """The schema is open and no mark waits in the local file: lanes may be read."""
+        return self.opened and not self._fallback.local.marks
+
     def fallback_counts(self) -> dict[str, int]:
         """Entries held in the local file now, and forwarded to the server since start."""
         return {"held": self._fallback.local.held, "forwarded": self._fallback.forwarded}
@@ -335,40 +404,41 @@ class FallbackSpool(pg.PostgresSpool):
         opened = self._fallback.local.opened
         return files.file_problem(opened.path, opened.identity)
 
+    def lane_leases(self) -> LaneLeases:
+        """The schema's lane leases, holding nothing until :attr:`ready`.
+
+        Before the schema is open (a start while the server did not answer)
+        there is nothing to lease; while marks wait in the local file, the
+        entries they mark are still pending on the server, and reading them
+        would send them again.
+        """
+        if self._gated is None:
+            self._gated = GatedLeases(
+                super().lane_leases(), ready=lambda: self.ready, opened=lambda: self.opened
+            )
+        return self._gated
+
     def _look_asked(self) -> bool:
-        return self._fallback.cause is not None and self._reachable
+        return self._fallback.cause is not None and self._fallback.reachable
 
     async def _look(self, on_committed: OnCommitted) -> None:
         if self._fallback.cause is None:
             await super()._look(on_committed)
-        elif self._reachable:
-            await self._forward(on_committed, whole=False)
+        elif self._fallback.reachable:
+            await self._catch_up(on_committed, whole=False)
         else:
             self._probe()
 
-    async def _forward(self, on_committed: OnCommitted | None, *, whole: bool) -> None:
-        """Forwarding steps (one, or all with ``whole``); caught up when nothing is left."""
-        fallback = self._fallback
+    async def _catch_up(self, on_committed: OnCommitted | None, *, whole: bool) -> None:
+        """Open the schema (if never opened), write the kept marks, forward one step (all
+        with ``whole``); caught up once nothing is left."""
+        if not self.opened and not await self._open_schema():
+            return
         while True:
-            try:
-                committed = await self._worker.call(fallback.forward_step)
-            except fallback.server_errors as exc:
-                # Unreachable again: forwarding resumes after the next probe. Anything else
-                # (the server refusing what it is given) is logged as an error and tried again
-                # the same way: the entries stay held, and accepting goes on, rather than a
-                # daemon that stops (and could not start again while they are held).
-                unreachable = forward.is_unreachable(exc)
-                (log.warning if unreachable else log.error)(
-                    "spool.forward_failed",
-                    path=self._path,
-                    error=self._server.cause(exc),
-                    held=fallback.local.held,
-                )
-                self._reachable = False
+            if self._fallback.local.marks and not await self._write_kept_marks():
                 return
-            except SQLITE.errors as exc:
-                log.error("spool.forward_failed", local=fallback.local.path, error=str(exc))
-                self._reachable = False
+            committed = await self._forward_step()
+            if committed is None:
                 return
             if not committed:
                 self._caught_up()
@@ -379,6 +449,67 @@ class FallbackSpool(pg.PostgresSpool):
                 # More to forward: the write loop comes back without waiting for its poll.
                 self._writer.nudge()
                 return
+
+    async def _open_schema(self) -> bool:
+        """Create or migrate the schema on the server that now answers; False if it failed."""
+        try:
+            counts, found = await self._worker.call(pg.open_schema)
+        except SpoolError as exc:
+            cause = exc.__cause__
+            unreachable = cause is not None and forward.is_unreachable(cause)
+            # A schema this hipchatd cannot use: accepting goes on, the operator reads why.
+            (log.warning if unreachable else log.error)(
+                "spool.open_failed", error=str(exc), held=self._fallback.local.held
+            )
+            self._fallback.reachable = False
+            return False
+        self._fallback.opened = True
+        self._writer.pending = counts[0] + self._fallback.local.held
+        self._writer.dead = counts[1]
+        pg.log_opened(self._server, counts, found)
+        return True
+
+    async def _write_kept_marks(self) -> bool:
+        fallback = self._fallback
+        try:
+            removed, dead, foreign = await self._worker.call(fallback.write_kept_marks)
+        except (*fallback.server_errors, *SQLITE.errors) as exc:
+            self._failed("spool.marks_failed", exc)
+            return False
+        self._writer.pending -= removed
+        self._writer.dead += dead
+        if foreign:
+            log.warning(
+                "spool.marks_dropped",
+                local=fallback.local.path,
+                marks=foreign,
+                reason="kept for another PostgreSQL spool (hipchatd.spool changed since)",
+            )
+        return True
+
+    async def _forward_step(self) -> list[EventEntries] | None:
+        """One forwarding step: the events now on the server (empty: none left); None if it
+        failed (logged; tried again after the next probe)."""
+        fallback = self._fallback
+        try:
+            return await self._worker.call(fallback.forward_step)
+        except (*fallback.server_errors, *SQLITE.errors) as exc:
+            # Unreachable again: forwarding resumes after the next probe. Anything else (the
+            # server refusing what it is given) is logged as an error and tried again the same
+            # way: the entries stay held, and accepting goes on, rather than a daemon that
+            # stops (and could not start again while they are held).
+            self._failed("spool.forward_failed", exc)
+            return None
+
+    def _failed(self, event: str, exc: Exception) -> None:
+        fallback = self._fallback
+        fallback.reachable = False
+        if isinstance(exc, SQLITE.errors):
+            log.error(event, local=fallback.local.path, error=str(exc))
+            return
+        (log.warning if forward.is_unreachable(exc) else log.error)(
+            event, path=self._path, error=self._server.cause(exc), held=fallback.local.held
+        )
 
     def _caught_up(self) -> None:
         fallback = self._fallback
@@ -391,15 +522,7 @@ class FallbackSpool(pg.PostgresSpool):
         )
         fallback.cause = None
         fallback.local.held = 0
-        self._reachable = False
-        marks, fallback.marks = fallback.marks, []
-        writer = self._writer
-        for attempts, dead, delivered in marks:
-            for error, entry_id in attempts:
-                writer.mark_attempt([entry_id], error)
-            for _, reason, dead_error, entry_id in dead:
-                writer.mark_dead([entry_id], reason, dead_error)
-            writer.mark_delivered(delivered)
+        fallback.reachable = False
 
     def _probe(self) -> None:
         """Start a probe of the server on a thread of its own, unless one is running."""
@@ -419,7 +542,7 @@ class FallbackSpool(pg.PostgresSpool):
     def _probed(self, result: outcome.Outcome[bool]) -> None:
         self._probing = False
         if isinstance(result, outcome.Value) and result.unwrap():
-            self._reachable = True
+            self._fallback.reachable = True
             self._writer.nudge()
 
     def _after_close(self) -> None:

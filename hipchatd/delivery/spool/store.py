@@ -261,7 +261,11 @@ class Spool(Protocol):
 
         After each commit, ``on_committed`` gets the new events, in acceptance
         order, each as ``(handle, entries)``, synchronously in this task; it
-        also gets entries an operator re-queued, as ``(None, entries)``.
+        also gets entries an operator re-queued, as ``(None, entries)``. A
+        store with a local fallback (PostgreSQL's, while the server cannot be
+        reached) hands an event committed there back as ``(handle, [])``: it
+        is accepted, and its entries come later as ``(None, entries)``, once
+        they are in the store.
         ``on_refused`` gets an event that cannot be stored, in order with the
         ``on_committed`` calls. A failure no retry can fix raises
         SpoolWriteError (or SpoolReadError). On cancellation, what is buffered

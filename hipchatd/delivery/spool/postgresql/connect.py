@@ -17,6 +17,8 @@ from typing import Any, Final
 import psycopg
 import structlog
 from psycopg import errors as pg_errors
+from psycopg import pq
+from psycopg.conninfo import make_conninfo
 
 from hipchatd.config import SpoolSettings
 from hipchatd.delivery.spool.store import SpoolError
@@ -26,6 +28,8 @@ __all__ = [
     "CONNECT_TIMEOUT",
     "Server",
     "Session",
+    "Unreachable",
+    "answers",
     "cause",
     "connect",
     "does_not_fit",
@@ -150,6 +154,31 @@ def connect(server: Server) -> psycopg.Connection[Any]:
         conn.close()
         raise
     return conn
+
+
+def answers(server: Server) -> bool:
+    """True when a server answers at the DSN's address, whether or not it accepts the login.
+
+    libpq's ``PQping``: a server that asked for a password, or refused the
+    login with a reason (a wrong password, a database that does not exist),
+    answers; no connection, a timeout, a name that does not resolve, or a
+    server starting up or shutting down (``57P03``) do not. A connection
+    failure carries no SQLSTATE in psycopg, so this is how the two are told
+    apart in any language. Blocks (at most ``CONNECT_TIMEOUT`` per address).
+    """
+    conninfo = make_conninfo(server.settings.dsn.reveal(), connect_timeout=CONNECT_TIMEOUT)
+    return pq.PGconn.ping(conninfo.encode()) not in (pq.Ping.NO_RESPONSE, pq.Ping.REJECT)
+
+
+class Unreachable(SpoolError):
+    """The spool's server could not be reached at start: nothing answered, or it is not
+    taking sessions (starting up, shutting down). A server that refuses the login is not
+    unreachable (SpoolError)."""
+
+    def __init__(self, message: str, cause: str) -> None:
+        super().__init__(message)
+        #: the error as one line, without the DSN or its password (for ``spool.degraded``).
+        self.cause = cause
 
 
 def cannot_open(server: Server, exc: BaseException, hint: str) -> SpoolError:

@@ -34,7 +34,7 @@ from hipchatd.clock import unix_now
 from hipchatd.config import SpoolSettings
 from hipchatd.delivery.spool.buffered import SHUTDOWN_FLUSH, BufferedSpool
 from hipchatd.delivery.spool.group import Dialect, GroupCommit, Worker
-from hipchatd.delivery.spool.postgresql import connect, schema, sql
+from hipchatd.delivery.spool.postgresql import connect, forward, schema, sql
 from hipchatd.delivery.spool.postgresql.connect import Server, Session
 from hipchatd.delivery.spool.postgresql.leases import PgLeases, call
 from hipchatd.delivery.spool.store import (
@@ -48,7 +48,15 @@ from hipchatd.delivery.spool.store import (
     SpoolWriteError,
 )
 
-__all__ = ["COMMIT_DELAY", "RETRY_POLL", "SHUTDOWN_FLUSH", "PostgresSpool", "open_session"]
+__all__ = [
+    "COMMIT_DELAY",
+    "RETRY_POLL",
+    "SHUTDOWN_FLUSH",
+    "PostgresSpool",
+    "log_opened",
+    "open_schema",
+    "open_session",
+]
 
 log = structlog.get_logger()
 
@@ -144,8 +152,8 @@ class PostgresSpool(BufferedSpool[Session]):
 
         Raises SpoolError, one line naming the server (never the DSN or its
         password), the cause and what to check: the server cannot be reached
-        or refuses the login, or the schema is newer than this hipchatd or
-        holds other tables.
+        (connect.Unreachable) or refuses the login, or the schema is newer
+        than this hipchatd or holds other tables.
         """
         server, session, counts = await open_session(settings)
         return cls(server, session, counts=counts, max_events=max_events)
@@ -230,12 +238,19 @@ class PostgresSpool(BufferedSpool[Session]):
 
 
 async def open_session(settings: SpoolSettings) -> tuple[Server, Session, tuple[int, int]]:
-    """(server, session holding the instance lock, (pending, dead)); logs ``spool.opened``.
+    """(server, session, (pending, dead)); logs ``spool.opened``.
 
-    Raises SpoolError as :meth:`PostgresSpool.open` says.
+    Raises SpoolError as :meth:`PostgresSpool.open` says; connect.Unreachable
+    (a SpoolError) when no server answered at all.
     """
     server = Server.of(settings)
     session, counts, found = await trio.to_thread.run_sync(_open, server)
+    log_opened(server, counts, found)
+    return server, session, counts
+
+
+def log_opened(server: Server, counts: tuple[int, int], found: int) -> None:
+    """``spool.opened``: the schema is current (``found``: the version it had, 0 for none)."""
     log.info(
         "spool.opened",
         path=server.label,
@@ -245,7 +260,6 @@ async def open_session(settings: SpoolSettings) -> tuple[Server, Session, tuple[
         schema_version=schema.SCHEMA_VERSION,
         created=found == 0,
     )
-    return server, session, counts
 
 
 def _open(server: Server) -> tuple[Session, tuple[int, int], int]:
@@ -253,26 +267,40 @@ def _open(server: Server) -> tuple[Session, tuple[int, int], int]:
     session = Session(server)
     try:
         try:
-            conn = session.get()
+            session.get()
         except psycopg.Error as exc:
-            raise connect.cannot_open(server, exc, connect.CONNECT_HINT) from exc
-        try:
-            found = schema.migrate(conn, server.schema, server.label)
-            counts = sql.count(conn)
-        except schema.SchemaMismatch as exc:
-            raise SpoolError(f"cannot open the PostgreSQL spool {server.label}: {exc}") from exc
-        except pg_errors.LockNotAvailable as exc:
-            raise connect.cannot_open(
-                server,
-                exc,
-                f"waited {schema.MIGRATION_LOCK_TIMEOUT_MS / 1000:g} s for a lock on the schema;"
-                " end the session holding it (see pg_locks) and start hipchatd again",
-            ) from exc
-        except psycopg.Error as exc:
-            raise connect.cannot_open(
-                server, exc, "check that the role may create the schema and its tables"
-            ) from exc
+            error = connect.cannot_open(server, exc, connect.CONNECT_HINT)
+            if forward.unreachable_at_login(server, exc):
+                raise connect.Unreachable(str(error), server.cause(exc)) from exc
+            raise error from exc
+        counts, found = open_schema(session)
     except BaseException:
         session.close()
         raise
     return session, counts, found
+
+
+def open_schema(session: Session) -> tuple[tuple[int, int], int]:
+    """Create or migrate the schema, then count: ((pending, dead), schema version found).
+
+    Blocks. Raises SpoolError naming the fix, ``from`` psycopg's error when there is one.
+    """
+    server = session.server
+    try:
+        conn = session.get()
+        found = schema.migrate(conn, server.schema, server.label)
+        counts = sql.count(conn)
+    except schema.SchemaMismatch as exc:
+        raise SpoolError(f"cannot open the PostgreSQL spool {server.label}: {exc}") from exc
+    except pg_errors.LockNotAvailable as exc:
+        raise connect.cannot_open(
+            server,
+            exc,
+            f"waited {schema.MIGRATION_LOCK_TIMEOUT_MS / 1000:g} s for a lock on the schema;"
+            " end the session holding it (see pg_locks) and start hipchatd again",
+        ) from exc
+    except psycopg.Error as exc:
+        raise connect.cannot_open(
+            server, exc, "check that the role may create the schema and its tables"
+        ) from exc
+    return counts, found

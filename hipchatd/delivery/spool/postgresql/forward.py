@@ -20,7 +20,7 @@ from hipchatd.delivery.spool.postgresql import connect, sql
 from hipchatd.delivery.spool.postgresql.connect import Server, Session
 from hipchatd.delivery.spool.store import EventEntries
 
-__all__ = ["forward", "is_unreachable", "probe"]
+__all__ = ["forward", "is_unreachable", "probe", "unreachable_at_login"]
 
 #: SQLSTATEs of a server that is going away or not taking sessions: admin_shutdown,
 #: crash_shutdown, cannot_connect_now (starting up or shutting down). Class 08 (connection
@@ -41,6 +41,19 @@ def is_unreachable(exc: BaseException) -> bool:
         return False
     state = exc.sqlstate
     return state is None or state.startswith("08") or state in _GOING_AWAY
+
+
+def unreachable_at_login(server: Server, exc: BaseException) -> bool:
+    """A failed login means the server cannot be reached (start on the local spool).
+
+    Not when it answered and refused: a wrong password, a database that
+    does not exist, no privilege to connect. libpq reports either without
+    a SQLSTATE, so a server is asked whether it answers at all
+    (:func:`~.connect.answers`). Blocks.
+    """
+    if not isinstance(exc, psycopg.OperationalError) or exc.sqlstate is not None:
+        return is_unreachable(exc)
+    return not connect.answers(server)
 
 
 def probe(server: Server) -> None:
