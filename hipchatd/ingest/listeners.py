@@ -204,7 +204,26 @@ class _Slots:
             )
 
 
-class _SlotListener(trio.abc.Listener[trio.SocketStream]):
+class _Accepted(trio.abc.AsyncResource):
+    """An accepted connection as ``trio.serve_listeners`` holds it while its handler runs.
+
+    ``serve_listeners`` closes what it accepted with ``trio.aclose_forcefully``
+    once the handler returns: for a ``trio.SocketStream`` that is a cancelled
+    checkpoint, a raised and caught Cancelled, per connection, on a socket the
+    handler has closed already. Closing a socket cannot block, so this closes
+    it, if still open, without one.
+    """
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+
+    async def aclose(self) -> None:
+        self.stream.socket.close()
+
+
+class _SlotListener(trio.abc.Listener[_Accepted]):
     """A listener whose ``accept`` first waits for a free connection slot.
 
     Past ``max_connections`` nothing is accepted: connections queue in the
@@ -217,10 +236,10 @@ class _SlotListener(trio.abc.Listener[trio.SocketStream]):
         self.socket = listener.socket
         self._slots = slots
 
-    async def accept(self) -> trio.SocketStream:
+    async def accept(self) -> _Accepted:
         await self._slots.take(self.listener)
         try:
-            return await self.listener.accept()
+            return _Accepted(await self.listener.accept())
         except BaseException:
             self._slots.release()
             raise
@@ -286,7 +305,11 @@ class ConnectionHandler:
                 self._idle.set()
             self.metrics.connections_open.dec()
             try:
-                await stream.aclose()
+                if isinstance(stream, trio.SocketStream):
+                    # Closing a socket cannot block: no scheduling round per connection for it.
+                    stream.socket.close()
+                else:
+                    await stream.aclose()
             finally:
                 reset_contextvars(**tokens)
 
@@ -358,14 +381,15 @@ async def serve_tcp(
     still read to their end.
     """
 
-    async def hold_slot(stream: trio.SocketStream) -> None:
+    async def hold_slot(accepted: _Accepted) -> None:
+        stream = accepted.stream
         try:
             try:
                 address = stream.socket.getpeername()
             except OSError:
                 address = None
             if _refused(handler.metrics, handler.allow_from, address, "tcp"):
-                await stream.aclose()
+                stream.socket.close()
                 return
             await handler(stream, _peer_name(address))
         finally:
