@@ -10,6 +10,7 @@ import dataclasses
 import ipaddress
 import json
 import socket
+import struct
 from functools import partial
 from typing import Any
 
@@ -456,6 +457,43 @@ async def test_unexpected_error_ends_only_that_connection(nursery: trio.Nursery)
     assert isinstance(caught["conn_id"], int)
     assert caught["log_level"] == "error"
     assert metrics.value("hipchatd_internal_errors_total", where="connection") == 1
+    assert metrics.value("hipchatd_connections_open") == 0
+    assert handler.active == 0
+
+
+async def test_a_peer_resetting_its_connection_keeps_what_it_completed(
+    nursery: trio.Nursery,
+) -> None:
+    """Over loopback: a reset is one INFO line naming the peer; the slot is freed for the next."""
+    documents: list[object] = []
+    metrics = Metrics()
+    settings = DaemonSettings(tcp=Listen("127.0.0.1", 0), max_connections=1)
+    handler = ConnectionHandler(
+        settings, lambda doc, peer, transport: documents.append(doc.value), metrics
+    )
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    address = listeners[0].socket.getsockname()[:2]
+    with trio.fail_after(10), capture_logs() as logs:
+        await nursery.start(serve_tcp, listeners, handler)
+        sock = trio.socket.socket()
+        await sock.connect(address)
+        peer = "{}:{}".format(*sock.getsockname()[:2])
+        await sock.send(b'{"n": 1}\n{"half"')
+        await wait_until(lambda: documents == [{"n": 1}])
+        # A zero linger time: close sends a reset instead of a FIN.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+        await wait_until(lambda: handler.slots.free == 1)
+        await send_tcp(address, b'{"n": 2}\n')
+        await wait_until(lambda: len(documents) == 2)
+        await wait_until(lambda: handler.slots.free == 1)
+    assert documents == [{"n": 1}, {"n": 2}]
+    [reset] = [e for e in logs if e["event"] == "connection.reset"]
+    assert reset["log_level"] == "info"
+    assert reset["peer"] == peer
+    assert reset["error"].startswith("socket connection broken: ")
+    assert "reset" in reset["error"].lower()
+    assert not [e for e in logs if e["event"] == "input.rejected"]
     assert metrics.value("hipchatd_connections_open") == 0
     assert handler.active == 0
 

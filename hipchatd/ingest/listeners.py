@@ -18,6 +18,7 @@ that is full, never an accepted connection that is closed unread.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import math
 from collections.abc import Awaitable, Callable, Sequence
@@ -54,6 +55,30 @@ async def _always_room() -> None:
 _RECEIVE_SIZE = 65536
 #: The largest UDP payload IPv4 can carry.
 _DATAGRAM_SIZE = 65535
+#: accept(2) errors about one connection (gone, or refused by a firewall, before it was
+#: accepted), not the listener: ``trio.SocketListener.accept`` skips the same ones.
+_ACCEPT_SKIPPED = frozenset(
+    getattr(errno, name)
+    for name in (
+        "EPERM",
+        "ECONNABORTED",
+        "EPROTO",
+        "ENETDOWN",
+        "ENOPROTOOPT",
+        "EHOSTDOWN",
+        "ENONET",
+        "EHOSTUNREACH",
+        "EOPNOTSUPP",
+        "ENETUNREACH",
+        "ENOSR",
+        "ESOCKTNOSUPPORT",
+        "EPROTONOSUPPORT",
+        "ETIMEDOUT",
+        "ECONNRESET",
+    )
+    # Not every platform names every one.
+    if hasattr(errno, name)
+)
 
 #: ``conn_id`` of each connection and datagram, unique within the process.
 _conn_ids = itertools.count(1)
@@ -204,31 +229,47 @@ class _Slots:
             )
 
 
-class _Accepted(trio.abc.AsyncResource):
-    """An accepted connection as ``trio.serve_listeners`` holds it while its handler runs.
+class _Connection(trio.abc.ReceiveStream):
+    """An accepted Sensu connection, read-only: hipchatd never writes to one.
 
-    ``serve_listeners`` closes what it accepted with ``trio.aclose_forcefully``
-    once the handler returns: for a ``trio.SocketStream`` that is a cancelled
-    checkpoint, a raised and caught Cancelled, per connection, on a socket the
-    handler has closed already. Closing a socket cannot block, so this closes
-    it, if still open, without one.
+    ``trio.SocketStream`` prepares each connection for sending (two
+    ``setsockopt`` calls and a conflict detector) and wraps each receive in a
+    generator-based context manager; this reads the socket as it does, with
+    the same errors, without either, and keeps the peer address ``accept``
+    returned. ``trio.serve_listeners`` closes what it accepted with
+    ``trio.aclose_forcefully`` once the handler returns, and the handler has
+    closed it already: closing a socket cannot block, so ``aclose`` never
+    checkpoints, and neither close costs a scheduling round (nor the forceful
+    one a raised and caught Cancelled).
     """
 
-    __slots__ = ("stream",)
+    __slots__ = ("address", "socket")
 
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
+    def __init__(self, sock: trio.socket.SocketType, address: Any) -> None:
+        self.socket = sock
+        self.address = address
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        try:
+            return await self.socket.recv(_RECEIVE_SIZE if max_bytes is None else max_bytes)
+        except OSError as exc:
+            if exc.errno == errno.EBADF:
+                raise trio.ClosedResourceError("this socket was already closed") from None
+            raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
 
     async def aclose(self) -> None:
-        self.stream.socket.close()
+        self.socket.close()
 
 
-class _SlotListener(trio.abc.Listener[_Accepted]):
+class _SlotListener(trio.abc.Listener[_Connection]):
     """A listener whose ``accept`` first waits for a free connection slot.
 
     Past ``max_connections`` nothing is accepted: connections queue in the
     kernel's backlog (the sender's write succeeds only into a connection
     that will be read), and the kernel refuses them once that is full.
+    ``accept`` skips the errors ``trio.SocketListener.accept`` skips (a
+    connection gone before it was accepted) and raises the rest, resource
+    exhaustion included, for ``trio.serve_listeners`` to back off.
     """
 
     def __init__(self, listener: trio.SocketListener, slots: _Slots) -> None:
@@ -236,10 +277,19 @@ class _SlotListener(trio.abc.Listener[_Accepted]):
         self.socket = listener.socket
         self._slots = slots
 
-    async def accept(self) -> _Accepted:
+    async def accept(self) -> _Connection:
         await self._slots.take(self.listener)
         try:
-            return _Accepted(await self.listener.accept())
+            while True:
+                try:
+                    sock, address = await self.socket.accept()
+                except OSError as exc:
+                    if exc.errno == errno.EBADF:
+                        raise trio.ClosedResourceError from None
+                    if exc.errno not in _ACCEPT_SKIPPED:
+                        raise
+                else:
+                    return _Connection(sock, address)
         except BaseException:
             self._slots.release()
             raise
@@ -305,11 +355,7 @@ class ConnectionHandler:
                 self._idle.set()
             self.metrics.connections_open.dec()
             try:
-                if isinstance(stream, trio.SocketStream):
-                    # Closing a socket cannot block: no scheduling round per connection for it.
-                    stream.socket.close()
-                else:
-                    await stream.aclose()
+                await stream.aclose()
             finally:
                 reset_contextvars(**tokens)
 
@@ -381,17 +427,13 @@ async def serve_tcp(
     still read to their end.
     """
 
-    async def hold_slot(accepted: _Accepted) -> None:
-        stream = accepted.stream
+    async def hold_slot(connection: _Connection) -> None:
         try:
-            try:
-                address = stream.socket.getpeername()
-            except OSError:
-                address = None
+            address = connection.address
             if _refused(handler.metrics, handler.allow_from, address, "tcp"):
-                stream.socket.close()
+                await connection.aclose()
                 return
-            await handler(stream, _peer_name(address))
+            await handler(connection, _peer_name(address))
         finally:
             handler.slots.release()
 
