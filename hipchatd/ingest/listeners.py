@@ -321,7 +321,7 @@ class _SlotListener(trio.abc.Listener[_Connection]):
                     if exc.errno not in _ACCEPT_SKIPPED:
                         raise
                 else:
-                    # The same descriptor, as a plain socket: one read without waiting is plain.
+                    # The same descriptor as a plain socket: trio has no read that never waits.
                     plain = socket.socket(self._family, socket.SOCK_STREAM, 0, sock.detach())
                     return _Connection(plain, address)
         except BaseException:
