@@ -462,18 +462,25 @@ async def test_unexpected_error_ends_only_that_connection(nursery: trio.Nursery)
     assert handler.active == 0
 
 
+async def _collecting(
+    **settings: Any,
+) -> tuple[ConnectionHandler, list[trio.SocketListener], tuple[str, int], list[object]]:
+    """A handler keeping each document it reads; loopback listeners, not yet served."""
+    documents: list[object] = []
+    handler = ConnectionHandler(
+        DaemonSettings(tcp=Listen("127.0.0.1", 0), **settings),
+        lambda doc, peer, transport: documents.append(doc.value),
+        Metrics(),
+    )
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    return handler, listeners, listeners[0].socket.getsockname()[:2], documents
+
+
 async def test_a_peer_resetting_its_connection_keeps_what_it_completed(
     nursery: trio.Nursery,
 ) -> None:
     """Over loopback: a reset is one INFO line naming the peer; the connection's slot is freed."""
-    documents: list[object] = []
-    metrics = Metrics()
-    settings = DaemonSettings(tcp=Listen("127.0.0.1", 0), max_connections=1)
-    handler = ConnectionHandler(
-        settings, lambda doc, peer, transport: documents.append(doc.value), metrics
-    )
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    address = listeners[0].socket.getsockname()[:2]
+    handler, listeners, address, documents = await _collecting(max_connections=1)
     with trio.fail_after(10), capture_logs() as logs:
         await nursery.start(serve_tcp, listeners, handler)
         sock = trio.socket.socket()
@@ -493,7 +500,7 @@ async def test_a_peer_resetting_its_connection_keeps_what_it_completed(
     assert reset["error"].startswith("socket connection broken: ")
     assert "reset" in reset["error"].lower()
     assert not [e for e in logs if e["event"] == "input.rejected"]
-    assert metrics.value("hipchatd_connections_open") == 0
+    assert handler.metrics.value("hipchatd_connections_open") == 0
     assert handler.active == 0
 
 
@@ -501,15 +508,9 @@ async def test_connections_written_whole_before_they_are_read_are_handled_alike(
     nursery: trio.Nursery,
 ) -> None:
     """Sent and half-closed before the daemon reads: each is read whole, bad input apart."""
-    documents: list[object] = []
-    metrics = Metrics()
-    settings = DaemonSettings(tcp=Listen("127.0.0.1", 0), max_frame_bytes=1024)
-    handler = ConnectionHandler(
-        settings, lambda doc, peer, transport: documents.append(doc.value), metrics
-    )
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    address = listeners[0].socket.getsockname()[:2]
     payloads = [b'{"n": 1}', b"not JSON", b'{"big": "' + b"x" * 2000 + b'"}', b'{"n": 2}\n']
+    handler, listeners, address, documents = await _collecting(max_frame_bytes=1024)
+    metrics = handler.metrics
     senders = []
     with trio.fail_after(10), capture_logs() as logs:
         # Every connection waits, written and half-closed, in the listen backlog.
