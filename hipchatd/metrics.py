@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 from hipchatd.reasons import OutcomeKind, RejectReason, SkipReason
 
 __all__ = [
+    "API_VERSIONS",
     "CONNECTIONS_OPEN",
     "EVENTS_ACCEPTED",
     "EVENTS_RECEIVED",
@@ -62,6 +63,8 @@ LEASE_TAKEOVERS: Final = "hipchatd_lease_takeovers_total"
 LEASE_RENEWALS_FAILED: Final = "hipchatd_lease_renewals_failed_total"
 
 TRANSPORTS = ("tcp", "udp")
+#: The labels of NOTIFICATIONS: HipChat's API versions.
+API_VERSIONS: Final = ("v1", "v2")
 #: The labels of EVENTS_REJECTED: one per RejectReason, in its order.
 REJECT_REASONS: Final = tuple(RejectReason)
 #: Where a fault boundary caught an unexpected exception (a bug, counted and survived).
@@ -134,10 +137,8 @@ class Metrics:
         self.internal_errors = {
             w: self.internal_errors_total.labels(where=w) for w in INTERNAL_ERROR_PLACES
         }
-        for version in ("v1", "v2"):
-            self.notifications.labels(api_version=version)
-        for reason in FAILURE_REASONS:
-            self.notifications_failed.labels(reason=reason)
+        self.sent = {v: self.notifications.labels(api_version=v) for v in API_VERSIONS}
+        self.failed = {r: self.notifications_failed.labels(reason=r) for r in FAILURE_REASONS}
 
     def value(self, name: str, **labels: str) -> float:
         """The current value of a sample (0.0 when absent); for status lines and tests."""

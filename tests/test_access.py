@@ -10,6 +10,7 @@ import dataclasses
 import ipaddress
 import json
 import socket
+import struct
 from functools import partial
 from typing import Any
 
@@ -21,6 +22,7 @@ import trio.testing
 from hipchatd import app as app_module
 from hipchatd.config import DaemonSettings, Listen
 from hipchatd.emulator import Emulator
+from hipchatd.ingest import listeners as listeners_module
 from hipchatd.ingest.listeners import ConnectionHandler, reject, serve_tcp, serve_udp
 from hipchatd.ingest.peers import (
     LOG_LINES_PER_PEER,
@@ -458,6 +460,113 @@ async def test_unexpected_error_ends_only_that_connection(nursery: trio.Nursery)
     assert metrics.value("hipchatd_internal_errors_total", where="connection") == 1
     assert metrics.value("hipchatd_connections_open") == 0
     assert handler.active == 0
+
+
+async def _collecting(
+    **settings: Any,
+) -> tuple[ConnectionHandler, list[trio.SocketListener], tuple[str, int], list[object]]:
+    """A handler keeping each document it reads; loopback listeners, not yet served."""
+    documents: list[object] = []
+    handler = ConnectionHandler(
+        DaemonSettings(tcp=Listen("127.0.0.1", 0), **settings),
+        lambda doc, peer, transport: documents.append(doc.value),
+        Metrics(),
+    )
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    return handler, listeners, listeners[0].socket.getsockname()[:2], documents
+
+
+async def test_a_peer_resetting_its_connection_keeps_what_it_completed(
+    nursery: trio.Nursery,
+) -> None:
+    """Over loopback: a reset is one INFO line naming the peer; the connection's slot is freed."""
+    handler, listeners, address, documents = await _collecting(max_connections=1)
+    with trio.fail_after(10), capture_logs() as logs:
+        await nursery.start(serve_tcp, listeners, handler)
+        sock = trio.socket.socket()
+        await sock.connect(address)
+        peer = "{}:{}".format(*sock.getsockname()[:2])
+        await sock.send(b'{"n": 1}\n{"half"')
+        await wait_until(lambda: documents == [{"n": 1}])
+        # A zero linger time: close sends a reset instead of a FIN.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+        await wait_until(lambda: handler.slots.free == 1)
+    # What the connection completed before the reset is kept; the half event is not rejected.
+    assert documents == [{"n": 1}]
+    [reset] = [e for e in logs if e["event"] == "connection.reset"]
+    assert reset["log_level"] == "info"
+    assert reset["peer"] == peer
+    assert reset["error"].startswith("socket connection broken: ")
+    assert "reset" in reset["error"].lower()
+    assert not [e for e in logs if e["event"] == "input.rejected"]
+    assert handler.metrics.value("hipchatd_connections_open") == 0
+    assert handler.active == 0
+
+
+async def test_connections_written_whole_before_they_are_read_are_handled_alike(
+    nursery: trio.Nursery,
+) -> None:
+    """Sent and half-closed before the daemon reads: each is read whole, bad input apart."""
+    payloads = [b'{"n": 1}', b"not JSON", b'{"big": "' + b"x" * 2000 + b'"}', b'{"n": 2}\n']
+    handler, listeners, address, documents = await _collecting(max_frame_bytes=1024)
+    metrics = handler.metrics
+    senders = []
+    with trio.fail_after(10), capture_logs() as logs:
+        # Every connection waits, written and half-closed, in the listen backlog.
+        for payload in payloads:
+            sender = await trio.open_tcp_stream(*address)
+            await sender.send_all(payload)
+            await sender.send_eof()
+            senders.append(sender)
+        await nursery.start(serve_tcp, listeners, handler)
+        for sender in senders:
+            # Each is read to its end and closed by the daemon.
+            assert await sender.receive_some(10) == b""
+            await sender.aclose()
+        await wait_until(lambda: handler.active == 0)
+    assert sorted(documents, key=str) == [{"n": 1}, {"n": 2}]
+    assert metrics.value("hipchatd_events_received_total", transport="tcp") == 4
+    for reason in ("invalid_json", "frame_too_large"):
+        assert metrics.value("hipchatd_events_rejected_total", reason=reason) == 1, reason
+    rejected = {e["reason"].split(":")[0]: e for e in logs if e["event"] == "input.rejected"}
+    assert len(rejected) == 2
+    assert [e["action"] for e in rejected.values() if "action" in e] == ["connection closed"]
+    assert not [e for e in logs if e["event"] in ("connection.timed_out", "connection.reset")]
+    assert metrics.value("hipchatd_connections_open") == 0
+
+
+def test_a_connection_can_be_read_without_waiting() -> None:
+    """``receive_now``: None while nothing came, the bytes, b"" at the end; never blocks."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    connection = listeners_module._Connection(ours, "peer")
+    try:
+        assert connection.receive_now() is None
+        theirs.sendall(b"event")
+        assert connection.receive_now() == b"event"
+        theirs.shutdown(socket.SHUT_WR)
+        assert connection.receive_now() == b""
+    finally:
+        theirs.close()
+        ours.close()
+
+
+def test_a_reset_connection_read_without_waiting_is_broken() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        theirs = socket.create_connection(server.getsockname()[:2])
+        ours, _ = server.accept()
+    ours.setblocking(False)
+    connection = listeners_module._Connection(ours, "peer")
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    theirs.close()
+    try:
+        with pytest.raises(trio.BrokenResourceError, match=r"^socket connection broken: "):
+            connection.receive_now()
+    finally:
+        ours.close()
+    with pytest.raises(trio.ClosedResourceError):
+        connection.receive_now()
 
 
 # -- what each line names --------------------------------------------------------

@@ -504,14 +504,14 @@ async def test_live_daemon_survives_a_bug_while_handling_an_event(
     start_daemon: StartDaemon, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A bug reached by one event (here: routing) is counted; the next events are delivered."""
-    real_route = intake.route
+    real_route = intake.Router.route
 
-    def buggy_route(event: Any, *args: Any) -> Any:
+    def buggy_route(router: Any, event: Any, *args: Any) -> Any:
         if event.check == "poison":
             raise ZeroDivisionError("a bug in routing")
-        return real_route(event, *args)
+        return real_route(router, event, *args)
 
-    monkeypatch.setattr(intake, "route", buggy_route)
+    monkeypatch.setattr(intake.Router, "route", buggy_route)
     poison = encode(classic_event(name="poison"))
     with trio.fail_after(20), capture_logs() as logs:
         app = await _daemon(start_daemon)

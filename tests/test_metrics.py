@@ -87,3 +87,17 @@ def test_failure_labels_are_the_documented_ones_in_order() -> None:
         "transport_error",
         "timeout",
     )
+
+
+def test_notification_counters_are_looked_up_by_api_version_and_failure_reason() -> None:
+    """Looked up once at start, counting into the series the README names, from 0."""
+    m = Metrics()
+    assert set(m.sent) == {"v1", "v2"} == set(metrics.API_VERSIONS)
+    assert set(m.failed) == set(metrics.FAILURE_REASONS)
+    for version in metrics.API_VERSIONS:
+        assert m.value(metrics.NOTIFICATIONS, api_version=version) == 0
+    m.sent["v2"].inc()
+    m.failed[OutcomeKind.RATE_LIMITED.value].inc()
+    assert m.value(metrics.NOTIFICATIONS, api_version="v2") == 1
+    assert m.value(metrics.NOTIFICATIONS, api_version="v1") == 0
+    assert m.value(metrics.NOTIFICATIONS_FAILED, reason="rate_limited") == 1

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from hipchatd.delivery.routing import Target, route, unknown_contacts
-from hipchatd.sensu.events import Event, MessageFormat, Overrides, parse_event
+from hipchatd.config import HipChatSettings
+from hipchatd.delivery.routing import Router, Target, route, unknown_contacts
+from hipchatd.sensu.events import BySeverity, Event, MessageFormat, Overrides, parse_event
 from tests.factories import make_event, make_settings
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -236,3 +237,54 @@ def test_go_warning_fixture_ignores_slack_annotations() -> None:
     assert route(fixture("go-warning.json"), make_settings(room=("ops",)), NO_CONTACTS) == (
         room("ops"),
     )
+
+
+# --- Router: route for a stream of events -----------------------------------------------------
+
+ROUTER_EVENTS = [
+    make_event(),
+    make_event(status=1),
+    make_event(status=2),
+    make_event(status=3),
+    make_event(status=0, action="resolve"),
+    make_event(check_overrides=Overrides(room=("c1", "c2"))),
+    make_event(client_overrides=Overrides(room=("k1",), notify=True)),
+    make_event(check_overrides=Overrides(username="check-bot")),
+    make_event(client_overrides=Overrides(mentions=BySeverity(critical="@all")), status=2),
+    make_event(check_overrides=Overrides(legacy_occurrences=True)),
+    make_event(contacts=("dba", "ops")),
+    make_event(contacts=("quiet",)),
+    make_event(contacts=("nobody",)),
+]
+ROUTER_SETTINGS = [
+    make_settings(),
+    make_settings(room=("ops", "web"), notify=BySeverity(critical=True), username="Sensu"),
+    make_settings(user="oncall@example.com"),
+    make_settings(room=()),
+]
+
+
+@pytest.mark.parametrize("settings", ROUTER_SETTINGS)
+def test_router_routes_every_event_as_route_does(settings: HipChatSettings) -> None:
+    router = Router()
+    # Twice over, in both orders: what one event leaves behind never changes another's targets.
+    for event in [*ROUTER_EVENTS, *reversed(ROUTER_EVENTS), *ROUTER_EVENTS]:
+        assert router.route(event, settings, CONTACTS) == route(event, settings, CONTACTS)
+
+
+def test_router_shares_the_targets_of_events_that_name_no_routing() -> None:
+    router = Router()
+    settings = make_settings(room=("ops", "web"))
+    first = router.route(make_event(id="a"), settings, CONTACTS)
+    assert router.route(make_event(id="b"), settings, CONTACTS) is first
+    # Naming only legacy_occurrences changes nothing routing reads.
+    legacy = make_event(check_overrides=Overrides(legacy_occurrences=False))
+    assert router.route(legacy, settings, CONTACTS) is first
+    assert router.route(make_event(status=1), settings, CONTACTS) is not first
+    assert router.route(make_event(contacts=("nobody",)), settings, CONTACTS) is not first
+
+
+def test_router_routes_again_with_new_settings() -> None:
+    router = Router()
+    assert names(router.route(make_event(), make_settings(room=("old",)), CONTACTS)) == ["old"]
+    assert names(router.route(make_event(), make_settings(room=("new",)), CONTACTS)) == ["new"]

@@ -366,14 +366,14 @@ class Lane:
             self.failures = 0
             self.retry_at = 0.0
             now = unix_now()
-            metrics.notifications.labels(api_version=settings.api_version).inc()
+            metrics.sent[settings.api_version].inc()
             for p in covered:
                 metrics.notification_latency.observe(max(0.0, now - p.accepted_at))
                 p.ticket.finish(self.target.name, None, p.attempts + 1)
             if len(covered) > 1:
                 log.info("delivery.coalesced", room=self.target.name, events=len(covered), ms=ms)
             return
-        metrics.notifications_failed.labels(reason=outcome.kind.value).inc()
+        metrics.failed[outcome.kind.value].inc()
         error = outcome.error or outcome.kind.value
         fields = {
             "room": self.target.name,

@@ -35,7 +35,7 @@ from typing import Literal
 from hipchatd.config import HipChatSettings
 from hipchatd.sensu.events import BySeverity, Event, MessageFormat, Overrides, Severity, severity
 
-__all__ = ["Target", "route", "unknown_contacts"]
+__all__ = ["Router", "Target", "route", "unknown_contacts"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +82,50 @@ def route(
     if contact_rooms:
         return _rooms(contact_rooms, settings, level)
     return _rooms(((room, layers) for room in settings.room), settings, level)
+
+
+class Router:
+    """:func:`route` for a stream of events: the same targets, computed once where they can be.
+
+    Most events name no routing of their own: no rooms, no per-target keys,
+    no contacts. Their targets depend only on the settings and the event's
+    severity, so they are computed once per severity and shared (the tuple
+    and its frozen targets) until the settings object changes (a reload
+    replaces it). Every other event is routed by :func:`route` as it comes.
+    """
+
+    def __init__(self) -> None:
+        self._settings: HipChatSettings | None = None
+        self._routes: dict[Severity, tuple[Target, ...]] = {}
+        #: the last override layer found to name nothing: readers share one such object.
+        self._plain = Overrides()
+
+    def route(
+        self, event: Event, settings: HipChatSettings, contacts: Mapping[str, Overrides]
+    ) -> tuple[Target, ...]:
+        """What :func:`route` returns for these arguments."""
+        if event.contacts or not (
+            self._names_nothing(event.check_overrides)
+            and self._names_nothing(event.client_overrides)
+        ):
+            return route(event, settings, contacts)
+        if settings is not self._settings:
+            self._settings = settings
+            self._routes = {}
+        level = severity(event.status)
+        targets = self._routes.get(level)
+        if targets is None:
+            targets = self._routes[level] = route(event, settings, contacts)
+        return targets
+
+    def _names_nothing(self, overrides: Overrides) -> bool:
+        """Whether ``overrides`` names nothing routing reads (its legacy_occurrences aside)."""
+        if overrides is self._plain:
+            return True
+        if overrides != Overrides(legacy_occurrences=overrides.legacy_occurrences):
+            return False
+        self._plain = overrides
+        return True
 
 
 def unknown_contacts(event: Event, contacts: Mapping[str, Overrides]) -> tuple[str, ...]:

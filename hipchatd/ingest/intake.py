@@ -29,7 +29,7 @@ from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from hipchatd.clock import unix_now
 from hipchatd.config import Config
-from hipchatd.delivery.routing import route
+from hipchatd.delivery.routing import Router
 from hipchatd.delivery.spool import Entry, EventEntries, Spool
 from hipchatd.delivery.tickets import Feed, Ticket, tickets_for
 from hipchatd.errors import EventError
@@ -76,6 +76,7 @@ class Intake:
         self._metrics = metrics
         self._spool = spool
         self._dispatcher = dispatcher
+        self._router = Router()
         #: which skips are logged at INFO; its ``run`` reports what its line budget held back.
         self.skip_log = SkipLog()
 
@@ -118,7 +119,7 @@ class Intake:
             self._metrics.skipped[reason].inc()
             self._log_skipped(event, reason, reminder_period(event, settings))
             return
-        targets = route(event, settings, config.contacts)
+        targets = self._router.route(event, settings, config.contacts)
         limit = config.daemon.max_targets_per_event
         if len(targets) > limit:
             self._metrics.rejected[RejectReason.TOO_MANY_TARGETS].inc()

@@ -18,8 +18,10 @@ that is full, never an accepted connection that is closed unread.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import math
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any
@@ -52,8 +54,34 @@ async def _always_room() -> None:
 
 #: Bytes per receive: one call takes a typical 1-5 KB event whole.
 _RECEIVE_SIZE = 65536
+#: Reads of a new connection taken without waiting: one Sensu event, then its end.
+_READY_READS = 2
 #: The largest UDP payload IPv4 can carry.
 _DATAGRAM_SIZE = 65535
+#: accept(2) errors about one connection (gone, or refused by a firewall, before it was
+#: accepted), not the listener: ``trio.SocketListener.accept`` skips the same ones.
+_ACCEPT_SKIPPED = frozenset(
+    getattr(errno, name)
+    for name in (
+        "EPERM",
+        "ECONNABORTED",
+        "EPROTO",
+        "ENETDOWN",
+        "ENOPROTOOPT",
+        "EHOSTDOWN",
+        "ENONET",
+        "EHOSTUNREACH",
+        "EOPNOTSUPP",
+        "ENETUNREACH",
+        "ENOSR",
+        "ESOCKTNOSUPPORT",
+        "EPROTONOSUPPORT",
+        "ETIMEDOUT",
+        "ECONNRESET",
+    )
+    # Not every platform names every one.
+    if hasattr(errno, name)
+)
 
 #: ``conn_id`` of each connection and datagram, unique within the process.
 _conn_ids = itertools.count(1)
@@ -204,23 +232,98 @@ class _Slots:
             )
 
 
-class _SlotListener(trio.abc.Listener[trio.SocketStream]):
+class _Connection(trio.abc.ReceiveStream):
+    """An accepted Sensu connection, read-only: hipchatd never writes to one.
+
+    ``trio.SocketStream`` prepares each connection for sending (two
+    ``setsockopt`` calls and a conflict detector) and wraps each receive in a
+    generator-based context manager; this reads the socket as trio's socket
+    layer does (a checkpoint per read, the same errors) without either, keeps
+    the peer address ``accept`` returned, and can take what the socket holds
+    already without waiting (:meth:`receive_now`). ``trio.serve_listeners``
+    closes what it accepted with ``trio.aclose_forcefully`` once the handler
+    returns, and the handler has closed it already: closing a socket cannot
+    block, so ``aclose`` never checkpoints, and neither close costs a
+    scheduling round (nor the forceful one a raised and caught Cancelled).
+    """
+
+    __slots__ = ("address", "sock")
+
+    def __init__(self, sock: socket.socket, address: Any) -> None:
+        self.sock = sock
+        self.address = address
+
+    def receive_now(self) -> bytes | None:
+        """What the socket holds now (b"" at its end), or None when a read would wait.
+
+        Never blocks and is no checkpoint. Raises what ``receive_some`` raises.
+        """
+        try:
+            return self.sock.recv(_RECEIVE_SIZE)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise _stream_error(exc) from exc
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        size = _RECEIVE_SIZE if max_bytes is None else max_bytes
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            try:
+                data = self.sock.recv(size)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self.sock)
+                continue
+            except OSError as exc:
+                raise _stream_error(exc) from exc
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return data
+
+    async def aclose(self) -> None:
+        if self.sock.fileno() != -1:
+            trio.lowlevel.notify_closing(self.sock)
+            self.sock.close()
+
+
+def _stream_error(exc: OSError) -> trio.ClosedResourceError | trio.BrokenResourceError:
+    """The error ``trio.SocketStream`` raises for ``exc`` from a read, in its words."""
+    if exc.errno == errno.EBADF:
+        return trio.ClosedResourceError("this socket was already closed")
+    return trio.BrokenResourceError(f"socket connection broken: {exc}")
+
+
+class _SlotListener(trio.abc.Listener[_Connection]):
     """A listener whose ``accept`` first waits for a free connection slot.
 
     Past ``max_connections`` nothing is accepted: connections queue in the
     kernel's backlog (the sender's write succeeds only into a connection
     that will be read), and the kernel refuses them once that is full.
+    ``accept`` skips the errors ``trio.SocketListener.accept`` skips (a
+    connection gone before it was accepted) and raises the rest, resource
+    exhaustion included, for ``trio.serve_listeners`` to back off.
     """
 
     def __init__(self, listener: trio.SocketListener, slots: _Slots) -> None:
         self.listener = listener
         self.socket = listener.socket
         self._slots = slots
+        self._family = listener.socket.family
 
-    async def accept(self) -> trio.SocketStream:
+    async def accept(self) -> _Connection:
         await self._slots.take(self.listener)
         try:
-            return await self.listener.accept()
+            while True:
+                try:
+                    sock, address = await self.socket.accept()
+                except OSError as exc:
+                    if exc.errno == errno.EBADF:
+                        raise trio.ClosedResourceError from None
+                    if exc.errno not in _ACCEPT_SKIPPED:
+                        raise
+                else:
+                    # The same descriptor as a plain socket: trio has no read that never waits.
+                    plain = socket.socket(self._family, socket.SOCK_STREAM, 0, sock.detach())
+                    return _Connection(plain, address)
         except BaseException:
             self._slots.release()
             raise
@@ -294,6 +397,11 @@ class ConnectionHandler:
         settings = self.settings
         decoder = Decoder(settings.framing, settings.max_frame_bytes)
         received = 0
+        if isinstance(stream, _Connection):
+            ready = await self._read_ready(stream, decoder, peer)
+            if ready is None:
+                return
+            received = ready
         # The deadline moves on each completed frame: a peer that trickles
         # bytes without ever completing an event is closed like an idle one.
         with trio.CancelScope(deadline=trio.current_time() + settings.idle_timeout) as scope:
@@ -313,17 +421,7 @@ class ConnectionHandler:
                         await self.room()
                         scope.deadline = trio.current_time() + settings.idle_timeout
             except FrameTooLarge as exc:
-                _handle_frames(exc.frames, self.sink, self.metrics, peer, "tcp")
-                self.metrics.received["tcp"].inc()
-                reject(
-                    self.metrics,
-                    RejectReason.FRAME_TOO_LARGE,
-                    peer=peer,
-                    transport="tcp",
-                    nbytes=exc.size,
-                    reason=str(exc),
-                    action="connection closed",
-                )
+                self._too_large(exc, peer)
                 return
             except trio.BrokenResourceError as exc:
                 log.info("connection.reset", error=str(exc))
@@ -338,6 +436,52 @@ class ConnectionHandler:
                 nbytes=received,
                 reason="no complete event within idle_timeout",
             )
+
+    async def _read_ready(self, stream: _Connection, decoder: Decoder, peer: str) -> int | None:
+        """Read what the connection holds already: None once it has ended, else the bytes read.
+
+        A Sensu-style sender has usually written its event and half-closed
+        before its connection is read: then the event and the end are read
+        here, without a cancel scope or a scheduling round. At most
+        ``_READY_READS`` reads, without waiting; whatever is left is read by
+        ``_read``, each read a checkpoint, so a peer that keeps sending holds
+        this task no longer than one that waits.
+        """
+        received = 0
+        try:
+            for _ in range(_READY_READS):
+                data = stream.receive_now()
+                if data is None:
+                    break
+                if not data:
+                    _handle_frames(decoder.close(), self.sink, self.metrics, peer, "tcp")
+                    return None
+                received += len(data)
+                frames = decoder.feed(data)
+                if frames:
+                    _handle_frames(frames, self.sink, self.metrics, peer, "tcp")
+                    await self.room()
+        except FrameTooLarge as exc:
+            self._too_large(exc, peer)
+            return None
+        except trio.BrokenResourceError as exc:
+            log.info("connection.reset", error=str(exc))
+            return None
+        return received
+
+    def _too_large(self, exc: FrameTooLarge, peer: str) -> None:
+        """A frame past ``max_frame_bytes`` ends the connection; the frames before it count."""
+        _handle_frames(exc.frames, self.sink, self.metrics, peer, "tcp")
+        self.metrics.received["tcp"].inc()
+        reject(
+            self.metrics,
+            RejectReason.FRAME_TOO_LARGE,
+            peer=peer,
+            transport="tcp",
+            nbytes=exc.size,
+            reason=str(exc),
+            action="connection closed",
+        )
 
 
 async def serve_tcp(
@@ -358,16 +502,13 @@ async def serve_tcp(
     still read to their end.
     """
 
-    async def hold_slot(stream: trio.SocketStream) -> None:
+    async def hold_slot(connection: _Connection) -> None:
         try:
-            try:
-                address = stream.socket.getpeername()
-            except OSError:
-                address = None
+            address = connection.address
             if _refused(handler.metrics, handler.allow_from, address, "tcp"):
-                await stream.aclose()
+                await connection.aclose()
                 return
-            await handler(stream, _peer_name(address))
+            await handler(connection, _peer_name(address))
         finally:
             handler.slots.release()
 
