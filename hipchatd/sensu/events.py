@@ -37,6 +37,7 @@ one place), and the lenient value readers both shapes share are
 from __future__ import annotations
 
 import json
+import operator
 import re
 from collections.abc import Mapping
 from typing import Any, Final
@@ -120,6 +121,7 @@ _MAX_KEYS_SHOWN = 12
 _MAX_KEY_CHARS = 40
 #: The only type a valid Go history status has; ``bool`` and ``float`` take the slow path.
 _INT_ONLY: Final = frozenset({int})
+_STATUS: Final = operator.itemgetter("status")
 #: Digits of the longest history entry read as a status: exit codes are 0-255, and
 #: int() refuses a string over sys.get_int_max_str_digits() (4,300) with ValueError.
 _MAX_STATUS_DIGITS: Final = 10
@@ -352,13 +354,14 @@ def _go_history(value: object) -> tuple[int, ...]:
     """Go history is a list of ``{status, executed}``; a malformed entry is unknown (3)."""
     if not isinstance(value, list):
         return ()
-    # Nearly every history is well-formed: read it in one pass, check the types once.
+    # Nearly every history is well-formed: read it in one pass, check the types once. Of
+    # the JSON types, only an object has a "status" (a list or a string raises TypeError).
     try:
-        statuses = tuple([entry["status"] for entry in value if type(entry) is dict])
-    except KeyError:
+        statuses = tuple(map(_STATUS, value))
+    except (KeyError, TypeError):
         pass
     else:
-        if len(statuses) == len(value) and _INT_ONLY.issuperset(map(type, statuses)):
+        if _INT_ONLY.issuperset(map(type, statuses)):
             return statuses
     return tuple([_go_status(entry) for entry in value])
 
