@@ -43,6 +43,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from hipchatd.errors import EventError
+from hipchatd.jsontext import loads
 from hipchatd.sensu.model import (
     UNKNOWN_STATUS,
     Action,
@@ -498,7 +499,7 @@ def _json_value(raw: str | None, opener: str) -> object:
     if raw is None or not raw.lstrip(_JSON_BLANKS).startswith(opener):
         return None
     try:
-        return json.loads(raw)
+        return loads(raw)
     except (ValueError, RecursionError):
         return None
 
