@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["dumps", "loads"]
+__all__ = ["dumps", "loads", "loads_utf8"]
 
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
@@ -28,11 +28,30 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
     """Parse one JSON text, as :func:`json.loads` would (and with its errors)."""
     try:
         return _decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+    # msgspec raises its own UnicodeDecodeError on bytes that are not UTF-8: json names
+    # the byte, or reads the bytes as json.detect_encoding() says.
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError):
         pass
     if isinstance(data, memoryview):
         data = bytes(data)
     return json.loads(data)
+
+
+def loads_utf8(data: bytes | bytearray, text: str) -> Any:
+    """Parse ``text``, read from ``data``, its UTF-8 encoding: :func:`json.loads` of ``text``.
+
+    For a caller that holds both, as a decoder of received frames does: msgspec
+    reads the bytes (a non-ASCII ``text`` is not encoded again), and whatever it
+    refuses is parsed by :mod:`json` from ``text``, with json's answer or error.
+    Unlike ``json.loads(data)``, the bytes are never read as another encoding
+    (a UTF-8 byte order mark, or a NUL byte among the first four, makes json
+    guess UTF-16 or UTF-32).
+    """
+    try:
+        return _decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError):
+        pass
+    return json.loads(text)
 
 
 def dumps(value: Any) -> bytes:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -637,6 +638,7 @@ def test_interval(interval: object, expected: int | None) -> None:
         ("1700000000", 1600000000, 1600000000.0),
         (float("nan"), 1600000000, 1600000000.0),
         (float("inf"), None, 0.0),
+        (True, 1600000000, 1600000000.0),
         (None, None, 0.0),
     ],
 )
@@ -1030,6 +1032,7 @@ def test_classic_history_only_ascii_digits_are_statuses(
         (_hist(1, True, 2.0, 0), (1, 3, 3, 0)),
         (_hist(0, None), (0, 3)),
         ([{"status": 1}, {"status": 2}, ["status"]], (1, 2, 3)),
+        ([{"status": 1}, "status", {"status": 2}], (1, 3, 2)),
     ],
 )
 def test_go_history_with_one_malformed_status(
@@ -1058,6 +1061,21 @@ def test_go_annotation_values_parse_as_json_does(
 def test_go_handle_when_annotation_with_leading_whitespace() -> None:
     document = go_annotated({PREFIX + "handle_when": ' \n{"occurrences": 4}'})
     assert parse_event(document).handle_when == HandleWhen(4, 1800)
+
+
+@pytest.mark.parametrize("name", ["classic-hipchat.json", "go-annotations.json"])
+def test_objects_need_not_be_dicts(name: str) -> None:
+    """Any Mapping reads as the dict json gives would."""
+
+    def frozen(value: object) -> object:
+        if isinstance(value, dict):
+            return MappingProxyType({k: frozen(v) for k, v in value.items()})
+        if isinstance(value, list):
+            return [frozen(v) for v in value]
+        return value
+
+    document = load(name)
+    assert parse_event(frozen(document)) == parse_event(document)
 
 
 def test_a_timestamp_too_large_for_a_float_is_ignored() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -266,6 +267,114 @@ def test_integer_too_long_for_python_is_rejected() -> None:
     [frame] = decode([b'{"n":' + b"9" * 5000 + b"}"])
     assert isinstance(frame, Rejected)
     assert frame.reason.startswith("invalid JSON: Exceeds the limit")
+
+
+# -- lines that are one document: parsed from bytes, answered as json answers -----------
+
+
+def shapes(frames: Sequence[Frame]) -> list[object]:
+    """Frames as a caller sees them: a Document's value (as JSON text, so NaN compares
+    and 1 is not 1.0), its size and its text; a Rejected as it is."""
+    return [
+        (json.dumps(f.value), f.nbytes, f.text) if isinstance(f, Document) else f for f in frames
+    ]
+
+
+LINE_CASES = {
+    "trailing-whitespace": b'{"a":1}  \t\r\n  ',
+    "crlf-lines": b'{"a":1}\r\n[2]\r\n',
+    "two-on-one-line": b'{"a":1}{"b":2}\n{"c":3} [4]\n',
+    "then-a-word": b'{"a":1} x\n{"b":2}',
+    "invalid-utf8": b'{"a":"caf\xe9"}\n{"b":2}\n',
+    "cut-character": b'{"a":"\xe2\x82"}\n',
+    "utf8-text": '{"a":"café € 😀 \u2028"}\n["\u00e9"]'.encode(),
+    "lone-surrogate": b'{"a":"\\ud800 and \\udfff"}\n',
+    "surrogate-pair": b'{"a":"\\ud83d\\ude00"}\n',
+    "big-integers": b'{"a":123456789012345678901234567890,"b":-18446744073709551616}\n',
+    "huge-integer": b'{"n":' + b"9" * 5000 + b"}\n",
+    "huge-exponent": b'{"a":1e400,"b":-1e400,"c":1e-400}\n',
+    "nan-infinity": b'{"a":NaN,"b":Infinity,"c":-Infinity}\n[NaN]',
+    "duplicate-keys": b'{"a":1,"a":2}\n',
+    "floats": b"[0.1,-0.0,1E5,1.7976931348623157e308,5e-324,2.5e+3]\n",
+    "deep": b"[" * 1500 + b"]" * 1500 + b"\n",
+    "invalid": b'{"a":}\n[1,]\n{"a":1,}\n',
+    "control-in-string": b'{"a":"\x01"}\n',
+    "form-feed": b'{"a":1}\x0c\n{"b":2}\n',
+    "bom": b'\xef\xbb\xbf{"a":1}\n{"b":2}\n',
+    "nul-second": b'[\x001]\n{"\x00":1}\n',
+    "bracket-ended-junk": b'{"a":1]\n[1}\n{"a":[}\n',
+    "pretty-then-line": b'{\n  "a": 1\n}\n{"b":2}\n',
+    "no-newline-at-end": b'{"a":1}\n{"b":2}',
+}
+
+
+@pytest.mark.parametrize("stream", LINE_CASES.values(), ids=LINE_CASES.keys())
+def test_whole_document_lines_give_the_frames_of_any_split(stream: bytes) -> None:
+    """A chunk of whole lines gives what any other chunking gives, text and sizes included."""
+    whole = shapes(decode([stream]))
+    assert shapes(decode(every(stream, 1))) == whole
+    for i in range(len(stream) + 1):
+        assert shapes(decode([stream[:i], stream[i:]])) == whole, i
+
+
+@pytest.mark.parametrize("stream", LINE_CASES.values(), ids=LINE_CASES.keys())
+def test_documents_are_json_loads_of_the_text_as_received(stream: bytes) -> None:
+    """Each Document is json.loads of its text, which is its bytes in the stream, decoded."""
+    rest = stream
+    for frame in decode([stream]):
+        if isinstance(frame, Document):
+            data = frame.text.encode()
+            assert len(data) == frame.nbytes
+            assert data in rest
+            rest = rest[rest.index(data) + len(data) :]
+            assert json.dumps(frame.value) == json.dumps(json.loads(frame.text))
+
+
+def test_lone_surrogates_nan_and_big_numbers_read_as_json_reads_them() -> None:
+    frames = decode([LINE_CASES["lone-surrogate"] + LINE_CASES["nan-infinity"]])
+    assert [f.value for f in frames[:1] if isinstance(f, Document)] == [{"a": "\ud800 and \udfff"}]
+    nan = frames[1]
+    assert isinstance(nan, Document)
+    assert math.isnan(nan.value["a"])
+    assert (nan.value["b"], nan.value["c"]) == (math.inf, -math.inf)
+    [big] = decode([LINE_CASES["big-integers"]])
+    assert big == Document({"a": 123456789012345678901234567890, "b": -18446744073709551616}, 62)
+
+
+def test_a_line_of_two_documents_gives_both() -> None:
+    assert decode([b'{"a":1}{"b":2}\n']) == [Document({"a": 1}, 7), Document({"b": 2}, 7)]
+
+
+def test_a_document_keeps_the_text_it_came_in_as() -> None:
+    """Spacing and escapes as sent: the spool stores the text, not a re-encoding."""
+    line = '{ "a" : [1, 2.50],\t"é": "\\u00e9\\n" }'
+    for stream in (line.encode(), line.encode() + b"\n", b"\n" + line.encode() + b"  \r\n"):
+        [doc] = decode([stream])
+        assert isinstance(doc, Document)
+        assert (doc.text, doc.nbytes) == (line, len(line.encode()))
+
+
+line_fragments = st.sampled_from(
+    [
+        *(b'{"a":1}', b"[1,2]", b'{"s":"}]"}', b"[]", b"{}", b"\n", b"\r\n", b" ", b"\t", b"x"),
+        *(b'{"a":NaN}', b"[Infinity]", b"[1e400]", b"[123456789012345678901234567890]"),
+        *(b'["\\ud800"]', b'["\xe9"]', '["€"]'.encode(), b"\xef\xbb\xbf", b"\x00", b"\x0c"),
+        *(b"[" * 1100 + b"]" * 1100, b"[" + b"9" * 4400 + b"]", b"{", b"}", b"]", b'"'),
+    ]
+)
+
+
+@pytest.mark.parametrize("mode", ["auto", "newline"])
+@given(parts=st.lists(line_fragments, max_size=30), data=st.data())
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_any_split_of_lines_gives_the_same_frames_text_included(
+    mode: Framing, parts: list[bytes], data: st.DataObject
+) -> None:
+    """Documents, NaN, big numbers, surrogates, bad bytes and junk on lines, cut anywhere."""
+    stream = b"\n" + b"".join(parts)  # the leading newline keeps auto mode on JSON text
+    whole = shapes(decode([stream], mode))
+    assert shapes(decode(every(stream, 1), mode)) == whole
+    assert shapes(decode(data.draw(splits_of(stream), label="chunks"), mode)) == whole
 
 
 # -- empty input ----------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -59,6 +60,59 @@ def test_loads_raises_what_json_raises(text: str) -> None:
     with pytest.raises(json.JSONDecodeError) as got:
         jsontext.loads(text)
     assert str(got.value) == str(expected.value)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b'"\xed\xa0\x80"', b'"\xff"', b'["ok", "\xc3"]', b"\xef\xbb\xbf{}", b"\x00[\x001\x00]"],
+    ids=["utf8-surrogate", "invalid-byte", "cut-character", "utf8-bom", "utf16"],
+)
+def test_loads_reads_bytes_as_json_does(data: bytes) -> None:
+    """Bytes that are not plain UTF-8: json's answer (it guesses the encoding), or its error."""
+    assert _same(_outcome(jsontext.loads, data), _outcome(json.loads, data))
+
+
+@given(_VALUES)
+def test_loads_utf8_reads_what_json_writes(value: object) -> None:
+    for text in (json.dumps(value), json.dumps(value, ensure_ascii=False)):
+        if _utf8(text):  # a lone surrogate written as is has no UTF-8 encoding
+            assert _same(jsontext.loads_utf8(text.encode(), text), json.loads(text))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "123456789012345678901234567890",
+        "[NaN, Infinity, -Infinity]",
+        '"\\ud800"',
+        "1e400",
+        "9" * 5000,  # json refuses more than sys.get_int_max_str_digits() digits
+        '{"a": }',
+        '{"a": 1} x',
+        "\ufeff{}",  # json.loads(bytes) would skip a UTF-8 BOM; json.loads(text) refuses it
+        "[\x001]",  # json.loads(bytes) would read this as UTF-16
+        "[" * 5_000 + "]" * 5_000,
+    ],
+)
+def test_loads_utf8_answers_and_raises_as_json_loads_of_the_text(text: str) -> None:
+    got = _outcome(jsontext.loads_utf8, text.encode(), text)
+    assert _same(got, _outcome(json.loads, text))
+
+
+def _outcome(parse: Callable[..., object], *args: object) -> object:
+    """What ``parse(*args)`` returns, or the type and message of what it raises."""
+    try:
+        return parse(*args)
+    except (ValueError, RecursionError) as exc:
+        return (type(exc), str(exc))
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @given(_VALUES.filter(lambda v: not _has_nonfinite(v)))

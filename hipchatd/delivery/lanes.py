@@ -32,7 +32,6 @@ and retries like after a transient failure; the lane and every other lane go on.
 from __future__ import annotations
 
 import contextvars
-import json
 import math
 import random
 from collections import deque
@@ -55,6 +54,7 @@ from hipchatd.delivery.spool import Entry, Spool, SpoolReadError
 from hipchatd.delivery.templated import Shaping
 from hipchatd.delivery.tickets import Ticket
 from hipchatd.errors import EventError
+from hipchatd.jsontext import loads
 from hipchatd.metrics import Metrics
 from hipchatd.sensu.events import Event, parse_event
 
@@ -438,7 +438,7 @@ async def _read_back(spool: Spool, batch: Sequence[_Pending]) -> list[Event | No
             events.append(p.event)
             continue
         try:
-            event = parse_event(json.loads(documents[p.id]))
+            event = parse_event(loads(documents[p.id]))
         except (KeyError, ValueError, EventError):
             events.append(None)
             continue

@@ -37,11 +37,13 @@ one place), and the lenient value readers both shapes share are
 from __future__ import annotations
 
 import json
+import operator
 import re
 from collections.abc import Mapping
 from typing import Any, Final
 
 from hipchatd.errors import EventError
+from hipchatd.jsontext import loads
 from hipchatd.sensu.model import (
     UNKNOWN_STATUS,
     Action,
@@ -120,6 +122,7 @@ _MAX_KEYS_SHOWN = 12
 _MAX_KEY_CHARS = 40
 #: The only type a valid Go history status has; ``bool`` and ``float`` take the slow path.
 _INT_ONLY: Final = frozenset({int})
+_STATUS: Final = operator.itemgetter("status")
 #: Digits of the longest history entry read as a status: exit codes are 0-255, and
 #: int() refuses a string over sys.get_int_max_str_digits() (4,300) with ValueError.
 _MAX_STATUS_DIGITS: Final = 10
@@ -352,13 +355,14 @@ def _go_history(value: object) -> tuple[int, ...]:
     """Go history is a list of ``{status, executed}``; a malformed entry is unknown (3)."""
     if not isinstance(value, list):
         return ()
-    # Nearly every history is well-formed: read it in one pass, check the types once.
+    # Nearly every history is well-formed: read it in one pass, check the types once. Of
+    # the JSON types, only an object has a "status" (a list or a string raises TypeError).
     try:
-        statuses = tuple([entry["status"] for entry in value if type(entry) is dict])
-    except KeyError:
+        statuses = tuple(map(_STATUS, value))
+    except (KeyError, TypeError):
         pass
     else:
-        if len(statuses) == len(value) and _INT_ONLY.issuperset(map(type, statuses)):
+        if _INT_ONLY.issuperset(map(type, statuses)):
             return statuses
     return tuple([_go_status(entry) for entry in value])
 
@@ -495,7 +499,7 @@ def _json_value(raw: str | None, opener: str) -> object:
     if raw is None or not raw.lstrip(_JSON_BLANKS).startswith(opener):
         return None
     try:
-        return json.loads(raw)
+        return loads(raw)
     except (ValueError, RecursionError):
         return None
 

@@ -11,11 +11,19 @@ whatever follows. That also covers NDJSON, ``{..}{..}`` and pretty-printed JSON.
 
 How JSON text is split, and why it stays O(n):
 
-* Fast path. Between documents, the decoder hands the chunk to the C JSON
-  parser (``raw_decode``), which finds each document's end and its value in one
-  pass. A 3 KB event that arrives in one chunk costs one UTF-8 decode and one
-  parse. The fast path may read at most twice the chunk's size per ``feed``,
-  so a chunk full of invalid documents cannot make it quadratic.
+* Fast path. Between documents, a line that is one whole document (Sensu's
+  one event per connection, an NDJSON line) is parsed from its bytes by
+  msgspec (:func:`hipchatd.jsontext.loads_utf8`, with json's answers): a line
+  that starts with ``{`` or ``[`` and, but for whitespace, ends with ``}`` or
+  ``]``, and parses. Anything else (two documents on one line, pretty-printed
+  JSON, invalid text) goes to the C JSON parser (``raw_decode``), which finds
+  each document's end and its value in one pass. A 3 KB event that arrives in
+  one chunk costs one UTF-8 decode and one parse. A last line that the chunk
+  cuts is left to the slow path at once, without a parse that would fail.
+  The fast path may start at most twice the chunk's size per ``feed``, and
+  reads what it starts a few times at most (a line that msgspec and json
+  refuse is read again by the C parser), so a chunk full of invalid
+  documents cannot make it quadratic.
 * Slow path. When the parser gives up (the document is cut by the chunk
   boundary, or is invalid), a bracket scanner takes over for that document. It
   keeps its state across ``feed`` calls (depth, inside-string, and a position
@@ -36,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from hipchatd.errors import FrameTooLarge
+from hipchatd.jsontext import loads_utf8
 from hipchatd.reasons import RejectReason
 
 __all__ = ["Decoder", "Document", "FrameTooLarge", "Framing", "Rejected", "preview"]
@@ -81,6 +90,8 @@ _OUTSIDE: Final = re.compile(rb'(?:[^{}\[\]"]++|"(?:[^"\\]++|\\.)*+")*+', re.DOT
 # trailing backslash (its escaped byte has not arrived yet).
 _INSIDE: Final = re.compile(rb'(?:[^"\\]++|\\.)*+', re.DOTALL)
 _OPEN_BRACE, _OPEN_BRACKET, _QUOTE = 0x7B, 0x5B, 0x22
+_OPENERS: Final = b"{["
+_CLOSERS: Final = b"}]"
 
 #: Bytes in a length prefix: unsigned 32-bit big-endian.
 _PREFIX_BYTES: Final = 4
@@ -143,7 +154,7 @@ def _decode(frame: bytes | bytearray) -> Document | Rejected:
             RejectReason.NOT_UTF8, f"not UTF-8: {exc.reason} at offset {exc.start}", frame
         )
     try:
-        value = json.loads(text)
+        value = loads_utf8(frame, text)
     except json.JSONDecodeError as exc:
         return _reject(
             RejectReason.INVALID_JSON,
@@ -359,11 +370,43 @@ class _JsonText:
             self._pos = start
 
     def _fast(self, src: bytes | bytearray, start: int, out: list[Document | Rejected]) -> int:
-        """Parse whole frames from ``src[start:]`` with the C parser.
+        """Parse whole frames from ``src[start:]``: whole-document lines, then the C parser.
 
         ``src[start]`` is not whitespace. Returns the offset of the first frame
         it could not finish (the slow path takes it from there), or ``len(src)``.
         """
+        limit = self._limit
+        n = len(src)
+        pos = start
+        while src[pos] in _OPENERS:
+            nl = src.find(b"\n", pos)
+            if nl < 0:
+                nl = n
+            # A line that is one document ends, but for whitespace, with its closing bracket.
+            frame = src[pos:nl].rstrip(_JSON_WS)
+            if frame[-1] not in _CLOSERS:
+                if nl == n:
+                    # Cut by the chunk boundary (or not JSON): the slow path reads it once.
+                    return pos
+                break
+            try:
+                text = frame.decode("utf-8")
+                value = loads_utf8(frame, text)
+            except (ValueError, RecursionError):
+                # Not one document: the C parser says where it ends, or the slow path why not.
+                break
+            size = len(frame)
+            if size > limit:
+                raise FrameTooLarge(size, limit)
+            out.append(Document(value, size, text))
+            m = _NON_WS.search(src, pos + size)
+            if m is None:
+                return n
+            pos = m.start()
+        return self._parse(src, pos, out)
+
+    def _parse(self, src: bytes | bytearray, start: int, out: list[Document | Rejected]) -> int:
+        """Parse whole frames from ``src[start:]`` with the C parser; returns as :meth:`_fast`."""
         limit = self._limit
         stop_byte = len(src)
         try:

@@ -31,6 +31,8 @@ from hipchatd.sensu.model import (
 _FORMATS: Final[tuple[MessageFormat, ...]] = ("html", "text")
 _SEVERITY_KEYS: Final[tuple[Severity, ...]] = ("ok", "warning", "critical", "unknown")
 _MISSING: Final = object()
+#: The types json gives for everything but an object: none is a Mapping.
+_JSON_NON_OBJECTS: Final = frozenset({type(None), bool, int, float, str, list})
 T = TypeVar("T")
 #: Shared: it is frozen, and most checks and entities name no HipChat attributes.
 _NO_OVERRIDES: Final = Overrides()
@@ -44,6 +46,8 @@ MAX_NAME_CHARS: Final = 100
 
 #: Shared: it is frozen, and most checks have no ``handle_when``.
 _DEFAULT_HANDLE_WHEN: Final = HandleWhen()
+#: Shared: most checks carry no repeat attributes.
+_NO_REPEAT: Final = Repeat()
 
 
 # --- Classic-style attributes (both flavours) ------------------------------------------------
@@ -99,11 +103,15 @@ def read_repeat(check: Mapping[str, Any], extra: Mapping[str, Any] | None) -> Re
     attrs = check if extra is None else extra
     occurrences = _count(attrs.get("occurrences"))
     refresh = _count(attrs.get("refresh"))
+    handle_when_given = is_mapping(check.get("handle_when")) or (
+        extra is not None and is_mapping(extra.get("handle_when"))
+    )
+    if occurrences is None and refresh is None and not handle_when_given:
+        return _NO_REPEAT
     return Repeat(
         occurrences=occurrences if occurrences is not None and occurrences >= 1 else None,
         refresh=refresh,
-        handle_when_given=is_mapping(check.get("handle_when"))
-        or (extra is not None and is_mapping(extra.get("handle_when"))),
+        handle_when_given=handle_when_given,
     )
 
 
@@ -185,8 +193,9 @@ def read_names(value: object) -> tuple[str, ...] | None:
 
 
 def is_mapping(value: object) -> TypeGuard[Mapping[Any, Any]]:
-    """A JSON object: decoded JSON gives a dict, which skips the slower ABC check."""
-    return type(value) is dict or isinstance(value, Mapping)
+    """A JSON object: decoded JSON gives a dict, or another JSON type, which skip the ABC check."""
+    kind = type(value)
+    return kind is dict or (kind not in _JSON_NON_OBJECTS and isinstance(value, Mapping))
 
 
 def required_object(
@@ -242,13 +251,19 @@ def interval_seconds(value: object) -> int | None:
 
 def first_timestamp(*candidates: object) -> float:
     for value in candidates:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            try:
-                number = float(value)
-            except OverflowError:  # an integer JSON allows but no clock reaches
-                continue
-            if math.isfinite(number):
-                return number
+        # JSON gives exactly int or float, checked first; ``bool`` is an ``int``, and no time.
+        if not (
+            type(value) is float
+            or type(value) is int
+            or (isinstance(value, int | float) and not isinstance(value, bool))
+        ):
+            continue
+        try:
+            number = float(value)
+        except OverflowError:  # an integer JSON allows but no clock reaches
+            continue
+        if math.isfinite(number):
+            return number
     return 0.0
 
 
