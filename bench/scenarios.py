@@ -190,8 +190,11 @@ def _load(
 
 
 def _per_event(cpu_s: float, events: int | None) -> float | None:
-    """CPU microseconds per event: a process's CPU seconds spread over the events it handled."""
-    return round(cpu_s / events * 1e6, 1) if events else None
+    """CPU microseconds per event: a process's CPU seconds spread over the events it handled.
+
+    None when no CPU time showed at all: less than one clock tick (10 ms) is not zero.
+    """
+    return round(cpu_s / events * 1e6, 1) if events and cpu_s > 0 else None
 
 
 def _cpu_ratio(daemon: dict[str, Any], ceiling: dict[str, Any]) -> float | None:

@@ -6,7 +6,9 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
+from typing import TextIO
 from urllib.parse import quote, quote_plus
 
 import pytest
@@ -20,14 +22,20 @@ from tests.factories import make_settings
 SECRET = "tok-9f8e7d6c5b4a"
 
 
+@contextmanager
+def _logging_to(out: TextIO) -> Iterator[None]:
+    logconfig.register_secret(SECRET)
+    logconfig.configure("debug", json=True, stream=out, cache=False)
+    yield
+    structlog.reset_defaults()
+    logging.getLogger().handlers.clear()
+
+
 @pytest.fixture
 def stream() -> Iterator[io.StringIO]:
     out = io.StringIO()
-    logconfig.register_secret(SECRET)
-    logconfig.configure("debug", json=True, stream=out, cache=False)
-    yield out
-    structlog.reset_defaults()
-    logging.getLogger().handlers.clear()
+    with _logging_to(out):
+        yield out
 
 
 def test_secret_redacted_in_values_nested_and_exceptions(stream: io.StringIO) -> None:
@@ -193,12 +201,8 @@ def test_every_secret_a_configuration_holds_is_registered(stream: io.StringIO) -
 def binary() -> Iterator[io.BytesIO]:
     """Lines as the daemon writes them: bytes under a text stream, as on stdout."""
     raw = io.BytesIO()
-    out = io.TextIOWrapper(raw, encoding="utf-8")
-    logconfig.register_secret(SECRET)
-    logconfig.configure("debug", json=True, stream=out, cache=False)
-    yield raw
-    structlog.reset_defaults()
-    logging.getLogger().handlers.clear()
+    with _logging_to(io.TextIOWrapper(raw, encoding="utf-8")):
+        yield raw
 
 
 def test_json_lines_are_compact_utf8_from_the_fast_serializer(binary: io.BytesIO) -> None:
