@@ -200,7 +200,9 @@ def _whole_second(seconds: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
-def stamp(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> Any:
+def stamp(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """structlog processor: ``timestamp``, as :func:`iso_utc` writes the time now."""
     event_dict["timestamp"] = iso_utc(time.time_ns())
     return event_dict
@@ -210,7 +212,9 @@ def stamp(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -
 _stack_info = structlog.processors.StackInfoRenderer(additional_ignores=[__name__])
 
 
-def stack_and_exception(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> Any:
+def stack_and_exception(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """structlog processor: the stack and the exception a line asks for, rendered.
 
     ``StackInfoRenderer`` for ``stack_info``, then ``format_exc_info`` for
