@@ -332,10 +332,10 @@ class Daemon(Child):
         return samples["hipchatd_events_received_total"]
 
     def log_lines(self, event: str) -> int:
-        """How many log lines carry ``"event": "<event>"``."""
+        """How many log lines carry ``"event":"<event>"``."""
         if self.log is None or not self.log.exists():
             return 0
-        needle = f'"event": "{event}"'
+        needle = f'"event":"{event}"'
         with self.log.open(errors="replace") as f:
             return sum(1 for line in f if needle in line)
 

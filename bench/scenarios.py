@@ -184,8 +184,23 @@ def _load(
     }
     ctx.generator.append(record)
     result["cpu"] = used
+    result["cpu_before"] = {c.name: b for c, b in zip(watched, before, strict=True)}
     result["wall"] = wall
     return result
+
+
+def _per_event(cpu_s: float, events: int | None) -> float | None:
+    """CPU microseconds per event: a process's CPU seconds spread over the events it handled.
+
+    None when no CPU time showed at all: less than one clock tick (10 ms) is not zero.
+    """
+    return round(cpu_s / events * 1e6, 1) if events and cpu_s > 0 else None
+
+
+def _cpu_ratio(daemon: dict[str, Any], ceiling: dict[str, Any]) -> float | None:
+    """The daemon's CPU per event over the bare server's, in one scenario."""
+    d, c = daemon.get("cpu_us_per_event"), ceiling.get("cpu_us_per_event")
+    return round(d / c, 2) if d and c else None
 
 
 def _rate(count: int, seconds: float | None) -> float | None:
@@ -328,6 +343,7 @@ def ingest_ceiling(ctx: Context, mode: str, count: int, **kw: Any) -> dict[str, 
         "errors": result["errors"],
         "seconds": round(end - result["start"], 3),
         "rate": _rate(counts["tcp"], end - result["start"]),
+        "cpu_us_per_event": _per_event(result["cpu"][child.name], counts["tcp"]),
         "generator": ctx.generator[-1],
         "bins": result["bins"],
     }
@@ -348,6 +364,10 @@ def ingest_daemon(
     Ingest ends when the daemon has closed every connection (it closes after
     EOF) and, when it serves ``/metrics``, once every event shows as accepted
     (committed to the spool, where there is one), skipped or rejected.
+    ``cpu_us_per_event`` is the daemon's CPU over the generator's phase per
+    event sent (what it delivers meanwhile included); ``cpu_us_per_event_done``
+    runs on until the events are processed and, for ``kind="ingest"``,
+    delivered (the benchmark's ``/metrics`` polls included).
     """
     emulator.reset()
     before = daemon.metrics()
@@ -369,6 +389,7 @@ def ingest_daemon(
         out["confirmed_by"] = "connection close (no /metrics)"
     out["seconds"] = round(end - result["start"], 3) if end else None
     out["rate"] = _rate(result["sent"], end - result["start"]) if end else None
+    out["cpu_us_per_event"] = _per_event(result["cpu"][daemon.name], result["sent"])
     out["generator"] = ctx.generator[-1]
     out["bins"] = result["bins"]
     if kind == "ingest":
@@ -379,6 +400,8 @@ def ingest_daemon(
             "messages": len(messages),
             "events_delivered": len(_arrivals(messages, start, start + count)),
         }
+    done = daemon.cpu() - result["cpu_before"][daemon.name]
+    out["cpu_us_per_event_done"] = _per_event(done, result["sent"])
     return out
 
 
@@ -408,6 +431,7 @@ def scenario_ingest(
         "ceiling_runs": [r["rate"] for r in ceilings],
         "daemon_runs": [r["rate"] for r in runs],
         "ratio": (best_d["rate"] or 0) / best_c["rate"] if best_c["rate"] else None,
+        "cpu_ratio": _cpu_ratio(best_d, best_c),
     }
 
 
@@ -440,6 +464,7 @@ def scenario_stream(ctx: Context, daemon: Daemon, emulator: Emulator) -> dict[st
         "ceiling": ceiling,
         "daemon": run,
         "ratio": (run["rate"] or 0) / ceiling["rate"] if ceiling["rate"] else None,
+        "cpu_ratio": _cpu_ratio(run, ceiling),
     }
 
 
@@ -454,7 +479,7 @@ def scenario_udp(
     result = _load(ctx, "ceiling-udp-blast", spec, child)
     time.sleep(0.5)
     counts = ctx.children.ceiling_counts(child)
-    out["ceiling_blast"] = _udp_result(result, counts["udp"], ctx.generator[-1])
+    out["ceiling_blast"] = _udp_result(result, counts["udp"], ctx.generator[-1], child.name)
 
     phases = [("blast", 0.0)]
     if paced_rate:
@@ -472,20 +497,24 @@ def scenario_udp(
             got = int(received)
         else:
             got = len(_arrivals(emulator.messages(), first, first + count))
-        entry = _udp_result(result, got, ctx.generator[-1])
+        entry = _udp_result(result, got, ctx.generator[-1], daemon.name)
         entry["offered_rate"] = rate or None
         entry["counted_by"] = "metrics" if received is not None else "emulator deliveries"
         out[f"daemon_{label}"] = entry
     return out
 
 
-def _udp_result(result: dict[str, Any], received: int, gen: dict[str, Any]) -> dict[str, Any]:
+def _udp_result(
+    result: dict[str, Any], received: int, gen: dict[str, Any], target: str
+) -> dict[str, Any]:
+    """One UDP phase's figures; ``target``'s CPU is spread over the datagrams it received."""
     sent = result["sent"]
     return {
         "sent": sent,
         "received": received,
         "loss": (sent - received) / sent if sent else None,
         "send_rate": _rate(sent, result["end"] - result["start"]),
+        "cpu_us_per_event": _per_event(result["cpu"][target], received),
         "generator": gen,
     }
 

@@ -106,7 +106,7 @@ class Child(procs.Child):
         return [record for record in self.logs() if record["event"] == event]
 
     def wait_logged(self, event: str, timeout: float = STARTUP) -> dict[str, Any]:
-        line = self.wait_line(lambda text: f'"event": "{event}"' in text, timeout)
+        line = self.wait_line(lambda text: f'"event":"{event}"' in text, timeout)
         record: dict[str, Any] = json.loads(line)
         return record
 

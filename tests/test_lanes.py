@@ -582,7 +582,7 @@ GROWTH_BOUND_MB = 50
 
 def test_peak_rss_for_twenty_thousand_rooms_named_once(tmp_path: Path) -> None:
     def delivered(line: str) -> bool:
-        return '"event": "event.delivered"' in line
+        return '"event":"event.delivered"' in line
 
     token = "lanes-token-5e6f7a8b"
     children: list[Child] = []

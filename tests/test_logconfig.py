@@ -6,7 +6,9 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
+from typing import TextIO
 from urllib.parse import quote, quote_plus
 
 import pytest
@@ -20,14 +22,20 @@ from tests.factories import make_settings
 SECRET = "tok-9f8e7d6c5b4a"
 
 
+@contextmanager
+def _logging_to(out: TextIO) -> Iterator[None]:
+    logconfig.register_secret(SECRET)
+    logconfig.configure("debug", json=True, stream=out, cache=False)
+    yield
+    structlog.reset_defaults()
+    logging.getLogger().handlers.clear()
+
+
 @pytest.fixture
 def stream() -> Iterator[io.StringIO]:
     out = io.StringIO()
-    logconfig.register_secret(SECRET)
-    logconfig.configure("debug", json=True, stream=out, cache=False)
-    yield out
-    structlog.reset_defaults()
-    logging.getLogger().handlers.clear()
+    with _logging_to(out):
+        yield out
 
 
 def test_secret_redacted_in_values_nested_and_exceptions(stream: io.StringIO) -> None:
@@ -187,3 +195,183 @@ def test_every_secret_a_configuration_holds_is_registered(stream: io.StringIO) -
     for secret in ("token-0123456789abcdef", "p%40ss-w0rd-long", "p@ss-w0rd-long", "dsn-pass-1"):
         assert secret not in text
     assert text.count(REDACTED) >= 4
+
+
+@pytest.fixture
+def binary() -> Iterator[io.BytesIO]:
+    """Lines as the daemon writes them: bytes under a text stream, as on stdout."""
+    raw = io.BytesIO()
+    with _logging_to(io.TextIOWrapper(raw, encoding="utf-8")):
+        yield raw
+
+
+def test_json_lines_are_compact_utf8_from_the_fast_serializer(binary: io.BytesIO) -> None:
+    structlog.get_logger().info("event.delivered", outcome="sent", rooms=["Ops"], check="café")
+    line = binary.getvalue()
+    assert line.endswith(b"\n")
+    assert line.count(b"\n") == 1
+    assert line.startswith(b'{"outcome":"sent","rooms":["Ops"],"check":"caf\xc3\xa9"')
+    assert b'"event":"event.delivered"' in line
+    assert set(json.loads(line)) == {"outcome", "rooms", "check", "event", "level", "timestamp"}
+
+
+def test_secret_nested_and_in_exception_text_redacted_by_the_fast_serializer(
+    binary: io.BytesIO,
+) -> None:
+    log = structlog.get_logger()
+    log.info(
+        "thing.happened",
+        nested={"a": [{"b": (1, f"x{SECRET}y")}], "c": SECRET.encode()},
+        headers={f"X-{SECRET}": "v"},
+        fine="nothing to hide",
+    )
+    try:
+        raise ValueError(f"bad token {SECRET!r} in {json.dumps({'t': SECRET})}")
+    except ValueError:
+        log.exception("thing.failed")
+    text = binary.getvalue()
+    assert SECRET.encode() not in text
+    first, second = (json.loads(line) for line in text.splitlines())
+    assert first["nested"] == {"a": [{"b": [1, f"x{REDACTED}y"]}], "c": REDACTED}
+    assert first["headers"] == {f"X-{REDACTED}": "v"}
+    assert first["fine"] == "nothing to hide"
+    assert f"bad token '{REDACTED}' in " in second["exception"]
+    assert second["exception"].count(REDACTED) == 2
+
+
+class _Shown:
+    def __str__(self) -> str:
+        return f"shown {SECRET}"
+
+
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+def test_values_json_has_no_type_for_are_written_as_the_console_chain_leaves_them(
+    binary: io.BytesIO,
+) -> None:
+    """Each value reads back as redact_secrets leaves it for JSONRenderer: the same fields."""
+    import datetime
+    import enum
+    import uuid
+
+    class Color(enum.Enum):
+        RED = "red"
+
+    fields: dict[str, object] = {
+        "when": datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC),
+        "id": uuid.UUID(int=7),
+        "raw": b"\xff\xfeok",
+        "color": Color.RED,
+        "kinds": {"a", "b"} - {"b"},
+        "shown": _Shown(),
+        "ints": {404: 1},
+        "pair": ("a", 2.5, None, True),
+        "big": 2**70,
+    }
+    structlog.get_logger().info("thing.happened", **fields)
+    written = json.loads(binary.getvalue())
+    expected = json.loads(
+        structlog.processors.JSONRenderer()(
+            None, "info", logconfig.redact_secrets(None, "info", dict(fields))
+        )
+    )
+    assert {key: written[key] for key in fields} == expected
+    assert written["shown"] == f"shown {REDACTED}"
+
+
+def test_a_line_never_raises(binary: io.BytesIO) -> None:
+    looped: list[object] = []
+    looped.append(looped)
+    log = structlog.get_logger()
+    log.warning("thing.odd", looped=looped, text=f"{SECRET} and \udc80")
+    log.warning("thing.odder", unprintable=_Unprintable(), token=SECRET)
+    log.warning("thing.keyed", keys={(1, 2): "pair"})
+    log.warning("thing.surrogate", text="lone \ud800 surrogate", token=SECRET)
+    lines = [json.loads(line) for line in binary.getvalue().splitlines()]
+    assert SECRET.encode() not in binary.getvalue()
+    events = ["thing.odd", "thing.odder", "thing.keyed", "thing.surrogate"]
+    assert [line["event"] for line in lines] == events
+    assert lines[0]["looped"] == "[[...]]"
+    assert lines[0]["text"] == f"{REDACTED} and \udc80"
+    assert lines[1]["unprintable"] == "<unprintable _Unprintable>"
+    assert lines[1]["token"] == REDACTED
+    assert lines[2]["keys"] == {"(1, 2)": "pair"}
+    assert lines[3] == {**lines[3], "text": "lone \ud800 surrogate", "token": REDACTED}
+
+
+def test_stdlib_lines_share_the_chain_and_the_stream_in_order(binary: io.BytesIO) -> None:
+    log = structlog.get_logger()
+    with structlog.contextvars.bound_contextvars(conn_id=9):
+        log.warning("first.logged")
+        logging.getLogger("httpx").warning("request to %s failed", f"https://x/?t={SECRET}")
+        log.warning("third.logged")
+    lines = [json.loads(line) for line in binary.getvalue().splitlines()]
+    assert [line["event"] for line in lines] == [
+        "first.logged",
+        f"request to https://x/?t={REDACTED} failed",
+        "third.logged",
+    ]
+    assert lines[1]["logger"] == "httpx"
+    assert [line["conn_id"] for line in lines] == [9, 9, 9]
+
+
+def test_a_stack_asked_for_is_the_callers(binary: io.BytesIO) -> None:
+    structlog.get_logger().info("thing.traced", stack_info=True)
+    line = json.loads(binary.getvalue())
+    last_frame = line["stack"].splitlines()[-2]
+    assert last_frame.endswith(", in test_a_stack_asked_for_is_the_callers")
+    assert "stack_info" not in line
+
+
+@pytest.mark.parametrize(
+    "ns",
+    [0, 1_700_000_000_000_000_000, 1_700_000_000_000_001_999, 1_764_186_874_684_077_123],
+)
+def test_timestamps_read_as_structlogs_iso_utc(ns: int) -> None:
+    import datetime
+
+    when = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC) + datetime.timedelta(
+        microseconds=ns // 1000
+    )
+    assert logconfig.iso_utc(ns) == when.isoformat().replace("+00:00", "Z")
+
+
+def test_a_line_is_stamped_with_the_time_it_was_written(binary: io.BytesIO) -> None:
+    import datetime
+
+    before = datetime.datetime.now(datetime.UTC)
+    structlog.get_logger().info("thing.happened")
+    after = datetime.datetime.now(datetime.UTC)
+    stamped = json.loads(binary.getvalue())["timestamp"]
+    assert stamped.endswith("Z")
+    assert before <= datetime.datetime.fromisoformat(stamped) <= after
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        ODD,
+        f"x{ODD}y",
+        repr(ODD),
+        json.dumps({"m": quote_plus(ODD)}),
+        quote(ODD).lower(),
+        "\ud800" + ODD,
+    ],
+)
+def test_a_redactor_finds_a_secret_in_a_json_line(value: str) -> None:
+    """A line holding any form of the secret, once written as JSON, is found."""
+    from hipchatd import jsontext
+
+    redactor = Redactor(ODD)
+    line = jsontext.dumps({"event": "x", "nested": [{"value": value}]})
+    # The lowered percent-encoding holds the form in another case: still the secret.
+    assert redactor.in_json(line)
+    assert not redactor.in_json(jsontext.dumps({"event": "x", "value": redactor.redact(value)}))
+
+
+def test_a_redactor_finds_nothing_without_a_secret() -> None:
+    assert not Redactor().in_json(b'{"event":"x","value":"anything"}')
+    assert not Redactor("secret-one").in_json(b'{"event":"x","value":"secret-two"}')

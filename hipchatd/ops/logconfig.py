@@ -16,22 +16,32 @@ under it and ends with its own.
 
 Every registered secret is replaced by
 ``[REDACTED]`` in every value of every log line, exception text included,
-before a renderer sees it; httpx and httpcore's stdlib logs go through the
+before the line is written; httpx and httpcore's stdlib logs go through the
 same chain at WARNING. A secret is caught in the forms it takes on its way
 out, not only as typed (:func:`hipchatd.redaction.secret_forms`).
+
+A JSON line costs what the daemon can afford once per event: it is
+written by :func:`hipchatd.jsontext.dumps` as bytes straight to the
+stream's binary layer (structlog's ``BytesLogger``), and searched for the
+secrets' forms once, as a whole (:func:`render_json`); only a line that
+may hold one has its values redacted and is written again. The console
+renderer (a TTY) gets values already redacted (:func:`redact_secrets`).
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import sys
+import time
 from collections.abc import MutableMapping
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO, cast
 
 import structlog
 
 from hipchatd.config import Config, ProxyUrl
+from hipchatd.jsontext import dumps
 from hipchatd.redaction import REDACTED, Redactor, scrub, secret_forms
 
 __all__ = [
@@ -81,15 +91,19 @@ def redact(text: str) -> str:
     return SECRETS.redact(text)
 
 
+#: Value types a line writes as they are; a value of any other type is walked or turned to text.
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def _scrub(value: Any) -> Any:
-    if isinstance(value, str):
+    if type(value) is str:
         return redact(value)
     if isinstance(value, dict):
-        return {k: _scrub(v) for k, v in value.items()}
+        return {redact(k) if type(k) is str else k: _scrub(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return type(value)(_scrub(v) for v in value)
-    if isinstance(value, bytes | bytearray):
-        return redact(bytes(value).decode("utf-8", "backslashreplace"))
+    if isinstance(value, str | bytes | bytearray):
+        return redact(_plain(value))
     if isinstance(value, int | float | bool) or value is None:
         return value
     # Anything else is rendered with str()/repr() later; scrub that text now.
@@ -107,15 +121,142 @@ def redact_secrets(
     return event_dict
 
 
+def _plain(value: Any) -> Any:
+    """``value`` in JSON's types, as :func:`_scrub` leaves it but with nothing redacted.
+
+    Containers are walked, bytes decoded (undecodable bytes escaped), a
+    subclass of a JSON type written as its base type, anything else as its
+    ``str()``; a key JSON cannot have becomes its ``str()``.
+    """
+    if type(value) in _SCALARS:
+        return value
+    if isinstance(value, dict):
+        return {k if type(k) in _SCALARS else str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int.__index__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    return str(value)
+
+
+def _text(value: Any) -> str:
+    # Only for a line whose values could not all be written as JSON.
+    try:
+        return str(value)
+    except Exception:  # a line must never raise: name what could not be shown
+        return f"<unprintable {type(value).__name__}>"
+
+
+def render_json(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> bytes:
+    """structlog renderer: the line as compact JSON (UTF-8 bytes), every registered secret redacted.
+
+    The values are written as they are (see :func:`_plain` for those JSON
+    has no type for) and the written line is searched for the secrets' forms
+    once (:meth:`hipchatd.redaction.Redactor.in_json`); only a line that may
+    hold one has its values redacted and is written again. Never raises: a
+    line whose values cannot be written (one refers to itself, a ``str()``
+    that raises) is written with each value as text.
+    """
+    try:
+        for key, value in event_dict.items():
+            if type(value) not in _SCALARS:
+                event_dict[key] = _plain(value)
+        line = dumps(event_dict)
+    except Exception:  # a line must never raise: write each value as text instead
+        event_dict = {str(key): _text(value) for key, value in event_dict.items()}
+        line = dumps(event_dict)
+    if SECRETS.in_json(line):
+        line = dumps({redact(key): _scrub(value) for key, value in event_dict.items()})
+    return line
+
+
+def _render_json_text(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> str:
+    # The stdlib handler writes text: the same line, decoded (it is UTF-8 by construction).
+    return render_json(logger, method_name, event_dict).decode()
+
+
+def iso_utc(ns: int) -> str:
+    """``ns`` nanoseconds since the epoch, written as structlog's ISO UTC ``TimeStamper`` writes it.
+
+    ``2026-11-26T19:54:34.684077Z``: microseconds truncated, and left out
+    when zero (as ``datetime.isoformat`` does).
+    """
+    seconds, micros = divmod(ns // 1000, 1_000_000)
+    whole = _whole_second(seconds)
+    return f"{whole}.{micros:06d}Z" if micros else f"{whole}Z"
+
+
+# Lines come many to a second: each second is formatted once.
+@functools.lru_cache(maxsize=2)
+def _whole_second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
+def stamp(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: ``timestamp``, as :func:`iso_utc` writes the time now."""
+    event_dict["timestamp"] = iso_utc(time.time_ns())
+    return event_dict
+
+
+# Not this module's frame: the stack shown is the caller's.
+_stack_info = structlog.processors.StackInfoRenderer(additional_ignores=[__name__])
+
+
+def stack_and_exception(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: the stack and the exception a line asks for, rendered.
+
+    ``StackInfoRenderer`` for ``stack_info``, then ``format_exc_info`` for
+    ``exc_info``; a line that asks for neither (nearly all) costs two lookups.
+    """
+    if "stack_info" in event_dict:
+        event_dict = _stack_info(logger, method_name, event_dict)
+    if "exc_info" in event_dict:
+        event_dict = structlog.processors.format_exc_info(logger, method_name, event_dict)
+    return event_dict
+
+
 def _shared_processors() -> list[Any]:
     return [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.StackInfoRenderer(),
-        structlog.processors.format_exc_info,
-        redact_secrets,
+        stamp,
+        stack_and_exception,
     ]
+
+
+class _TextSink:
+    """A binary file for a stream of text only (a test's ``StringIO``): decodes each line."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+
+    def write(self, data: bytes) -> int:
+        return self._out.write(data.decode())
+
+    def flush(self) -> None:
+        self._out.flush()
+
+
+def _binary(out: TextIO) -> BinaryIO:
+    """Where JSON lines go as bytes: under ``out``'s text layer, or through it."""
+    buffer = getattr(out, "buffer", None)
+    if buffer is None:
+        return cast(BinaryIO, _TextSink(out))
+    # What the text layer holds goes first.
+    out.flush()
+    return cast(BinaryIO, buffer)
 
 
 def configure(
@@ -137,26 +278,30 @@ def configure(
         out.reconfigure(errors="backslashreplace")
     if json is None:
         json = not out.isatty()
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if json
-        else structlog.dev.ConsoleRenderer(colors=out.isatty())
-    )
     numeric = logging.getLevelNamesMapping()[level.upper()]
+    if json:
+        # structlog's advice for throughput: cached filtering loggers, and
+        # bytes from a fast serializer straight to the binary stream
+        # (https://www.structlog.org/en/stable/performance.html).
+        chain = _shared_processors()
+        final: list[Any] = [render_json]
+        stdlib_final: list[Any] = [_render_json_text]
+        factory: Any = structlog.BytesLoggerFactory(file=_binary(out))
+    else:
+        chain = [*_shared_processors(), redact_secrets]
+        final = stdlib_final = [structlog.dev.ConsoleRenderer(colors=out.isatty())]
+        factory = structlog.PrintLoggerFactory(file=out)
     structlog.configure(
-        processors=[*_shared_processors(), renderer],
+        processors=[*chain, *final],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=factory,
         cache_logger_on_first_use=cache,
     )
     handler = logging.StreamHandler(out)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[
-                structlog.stdlib.add_logger_name,
-                *_shared_processors(),
-            ],
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *chain],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *stdlib_final],
         )
     )
     root = logging.getLogger()
