@@ -28,6 +28,9 @@ Pacing is shared as well: every PEERS_REFRESH seconds an instance counts the
 instances on the store and paces the token's requests as one of them
 (:meth:`RateBudget.share_pacing`), so N instances spread a window's budget as
 one would, and a storm's events get the same time to fold into fewer messages.
+The count comes before the local grant that needs it: counted after, each
+instance would send a storm's first requests from a whole bucket (N buckets'
+worth together) before its own share applied.
 
 The token's key is a hash of the token (``rate:`` + SHA-256), never the
 token; a room's key is ``flood:`` + a prefix of that hash + the room, since
@@ -257,7 +260,15 @@ class SharedBudget(RateBudget):
         self._seen: dict[str, Row] = {}
 
     async def acquire(self, key: str) -> None:
-        """Wait until both this instance's policy and the shared budget allow a request."""
+        """Wait until both this instance's policy and the shared budget allow a request.
+
+        The instances are counted before the local grant when the count is due:
+        a storm's first requests would otherwise draw on a whole bucket each.
+        """
+        if self._fallback is None and unix_now() - self._peers_at >= PEERS_REFRESH:
+            peers = await self._call(partial(self._count_peers, unix_now()))
+            if peers is not None:
+                self.share_pacing(peers)
         while True:
             await super().acquire(key)
             try:
@@ -350,7 +361,6 @@ class SharedBudget(RateBudget):
             if self._fallback is not None:
                 self._fallback = None
                 log.info("budget.restored")
-            self._count_peers(now)
         except BudgetStoreError as exc:
             return self._local(exc, now).consume(wants, now)
         if len(self._seen) >= _MAX_SEEN:
@@ -367,11 +377,20 @@ class SharedBudget(RateBudget):
         except BudgetStoreError as exc:
             self._local(exc, now).record(reports, now)
 
-    def _count_peers(self, now: float) -> None:
-        if now - self._peers_at >= PEERS_REFRESH:
-            self._peers_at = now
+    def _count_peers(self, now: float) -> int | None:
+        """The instances on the store, if a count is still due (another caller may have counted).
+
+        A store that cannot be reached keeps the last count; the next consume
+        finds out and falls back.
+        """
+        if now - self._peers_at < PEERS_REFRESH:
+            return None
+        self._peers_at = now
+        try:
             self._peers = self._store.peers()
-            self.share_pacing(self._peers)
+        except BudgetStoreError:
+            return None
+        return self._peers
 
     def _local(self, exc: BudgetStoreError, now: float) -> LocalBudgetStore:
         self._retry_store_at = now + STORE_RETRY
