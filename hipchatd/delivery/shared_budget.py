@@ -19,7 +19,10 @@ A store holds, per key, what is left and when the window ends:
   HipChat is the authority on its window and its count, but an answer is
   late by the time it is written: other instances may have consumed since.
   So within the row's window the lower of the two counts wins (an answer can
-  lower ``remaining``, never raise it); an answer whose reset is later than
+  lower ``remaining``, never raise it), except that a limit HipChat reports
+  above the one the row was started with adds the difference, as a single
+  instance's budget follows a reported limit (still never above what HipChat
+  says is left); an answer whose reset is later than
   the row's names a window HipChat has opened since, and replaces the row; an
   answer whose window is over is ignored. A 429 sets ``remaining`` to 0
   until its reset (else until the row's, else for a whole window).
@@ -116,13 +119,16 @@ class Report:
     """What an answer said of ``key``: ``remaining`` until ``resets_at``.
 
     ``resets_at`` None (a 429 that named no time): the row's own window if
-    it is live, else ``window`` seconds from now.
+    it is live, else ``window`` seconds from now. ``raised``: how many units
+    HipChat's reported limit is above the limit the request was granted
+    under; the row's window gains them (never more than ``remaining``).
     """
 
     key: str
     remaining: int
     resets_at: float | None
     window: float
+    raised: int = 0
 
 
 class BudgetStore(Protocol):
@@ -193,7 +199,7 @@ class LocalBudgetStore:
                 continue  # a window that is over already
             remaining = report.remaining // self._share
             if row is not None and live and resets_at <= row.resets_at + _SAME_WINDOW:
-                remaining = min(remaining, row.remaining)
+                remaining = min(remaining, row.remaining + report.raised // self._share)
             self._rows[report.key] = Row(report.key, remaining, resets_at)
 
     def peers(self) -> int:
@@ -258,6 +264,8 @@ class SharedBudget(RateBudget):
         self._peers_at = -math.inf
         self._retry_store_at = -math.inf
         self._seen: dict[str, Row] = {}
+        #: per key, the limit its last consume would start a window with.
+        self._asked: dict[str, int] = {}
 
     async def acquire(self, key: str) -> None:
         """Wait until both this instance's policy and the shared budget allow a request.
@@ -303,10 +311,14 @@ class SharedBudget(RateBudget):
     # --- internals ---
 
     def _wants(self, key: str) -> tuple[Want, Want]:
-        return (
+        wants = (
             Want(self._token_key, self._rate_limit, RATE_WINDOW),
             Want(self._room_prefix + key, self._flood_limit_seen, FLOOD_WINDOW),
         )
+        if len(self._asked) >= _MAX_SEEN:
+            self._asked.clear()
+        self._asked.update((want.key, want.limit) for want in wants)
+        return wants
 
     def _reports_of(self, key: str, outcome: Outcome) -> list[Report]:
         families = (
@@ -316,12 +328,16 @@ class SharedBudget(RateBudget):
         now = unix_now()
         reports: list[Report] = []
         for store_key, info, window in families:
+            raised = 0
             if info is not None and info.limit is not None and info.limit >= 1:
                 if store_key == self._token_key:
                     self._rate_limit = info.limit
                 else:
                     self._flood_limit_seen = info.limit
-            report = _report(store_key, info, window, now)
+                # The window may have started under a lower limit (the configured one, or
+                # one HipChat reported before): HipChat's own limit holds from now on.
+                raised = max(0, info.limit - self._asked.get(store_key, info.limit))
+            report = _report(store_key, info, window, now, raised)
             if report is not None:
                 reports.append(report)
         if outcome.kind is OutcomeKind.RATE_LIMITED:
@@ -400,13 +416,15 @@ class SharedBudget(RateBudget):
         return self._fallback
 
 
-def _report(key: str, info: RateInfo | None, window: float, now: float) -> Report | None:
+def _report(
+    key: str, info: RateInfo | None, window: float, now: float, raised: int
+) -> Report | None:
     """What a header family says, if it says a count and a window that is on now."""
     if info is None or info.remaining is None or info.remaining < 0 or info.reset is None:
         return None
     if not now < info.reset <= now + MAX_SERVER_WAIT:
         return None
-    return Report(key, info.remaining, info.reset, window)
+    return Report(key, info.remaining, info.reset, window, raised)
 
 
 async def connect_store(store: BudgetStore | None) -> None:
