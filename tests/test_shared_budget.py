@@ -258,22 +258,27 @@ def test_the_token_is_never_stored_only_its_hash(pg_schema: PgSchema) -> None:
     assert len(token_key(TOKEN)) == len("rate:") + 64
 
 
+def _answered(budget: SharedBudget, key: str, outcome: Outcome) -> None:
+    """One request to ``key`` granted and answered with ``outcome``, its answer in the store."""
+
+    async def main() -> None:
+        await budget.acquire(key)
+        budget.release(key, outcome)
+        # The answer reaches the store from a system task, soon.
+        while budget._flushing:
+            await trio.sleep(0.01)
+
+    trio.run(main)
+
+
 def test_a_429_at_one_instance_pauses_every_instance(pg_schema: PgSchema) -> None:
     server = _migrated(pg_schema)
     one, other = PostgresBudgetStore(server), PostgresBudgetStore(server)
     reset = time.time() + 120
     limited = Outcome(OutcomeKind.RATE_LIMITED, rate=RateInfo(limit=500, remaining=0, reset=reset))
     budget = SharedBudget(one, token=TOKEN, rate_limit=500, flood_limit=30)
-
-    async def main() -> None:
-        await budget.acquire("ops")
-        budget.release("ops", limited)
-        # The answer reaches the store from a system task, soon.
-        while budget._flushing:
-            await trio.sleep(0.01)
-
     try:
-        trio.run(main)
+        _answered(budget, "ops", limited)
         room = Want(f"flood:{token_key(TOKEN)[5:21]}:dev", 30, 60.0)
         granted, rows = other.consume([Want(token_key(TOKEN), 500, 300.0), room], time.time())
     finally:
@@ -295,19 +300,12 @@ def test_the_shared_rows_follow_the_limits_hipchat_reports(pg_schema: PgSchema) 
         flood=RateInfo(limit=30, remaining=29, reset=now + 60),
     )
     budget = SharedBudget(one, token=TOKEN, rate_limit=2, flood_limit=2)
-
-    async def main() -> None:
-        await budget.acquire("ops")
-        budget.release("ops", answer)
-        while budget._flushing:
-            await trio.sleep(0.01)
-
     wants = [
         Want(token_key(TOKEN), 2, 300.0),
         Want(f"flood:{token_key(TOKEN)[5:21]}:ops", 2, 60.0),
     ]
     try:
-        trio.run(main)
+        _answered(budget, "ops", answer)
         grants = [other.consume(wants, time.time()) for _ in range(10)]
     finally:
         one.close()
