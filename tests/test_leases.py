@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from trio.testing import MockClock
 from hipchatd import app as app_module
 from hipchatd.clock import unix_now
 from hipchatd.delivery.hipchat import Outcome
-from hipchatd.delivery.ownership import CLAIM_GAP, ROUND_GAP, SAFETY_MARGIN, LeaseManager
+from hipchatd.delivery.ownership import ROUND_GAP, SAFETY_MARGIN, LeaseManager
 from hipchatd.delivery.routing import Target
 from hipchatd.delivery.spool import Held, SpoolError, lane_of, open_admin, open_spool
 from hipchatd.delivery.spool.postgresql.leases import LEASE_TTL, RENEW_EVERY, PgLeases
@@ -453,45 +452,6 @@ async def test_an_owner_that_cannot_renew_stops_before_its_lease_could_expire(
     await trio.sleep(leases.renew_every + 0.1)
     assert manager.owns(OPS)
     assert metrics.value(LANES_OWNED) == 1
-
-
-@dataclass(eq=False)
-class GrowingLeases(FakeLeases):
-    """LaneLeases whose rounds hold one more of ``lanes`` each time: a storm's rooms appearing."""
-
-    lanes: tuple[str, ...] = ()
-
-    async def round(self) -> Held:
-        self.rounds.append(trio.current_time())
-        return Held(frozenset(self.lanes[: len(self.rounds)]))
-
-
-async def test_rounds_follow_closely_while_they_claim_lanes(
-    autojump_clock: MockClock, nursery: trio.Nursery
-) -> None:
-    """Asked for by an entry of a lane not held, a round comes CLAIM_GAP after one that claimed
-    lanes (a storm's rooms appear within its first moments), else ROUND_GAP after the last."""
-    from hipchatd.delivery.spool import Entry
-
-    def unheld(lane: str) -> None:
-        target = Target(kind="room", name=lane, notify=False, username="bot", message_format="text")
-        batch, _ = tickets_for([Entry(1, unix_now(), DOCUMENT, "web-1", "a", target, 0, None)])
-        manager.enqueue(batch)
-
-    leases = GrowingLeases(lanes=("room:ops", "room:dev"))
-    manager = LeaseManager(leases, Metrics())
-    await nursery.start(manager.run, FakeDispatcher())
-    unheld("dev")  # the first round claimed room:ops
-    await trio.sleep(1.0)
-    assert manager.held == {"room:ops", "room:dev"}
-    unheld("qa")  # the second claimed room:dev: a third at once (CLAIM_GAP is long past)
-    await trio.sleep(0.01)
-    unheld("qa")  # the third claimed nothing
-    await trio.sleep(1.0)
-    gaps = [later - earlier for earlier, later in pairwise(leases.rounds)]
-    assert len(gaps) == 3
-    assert gaps[0] == CLAIM_GAP
-    assert gaps[2] == ROUND_GAP
 
 
 # --- SIGKILL of the owner ----------------------------------------------------------------------

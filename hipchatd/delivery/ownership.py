@@ -23,12 +23,9 @@ sent again (at least once).
 
 Wake-ups: another instance's commit, release or re-queue notifies the
 spool's channel; the manager then reads its lanes and runs a round (at most
-every ``ROUND_GAP``, or every ``CLAIM_GAP`` after a round that claimed
-lanes: at a storm's start each instance takes its share of the rooms within
-a moment, as one instance would have every room's lane at once). A
-notification missed (NOTIFY reaches only the sessions listening when it is
-sent) is covered by the round every ``renew_every`` seconds, each followed by
-a read: the safety poll.
+every ``ROUND_GAP``). A notification missed (NOTIFY reaches only the
+sessions listening when it is sent) is covered by the round every
+``renew_every`` seconds, each followed by a read: the safety poll.
 """
 
 from __future__ import annotations
@@ -45,7 +42,7 @@ from hipchatd.delivery.spool import Held, LaneLeases, SpoolError, lane_of
 from hipchatd.delivery.tickets import Queued, tickets_for
 from hipchatd.metrics import Metrics
 
-__all__ = ["CLAIM_GAP", "LISTEN_WAIT", "ROUND_GAP", "SAFETY_MARGIN", "LeaseManager"]
+__all__ = ["LISTEN_WAIT", "ROUND_GAP", "SAFETY_MARGIN", "LeaseManager"]
 
 log = structlog.get_logger()
 
@@ -56,11 +53,6 @@ SAFETY_MARGIN: Final = 2.0
 #: Seconds at least between rounds asked for by notifications (a storm notifies every
 #: commit, and a round reads every lane with pending entries).
 ROUND_GAP: Final = 0.5
-#: Seconds at least between rounds asked for right after a round that claimed lanes: a
-#: storm's rooms appear within its first moments, and an instance holding only the first of
-#: its share would spend its pacing burst on messages to those rooms one event at a time,
-#: leaving the others' first message for the refill, where one instance sends every room's.
-CLAIM_GAP: Final = 0.1
 
 #: Seconds of one wait on the listening connection (a stop waits at most this for it), and
 #: before listening again after the server could not be reached.
@@ -90,8 +82,6 @@ class LeaseManager:
         self._wake = trio.Event()
         self._round_asked = True
         self._read_asked = False
-        #: the last round claimed lanes: more of a storm's may be there to claim.
-        self._claiming = False
 
     @property
     def held(self) -> frozenset[str]:
@@ -148,10 +138,7 @@ class LeaseManager:
         while True:
             self._wake = trio.Event()
             self._check_expiry()
-            if not self._round_asked:
-                gap = self._leases.renew_every
-            else:
-                gap = CLAIM_GAP if self._claiming else ROUND_GAP
+            gap = ROUND_GAP if self._round_asked else self._leases.renew_every
             next_round = last_round + gap
             if trio.current_time() >= next_round:
                 await self._round()
@@ -187,7 +174,6 @@ class LeaseManager:
         gone = self._held - held.lanes
         gained = held.lanes - self._held
         self._held = held.lanes
-        self._claiming = bool(gained)
         self._drop(gone)
         for lane in gained:
             self._after[lane] = 0
