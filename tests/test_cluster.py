@@ -22,7 +22,7 @@ import pytest
 from bench.procs import Children, wait_for
 from tests import cluster
 from tests.cluster import RATE_LIMIT, Cluster, Delivery, Sender
-from tests.postgres import PgSchema, PostgresServer
+from tests.postgres import PgSchema, PostgresServer, fresh_schema
 
 #: Seconds an emulator answer takes: messages are in flight long enough for events to pile
 #: up behind them (a storm) and for a process to die with a request in flight.
@@ -70,6 +70,61 @@ def test_one_instance_on_postgresql_delivers_a_storm_in_order_within_budget(
     # Storms fold into summaries: far fewer requests than events, within the budget.
     assert statuses["total"] <= RATE_LIMIT, statuses
     assert group.accepted(0) == 120
+
+
+#: A storm the token's pacing bounds: its budget (a quarter of it at once, the rest spread
+#: over the 5-minute window) allows fewer messages than the rooms could send while events
+#: arrive, so the count of requests is what pacing and coalescing make of it.
+STORM_EVENTS, STORM_ROOMS, STORM_RATE_LIMIT = 360, 6, 120
+#: The storm arrives in waves of this many events, one every STORM_GAP s (about 3 s in all):
+#: long enough for the rooms to spend the burst while events keep coming.
+STORM_WAVE, STORM_GAP = 30, 0.25
+#: Requests three instances may use beyond one on the same storm: each paces its requests
+#: as one of three (a third of the burst, rounded down, and a third of the refill), so
+#: their last few requests fall a little apart from one instance's.
+STORM_SLACK = 3
+
+
+def storm_requests(workdir: Path, pg_server: PostgresServer, instances: int) -> dict[str, int]:
+    """The same storm on ``instances`` instances on a schema of their own: the emulator's
+    answers by status once every event has arrived, once, in per-room order."""
+    workdir.mkdir()
+    with fresh_schema(pg_server) as schema:
+        children = Children(workdir)
+        try:
+            group = cluster.start_cluster(
+                children,
+                instances,
+                cluster.spool_settings(schema.conninfo, schema.schema),
+                rate_limit=STORM_RATE_LIMIT,
+            )
+            group.emulator.faults(latency=LATENCY)
+            sender = Sender(group.instances, STORM_ROOMS)
+            for _ in range(STORM_EVENTS // STORM_WAVE):
+                sender.send(STORM_WAVE)
+                time.sleep(STORM_GAP)
+            delivery = drained(group, sender)
+            assert delivery.duplicated() == set()
+            assert delivery.order_problems() == []
+            return group.statuses()
+        finally:
+            children.close()
+
+
+def test_three_instances_send_a_storm_in_no_more_requests_than_one(
+    tmp_path: Path, pg_server: PostgresServer
+) -> None:
+    """Three instances on one schema fold a storm as one instance does: they pace the
+    token's requests together as one would, so they send no more requests (within
+    ``STORM_SLACK``), and none gets a 429."""
+    one = storm_requests(tmp_path / "one", pg_server, 1)
+    three = storm_requests(tmp_path / "three", pg_server, 3)
+
+    assert one.get("429", 0) == 0, one
+    assert three.get("429", 0) == 0, three
+    # The storm is one the pacing bounds: more events than requests, a burst spent whole.
+    assert STORM_RATE_LIMIT // 4 < one["total"] < STORM_EVENTS, one
+    assert three["total"] <= one["total"] + STORM_SLACK, (one, three)
 
 
 def _health(group: Cluster, instance: int) -> tuple[int, dict[str, Any]]:

@@ -167,6 +167,22 @@ def test_a_429_empties_the_row_until_its_reset_or_the_row_s(
     assert store.consume([Want("flood:x:new", 3, 60.0)], NOW + 62)[0]
 
 
+def test_a_higher_limit_hipchat_reports_raises_the_row_up_to_what_it_says_is_left(
+    make_store: Callable[[], BudgetStore],
+) -> None:
+    store = make_store()
+    for _ in range(5):
+        assert store.consume([TOKEN_WANT], NOW)[0]
+    assert not store.consume([TOKEN_WANT], NOW + 1)[0]
+    # HipChat's limit is 100, not the 5 the window started with: it counted the 5.
+    store.record([Report(TOKEN_WANT.key, 95, NOW + 300, 300.0, raised=95)], NOW + 1)
+    granted, rows = store.consume([TOKEN_WANT], NOW + 1)
+    assert (granted, _left(rows)) == (True, {TOKEN_WANT.key: 94})
+    # Another instance learns the same limit: never more than HipChat says is left.
+    store.record([Report(TOKEN_WANT.key, 90, NOW + 300, 300.0, raised=95)], NOW + 2)
+    assert _left(store.consume([TOKEN_WANT], NOW + 2)[1]) == {TOKEN_WANT.key: 89}
+
+
 def test_a_fair_share_divides_the_limits_and_what_was_left() -> None:
     store = LocalBudgetStore(share=3, seen=[Row(TOKEN_WANT.key, 7, NOW + 10)])
     grants = sum(store.consume([TOKEN_WANT, ROOM_WANT], NOW)[0] for _ in range(5))
@@ -242,22 +258,27 @@ def test_the_token_is_never_stored_only_its_hash(pg_schema: PgSchema) -> None:
     assert len(token_key(TOKEN)) == len("rate:") + 64
 
 
+def _answered(budget: SharedBudget, key: str, outcome: Outcome) -> None:
+    """One request to ``key`` granted and answered with ``outcome``, its answer in the store."""
+
+    async def main() -> None:
+        await budget.acquire(key)
+        budget.release(key, outcome)
+        # The answer reaches the store from a system task, soon.
+        while budget._flushing:
+            await trio.sleep(0.01)
+
+    trio.run(main)
+
+
 def test_a_429_at_one_instance_pauses_every_instance(pg_schema: PgSchema) -> None:
     server = _migrated(pg_schema)
     one, other = PostgresBudgetStore(server), PostgresBudgetStore(server)
     reset = time.time() + 120
     limited = Outcome(OutcomeKind.RATE_LIMITED, rate=RateInfo(limit=500, remaining=0, reset=reset))
     budget = SharedBudget(one, token=TOKEN, rate_limit=500, flood_limit=30)
-
-    async def main() -> None:
-        await budget.acquire("ops")
-        budget.release("ops", limited)
-        # The answer reaches the store from a system task, soon.
-        while budget._flushing:
-            await trio.sleep(0.01)
-
     try:
-        trio.run(main)
+        _answered(budget, "ops", limited)
         room = Want(f"flood:{token_key(TOKEN)[5:21]}:dev", 30, 60.0)
         granted, rows = other.consume([Want(token_key(TOKEN), 500, 300.0), room], time.time())
     finally:
@@ -265,6 +286,49 @@ def test_a_429_at_one_instance_pauses_every_instance(pg_schema: PgSchema) -> Non
         other.close()
     assert not granted
     assert max(row.resets_at for row in rows if row.remaining <= 0) == pytest.approx(reset)
+
+
+def test_the_shared_rows_follow_the_limits_hipchat_reports(pg_schema: PgSchema) -> None:
+    """Configured for 2 requests, told by HipChat it allows 100 (and 30 per room): the
+    rows of the windows on now follow, so another instance is granted more than 2."""
+    server = _migrated(pg_schema)
+    one, other = PostgresBudgetStore(server), PostgresBudgetStore(server)
+    now = time.time()
+    answer = Outcome(
+        OutcomeKind.SENT,
+        rate=RateInfo(limit=100, remaining=99, reset=now + 300),
+        flood=RateInfo(limit=30, remaining=29, reset=now + 60),
+    )
+    budget = SharedBudget(one, token=TOKEN, rate_limit=2, flood_limit=2)
+    wants = [
+        Want(token_key(TOKEN), 2, 300.0),
+        Want(f"flood:{token_key(TOKEN)[5:21]}:ops", 2, 60.0),
+    ]
+    try:
+        _answered(budget, "ops", answer)
+        grants = [other.consume(wants, time.time()) for _ in range(10)]
+    finally:
+        one.close()
+        other.close()
+    assert all(granted for granted, _ in grants)
+    assert _left(grants[-1][1]) == {wants[0].key: 89, wants[1].key: 19}
+
+
+async def test_the_instances_are_counted_before_the_first_grant(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A storm's first requests draw on this instance's share of the burst, not a whole
+    bucket: 48 // 4 // 3 = 4 at once, then one every 300 / 48 * 3 = 18.75 s."""
+    budget = SharedBudget(_Unreachable(peers=3), token=TOKEN, rate_limit=48, flood_limit=300)
+    start = trio.current_time()
+    waited: list[float] = []
+    for i in range(6):
+        await budget.acquire(f"room-{i}")
+        waited.append(trio.current_time() - start)
+        budget.release(f"room-{i}", Outcome(OutcomeKind.SENT))
+    assert waited[:4] == [0.0] * 4
+    assert waited[4] == pytest.approx(18.75, abs=0.5)
+    assert waited[5] == pytest.approx(37.5, abs=0.5)
 
 
 class _Unreachable:

@@ -19,7 +19,10 @@ A store holds, per key, what is left and when the window ends:
   HipChat is the authority on its window and its count, but an answer is
   late by the time it is written: other instances may have consumed since.
   So within the row's window the lower of the two counts wins (an answer can
-  lower ``remaining``, never raise it); an answer whose reset is later than
+  lower ``remaining``, never raise it), except that a limit HipChat reports
+  above the one the row was started with adds the difference, as a single
+  instance's budget follows a reported limit (still never above what HipChat
+  says is left); an answer whose reset is later than
   the row's names a window HipChat has opened since, and replaces the row; an
   answer whose window is over is ignored. A 429 sets ``remaining`` to 0
   until its reset (else until the row's, else for a whole window).
@@ -28,6 +31,9 @@ Pacing is shared as well: every PEERS_REFRESH seconds an instance counts the
 instances on the store and paces the token's requests as one of them
 (:meth:`RateBudget.share_pacing`), so N instances spread a window's budget as
 one would, and a storm's events get the same time to fold into fewer messages.
+The count comes before the local grant that needs it: counted after, each
+instance would send a storm's first requests from a whole bucket (N buckets'
+worth together) before its own share applied.
 
 The token's key is a hash of the token (``rate:`` + SHA-256), never the
 token; a room's key is ``flood:`` + a prefix of that hash + the room, since
@@ -113,13 +119,16 @@ class Report:
     """What an answer said of ``key``: ``remaining`` until ``resets_at``.
 
     ``resets_at`` None (a 429 that named no time): the row's own window if
-    it is live, else ``window`` seconds from now.
+    it is live, else ``window`` seconds from now. ``raised``: how many units
+    HipChat's reported limit is above the limit the request was granted
+    under; the row's window gains them (never more than ``remaining``).
     """
 
     key: str
     remaining: int
     resets_at: float | None
     window: float
+    raised: int = 0
 
 
 class BudgetStore(Protocol):
@@ -190,7 +199,7 @@ class LocalBudgetStore:
                 continue  # a window that is over already
             remaining = report.remaining // self._share
             if row is not None and live and resets_at <= row.resets_at + _SAME_WINDOW:
-                remaining = min(remaining, row.remaining)
+                remaining = min(remaining, row.remaining + report.raised // self._share)
             self._rows[report.key] = Row(report.key, remaining, resets_at)
 
     def peers(self) -> int:
@@ -255,9 +264,19 @@ class SharedBudget(RateBudget):
         self._peers_at = -math.inf
         self._retry_store_at = -math.inf
         self._seen: dict[str, Row] = {}
+        #: per key, the limit its last consume would start a window with.
+        self._asked: dict[str, int] = {}
 
     async def acquire(self, key: str) -> None:
-        """Wait until both this instance's policy and the shared budget allow a request."""
+        """Wait until both this instance's policy and the shared budget allow a request.
+
+        The instances are counted before the local grant when the count is due:
+        a storm's first requests would otherwise draw on a whole bucket each.
+        """
+        if self._fallback is None and unix_now() - self._peers_at >= PEERS_REFRESH:
+            peers = await self._call(partial(self._count_peers, unix_now()))
+            if peers is not None:
+                self.share_pacing(peers)
         while True:
             await super().acquire(key)
             try:
@@ -292,10 +311,14 @@ class SharedBudget(RateBudget):
     # --- internals ---
 
     def _wants(self, key: str) -> tuple[Want, Want]:
-        return (
+        wants = (
             Want(self._token_key, self._rate_limit, RATE_WINDOW),
             Want(self._room_prefix + key, self._flood_limit_seen, FLOOD_WINDOW),
         )
+        if len(self._asked) >= _MAX_SEEN:
+            self._asked.clear()
+        self._asked.update((want.key, want.limit) for want in wants)
+        return wants
 
     def _reports_of(self, key: str, outcome: Outcome) -> list[Report]:
         families = (
@@ -305,12 +328,16 @@ class SharedBudget(RateBudget):
         now = unix_now()
         reports: list[Report] = []
         for store_key, info, window in families:
+            raised = 0
             if info is not None and info.limit is not None and info.limit >= 1:
                 if store_key == self._token_key:
                     self._rate_limit = info.limit
                 else:
                     self._flood_limit_seen = info.limit
-            report = _report(store_key, info, window, now)
+                # The window may have started under a lower limit (the configured one, or
+                # one HipChat reported before): HipChat's own limit holds from now on.
+                raised = max(0, info.limit - self._asked.get(store_key, info.limit))
+            report = _report(store_key, info, window, now, raised)
             if report is not None:
                 reports.append(report)
         if outcome.kind is OutcomeKind.RATE_LIMITED:
@@ -350,7 +377,6 @@ class SharedBudget(RateBudget):
             if self._fallback is not None:
                 self._fallback = None
                 log.info("budget.restored")
-            self._count_peers(now)
         except BudgetStoreError as exc:
             return self._local(exc, now).consume(wants, now)
         if len(self._seen) >= _MAX_SEEN:
@@ -367,11 +393,20 @@ class SharedBudget(RateBudget):
         except BudgetStoreError as exc:
             self._local(exc, now).record(reports, now)
 
-    def _count_peers(self, now: float) -> None:
-        if now - self._peers_at >= PEERS_REFRESH:
-            self._peers_at = now
+    def _count_peers(self, now: float) -> int | None:
+        """The instances on the store, if a count is still due (another caller may have counted).
+
+        A store that cannot be reached keeps the last count; the next consume
+        finds out and falls back.
+        """
+        if now - self._peers_at < PEERS_REFRESH:
+            return None
+        self._peers_at = now
+        try:
             self._peers = self._store.peers()
-            self.share_pacing(self._peers)
+        except BudgetStoreError:
+            return None
+        return self._peers
 
     def _local(self, exc: BudgetStoreError, now: float) -> LocalBudgetStore:
         self._retry_store_at = now + STORE_RETRY
@@ -381,13 +416,15 @@ class SharedBudget(RateBudget):
         return self._fallback
 
 
-def _report(key: str, info: RateInfo | None, window: float, now: float) -> Report | None:
+def _report(
+    key: str, info: RateInfo | None, window: float, now: float, raised: int
+) -> Report | None:
     """What a header family says, if it says a count and a window that is on now."""
     if info is None or info.remaining is None or info.remaining < 0 or info.reset is None:
         return None
     if not now < info.reset <= now + MAX_SERVER_WAIT:
         return None
-    return Report(key, info.remaining, info.reset, window)
+    return Report(key, info.remaining, info.reset, window, raised)
 
 
 async def connect_store(store: BudgetStore | None) -> None:

@@ -65,7 +65,9 @@ FROM found f LEFT JOIN taken t USING (key)
 """
 
 # HipChat is the authority, but its answer is late: within the row's window it may lower
-# what is left, never raise it; a later reset is a window HipChat opened since.
+# what is left, never raise it, except by the units its limit is above the one the request
+# was granted under (the row started with a lower limit); a later reset is a window HipChat
+# opened since.
 _RECORD: Final = """
 INSERT INTO budgets AS b (key, remaining, resets_at, updated_at)
 VALUES (%(key)s, %(remaining)s,
@@ -76,7 +78,7 @@ ON CONFLICT (key) DO UPDATE SET
         WHEN %(at)s::float8 IS NULL THEN 0
         WHEN excluded.resets_at > b.resets_at + make_interval(secs => %(slack)s)
             THEN excluded.remaining
-        ELSE least(b.remaining, excluded.remaining)
+        ELSE least(b.remaining + %(raised)s, excluded.remaining)
     END,
     resets_at = CASE
         WHEN %(at)s::float8 IS NULL AND b.resets_at > to_timestamp(%(now)s::float8)
@@ -132,6 +134,7 @@ class PostgresBudgetStore:
                 "remaining": max(0, report.remaining),
                 "at": report.resets_at,
                 "window": float(report.window),
+                "raised": max(0, report.raised),
                 "slack": SAME_WINDOW_SLACK,
                 "now": now,
             }
