@@ -425,6 +425,46 @@ async def test_a_commit_whose_reply_was_lost_is_not_stored_twice(
     assert _query(pg_schema, "SELECT count(*) FROM documents") == [(1,)]
 
 
+async def test_marks_and_events_of_one_round_commit_once_even_when_the_reply_is_lost(
+    pg_schema: PgSchema, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deletes and dead letters ride in the transaction of the next events (one commit on the
+    server); when its reply is lost, the retry finds the events stored and stores nothing twice."""
+    write_round = sql.write_round
+    calls = 0
+
+    def reply_lost(conn: psycopg.Connection[Any], *args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        written = write_round(conn, *args)
+        if calls == 1:
+            conn.close()
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return written
+
+    monkeypatch.setattr(sql, "write_round", reply_lost)
+    settings = postgresql_settings(pg_schema)
+    with trio.fail_after(60):
+        spool = await PostgresSpool.open(settings, max_events=100)
+        async with running(spool) as (committed, _):
+            spool.submit(EVENT, DOCUMENT, [OPS, DEV, ONCALL], 1000.0, "first")
+            delivered, kept, dead = await committed.wait_for(3)
+            before = spool.transactions
+            spool.mark_delivered([delivered.id])
+            spool.mark_dead([dead.id], "permanent", "Room not found")
+            spool.submit(EVENT, DOCUMENT, [OPS, DEV], 1001.0, "second")
+            entries = await committed.wait_for(5)
+            await spool.flush()
+            # The lost commit is not counted: the retry is the one transaction of the round.
+            assert spool.transactions == before + 1
+    assert calls == 2
+    assert [handle for handle, _ in committed.events] == ["first", "second"]
+    stored = _query(pg_schema, "SELECT id FROM pending ORDER BY id")
+    assert [i for (i,) in stored] == [kept.id, entries[3].id, entries[4].id]
+    assert _query(pg_schema, "SELECT id, reason FROM dead") == [(dead.id, "permanent")]
+    assert _query(pg_schema, "SELECT count(*) FROM documents") == [(2,)]
+
+
 async def test_text_postgresql_cannot_hold_is_kept_or_refused_alone(pg_schema: PgSchema) -> None:
     """NUL (which PostgreSQL text cannot hold) is stored as U+FFFD; an event whose text cannot
     be encoded at all (a lone surrogate, which the readers never let through) is refused alone,

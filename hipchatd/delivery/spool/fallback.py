@@ -199,6 +199,29 @@ class FallbackDialect:
         self.marks.append((attempts, dead, delivered))
         return 0, 0
 
+    def write_round(
+        self,
+        conn: Session,
+        attempts: _Attempts,
+        dead: _Dead,
+        delivered: list[int],
+        batch: list[EventEntries],
+    ) -> tuple[int, int, int, list[EventEntries]]:
+        maybe_stored = False
+        if self.cause is None:
+            try:
+                return self._pg.write_round(conn, attempts, dead, delivered, batch)
+            except Exception as exc:
+                if not forward.is_unreachable(exc):
+                    raise
+                self.degrade(self._server.cause(exc))
+                # The connection may have broken during COMMIT: these may be on the server.
+                maybe_stored = True
+        written, committed = self._write_local(batch, maybe_stored=maybe_stored)
+        # Kept once the events are: a failure above keeps both for the next round.
+        self.marks.append((attempts, dead, delivered))
+        return 0, 0, written, committed
+
     def forward_step(self, session: Session) -> list[EventEntries]:
         """Copy the oldest local events to the server, then delete them here. Blocks.
 

@@ -4,14 +4,17 @@ Backend-neutral: a backend hands :class:`GroupCommit` its connection (in a
 :class:`Worker`) and a :class:`Dialect` (its two writes and how to read its
 library's errors). ``submit`` and the marks only buffer. The spool's ``run``
 task calls ``commit`` when work is waiting: the marks (delivered, dead,
-attempts) commit first, in their own transaction (they free space, and new
-events that cannot be written never hold them back), then the new events, at
-most ``BATCH`` entries per transaction. A batch of new events that does not
-fit (SQLite's ``SQLITE_FULL``, PostgreSQL's disk full or a value it cannot
-hold) is halved until its pieces fit; an event that alone cannot be written
-is refused (it was never accepted). Any other failure keeps the work for the
-next try, so a dialect's ``write_events`` must be safe to repeat after a
-failure whose commit may have happened (a connection lost during COMMIT).
+attempts) and the new events, at most ``BATCH`` entries of them, commit in
+one transaction on one trip to the worker thread (each trip must win the GIL
+back from a busy event loop, and each commit is a WAL append or a server
+round trip). When that does not fit (SQLite's ``SQLITE_FULL``, PostgreSQL's
+disk full or a value it cannot hold), the marks commit first, in their own
+transaction (they free space, and new events that cannot be written never
+hold them back), then the new events, halved until their pieces fit; an
+event that alone cannot be written is refused (it was never accepted). Any
+other failure keeps the work for the next try, so a dialect's writes must be
+safe to repeat after a failure whose commit may have happened (a connection
+lost during COMMIT).
 """
 
 from __future__ import annotations
@@ -70,6 +73,18 @@ class Dialect(Protocol[C_contra]):
         delivered: list[int],
     ) -> tuple[int, int]:
         """Attempts, dead-letter moves and deliveries: (removed from pending, moved to dead)."""
+        ...
+
+    def write_round(
+        self,
+        conn: C_contra,
+        attempts: list[tuple[str, int]],
+        dead: list[tuple[float, str, str | None, int]],
+        delivered: list[int],
+        batch: list[EventEntries],
+    ) -> tuple[int, int, int, list[EventEntries]]:
+        """``write_marks`` and ``write_events`` in one transaction: (removed from pending,
+        moved to dead, entries written, the events as committed)."""
         ...
 
     def is_transient(self, exc: Exception) -> bool:
@@ -234,7 +249,8 @@ class GroupCommit(Generic[C]):
         *,
         abandon_on_cancel: bool,
     ) -> bool:
-        """Write the buffer: its marks in one transaction, then its new events. False on failure.
+        """Write the buffer: its marks and new events in one transaction, or (when they do not
+        fit together) its marks, then its new events. False on failure.
 
         Raises the dialect's error for a failure no retry can fix (its work kept).
         """
@@ -260,10 +276,16 @@ class GroupCommit(Generic[C]):
             return True
         self._in_flight = True
         try:
-            marked = await self._write_marks(batch, abandon_on_cancel)
-            written = await self._write_events(
-                batch.events, on_committed, on_refused, abandon_on_cancel
-            )
+            together = None
+            if batch.marks and batch.events:
+                together = await self._write_together(batch, on_committed, abandon_on_cancel)
+            if together is None:
+                marked = await self._write_marks(batch, abandon_on_cancel)
+                written = await self._write_events(
+                    batch.events, on_committed, on_refused, abandon_on_cancel
+                )
+            else:
+                marked = written = together
         finally:
             self._in_flight = False
             self._progress.set()
@@ -272,6 +294,47 @@ class GroupCommit(Generic[C]):
             self.writable = True
             log.info("spool.write_recovered", path=self._path, items=len(batch))
         return marked and written
+
+    async def _write_together(
+        self, batch: _Batch, on_committed: OnCommitted | None, abandon_on_cancel: bool
+    ) -> bool | None:
+        """Commit the marks and the new events of ``batch`` in one transaction.
+
+        False when that failed (the work kept for the next try); None, with nothing written,
+        when it does not fit: the caller writes them apart.
+        """
+        dialect = self._dialect
+        write = partial(
+            dialect.write_round,
+            attempts=batch.attempts,
+            dead=batch.dead,
+            delivered=batch.delivered,
+            batch=batch.events,
+        )
+        try:
+            removed, dead, inserted, committed = await self._worker.call(write, abandon_on_cancel)
+        except dialect.errors as exc:
+            if dialect.does_not_fit(exc):
+                return None
+            self._buffer.prepend_marks(batch)
+            self._buffer.prepend_events(batch.events)
+            self._work.set()
+            if not dialect.is_transient(exc):
+                raise
+            self._write_failed(exc, entries=batch.entries, items=len(batch))
+            return False
+        except BaseException:
+            self._buffer.prepend_marks(batch)
+            self._buffer.prepend_events(batch.events)
+            self._work.set()
+            raise
+        self.transactions += 1
+        self.unflushed -= batch.entries
+        self.pending += inserted - removed
+        self.dead += dead
+        if on_committed is not None:
+            on_committed(committed)
+        return True
 
     async def _write_marks(self, batch: _Batch, abandon_on_cancel: bool) -> bool:
         """Commit the marks of ``batch`` in one transaction; on failure keep them for later.

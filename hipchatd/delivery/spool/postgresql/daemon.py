@@ -76,15 +76,12 @@ class PostgresDialect:
     def write_events(
         self, conn: Session, batch: list[EventEntries]
     ) -> tuple[int, list[EventEntries]]:
-        firsts = {entries[0].id for _, entries in batch}
-        uncertain = not self._uncertain.isdisjoint(firsts)
-        try:
-            written = sql.write_events(conn.get(), batch, self.origin, self._channel, uncertain)
-        except BaseException:
-            self._uncertain |= firsts
-            raise
-        self._uncertain -= firsts
-        return written
+        return self._remembering(
+            batch,
+            lambda uncertain: sql.write_events(
+                conn.get(), batch, self.origin, self._channel, uncertain
+            ),
+        )
 
     def write_marks(
         self,
@@ -94,6 +91,33 @@ class PostgresDialect:
         delivered: list[int],
     ) -> tuple[int, int]:
         return sql.write_marks(conn.get(), attempts, dead, delivered)
+
+    def write_round(
+        self,
+        conn: Session,
+        attempts: list[tuple[str, int]],
+        dead: list[tuple[float, str, str | None, int]],
+        delivered: list[int],
+        batch: list[EventEntries],
+    ) -> tuple[int, int, int, list[EventEntries]]:
+        return self._remembering(
+            batch,
+            lambda uncertain: sql.write_round(
+                conn.get(), attempts, dead, delivered, batch, self.origin, self._channel, uncertain
+            ),
+        )
+
+    def _remembering(self, batch: list[EventEntries], write: Callable[[bool], T]) -> T:
+        """``write(uncertain)``: True when an earlier write of some of ``batch`` failed (it
+        may have committed all the same); a failure of this one makes them all uncertain."""
+        firsts = {entries[0].id for _, entries in batch}
+        try:
+            written = write(not self._uncertain.isdisjoint(firsts))
+        except BaseException:
+            self._uncertain |= firsts
+            raise
+        self._uncertain -= firsts
+        return written
 
     def is_transient(self, exc: Exception) -> bool:
         return connect.is_transient(exc)

@@ -48,6 +48,7 @@ __all__ = [
     "transaction",
     "write_batch",
     "write_marks",
+    "write_round",
 ]
 
 log = structlog.get_logger()
@@ -173,6 +174,24 @@ def _chunks(ids: Sequence[int]) -> Iterator[tuple[list[int], str]]:
 
 def write_batch(conn: sqlite3.Connection, batch: list[EventEntries]) -> int:
     """Insert these new events (each document once, then one entry per target): entries written."""
+    with transaction(conn):
+        return _insert_events(conn, batch)
+
+
+def write_round(
+    conn: sqlite3.Connection,
+    attempts: list[tuple[str, int]],
+    dead: list[tuple[float, str, str | None, int]],
+    delivered: list[int],
+    batch: list[EventEntries],
+) -> tuple[int, int, int]:
+    """``write_marks`` and ``write_batch`` in one transaction: (removed, moved to dead, written)."""
+    with transaction(conn):
+        removed, moved = _apply_marks(conn, attempts, dead, delivered)
+        return removed, moved, _insert_events(conn, batch)
+
+
+def _insert_events(conn: sqlite3.Connection, batch: list[EventEntries]) -> int:
     # Every statement releases the GIL while SQLite works and must win it back from a busy
     # event loop (up to sys.getswitchinterval(), 5 ms, each time): so a whole batch is a few
     # statements, never one per row. Beside a busy thread, one per row managed 400 entries/s.
@@ -183,9 +202,8 @@ def write_batch(conn: sqlite3.Connection, batch: list[EventEntries]) -> int:
         for _, event in batch
         for e in event
     ]
-    with transaction(conn):
-        _insert_rows(conn, INSERT_DOCUMENTS, documents)
-        return _insert_rows(conn, _INSERT_ENTRIES, entries)
+    _insert_rows(conn, INSERT_DOCUMENTS, documents)
+    return _insert_rows(conn, _INSERT_ENTRIES, entries)
 
 
 def _insert_rows(conn: sqlite3.Connection, insert: str, rows: list[tuple[Any, ...]]) -> int:
@@ -234,16 +252,25 @@ def write_marks(
 ) -> tuple[int, int]:
     """Attempts ``(error, id)``, dead-letter moves ``(dead_at, reason, error, id)`` and
     deliveries, in one transaction; documents left unused go. (removed, moved to dead)."""
-    removed = moved = 0
     with transaction(conn):
-        if attempts:
-            conn.executemany(_ATTEMPT, attempts)
-        if dead:
-            moved = conn.executemany(_TO_DEAD, dead).rowcount
-        if dead or delivered:
-            runs = _runs(sorted({*delivered, *(d[3] for d in dead)}))
-            removed = conn.executemany(_DELETE_RUN, runs).rowcount
-            conn.executemany(_DELETE_UNUSED_DOCUMENTS, runs)
+        return _apply_marks(conn, attempts, dead, delivered)
+
+
+def _apply_marks(
+    conn: sqlite3.Connection,
+    attempts: list[tuple[str, int]],
+    dead: list[tuple[float, str, str | None, int]],
+    delivered: list[int],
+) -> tuple[int, int]:
+    removed = moved = 0
+    if attempts:
+        conn.executemany(_ATTEMPT, attempts)
+    if dead:
+        moved = conn.executemany(_TO_DEAD, dead).rowcount
+    if dead or delivered:
+        runs = _runs(sorted({*delivered, *(d[3] for d in dead)}))
+        removed = conn.executemany(_DELETE_RUN, runs).rowcount
+        conn.executemany(_DELETE_UNUSED_DOCUMENTS, runs)
     return removed, moved
 
 

@@ -38,6 +38,17 @@ class SqliteDialect:
     ) -> tuple[int, int]:
         return sql.write_marks(conn, attempts=attempts, dead=dead, delivered=delivered)
 
+    def write_round(
+        self,
+        conn: sqlite3.Connection,
+        attempts: list[tuple[str, int]],
+        dead: list[tuple[float, str, str | None, int]],
+        delivered: list[int],
+        batch: list[EventEntries],
+    ) -> tuple[int, int, int, list[EventEntries]]:
+        removed, moved, written = sql.write_round(conn, attempts, dead, delivered, batch)
+        return removed, moved, written, batch
+
     def is_transient(self, exc: Exception) -> bool:
         return isinstance(exc, sqlite3.DatabaseError) and sql.is_transient(exc)
 
