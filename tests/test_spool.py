@@ -296,6 +296,37 @@ async def test_scattered_and_repeated_marks_remove_exactly_those_entries(state_d
             assert [e.id for e in await spool.list_dead()] == [ids[5], ids[14]]
 
 
+async def test_deliveries_of_interleaved_rooms_remove_their_entries_and_then_documents(
+    state_dir: str,
+) -> None:
+    """Rooms confirm at their own pace: many short runs of ids go by lists, and an event's
+    document leaves with the last of its entries, whichever room that was."""
+    with trio.fail_after(10):
+        spool = await SqliteSpool.open(state_dir, max_events=1000)
+        async with running(spool) as committed:
+            for i in range(300):
+                assert spool.submit(EVENT, DOCUMENT, [OPS, DEV, ONCALL], float(i))
+            entries = await committed.wait_for(900)
+            by_room = {t: [e.id for e in entries if e.target == t] for t in (OPS, DEV, ONCALL)}
+            spool.mark_delivered(by_room[OPS] + by_room[OPS][:3])
+            spool.mark_dead(by_room[ONCALL][::2], "permanent", "Room not found")
+            await spool.flush()
+            assert spool.counts() == {"pending": 450, "dead": 150}
+            documents = await spool.load_documents([e.id for e in entries])
+            assert sorted(documents) == sorted(by_room[DEV] + by_room[ONCALL][1::2])
+            spool.mark_delivered(by_room[DEV][1::2])
+            spool.mark_delivered(by_room[DEV][::2] + by_room[ONCALL][1::2])
+            await spool.flush()
+            assert spool.counts() == {"pending": 0, "dead": 150}
+            assert await spool.load_documents([e.id for e in entries]) == {}
+            dead = await spool.list_dead()
+    assert [d.id for d in dead] == by_room[ONCALL][::2]
+    if state_dir != ":memory:":
+        # The documents of the dead entries stay, every other one goes.
+        with sqlite3.connect(Path(state_dir) / SPOOL_FILE) as conn:
+            assert conn.execute("SELECT count(*) FROM documents").fetchone() == (150,)
+
+
 async def test_a_large_batch_fits_the_historical_variable_limit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
