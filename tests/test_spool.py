@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import sqlite3
+import subprocess
 import sys
 import threading
 import time
@@ -494,24 +495,23 @@ async def test_a_failing_round_keeps_its_marks_and_its_events(
     tmp_path: Path, thread_clock: MockClock
 ) -> None:
     """Marks and new events that failed together are retried together, nothing lost or doubled."""
-    with trio.fail_after(60):
+    with trio.fail_after(60), capture_logs() as logs:
         spool = await SqliteSpool.open(str(tmp_path), max_events=100)
         async with running(spool) as committed:
             spool.submit(EVENT, DOCUMENT, [OPS, DEV, ONCALL], 0.0, "first")
             delivered, failing, dead = await committed.wait_for(3)
             assert spool._worker.conn is not None
             spool._worker.conn.execute("PRAGMA query_only = ON")
-            with capture_logs() as logs:
-                spool.mark_delivered([delivered.id])
-                spool.mark_attempt([failing.id], "HTTP 500: Internal Server Error")
-                spool.mark_dead([dead.id], "permanent", "Room not found")
-                spool.submit(EVENT, DOCUMENT, [OPS, DEV], 1.0, "second")
-                await trio.sleep(WRITE_RETRY / 2)
-                assert not spool.writable
-                assert spool.counts() == {"pending": 3, "dead": 0}
-                spool._worker.conn.execute("PRAGMA query_only = OFF")
-                entries = await committed.wait_for(5)
-                await spool.flush()
+            spool.mark_delivered([delivered.id])
+            spool.mark_attempt([failing.id], "HTTP 500: Internal Server Error")
+            spool.mark_dead([dead.id], "permanent", "Room not found")
+            spool.submit(EVENT, DOCUMENT, [OPS, DEV], 1.0, "second")
+            await trio.sleep(WRITE_RETRY / 2)
+            assert not spool.writable
+            assert spool.counts() == {"pending": 3, "dead": 0}
+            spool._worker.conn.execute("PRAGMA query_only = OFF")
+            entries = await committed.wait_for(5)
+            await spool.flush()
             assert spool.writable
             assert spool.counts() == {"pending": 3, "dead": 1}
         failed = [entry for entry in logs if entry["event"] == "spool.write_failed"]
@@ -565,17 +565,23 @@ trio.run(main)
 """
 
 
+async def killed(script: str, *args: object) -> subprocess.CompletedProcess[bytes]:
+    """``script`` with ``args`` and DOCUMENT in a child process that must end by SIGKILL."""
+    process = await trio.run_process(
+        [sys.executable, "-c", script, *map(str, args), DOCUMENT],
+        check=False,
+        capture_stdout=True,
+        capture_stderr=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert process.returncode == -signal.SIGKILL, process.stderr.decode()
+    return process
+
+
 async def test_committed_entries_survive_kill_9(tmp_path: Path) -> None:
     count = 500
     with trio.fail_after(30):
-        process = await trio.run_process(
-            [sys.executable, "-c", CRASH_SCRIPT, str(tmp_path), str(count), DOCUMENT],
-            check=False,
-            capture_stdout=True,
-            capture_stderr=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        assert process.returncode == -signal.SIGKILL, process.stderr.decode()
+        await killed(CRASH_SCRIPT, tmp_path, count)
         spool = await SqliteSpool.open(str(tmp_path), max_events=count)
         loaded = await spool.load_pending()
         await spool.aclose()
@@ -629,14 +635,7 @@ async def test_deletes_committed_with_new_events_survive_kill_9(tmp_path: Path) 
     every accepted entry not yet confirmed is pending and every confirmed one is gone."""
     rounds = 40
     with trio.fail_after(30):
-        process = await trio.run_process(
-            [sys.executable, "-c", COALESCED_CRASH_SCRIPT, str(tmp_path), str(rounds), DOCUMENT],
-            check=False,
-            capture_stdout=True,
-            capture_stderr=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        assert process.returncode == -signal.SIGKILL, process.stderr.decode()
+        process = await killed(COALESCED_CRASH_SCRIPT, tmp_path, rounds)
         # The last line: the spool's log lines come first.
         seen = json.loads(process.stdout.splitlines()[-1])
         spool = await SqliteSpool.open(str(tmp_path), max_events=1000)

@@ -49,6 +49,7 @@ import structlog
 import trio
 
 from hipchatd.config import SpoolSettings
+from hipchatd.delivery.spool.group import Marks
 from hipchatd.delivery.spool.postgresql import daemon as pg
 from hipchatd.delivery.spool.postgresql import forward
 from hipchatd.delivery.spool.postgresql.connect import Server, Session
@@ -200,17 +201,12 @@ class FallbackDialect:
         return 0, 0
 
     def write_round(
-        self,
-        conn: Session,
-        attempts: _Attempts,
-        dead: _Dead,
-        delivered: list[int],
-        batch: list[EventEntries],
+        self, conn: Session, marks: Marks, batch: list[EventEntries]
     ) -> tuple[int, int, int, list[EventEntries]]:
         maybe_stored = False
         if self.cause is None:
             try:
-                return self._pg.write_round(conn, attempts, dead, delivered, batch)
+                return self._pg.write_round(conn, marks, batch)
             except Exception as exc:
                 if not forward.is_unreachable(exc):
                     raise
@@ -219,7 +215,7 @@ class FallbackDialect:
                 maybe_stored = True
         written, committed = self._write_local(batch, maybe_stored=maybe_stored)
         # Kept once the events are: a failure above keeps both for the next round.
-        self.marks.append((attempts, dead, delivered))
+        self.marks.append((marks.attempts, marks.dead, marks.delivered))
         return 0, 0, written, committed
 
     def forward_step(self, session: Session) -> list[EventEntries]:

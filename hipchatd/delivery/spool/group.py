@@ -31,7 +31,7 @@ import trio
 from hipchatd.clock import unix_now
 from hipchatd.delivery.spool.store import EventEntries, OnCommitted, OnRefused, SpoolError
 
-__all__ = ["BATCH", "HIGH_WATER", "WRITE_RETRY", "Dialect", "GroupCommit", "Worker"]
+__all__ = ["BATCH", "HIGH_WATER", "WRITE_RETRY", "Dialect", "GroupCommit", "Marks", "Worker"]
 
 log = structlog.get_logger()
 
@@ -47,6 +47,17 @@ HIGH_WATER: Final = 2 * BATCH
 #: Seconds before a failed commit is tried again (disk full, I/O error, lock held too long,
 #: the database server unreachable).
 WRITE_RETRY: Final = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Marks:
+    """The marks one commit writes, in the order they were made."""
+
+    #: (error, id)
+    attempts: list[tuple[str, int]]
+    #: (dead_at, reason, error, id)
+    dead: list[tuple[float, str, str | None, int]]
+    delivered: list[int]
 
 
 class Dialect(Protocol[C_contra]):
@@ -76,12 +87,7 @@ class Dialect(Protocol[C_contra]):
         ...
 
     def write_round(
-        self,
-        conn: C_contra,
-        attempts: list[tuple[str, int]],
-        dead: list[tuple[float, str, str | None, int]],
-        delivered: list[int],
-        batch: list[EventEntries],
+        self, conn: C_contra, marks: Marks, batch: list[EventEntries]
     ) -> tuple[int, int, int, list[EventEntries]]:
         """``write_marks`` and ``write_events`` in one transaction: (removed from pending,
         moved to dead, entries written, the events as committed)."""
@@ -304,29 +310,20 @@ class GroupCommit(Generic[C]):
         when it does not fit: the caller writes them apart.
         """
         dialect = self._dialect
-        write = partial(
-            dialect.write_round,
-            attempts=batch.attempts,
-            dead=batch.dead,
-            delivered=batch.delivered,
-            batch=batch.events,
-        )
+        marks = Marks(batch.attempts, batch.dead, batch.delivered)
+        write = partial(dialect.write_round, marks=marks, batch=batch.events)
         try:
             removed, dead, inserted, committed = await self._worker.call(write, abandon_on_cancel)
         except dialect.errors as exc:
             if dialect.does_not_fit(exc):
                 return None
-            self._buffer.prepend_marks(batch)
-            self._buffer.prepend_events(batch.events)
-            self._work.set()
+            self._keep(batch)
             if not dialect.is_transient(exc):
                 raise
             self._write_failed(exc, entries=batch.entries, items=len(batch))
             return False
         except BaseException:
-            self._buffer.prepend_marks(batch)
-            self._buffer.prepend_events(batch.events)
-            self._work.set()
+            self._keep(batch)
             raise
         self.transactions += 1
         self.unflushed -= batch.entries
@@ -335,6 +332,12 @@ class GroupCommit(Generic[C]):
         if on_committed is not None:
             on_committed(committed)
         return True
+
+    def _keep(self, batch: _Batch) -> None:
+        """Put the marks and the new events of ``batch`` back for the next commit."""
+        self._buffer.prepend_marks(batch)
+        self._buffer.prepend_events(batch.events)
+        self._work.set()
 
     async def _write_marks(self, batch: _Batch, abandon_on_cancel: bool) -> bool:
         """Commit the marks of ``batch`` in one transaction; on failure keep them for later.
@@ -371,9 +374,7 @@ class GroupCommit(Generic[C]):
                     raise
             return False
         except BaseException:
-            self._buffer.prepend_marks(batch)
-            self._buffer.prepend_events(batch.events)
-            self._work.set()
+            self._keep(batch)
             raise
         self.transactions += 1
         self.pending -= removed

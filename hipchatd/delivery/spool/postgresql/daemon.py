@@ -33,7 +33,7 @@ from psycopg import errors as pg_errors
 from hipchatd.clock import unix_now
 from hipchatd.config import SpoolSettings
 from hipchatd.delivery.spool.buffered import SHUTDOWN_FLUSH, BufferedSpool
-from hipchatd.delivery.spool.group import Dialect, GroupCommit, Worker
+from hipchatd.delivery.spool.group import Dialect, GroupCommit, Marks, Worker
 from hipchatd.delivery.spool.postgresql import connect, schema, sql
 from hipchatd.delivery.spool.postgresql.connect import Server, Session
 from hipchatd.delivery.spool.postgresql.leases import PgLeases, call
@@ -93,18 +93,11 @@ class PostgresDialect:
         return sql.write_marks(conn.get(), attempts, dead, delivered)
 
     def write_round(
-        self,
-        conn: Session,
-        attempts: list[tuple[str, int]],
-        dead: list[tuple[float, str, str | None, int]],
-        delivered: list[int],
-        batch: list[EventEntries],
+        self, conn: Session, marks: Marks, batch: list[EventEntries]
     ) -> tuple[int, int, int, list[EventEntries]]:
+        args = (batch, self.origin, self._channel)
         return self._remembering(
-            batch,
-            lambda uncertain: sql.write_round(
-                conn.get(), attempts, dead, delivered, batch, self.origin, self._channel, uncertain
-            ),
+            batch, lambda uncertain: sql.write_round(conn.get(), marks, *args, uncertain)
         )
 
     def _remembering(self, batch: list[EventEntries], write: Callable[[bool], T]) -> T:

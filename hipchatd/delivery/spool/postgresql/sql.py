@@ -25,6 +25,7 @@ from psycopg.pq import TransactionStatus
 
 from hipchatd.delivery.routing import Target
 from hipchatd.delivery.spool import rows as stored
+from hipchatd.delivery.spool.group import Marks
 from hipchatd.delivery.spool.rows import encode_target
 from hipchatd.delivery.spool.store import DeadEntry, Entry, EventEntries, PendingEntry, Requeued
 
@@ -148,9 +149,7 @@ def write_events(
 
 def write_round(
     conn: psycopg.Connection[Any],
-    attempts: list[tuple[str, int]],
-    dead: list[tuple[float, str, str | None, int]],
-    delivered: list[int],
+    marks: Marks,
     batch: list[EventEntries],
     origin: uuid.UUID,
     channel: str,
@@ -159,7 +158,7 @@ def write_round(
     """``write_marks`` and ``write_events`` in one transaction (one COMMIT, one WAL flush on
     the server): (removed from pending, moved to dead, entries stored, the events with ids)."""
     with conn.transaction():
-        removed, moved = write_marks(conn, attempts, dead, delivered)
+        removed, moved = write_marks(conn, marks.attempts, marks.dead, marks.delivered)
         return removed, moved, *write_events(conn, batch, origin, channel, uncertain)
 
 

@@ -19,7 +19,7 @@ from typing import Any, Final
 import structlog
 
 from hipchatd.delivery.spool import rows as stored
-from hipchatd.delivery.spool.group import BATCH
+from hipchatd.delivery.spool.group import BATCH, Marks
 from hipchatd.delivery.spool.rows import encode_target as _encode_target
 from hipchatd.delivery.spool.store import (
     DeadEntry,
@@ -196,15 +196,11 @@ def write_batch(conn: sqlite3.Connection, batch: list[EventEntries]) -> int:
 
 
 def write_round(
-    conn: sqlite3.Connection,
-    attempts: list[tuple[str, int]],
-    dead: list[tuple[float, str, str | None, int]],
-    delivered: list[int],
-    batch: list[EventEntries],
+    conn: sqlite3.Connection, marks: Marks, batch: list[EventEntries]
 ) -> tuple[int, int, int]:
     """``write_marks`` and ``write_batch`` in one transaction: (removed, moved to dead, written)."""
     with transaction(conn):
-        removed, moved = _apply_marks(conn, attempts, dead, delivered)
+        removed, moved = _apply_marks(conn, marks)
         return removed, moved, _insert_events(conn, batch)
 
 
@@ -270,15 +266,11 @@ def write_marks(
     """Attempts ``(error, id)``, dead-letter moves ``(dead_at, reason, error, id)`` and
     deliveries, in one transaction; documents left unused go. (removed, moved to dead)."""
     with transaction(conn):
-        return _apply_marks(conn, attempts, dead, delivered)
+        return _apply_marks(conn, Marks(attempts, dead, delivered))
 
 
-def _apply_marks(
-    conn: sqlite3.Connection,
-    attempts: list[tuple[str, int]],
-    dead: list[tuple[float, str, str | None, int]],
-    delivered: list[int],
-) -> tuple[int, int]:
+def _apply_marks(conn: sqlite3.Connection, marks: Marks) -> tuple[int, int]:
+    attempts, dead, delivered = marks.attempts, marks.dead, marks.delivered
     removed = moved = 0
     if attempts:
         conn.executemany(_ATTEMPT, attempts)

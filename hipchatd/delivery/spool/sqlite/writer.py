@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, Final
 
-from hipchatd.delivery.spool.group import HIGH_WATER, WRITE_RETRY, GroupCommit, Worker
+from hipchatd.delivery.spool.group import HIGH_WATER, WRITE_RETRY, GroupCommit, Marks, Worker
 from hipchatd.delivery.spool.sqlite import sql
 from hipchatd.delivery.spool.store import EventEntries
 
@@ -39,15 +39,9 @@ class SqliteDialect:
         return sql.write_marks(conn, attempts=attempts, dead=dead, delivered=delivered)
 
     def write_round(
-        self,
-        conn: sqlite3.Connection,
-        attempts: list[tuple[str, int]],
-        dead: list[tuple[float, str, str | None, int]],
-        delivered: list[int],
-        batch: list[EventEntries],
+        self, conn: sqlite3.Connection, marks: Marks, batch: list[EventEntries]
     ) -> tuple[int, int, int, list[EventEntries]]:
-        removed, moved, written = sql.write_round(conn, attempts, dead, delivered, batch)
-        return removed, moved, written, batch
+        return *sql.write_round(conn, marks, batch), batch
 
     def is_transient(self, exc: Exception) -> bool:
         return isinstance(exc, sqlite3.DatabaseError) and sql.is_transient(exc)
