@@ -1,7 +1,7 @@
 """Group commit: what the daemon buffers, written in few transactions on one worker thread.
 
 Backend-neutral: a backend hands :class:`GroupCommit` its connection (in a
-:class:`Worker`) and a :class:`Dialect` (its two writes and how to read its
+:class:`Worker`) and a :class:`Dialect` (its writes and how to read its
 library's errors). ``submit`` and the marks only buffer. The spool's ``run``
 task calls ``commit`` when work is waiting: the marks (delivered, dead,
 attempts) and the new events, at most ``BATCH`` entries of them, commit in
