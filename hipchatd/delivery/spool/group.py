@@ -154,6 +154,24 @@ class _Batch:
         self.events[:0] = older
         self.entries += sum(len(entries) for _, entries in older)
 
+    def prepend(self, older: _Batch) -> None:
+        """``older``'s marks and new events before these."""
+        self.prepend_marks(older)
+        self.prepend_events(older.events)
+
+    def cut(self, most: int) -> list[EventEntries]:
+        """Keep whole events up to ``most`` entries (at least one event); the rest, removed."""
+        taken = entries = 0
+        for _, event in self.events:
+            if taken and entries + len(event) > most:
+                break
+            taken += 1
+            entries += len(event)
+        rest = self.events[taken:]
+        del self.events[taken:]
+        self.entries = entries
+        return rest
+
 
 class GroupCommit(Generic[C]):
     """The buffer, its commits, and the counters they keep (no I/O outside ``commit``)."""
@@ -267,16 +285,9 @@ class GroupCommit(Generic[C]):
         self._alarm = trio.Event()
         # A burst becomes several transactions (whole events each): commit latency and WAL size
         # stay bounded, and measured throughput is the same as one huge transaction.
-        taken = entries = 0
-        for _, event in batch.events:
-            if taken and entries + len(event) > BATCH:
-                break
-            taken += 1
-            entries += len(event)
-        if taken < len(batch.events):
-            self._buffer.prepend_events(batch.events[taken:])
-            del batch.events[taken:]
-            batch.entries = entries
+        rest = batch.cut(BATCH)
+        if rest:
+            self._buffer.prepend_events(rest)
             self._wake()
         if not batch:
             return True
@@ -304,27 +315,23 @@ class GroupCommit(Generic[C]):
     async def _write_together(
         self, batch: _Batch, on_committed: OnCommitted | None, abandon_on_cancel: bool
     ) -> bool | None:
-        """Commit the marks and the new events of ``batch`` in one transaction.
-
-        False when that failed (the work kept for the next try); None, with nothing written,
-        when it does not fit: the caller writes them apart.
-        """
+        """Commit the marks and new events of ``batch`` in one transaction; False when that
+        failed (the work kept), None when they do not fit together (the caller splits them)."""
         dialect = self._dialect
         marks = Marks(batch.attempts, batch.dead, batch.delivered)
         write = partial(dialect.write_round, marks=marks, batch=batch.events)
         try:
             removed, dead, inserted, committed = await self._worker.call(write, abandon_on_cancel)
-        except dialect.errors as exc:
-            if dialect.does_not_fit(exc):
+        except BaseException as exc:
+            if isinstance(exc, dialect.errors) and dialect.does_not_fit(exc):
                 return None
-            self._keep(batch)
-            if not dialect.is_transient(exc):
+            # Cancelled, abandoned, or a failure: both kept for the next try.
+            self._buffer.prepend(batch)
+            self._work.set()
+            if not isinstance(exc, dialect.errors) or not dialect.is_transient(exc):
                 raise
             self._write_failed(exc, entries=batch.entries, items=len(batch))
             return False
-        except BaseException:
-            self._keep(batch)
-            raise
         self.transactions += 1
         self.unflushed -= batch.entries
         self.pending += inserted - removed
@@ -332,12 +339,6 @@ class GroupCommit(Generic[C]):
         if on_committed is not None:
             on_committed(committed)
         return True
-
-    def _keep(self, batch: _Batch) -> None:
-        """Put the marks and the new events of ``batch`` back for the next commit."""
-        self._buffer.prepend_marks(batch)
-        self._buffer.prepend_events(batch.events)
-        self._work.set()
 
     async def _write_marks(self, batch: _Batch, abandon_on_cancel: bool) -> bool:
         """Commit the marks of ``batch`` in one transaction; on failure keep them for later.
@@ -374,7 +375,8 @@ class GroupCommit(Generic[C]):
                     raise
             return False
         except BaseException:
-            self._keep(batch)
+            self._buffer.prepend(batch)
+            self._work.set()
             raise
         self.transactions += 1
         self.pending -= removed
