@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import sqlite3
+import subprocess
 import sys
 import threading
 import time
@@ -185,6 +186,29 @@ async def test_submits_of_one_tick_are_one_transaction(state_dir: str) -> None:
             assert [e.id for e in entries] == list(range(1, 501))
 
 
+async def test_marks_and_new_events_of_one_tick_are_one_transaction(state_dir: str) -> None:
+    """Deletes of delivered entries ride with the next new events: one trip, one commit."""
+    with trio.fail_after(10):
+        spool = await SqliteSpool.open(state_dir, max_events=10_000)
+        async with running(spool) as committed:
+            for i in range(10):
+                assert spool.submit(EVENT, DOCUMENT, [OPS, DEV], float(i))
+            first = await committed.wait_for(20)
+            before = spool.transactions
+            spool.mark_delivered([e.id for e in first[:15]])
+            spool.mark_attempt([first[15].id], "HTTP 500: Internal Server Error")
+            spool.mark_dead([first[16].id], "expired", None)
+            for i in range(10):
+                assert spool.submit(EVENT, DOCUMENT, [ONCALL], float(10 + i))
+            entries = await committed.wait_for(30)
+            await spool.flush()
+            assert spool.transactions == before + 1
+            assert len(committed.batches) == 2
+            assert spool.counts() == {"pending": 14, "dead": 1}
+            loaded = await spool.load_documents([e.id for e in entries])
+            assert sorted(loaded) == [e.id for e in entries[15:] if e.id != first[16].id]
+
+
 async def test_a_burst_commits_in_batch_sized_transactions(state_dir: str) -> None:
     count = 2 * BATCH + 10
     with trio.fail_after(20):
@@ -271,6 +295,37 @@ async def test_scattered_and_repeated_marks_remove_exactly_those_entries(state_d
             assert set(await spool.load_documents(ids)) == set(kept)
             assert spool.counts() == {"pending": len(kept), "dead": 2}
             assert [e.id for e in await spool.list_dead()] == [ids[5], ids[14]]
+
+
+async def test_deliveries_of_interleaved_rooms_remove_their_entries_and_then_documents(
+    state_dir: str,
+) -> None:
+    """Rooms confirm at their own pace: many short runs of ids go by lists, and an event's
+    document leaves with the last of its entries, whichever room that was."""
+    with trio.fail_after(10):
+        spool = await SqliteSpool.open(state_dir, max_events=1000)
+        async with running(spool) as committed:
+            for i in range(300):
+                assert spool.submit(EVENT, DOCUMENT, [OPS, DEV, ONCALL], float(i))
+            entries = await committed.wait_for(900)
+            by_room = {t: [e.id for e in entries if e.target == t] for t in (OPS, DEV, ONCALL)}
+            spool.mark_delivered(by_room[OPS] + by_room[OPS][:3])
+            spool.mark_dead(by_room[ONCALL][::2], "permanent", "Room not found")
+            await spool.flush()
+            assert spool.counts() == {"pending": 450, "dead": 150}
+            documents = await spool.load_documents([e.id for e in entries])
+            assert sorted(documents) == sorted(by_room[DEV] + by_room[ONCALL][1::2])
+            spool.mark_delivered(by_room[DEV][1::2])
+            spool.mark_delivered(by_room[DEV][::2] + by_room[ONCALL][1::2])
+            await spool.flush()
+            assert spool.counts() == {"pending": 0, "dead": 150}
+            assert await spool.load_documents([e.id for e in entries]) == {}
+            dead = await spool.list_dead()
+    assert [d.id for d in dead] == by_room[ONCALL][::2]
+    if state_dir != ":memory:":
+        # The documents of the dead entries stay, every other one goes.
+        with sqlite3.connect(Path(state_dir) / SPOOL_FILE) as conn:
+            assert conn.execute("SELECT count(*) FROM documents").fetchone() == (150,)
 
 
 async def test_a_large_batch_fits_the_historical_variable_limit(
@@ -436,6 +491,48 @@ async def test_a_poll_no_retry_can_fix_ends_run_with_spool_read_error(
     assert spool.closed
 
 
+async def test_a_failing_round_keeps_its_marks_and_its_events(
+    tmp_path: Path, thread_clock: MockClock
+) -> None:
+    """Marks and new events that failed together are retried together, nothing lost or doubled."""
+    with trio.fail_after(60), capture_logs() as logs:
+        spool = await SqliteSpool.open(str(tmp_path), max_events=100)
+        async with running(spool) as committed:
+            spool.submit(EVENT, DOCUMENT, [OPS, DEV, ONCALL], 0.0, "first")
+            delivered, failing, dead = await committed.wait_for(3)
+            assert spool._worker.conn is not None
+            spool._worker.conn.execute("PRAGMA query_only = ON")
+            spool.mark_delivered([delivered.id])
+            spool.mark_attempt([failing.id], "HTTP 500: Internal Server Error")
+            spool.mark_dead([dead.id], "permanent", "Room not found")
+            spool.submit(EVENT, DOCUMENT, [OPS, DEV], 1.0, "second")
+            await trio.sleep(WRITE_RETRY / 2)
+            assert not spool.writable
+            assert spool.counts() == {"pending": 3, "dead": 0}
+            spool._worker.conn.execute("PRAGMA query_only = OFF")
+            entries = await committed.wait_for(5)
+            await spool.flush()
+            assert spool.writable
+            assert spool.counts() == {"pending": 3, "dead": 1}
+        failed = [entry for entry in logs if entry["event"] == "spool.write_failed"]
+        assert failed
+        assert (failed[0]["entries"], failed[0]["items"]) == (2, 5)
+        assert "readonly" in failed[0]["error"]
+        assert any(entry["event"] == "spool.write_recovered" for entry in logs)
+
+        reopened = await SqliteSpool.open(str(tmp_path), max_events=100)
+        loaded = await reopened.load_pending()
+        gone = await reopened.list_dead()
+        await reopened.aclose()
+    assert [handle for handle, _ in committed.events] == ["first", "second"]
+    assert [(e.id, e.attempts) for e in loaded] == [
+        (failing.id, 1),
+        (entries[3].id, 0),
+        (entries[4].id, 0),
+    ]
+    assert [(d.id, d.reason) for d in gone] == [(dead.id, "permanent")]
+
+
 CRASH_SCRIPT = """
 import json, os, signal, sys
 import trio
@@ -468,22 +565,95 @@ trio.run(main)
 """
 
 
+async def killed(script: str, *args: object) -> subprocess.CompletedProcess[bytes]:
+    """``script`` with ``args`` and DOCUMENT in a child process that must end by SIGKILL."""
+    process = await trio.run_process(
+        [sys.executable, "-c", script, *map(str, args), DOCUMENT],
+        check=False,
+        capture_stdout=True,
+        capture_stderr=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert process.returncode == -signal.SIGKILL, process.stderr.decode()
+    return process
+
+
 async def test_committed_entries_survive_kill_9(tmp_path: Path) -> None:
     count = 500
     with trio.fail_after(30):
-        process = await trio.run_process(
-            [sys.executable, "-c", CRASH_SCRIPT, str(tmp_path), str(count), DOCUMENT],
-            check=False,
-            capture_stdout=True,
-            capture_stderr=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        assert process.returncode == -signal.SIGKILL, process.stderr.decode()
+        await killed(CRASH_SCRIPT, tmp_path, count)
         spool = await SqliteSpool.open(str(tmp_path), max_events=count)
         loaded = await spool.load_pending()
         await spool.aclose()
     assert [e.id for e in loaded] == list(range(1, count + 1))
     assert [e.accepted_at for e in loaded] == [float(i) for i in range(count)]
+
+
+COALESCED_CRASH_SCRIPT = """
+import json, os, signal, sys
+import trio
+from hipchatd.sensu.events import parse_event
+from hipchatd.delivery.routing import Target
+from hipchatd.delivery.spool import open_spool
+
+state_dir, rounds, document = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+event = parse_event(json.loads(document))
+targets = [Target("room", name, True, "sensu", "html") for name in ("ops", "dev")]
+
+async def main():
+    spool = await open_spool(state_dir, max_events=100_000)
+    seen = 0
+    kept = []
+
+    def submit_some():
+        for i in range(7):
+            spool.submit(event, document, targets[: 1 + i % 2], float(i))
+
+    def on_committed(events):
+        # Each round's deliveries are buffered with the next round's events.
+        nonlocal seen
+        seen += 1
+        ids = [e.id for _, entries in events for e in entries]
+        kept.extend(i for i in ids if i % 5 == 0)
+        if seen == rounds:
+            print(json.dumps({"kept": kept, "last": ids, "transactions": spool.transactions}))
+            sys.stdout.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        spool.mark_delivered([i for i in ids if i % 5])
+        submit_some()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(spool.run, on_committed)
+        submit_some()
+
+trio.run(main)
+"""
+
+
+async def test_deletes_committed_with_new_events_survive_kill_9(tmp_path: Path) -> None:
+    """Deliveries commit in the transaction of the next events: at a kill between commits,
+    every accepted entry not yet confirmed is pending and every confirmed one is gone."""
+    rounds = 40
+    with trio.fail_after(30):
+        process = await killed(COALESCED_CRASH_SCRIPT, tmp_path, rounds)
+        # The last line: the spool's log lines come first.
+        seen = json.loads(process.stdout.splitlines()[-1])
+        spool = await SqliteSpool.open(str(tmp_path), max_events=1000)
+        loaded = await spool.load_pending()
+        await spool.aclose()
+    # One transaction per round: the deletes never took a commit of their own.
+    assert seen["transactions"] == rounds
+    # Never delivered, or delivered but not yet committed when the process died.
+    expected = sorted({*seen["kept"], *seen["last"]})
+    assert [e.id for e in loaded] == expected
+    assert len(expected) > rounds
+    with sqlite3.connect(tmp_path / SPOOL_FILE) as conn:
+        # A document leaves in the transaction that deletes its last entry.
+        orphans = conn.execute(
+            "SELECT count(*) FROM documents d"
+            " WHERE NOT EXISTS (SELECT 1 FROM pending p WHERE p.document_id = d.id)"
+        ).fetchone()[0]
+    assert orphans == 0
 
 
 async def test_a_failing_commit_is_retried_with_its_batch(

@@ -143,6 +143,40 @@ async def test_marks_decide_what_stays_pending_and_what_is_dead(backend: Backend
     assert gone.dead_at >= gone.accepted_at
 
 
+async def test_marks_and_new_events_buffered_together_both_take_effect(backend: Backend) -> None:
+    """Marks buffered in the same tick as a new event (one group commit carries both): the
+    marks take effect, the event is accepted with its handle, and a reopened store agrees."""
+    disk, disk_doc = other_event("disk")
+    with trio.fail_after(20):
+        spool = await backend.open_spool(4)
+        async with running(spool) as (committed, refused):
+            spool.submit(EVENT, DOCUMENT, [OPS, DEV, ONCALL], 1000.0, "first")
+            delivered, failing, dead = await committed.wait_for(3)
+            spool.mark_delivered([delivered.id])
+            spool.mark_attempt([failing.id], "HTTP 500: Internal Server Error")
+            spool.mark_dead([dead.id], "permanent", "Room not found")
+            assert spool.submit(disk, disk_doc, [OPS], 1001.0, "second")
+            *_, new = await committed.wait_for(4)
+            await spool.flush()
+            assert spool.counts() == {"pending": 2, "dead": 1}
+            documents = await spool.load_documents([delivered.id, failing.id, dead.id, new.id])
+            assert documents == {failing.id: DOCUMENT, new.id: disk_doc}
+
+        reopened = await backend.open_spool(4)
+        loaded = await reopened.load_pending()
+        await reopened.aclose()
+    assert [handle for handle, _ in committed.events] == ["first", "second"]
+    assert refused.events == []
+    assert new.id > dead.id
+    assert [(e.id, e.attempts, e.last_error, e.document) for e in loaded] == [
+        (failing.id, 1, "HTTP 500: Internal Server Error", DOCUMENT),
+        (new.id, 0, None, disk_doc),
+    ]
+    with closing(backend.open_admin()) as admin:
+        [gone] = admin.list_dead()
+    assert (gone.id, gone.reason, gone.error) == (dead.id, "permanent", "Room not found")
+
+
 async def test_a_full_spool_refuses_whole_events_and_keeps_the_oldest(backend: Backend) -> None:
     with trio.fail_after(20):
         spool = await backend.open_spool(3)

@@ -564,6 +564,34 @@ async def test_a_commit_no_retry_can_fix_ends_run_with_spool_write_error(
     assert spool.closed
 
 
+async def test_a_constraint_failing_mid_insert_leaves_nothing_of_its_transaction(
+    tmp_path: Path,
+) -> None:
+    """An insert that fails on its second row rolls back its whole transaction (the first
+    row and the marks with it), and ``run`` ends with SpoolWriteError."""
+    with trio.fail_after(30):
+        spool = await SqliteSpool.open(str(tmp_path), max_events=10)
+        async with running(spool) as (committed, _):
+            spool.submit(EVENT, DOCUMENT, [OPS], 1.0)
+            (first,) = await committed.wait_for(1)
+        spool = await SqliteSpool.open(str(tmp_path), max_events=10)
+        assert spool._worker.conn is not None
+        # The id the second new event will get is taken: a bug, as the spool sees it.
+        spool._worker.conn.execute("INSERT INTO documents VALUES (3, 1, 'taken')")
+        spool.mark_delivered([first.id])
+        for at in (2.0, 3.0, 4.0):
+            assert spool.submit(EVENT, DOCUMENT, [OPS], at)
+        with pytest.raises(SpoolWriteError) as raised:
+            await spool.run(Committed())
+    assert str(raised.value) == (
+        f"cannot commit to the spool {spool.path}: "
+        "UNIQUE constraint failed: documents.id (SQLITE_CONSTRAINT_PRIMARYKEY)"
+    )
+    with sqlite3.connect(tmp_path / SPOOL_FILE) as conn:
+        assert conn.execute("SELECT id FROM pending").fetchall() == [(first.id,)]
+        assert conn.execute("SELECT id FROM documents ORDER BY id").fetchall() == [(1,), (3,)]
+
+
 # --- the daemon around the spool -------------------------------------------------------------
 
 

@@ -31,7 +31,6 @@ from hipchatd.delivery.spool.postgresql import SCHEMA_VERSION, PostgresSpool, sq
 from hipchatd.delivery.spool.postgresql import schema as pg_schema_module
 from hipchatd.delivery.spool.postgresql.connect import Unreachable
 from hipchatd.delivery.spool.postgresql.leases import LEASE_TTL
-from hipchatd.delivery.spool.store import EventEntries
 from hipchatd.ops import logconfig
 from tests.postgres import PgSchema, PostgresServer
 from tests.processes import HIPCHATD, REPO, STARTUP, Child, child_env, wait_for
@@ -432,24 +431,32 @@ async def test_a_stopped_server_holds_events_back_until_it_is_back(
     assert [e for e in logs if e["event"] == "spool.write_recovered"]
 
 
+def _lose_first_reply(monkeypatch: pytest.MonkeyPatch, write: str) -> list[int]:
+    """``sql.<write>`` commits, but its first call loses the connection before the reply.
+
+    The answer counts the calls (one item).
+    """
+    real = getattr(sql, write)
+    calls = [0]
+
+    def reply_lost(conn: psycopg.Connection[Any], *args: Any) -> Any:
+        calls[0] += 1
+        written = real(conn, *args)
+        if calls[0] == 1:
+            conn.close()
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return written
+
+    monkeypatch.setattr(sql, write, reply_lost)
+    return calls
+
+
 async def test_a_commit_whose_reply_was_lost_is_not_stored_twice(
     pg_schema: PgSchema, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The connection breaks after COMMIT reached the server: the retry finds the events stored
     and hands them out with the ids they got there, once."""
-    write_events = sql.write_events
-    calls = 0
-
-    def reply_lost(conn: psycopg.Connection[Any], *args: Any) -> tuple[int, list[EventEntries]]:
-        nonlocal calls
-        calls += 1
-        written = write_events(conn, *args)
-        if calls == 1:
-            conn.close()
-            raise psycopg.OperationalError("server closed the connection unexpectedly")
-        return written
-
-    monkeypatch.setattr(sql, "write_events", reply_lost)
+    calls = _lose_first_reply(monkeypatch, "write_events")
     settings = postgresql_settings(pg_schema)
     with trio.fail_after(60):
         spool = await open_spool(":memory:", max_events=100, settings=settings)
@@ -458,13 +465,41 @@ async def test_a_commit_whose_reply_was_lost_is_not_stored_twice(
             entries = await committed.wait_for(2)
             await spool.flush()
             assert spool.counts() == {"pending": 2, "dead": 0}
-    assert calls == 2
+    assert calls == [2]
     # Accepted at once into the local spool (the failure looks like a lost server), its
     # entries handed out once forwarded, under the name the lost commit gave them.
     assert [(handle, len(found)) for handle, found in committed.events] == [("only", 0), (None, 2)]
     stored = _query(pg_schema, "SELECT id FROM pending ORDER BY id")
     assert [e.id for e in entries] == [i for (i,) in stored]
     assert _query(pg_schema, "SELECT count(*) FROM documents") == [(1,)]
+
+
+async def test_marks_and_events_of_one_round_commit_once_even_when_the_reply_is_lost(
+    pg_schema: PgSchema, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deletes and dead letters ride in the transaction of the next events (one commit on the
+    server); when its reply is lost, the retry finds the events stored and stores nothing twice."""
+    calls = _lose_first_reply(monkeypatch, "write_round")
+    settings = postgresql_settings(pg_schema)
+    with trio.fail_after(60):
+        spool = await PostgresSpool.open(settings, max_events=100)
+        async with running(spool) as (committed, _):
+            spool.submit(EVENT, DOCUMENT, [OPS, DEV, ONCALL], 1000.0, "first")
+            delivered, kept, dead = await committed.wait_for(3)
+            before = spool.transactions
+            spool.mark_delivered([delivered.id])
+            spool.mark_dead([dead.id], "permanent", "Room not found")
+            spool.submit(EVENT, DOCUMENT, [OPS, DEV], 1001.0, "second")
+            entries = await committed.wait_for(5)
+            await spool.flush()
+            # The lost commit is not counted: the retry is the one transaction of the round.
+            assert spool.transactions == before + 1
+    assert calls == [2]
+    assert [handle for handle, _ in committed.events] == ["first", "second"]
+    stored = _query(pg_schema, "SELECT id FROM pending ORDER BY id")
+    assert [i for (i,) in stored] == [kept.id, entries[3].id, entries[4].id]
+    assert _query(pg_schema, "SELECT id, reason FROM dead") == [(dead.id, "permanent")]
+    assert _query(pg_schema, "SELECT count(*) FROM documents") == [(2,)]
 
 
 async def test_text_postgresql_cannot_hold_is_kept_or_refused_alone(pg_schema: PgSchema) -> None:

@@ -172,8 +172,9 @@ class BufferedSpool(Generic[C]):
         and all of that event's entries (ids set), synchronously in this task;
         an event's entries are always committed together. Entries
         ``hipchatd spool retry`` re-queued come as one ``(None, entries)``
-        (at the backend's next look). Marks commit before new entries, in
-        their own transaction. New events that do not fit are written in
+        (at the backend's next look). Marks commit with the new entries, in
+        one transaction; when the two do not fit together, the marks commit
+        first, in their own. New events that do not fit are written in
         halves; an event that alone does not fit is refused: ``event.refused``
         is logged, ``writable`` set False, and ``on_refused`` gets its
         ``(handle, entries)``, in acceptance order with the ``on_committed``

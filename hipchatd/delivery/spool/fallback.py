@@ -59,6 +59,7 @@ import trio
 
 from hipchatd.config import SpoolSettings
 from hipchatd.delivery.spool.gated import GatedLeases
+from hipchatd.delivery.spool.group import Marks
 from hipchatd.delivery.spool.postgresql import daemon as pg
 from hipchatd.delivery.spool.postgresql import forward
 from hipchatd.delivery.spool.postgresql.connect import Server, Session, Unreachable
@@ -233,6 +234,23 @@ class FallbackDialect:
         local.drop_marks(self.local.opened.conn, last)
         self.local.marks = 0
         return removed, dead, foreign
+
+    def write_round(
+        self, conn: Session, marks: Marks, batch: list[EventEntries]
+    ) -> tuple[int, int, int, list[EventEntries]]:
+        maybe_stored = False
+        if self.cause is None:
+            try:
+                return self._pg.write_round(conn, marks, batch)
+            except Exception as exc:
+                if not forward.is_unreachable(exc):
+                    raise
+                self.degrade(self._server.cause(exc))
+                # The connection may have broken during COMMIT: these may be on the server.
+                maybe_stored = True
+        removed, dead = self.write_marks(conn, marks.attempts, marks.dead, marks.delivered)
+        written, committed = self._write_local(batch, maybe_stored=maybe_stored)
+        return removed, dead, written, committed
 
     def forward_step(self, session: Session) -> list[EventEntries]:
         """Copy the oldest local events to the server, then delete them here. Blocks.

@@ -1,17 +1,20 @@
 """Group commit: what the daemon buffers, written in few transactions on one worker thread.
 
 Backend-neutral: a backend hands :class:`GroupCommit` its connection (in a
-:class:`Worker`) and a :class:`Dialect` (its two writes and how to read its
+:class:`Worker`) and a :class:`Dialect` (its writes and how to read its
 library's errors). ``submit`` and the marks only buffer. The spool's ``run``
 task calls ``commit`` when work is waiting: the marks (delivered, dead,
-attempts) commit first, in their own transaction (they free space, and new
-events that cannot be written never hold them back), then the new events, at
-most ``BATCH`` entries per transaction. A batch of new events that does not
-fit (SQLite's ``SQLITE_FULL``, PostgreSQL's disk full or a value it cannot
-hold) is halved until its pieces fit; an event that alone cannot be written
-is refused (it was never accepted). Any other failure keeps the work for the
-next try, so a dialect's ``write_events`` must be safe to repeat after a
-failure whose commit may have happened (a connection lost during COMMIT).
+attempts) and the new events, at most ``BATCH`` entries of them, commit in
+one transaction on one trip to the worker thread (each trip must win the GIL
+back from a busy event loop, and each commit is a WAL append or a server
+round trip). When that does not fit (SQLite's ``SQLITE_FULL``, PostgreSQL's
+disk full or a value it cannot hold), the marks commit first, in their own
+transaction (they free space, and new events that cannot be written never
+hold them back), then the new events, halved until their pieces fit; an
+event that alone cannot be written is refused (it was never accepted). Any
+other failure keeps the work for the next try, so a dialect's writes must be
+safe to repeat after a failure whose commit may have happened (a connection
+lost during COMMIT).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import trio
 from hipchatd.clock import unix_now
 from hipchatd.delivery.spool.store import EventEntries, OnCommitted, OnRefused, SpoolError
 
-__all__ = ["BATCH", "HIGH_WATER", "WRITE_RETRY", "Dialect", "GroupCommit", "Worker"]
+__all__ = ["BATCH", "HIGH_WATER", "WRITE_RETRY", "Dialect", "GroupCommit", "Marks", "Worker"]
 
 log = structlog.get_logger()
 
@@ -44,6 +47,17 @@ HIGH_WATER: Final = 2 * BATCH
 #: Seconds before a failed commit is tried again (disk full, I/O error, lock held too long,
 #: the database server unreachable).
 WRITE_RETRY: Final = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Marks:
+    """The marks one commit writes, in the order they were made."""
+
+    #: (error, id)
+    attempts: list[tuple[str, int]]
+    #: (dead_at, reason, error, id)
+    dead: list[tuple[float, str, str | None, int]]
+    delivered: list[int]
 
 
 class Dialect(Protocol[C_contra]):
@@ -70,6 +84,13 @@ class Dialect(Protocol[C_contra]):
         delivered: list[int],
     ) -> tuple[int, int]:
         """Attempts, dead-letter moves and deliveries: (removed from pending, moved to dead)."""
+        ...
+
+    def write_round(
+        self, conn: C_contra, marks: Marks, batch: list[EventEntries]
+    ) -> tuple[int, int, int, list[EventEntries]]:
+        """``write_marks`` and ``write_events`` in one transaction: (removed from pending,
+        moved to dead, entries written, the events as committed)."""
         ...
 
     def is_transient(self, exc: Exception) -> bool:
@@ -132,6 +153,24 @@ class _Batch:
     def prepend_events(self, older: list[EventEntries]) -> None:
         self.events[:0] = older
         self.entries += sum(len(entries) for _, entries in older)
+
+    def prepend(self, older: _Batch) -> None:
+        """``older``'s marks and new events before these."""
+        self.prepend_marks(older)
+        self.prepend_events(older.events)
+
+    def cut(self, most: int) -> list[EventEntries]:
+        """Keep whole events up to ``most`` entries (at least one event); the rest, removed."""
+        taken = entries = 0
+        for _, event in self.events:
+            if taken and entries + len(event) > most:
+                break
+            taken += 1
+            entries += len(event)
+        rest = self.events[taken:]
+        del self.events[taken:]
+        self.entries = entries
+        return rest
 
 
 class GroupCommit(Generic[C]):
@@ -234,7 +273,8 @@ class GroupCommit(Generic[C]):
         *,
         abandon_on_cancel: bool,
     ) -> bool:
-        """Write the buffer: its marks in one transaction, then its new events. False on failure.
+        """Write the buffer: its marks and new events in one transaction, or (when they do not
+        fit together) its marks, then its new events. False on failure.
 
         Raises the dialect's error for a failure no retry can fix (its work kept).
         """
@@ -245,25 +285,24 @@ class GroupCommit(Generic[C]):
         self._alarm = trio.Event()
         # A burst becomes several transactions (whole events each): commit latency and WAL size
         # stay bounded, and measured throughput is the same as one huge transaction.
-        taken = entries = 0
-        for _, event in batch.events:
-            if taken and entries + len(event) > BATCH:
-                break
-            taken += 1
-            entries += len(event)
-        if taken < len(batch.events):
-            self._buffer.prepend_events(batch.events[taken:])
-            del batch.events[taken:]
-            batch.entries = entries
+        rest = batch.cut(BATCH)
+        if rest:
+            self._buffer.prepend_events(rest)
             self._wake()
         if not batch:
             return True
         self._in_flight = True
         try:
-            marked = await self._write_marks(batch, abandon_on_cancel)
-            written = await self._write_events(
-                batch.events, on_committed, on_refused, abandon_on_cancel
-            )
+            together = None
+            if batch.marks and batch.events:
+                together = await self._write_together(batch, on_committed, abandon_on_cancel)
+            if together is None:
+                marked = await self._write_marks(batch, abandon_on_cancel)
+                written = await self._write_events(
+                    batch.events, on_committed, on_refused, abandon_on_cancel
+                )
+            else:
+                marked = written = together
         finally:
             self._in_flight = False
             self._progress.set()
@@ -272,6 +311,34 @@ class GroupCommit(Generic[C]):
             self.writable = True
             log.info("spool.write_recovered", path=self._path, items=len(batch))
         return marked and written
+
+    async def _write_together(
+        self, batch: _Batch, on_committed: OnCommitted | None, abandon_on_cancel: bool
+    ) -> bool | None:
+        """Commit the marks and new events of ``batch`` in one transaction; False when that
+        failed (the work kept), None when they do not fit together (the caller splits them)."""
+        dialect = self._dialect
+        marks = Marks(batch.attempts, batch.dead, batch.delivered)
+        write = partial(dialect.write_round, marks=marks, batch=batch.events)
+        try:
+            removed, dead, inserted, committed = await self._worker.call(write, abandon_on_cancel)
+        except BaseException as exc:
+            if isinstance(exc, dialect.errors) and dialect.does_not_fit(exc):
+                return None
+            # Cancelled, abandoned, or a failure: both kept for the next try.
+            self._buffer.prepend(batch)
+            self._work.set()
+            if not isinstance(exc, dialect.errors) or not dialect.is_transient(exc):
+                raise
+            self._write_failed(exc, entries=batch.entries, items=len(batch))
+            return False
+        self.transactions += 1
+        self.unflushed -= batch.entries
+        self.pending += inserted - removed
+        self.dead += dead
+        if on_committed is not None:
+            on_committed(committed)
+        return True
 
     async def _write_marks(self, batch: _Batch, abandon_on_cancel: bool) -> bool:
         """Commit the marks of ``batch`` in one transaction; on failure keep them for later.
@@ -308,8 +375,7 @@ class GroupCommit(Generic[C]):
                     raise
             return False
         except BaseException:
-            self._buffer.prepend_marks(batch)
-            self._buffer.prepend_events(batch.events)
+            self._buffer.prepend(batch)
             self._work.set()
             raise
         self.transactions += 1

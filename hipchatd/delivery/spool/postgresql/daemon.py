@@ -33,7 +33,7 @@ from psycopg import errors as pg_errors
 from hipchatd.clock import unix_now
 from hipchatd.config import SpoolSettings
 from hipchatd.delivery.spool.buffered import SHUTDOWN_FLUSH, BufferedSpool
-from hipchatd.delivery.spool.group import Dialect, GroupCommit, Worker
+from hipchatd.delivery.spool.group import Dialect, GroupCommit, Marks, Worker
 from hipchatd.delivery.spool.postgresql import connect, forward, schema, sql
 from hipchatd.delivery.spool.postgresql.connect import Server, Session
 from hipchatd.delivery.spool.postgresql.leases import PgLeases, call
@@ -84,15 +84,12 @@ class PostgresDialect:
     def write_events(
         self, conn: Session, batch: list[EventEntries]
     ) -> tuple[int, list[EventEntries]]:
-        firsts = {entries[0].id for _, entries in batch}
-        uncertain = not self._uncertain.isdisjoint(firsts)
-        try:
-            written = sql.write_events(conn.get(), batch, self.origin, self._channel, uncertain)
-        except BaseException:
-            self._uncertain |= firsts
-            raise
-        self._uncertain -= firsts
-        return written
+        return self._remembering(
+            batch,
+            lambda uncertain: sql.write_events(
+                conn.get(), batch, self.origin, self._channel, uncertain
+            ),
+        )
 
     def write_marks(
         self,
@@ -102,6 +99,26 @@ class PostgresDialect:
         delivered: list[int],
     ) -> tuple[int, int]:
         return sql.write_marks(conn.get(), attempts, dead, delivered)
+
+    def write_round(
+        self, conn: Session, marks: Marks, batch: list[EventEntries]
+    ) -> tuple[int, int, int, list[EventEntries]]:
+        args = (batch, self.origin, self._channel)
+        return self._remembering(
+            batch, lambda uncertain: sql.write_round(conn.get(), marks, *args, uncertain)
+        )
+
+    def _remembering(self, batch: list[EventEntries], write: Callable[[bool], T]) -> T:
+        """``write(uncertain)``: True when an earlier write of some of ``batch`` failed (it
+        may have committed all the same); a failure of this one makes them all uncertain."""
+        firsts = {entries[0].id for _, entries in batch}
+        try:
+            written = write(not self._uncertain.isdisjoint(firsts))
+        except BaseException:
+            self._uncertain |= firsts
+            raise
+        self._uncertain -= firsts
+        return written
 
     def is_transient(self, exc: Exception) -> bool:
         return connect.is_transient(exc)

@@ -17,12 +17,15 @@ import dataclasses
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Final
 
 import psycopg
+from psycopg.pq import TransactionStatus
 
 from hipchatd.delivery.routing import Target
 from hipchatd.delivery.spool import rows as stored
+from hipchatd.delivery.spool.group import Marks
 from hipchatd.delivery.spool.rows import encode_target
 from hipchatd.delivery.spool.store import DeadEntry, Entry, EventEntries, PendingEntry, Requeued
 
@@ -38,6 +41,7 @@ __all__ = [
     "retry",
     "write_events",
     "write_marks",
+    "write_round",
 ]
 
 _ENTRY_COLUMNS: Final = (
@@ -85,7 +89,7 @@ def write_events(
     have committed), the events already stored are read back instead of
     written again.
     """
-    with conn.transaction():
+    with _transaction(conn):
         stored: dict[int, list[tuple[int, int]]] = {}
         if uncertain:
             stored = _stored(conn, origin, [entries[0].id for _, entries in batch])
@@ -143,6 +147,29 @@ def write_events(
     return sum(len(entries) for _, entries in committed), committed
 
 
+def write_round(
+    conn: psycopg.Connection[Any],
+    marks: Marks,
+    batch: list[EventEntries],
+    origin: uuid.UUID,
+    channel: str,
+    uncertain: bool,
+) -> tuple[int, int, int, list[EventEntries]]:
+    """``write_marks`` and ``write_events`` in one transaction (one COMMIT, one WAL flush on
+    the server): (removed from pending, moved to dead, entries stored, the events with ids)."""
+    with conn.transaction():
+        removed, moved = write_marks(conn, marks.attempts, marks.dead, marks.delivered)
+        return removed, moved, *write_events(conn, batch, origin, channel, uncertain)
+
+
+def _transaction(conn: psycopg.Connection[Any]) -> AbstractContextManager[Any]:
+    """A transaction of its own, or inside ``write_round``'s a part of it (no SAVEPOINT:
+    a failure rolls back the whole round, and each SAVEPOINT would cost a round trip)."""
+    if conn.info.transaction_status == TransactionStatus.INTRANS:
+        return nullcontext()
+    return conn.transaction()
+
+
 def _lock_lanes(conn: psycopg.Connection[Any], batch: list[EventEntries]) -> None:
     """Serialise the commits to each lane of ``batch`` until this transaction ends.
 
@@ -182,7 +209,7 @@ def write_marks(
     """Attempts ``(error, id)``, dead-letter moves ``(dead_at, reason, error, id)`` and
     deliveries, in one transaction; documents left unused go. (removed, moved to dead)."""
     removed = moved = 0
-    with conn.transaction():
+    with _transaction(conn):
         if attempts:
             tries = Counter(i for _, i in attempts)
             last = {i: _error_text(error) for error, i in attempts}

@@ -19,7 +19,7 @@ from typing import Any, Final
 import structlog
 
 from hipchatd.delivery.spool import rows as stored
-from hipchatd.delivery.spool.group import BATCH
+from hipchatd.delivery.spool.group import BATCH, Marks
 from hipchatd.delivery.spool.rows import encode_target as _encode_target
 from hipchatd.delivery.spool.store import (
     DeadEntry,
@@ -48,6 +48,7 @@ __all__ = [
     "transaction",
     "write_batch",
     "write_marks",
+    "write_round",
 ]
 
 log = structlog.get_logger()
@@ -61,9 +62,16 @@ _CHUNK: Final = 500
 _ENTRY_COLUMNS: Final = (
     "id, accepted_at, document_id, source, check_name, target, attempts, last_error"
 )
-INSERT_DOCUMENTS: Final = "INSERT INTO documents (id, entries, document) VALUES (?, ?, ?)"
+# OR ROLLBACK: a failed insert ends its whole transaction, as every failed write here does
+# anyway. Without it SQLite keeps a statement journal to undo a multi-row INSERT alone, and
+# past 64 KiB (a few 3 KB events) that journal is a temporary file, created and deleted in
+# /var/tmp at every commit (https://www.sqlite.org/tempfiles.html, "Statement Journal
+# Files"): measured, about 40% of the worker thread's CPU per entry.
+INSERT_DOCUMENTS: Final = (
+    "INSERT OR ROLLBACK INTO documents (id, entries, document) VALUES (?, ?, ?)"
+)
 _INSERT_ENTRIES: Final = (
-    "INSERT INTO pending (id, accepted_at, source, check_name, target, document_id)"
+    "INSERT OR ROLLBACK INTO pending (id, accepted_at, source, check_name, target, document_id)"
     " VALUES (?, ?, ?, ?, ?, ?)"
 )
 _ATTEMPT: Final = "UPDATE pending SET attempts = attempts + 1, last_error = ? WHERE id = ?"
@@ -89,6 +97,10 @@ _DELETE_UNUSED_DOCUMENTS: Final = (
     "DELETE FROM documents WHERE id BETWEEN"
     " (SELECT max(id) FROM documents WHERE id <= ?1) AND ?2 AND " + _UNUSED
 )
+#: Runs of ids above which a batch of removals goes by ``IN (...)`` lists instead: several
+#: rooms confirm at their own pace, so their entries (interleaved ids) make many short runs,
+#: and two statements per run cost more than two per list (measured: 2.5x per entry).
+_FEW_RUNS: Final = 4
 _REQUEUED: Final = f"SELECT {_ENTRY_COLUMNS} FROM pending WHERE requeued = 1 ORDER BY id"
 _RESET_REQUEUED: Final = (
     "UPDATE pending SET requeued = 0, attempts = 0, last_error = NULL, accepted_at = ?"
@@ -161,10 +173,16 @@ def _documents(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, str]:
     return documents
 
 
-def _chunks(ids: Sequence[int]) -> Iterator[tuple[list[int], str]]:
-    """``ids`` in pieces an ``IN (...)`` takes, each with its ``?,?,...``."""
+def _chunks(ids: Sequence[int], *, padded: bool = False) -> Iterator[tuple[list[int], str]]:
+    """``ids`` in pieces an ``IN (...)`` takes, each with its ``?,?,...``.
+
+    ``padded``: each piece repeats its last id up to a power of two, so that few statement
+    texts exist (the connection's statement cache keeps them); an id twice in ``IN`` is once.
+    """
     for start in range(0, len(ids), _CHUNK):
         chunk = list(ids[start : start + _CHUNK])
+        if padded:
+            chunk += chunk[-1:] * ((1 << (len(chunk) - 1).bit_length()) - len(chunk))
         yield chunk, ",".join("?" * len(chunk))
 
 
@@ -173,6 +191,20 @@ def _chunks(ids: Sequence[int]) -> Iterator[tuple[list[int], str]]:
 
 def write_batch(conn: sqlite3.Connection, batch: list[EventEntries]) -> int:
     """Insert these new events (each document once, then one entry per target): entries written."""
+    with transaction(conn):
+        return _insert_events(conn, batch)
+
+
+def write_round(
+    conn: sqlite3.Connection, marks: Marks, batch: list[EventEntries]
+) -> tuple[int, int, int]:
+    """``write_marks`` and ``write_batch`` in one transaction: (removed, moved to dead, written)."""
+    with transaction(conn):
+        removed, moved = _apply_marks(conn, marks)
+        return removed, moved, _insert_events(conn, batch)
+
+
+def _insert_events(conn: sqlite3.Connection, batch: list[EventEntries]) -> int:
     # Every statement releases the GIL while SQLite works and must win it back from a busy
     # event loop (up to sys.getswitchinterval(), 5 ms, each time): so a whole batch is a few
     # statements, never one per row. Beside a busy thread, one per row managed 400 entries/s.
@@ -183,9 +215,8 @@ def write_batch(conn: sqlite3.Connection, batch: list[EventEntries]) -> int:
         for _, event in batch
         for e in event
     ]
-    with transaction(conn):
-        _insert_rows(conn, INSERT_DOCUMENTS, documents)
-        return _insert_rows(conn, _INSERT_ENTRIES, entries)
+    _insert_rows(conn, INSERT_DOCUMENTS, documents)
+    return _insert_rows(conn, _INSERT_ENTRIES, entries)
 
 
 def _insert_rows(conn: sqlite3.Connection, insert: str, rows: list[tuple[Any, ...]]) -> int:
@@ -234,17 +265,41 @@ def write_marks(
 ) -> tuple[int, int]:
     """Attempts ``(error, id)``, dead-letter moves ``(dead_at, reason, error, id)`` and
     deliveries, in one transaction; documents left unused go. (removed, moved to dead)."""
-    removed = moved = 0
     with transaction(conn):
-        if attempts:
-            conn.executemany(_ATTEMPT, attempts)
-        if dead:
-            moved = conn.executemany(_TO_DEAD, dead).rowcount
-        if dead or delivered:
-            runs = _runs(sorted({*delivered, *(d[3] for d in dead)}))
+        return _apply_marks(conn, Marks(attempts, dead, delivered))
+
+
+def _apply_marks(conn: sqlite3.Connection, marks: Marks) -> tuple[int, int]:
+    attempts, dead, delivered = marks.attempts, marks.dead, marks.delivered
+    removed = moved = 0
+    if attempts:
+        conn.executemany(_ATTEMPT, attempts)
+    if dead:
+        moved = conn.executemany(_TO_DEAD, dead).rowcount
+    if dead or delivered:
+        gone = sorted({*delivered, *(d[3] for d in dead)})
+        runs = _runs(gone)
+        if len(runs) <= _FEW_RUNS:
             removed = conn.executemany(_DELETE_RUN, runs).rowcount
             conn.executemany(_DELETE_UNUSED_DOCUMENTS, runs)
+        else:
+            removed = _delete_listed(conn, gone)
     return removed, moved
+
+
+def _delete_listed(conn: sqlite3.Connection, ids: list[int]) -> int:
+    """Delete these pending entries by ``IN (...)`` lists, and the documents left unused."""
+    removed = 0
+    for chunk, marks in _chunks(ids, padded=True):
+        removed += conn.execute(f"DELETE FROM pending WHERE id IN ({marks})", chunk).rowcount
+        # The document of entry x is the last one at or below x (ids are handed out per event).
+        owners = ", ".join(["(?)"] * len(chunk))
+        conn.execute(
+            "DELETE FROM documents WHERE id IN (SELECT (SELECT max(d.id) FROM documents d"
+            f" WHERE d.id <= gone.column1) FROM (VALUES {owners}) AS gone) AND {_UNUSED}",
+            chunk,
+        )
+    return removed
 
 
 def _runs(ids: list[int]) -> list[tuple[int, int]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, Final
 
-from hipchatd.delivery.spool.group import HIGH_WATER, WRITE_RETRY, GroupCommit, Worker
+from hipchatd.delivery.spool.group import HIGH_WATER, WRITE_RETRY, GroupCommit, Marks, Worker
 from hipchatd.delivery.spool.sqlite import sql
 from hipchatd.delivery.spool.store import EventEntries
 
@@ -37,6 +37,11 @@ class SqliteDialect:
         delivered: list[int],
     ) -> tuple[int, int]:
         return sql.write_marks(conn, attempts=attempts, dead=dead, delivered=delivered)
+
+    def write_round(
+        self, conn: sqlite3.Connection, marks: Marks, batch: list[EventEntries]
+    ) -> tuple[int, int, int, list[EventEntries]]:
+        return *sql.write_round(conn, marks, batch), batch
 
     def is_transient(self, exc: Exception) -> bool:
         return isinstance(exc, sqlite3.DatabaseError) and sql.is_transient(exc)
