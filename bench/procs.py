@@ -332,12 +332,13 @@ class Daemon(Child):
         return samples["hipchatd_events_received_total"]
 
     def log_lines(self, event: str) -> int:
-        """How many log lines carry ``"event":"<event>"``."""
+        """How many log lines carry ``"event":"<event>"`` (or the spaced form of older
+        versions, which ``--hipchatd`` can benchmark)."""
         if self.log is None or not self.log.exists():
             return 0
-        needle = f'"event":"{event}"'
+        needles = (f'"event":"{event}"', f'"event": "{event}"')
         with self.log.open(errors="replace") as f:
-            return sum(1 for line in f if needle in line)
+            return sum(1 for line in f if any(n in line for n in needles))
 
 
 class Children:
