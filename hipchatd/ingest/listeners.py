@@ -326,6 +326,8 @@ class _SlotListener(trio.abc.Listener[_Connection]):
                 else:
                     # The same descriptor as a plain socket: trio has no read that never waits.
                     plain = socket.socket(self._family, socket.SOCK_STREAM, 0, sock.detach())
+                    # Said, not inherited: a read that would wait must raise, never block.
+                    plain.setblocking(False)
                     return _Connection(plain, address)
         except BaseException:
             self._slots.release()
