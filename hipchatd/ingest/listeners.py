@@ -287,6 +287,12 @@ class _Connection(trio.abc.ReceiveStream):
             trio.lowlevel.notify_closing(self.sock)
             self.sock.close()
 
+    def __del__(self) -> None:
+        # trio.serve_listeners drops a stream it accepted when its handler nursery has
+        # already closed (a race of shutdown): the descriptor is closed here, not leaked.
+        if self.sock.fileno() != -1:
+            self.sock.close()
+
 
 def _stream_error(exc: OSError) -> trio.ClosedResourceError | trio.BrokenResourceError:
     """The error ``trio.SocketStream`` raises for ``exc`` from a read, in its words."""
