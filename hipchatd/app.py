@@ -211,12 +211,6 @@ async def _bind_udp(listen: Listen) -> trio.socket.SocketType:
     return sock
 
 
-async def _open_nursery(*, task_status: trio.TaskStatus[trio.Nursery]) -> None:
-    async with trio.open_nursery() as nursery:
-        task_status.started(nursery)
-        await trio.sleep_forever()
-
-
 async def serve(
     config: Config,
     *,
@@ -407,8 +401,7 @@ async def run(
                     )
                     services.start_soon(reject_log(metrics).run)
                     services.start_soon(intake.skip_log.run)
-                    conns = await services.start(_open_nursery)
-                    await _start_ingest(services, app, conns, inherited)
+                    await _start_ingest(services, app, inherited)
                     if daemon.metrics is not None:
                         from hipchatd.ops.http import serve_http
 
@@ -497,7 +490,7 @@ def _address(sockname: object) -> str:
 
 
 async def _start_ingest(
-    services: trio.Nursery, app: App, conns: trio.Nursery, inherited: Sequence[InheritedSocket]
+    services: trio.Nursery, app: App, inherited: Sequence[InheritedSocket]
 ) -> None:
     streams, datagrams = await _open_sockets(app.config.daemon, inherited)
     warn_if_exposed(
@@ -507,21 +500,26 @@ async def _start_ingest(
     )
 
     async def ingest(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with app._ingest:
-            async with trio.open_nursery() as nursery:
-                if streams:
-                    for listener in streams:
-                        host, port = listener.socket.getsockname()[:2]
-                        app.tcp_addresses.append((host, port))
-                    await nursery.start(
-                        partial(serve_tcp, streams, app.connections, handler_nursery=conns)
-                    )
-                for sock in datagrams:
-                    if app.udp_address is None:
-                        host, port = sock.getsockname()[:2]
-                        app.udp_address = (host, port)
-                    nursery.start_soon(_serve_udp_owned, sock, app)
-                task_status.started()
+        # Connections live in ``conns``, outside the accept loops: cancelling
+        # ``app._ingest`` stops accepting while open connections are read to their
+        # end, and ``conns`` closes only after every accept loop has returned, so no
+        # connection is ever accepted with nowhere to run.
+        async with trio.open_nursery() as conns:
+            with app._ingest:
+                async with trio.open_nursery() as nursery:
+                    if streams:
+                        for listener in streams:
+                            host, port = listener.socket.getsockname()[:2]
+                            app.tcp_addresses.append((host, port))
+                        await nursery.start(
+                            partial(serve_tcp, streams, app.connections, handler_nursery=conns)
+                        )
+                    for sock in datagrams:
+                        if app.udp_address is None:
+                            host, port = sock.getsockname()[:2]
+                            app.udp_address = (host, port)
+                        nursery.start_soon(_serve_udp_owned, sock, app)
+                    task_status.started()
 
     await services.start(ingest)
 
