@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import inspect
 import json
 import subprocess
 import sys
@@ -1115,6 +1117,29 @@ def test_events_exports_the_model_it_builds() -> None:
         "DEFAULT_HANDLE_WHEN_OCCURRENCES",
         "DEFAULT_HANDLE_WHEN_RESET",
         "UNKNOWN_STATUS",
+        "new_event",
     }
     for name in exported:
         assert getattr(events, name) is getattr(model, name), name
+
+
+def test_new_event_builds_what_the_dataclass_builds() -> None:
+    """``new_event`` takes Event's fields in order and gives an equal, frozen, hashable Event."""
+    fields = [field.name for field in dataclasses.fields(model.Event)]
+    assert list(inspect.signature(model.new_event).parameters) == fields
+    parsed_fixtures = 0
+    for name in ALL_FIXTURES:
+        try:
+            parsed = parse_event(load(name))
+        except EventError:
+            continue
+        parsed_fixtures += 1
+        values = {name: getattr(parsed, name) for name in fields}
+        built = model.new_event(**values)
+        assert type(built) is model.Event
+        assert built == model.Event(**values)
+        assert hash(built) == hash(model.Event(**values))
+        assert dataclasses.replace(built, id="other").id == "other"
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            built.id = "other"  # type: ignore[misc]
+    assert parsed_fixtures > 10

@@ -54,6 +54,7 @@ from hipchatd.sensu.model import (
     Overrides,
     Repeat,
     Severity,
+    new_event,
     severity,
 )
 from hipchatd.sensu.readers import (
@@ -199,7 +200,7 @@ def _parse_classic(doc: Mapping[str, Any]) -> Event:
     action = _classic_action(doc.get("action"))
     occurrences = occurrence_count(doc.get("occurrences"))
     contacts = attribute_contacts(check) + attribute_contacts(client)
-    return Event(
+    return new_event(
         id=string_or_empty(doc.get("id")),
         flavor="classic",
         source=text_or_none(check.get("source")) or client_name,
@@ -323,7 +324,7 @@ def _parse_go(doc: Mapping[str, Any]) -> Event:
 
     contacts = check_contacts + entity_contacts
     silenced_ids = check.get("silenced")
-    return Event(
+    return new_event(
         id=string_or_empty(doc.get("id")),
         flavor="go",
         source=text_or_none(check.get("proxy_entity_name")) or entity_name,
