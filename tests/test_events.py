@@ -1143,3 +1143,29 @@ def test_new_event_builds_what_the_dataclass_builds() -> None:
         with pytest.raises(dataclasses.FrozenInstanceError):
             built.id = "other"  # type: ignore[misc]
     assert parsed_fixtures > 10
+
+
+_ATTRIBUTE_KEYS = ("hipchat", "hipchat_room", "contact", "contacts")
+_CHECK_KEYS = (*_ATTRIBUTE_KEYS, "handle_when", "notification", "playbook")
+
+
+@pytest.mark.parametrize(
+    ("make", "part", "key"),
+    [
+        *((classic, "check", key) for key in _CHECK_KEYS),
+        *((classic, "client", key) for key in _ATTRIBUTE_KEYS),
+        *((go, "check", key) for key in _CHECK_KEYS),
+        *((go, "entity", key) for key in _ATTRIBUTE_KEYS),
+    ],
+)
+def test_an_attribute_given_as_null_reads_as_one_not_given(make: Any, part: str, key: str) -> None:
+    """An object naming no attribute at all gives the defaults that null values give."""
+    given = make()
+    given[part][key] = None
+    assert parse_event(given) == parse_event(make())
+    # And one attribute that is set is read, whichever of them it is.
+    named = make()
+    named[part][key] = {"room": "ops"} if key == "hipchat" else "ops"
+    if key == "handle_when":
+        named[part][key] = {"occurrences": 3, "reset": 60}
+    assert parse_event(named) != parse_event(make())
