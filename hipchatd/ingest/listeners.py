@@ -23,12 +23,13 @@ import itertools
 import math
 import socket
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from functools import partial
 from typing import Any
 
 import structlog
 import trio
-from structlog.contextvars import bind_contextvars, reset_contextvars
+from structlog.contextvars import bind_contextvars
 
 from hipchatd import boundary
 from hipchatd.config import DaemonSettings
@@ -38,7 +39,7 @@ from hipchatd.metrics import Metrics
 from hipchatd.reasons import RejectReason
 from hipchatd.sensu.framing import Decoder, Document, Framing, Rejected
 
-__all__ = ["ConnectionHandler", "Sink", "reject", "serve_tcp", "serve_udp"]
+__all__ = ["ConnectionHandler", "Sink", "log_context", "reject", "serve_tcp", "serve_udp"]
 
 log = structlog.get_logger()
 
@@ -85,6 +86,24 @@ _ACCEPT_SKIPPED = frozenset(
 
 #: ``conn_id`` of each connection and datagram, unique within the process.
 _conn_ids = itertools.count(1)
+
+
+def log_context(key: str) -> ContextVar[Any]:
+    """The context variable :func:`structlog.contextvars.bind_contextvars` binds ``key`` in.
+
+    ``var.set(value)`` and ``var.reset(token)`` are what ``bind_contextvars``
+    and ``reset_contextvars`` do for one key, without their work per call (a
+    mapping of tokens, a name formatted and looked up per key): for what is
+    bound once per connection or per event.
+    """
+    token = bind_contextvars(**{key: None})[key]
+    var = token.var
+    var.reset(token)
+    return var
+
+
+_PEER = log_context("peer")
+_CONN_ID = log_context("conn_id")
 
 
 def _peer_name(address: Any) -> str:
@@ -385,7 +404,8 @@ class ConnectionHandler:
         :func:`hipchatd.boundary.caught` and ends this connection only.
         """
         # Tokens, not bound_contextvars(): a connection per event makes this per-event work.
-        tokens = bind_contextvars(peer=peer, conn_id=next(_conn_ids))
+        peer_token = _PEER.set(peer)
+        conn_token = _CONN_ID.set(next(_conn_ids))
         self.active += 1
         if self._idle.is_set():
             self._idle = trio.Event()
@@ -402,7 +422,8 @@ class ConnectionHandler:
             try:
                 await stream.aclose()
             finally:
-                reset_contextvars(**tokens)
+                _CONN_ID.reset(conn_token)
+                _PEER.reset(peer_token)
 
     async def _read(self, stream: trio.abc.ReceiveStream, peer: str) -> None:
         settings = self.settings
@@ -560,13 +581,15 @@ async def serve_udp(
             continue
         peer = _peer_name(address)
         # Reset before the next datagram: this task reads them all.
-        tokens = bind_contextvars(peer=peer, conn_id=next(_conn_ids))
+        peer_token = _PEER.set(peer)
+        conn_token = _CONN_ID.set(next(_conn_ids))
         try:
             _handle_datagram(data, peer, mode, settings, sink, metrics)
         except Exception:
             boundary.caught(metrics, "datagram", transport="udp", nbytes=len(data))
         finally:
-            reset_contextvars(**tokens)
+            _CONN_ID.reset(conn_token)
+            _PEER.reset(peer_token)
         await room()
 
 
