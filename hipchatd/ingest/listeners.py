@@ -177,32 +177,75 @@ def _handle_frames(
     peer: str,
     transport: str,
 ) -> None:
-    """Hand each document to ``sink`` and reject the rest; a fault boundary per frame.
-
-    An exception out of ``sink`` is a bug: it is reported once (ERROR with
-    the traceback, ``hipchatd_internal_errors_total{where="frame"}``), that
-    frame is dropped, and the following frames are handled as usual.
-    """
+    """Hand each document to ``sink`` and reject the rest (:class:`_Frames`)."""
     if not frames:
         return
-    # One addition for the chunk's frames: a stream brings dozens per receive.
-    metrics.received[transport].inc(len(frames))
-    for frame in frames:
+    handle = _Frames(sink, metrics, peer, transport)
+    try:
+        for frame in frames:
+            handle(frame)
+    finally:
+        handle.count()
+
+
+class _Frames:
+    """Takes the frames of one connection or datagram: documents to ``sink``, the rest rejected.
+
+    Each frame is a fault boundary: an exception out of ``sink`` is a bug:
+    it is reported once (ERROR with the traceback,
+    ``hipchatd_internal_errors_total{where="frame"}``), that frame is
+    dropped, and the following frames are handled as usual.
+    """
+
+    __slots__ = ("handed", "metrics", "peer", "sink", "transport")
+
+    def __init__(self, sink: Sink, metrics: Metrics, peer: str, transport: str) -> None:
+        self.sink = sink
+        self.metrics = metrics
+        self.peer = peer
+        self.transport = transport
+        #: frames taken since the last :meth:`count`.
+        self.handed = 0
+
+    def __call__(self, frame: Document | Rejected) -> None:
+        self.handed += 1
         if isinstance(frame, Document):
             try:
-                sink(frame, peer, transport)
+                self.sink(frame, self.peer, self.transport)
             except Exception:
-                boundary.caught(metrics, "frame", transport=transport, nbytes=frame.nbytes)
+                boundary.caught(
+                    self.metrics, "frame", transport=self.transport, nbytes=frame.nbytes
+                )
         else:
             reject(
-                metrics,
+                self.metrics,
                 frame.kind,
-                peer=peer,
-                transport=transport,
+                peer=self.peer,
+                transport=self.transport,
                 nbytes=frame.nbytes,
                 reason=frame.reason,
                 preview=frame.preview,
             )
+
+    def feed(self, decoder: Decoder, data: bytes) -> int:
+        """Decode ``data``, each frame handed on as it is cut; how many frames it held.
+
+        Raises what :meth:`Decoder.feed_each` raises; the frames before are counted.
+        """
+        try:
+            decoder.feed_each(data, self)
+        finally:
+            handed = self.count()
+        return handed
+
+    def count(self) -> int:
+        """Count the frames taken since the last call as received; how many they were."""
+        handed = self.handed
+        if handed:
+            # One addition per chunk: a stream brings dozens per receive.
+            self.metrics.received[self.transport].inc(handed)
+            self.handed = 0
+        return handed
 
 
 class _Slots:
@@ -428,9 +471,10 @@ class ConnectionHandler:
     async def _read(self, stream: trio.abc.ReceiveStream, peer: str) -> None:
         settings = self.settings
         decoder = Decoder(settings.framing, settings.max_frame_bytes)
+        frames = _Frames(self.sink, self.metrics, peer, "tcp")
         received = 0
         if isinstance(stream, _Connection):
-            ready = await self._read_ready(stream, decoder, peer)
+            ready = await self._read_ready(stream, decoder, frames, peer)
             if ready is None:
                 return
             received = ready
@@ -445,9 +489,7 @@ class ConnectionHandler:
                         return
                     received += len(data)
                     # bytes() of bytes is the same object: a copy only for a bytearray.
-                    frames = decoder.feed(bytes(data))
-                    if frames:
-                        _handle_frames(frames, self.sink, self.metrics, peer, "tcp")
+                    if frames.feed(decoder, bytes(data)):
                         # Waiting for the spool is not the peer being idle.
                         scope.deadline = math.inf
                         await self.room()
@@ -469,7 +511,9 @@ class ConnectionHandler:
                 reason="no complete event within idle_timeout",
             )
 
-    async def _read_ready(self, stream: _Connection, decoder: Decoder, peer: str) -> int | None:
+    async def _read_ready(
+        self, stream: _Connection, decoder: Decoder, frames: _Frames, peer: str
+    ) -> int | None:
         """Read what the connection holds already: None once it has ended, else the bytes read.
 
         A Sensu-style sender has usually written its event and half-closed
@@ -489,9 +533,7 @@ class ConnectionHandler:
                     _handle_frames(decoder.close(), self.sink, self.metrics, peer, "tcp")
                     return None
                 received += len(data)
-                frames = decoder.feed(data)
-                if frames:
-                    _handle_frames(frames, self.sink, self.metrics, peer, "tcp")
+                if frames.feed(decoder, data):
                     await self.room()
         except FrameTooLarge as exc:
             self._too_large(exc, peer)
