@@ -14,8 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hipchatd import jsontext
 from hipchatd.errors import FrameTooLarge
 from hipchatd.reasons import RejectReason
+from hipchatd.sensu import framing
 from hipchatd.sensu.framing import Decoder, Document, Framing, Rejected, preview
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -822,10 +824,8 @@ def test_feed_each_hands_each_document_on_before_it_decodes_the_next(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A reader that handles each frame as it comes never holds a chunk's documents at once."""
-    from hipchatd.sensu import framing
-
     steps: list[str] = []
-    real = framing.loads_utf8
+    real = jsontext.loads_utf8
 
     def loads_utf8(data: bytes | bytearray, text: str) -> Any:
         steps.append("decoded")
