@@ -421,10 +421,15 @@ class _JsonText:
             if size > limit:
                 raise FrameTooLarge(size, limit)
             emit(Document(value, size, text))
-            m = _NON_WS.search(src, pos + size)
-            if m is None:
+            # Only whitespace lies between the frame and its newline: the next line is next.
+            pos = nl + 1
+            if pos >= n:
                 return n
-            pos = m.start()
+            if src[pos] not in _OPENERS:
+                m = _NON_WS.search(src, pos)
+                if m is None:
+                    return n
+                pos = m.start()
         return self._parse(src, pos, emit)
 
     def _parse(self, src: bytes | bytearray, start: int, emit: Emit) -> int:
