@@ -32,7 +32,7 @@ from hipchatd.delivery.routing import Router
 from hipchatd.delivery.spool import Entry, EventEntries, Spool
 from hipchatd.delivery.tickets import Feed, Ticket, tickets_for
 from hipchatd.errors import EventError
-from hipchatd.ingest.listeners import log_context, reject
+from hipchatd.ingest.frames import log_context, reject
 from hipchatd.ingest.skiplog import SkipLog, check_key
 from hipchatd.metrics import Metrics
 from hipchatd.reasons import RejectReason, SkipReason
@@ -89,7 +89,7 @@ class Intake:
         A document nested deeper than MAX_NESTING is refused before it is
         read; an event routed to more than ``max_targets_per_event`` targets
         notifies only the first that many. ``peer`` is the key of the
-        rejection log's share (:func:`hipchatd.ingest.listeners.reject`).
+        rejection log's share (:func:`hipchatd.ingest.frames.reject`).
         """
         try:
             too_deep = _too_deep(document)

@@ -23,28 +23,26 @@ import itertools
 import math
 import socket
 from collections.abc import Awaitable, Callable, Sequence
-from contextvars import ContextVar
 from functools import partial
 from typing import Any
 
 import structlog
 import trio
-from structlog.contextvars import bind_contextvars
 
 from hipchatd import boundary
 from hipchatd.config import DaemonSettings
 from hipchatd.errors import FrameTooLarge
+from hipchatd.ingest.frames import Frames, Sink, log_context, reject
+from hipchatd.ingest.frames import handle_frames as _handle_frames
 from hipchatd.ingest.peers import LOG_WINDOW, AllowFrom, allowed, peer_address, warn_limited
 from hipchatd.metrics import Metrics
 from hipchatd.reasons import RejectReason
-from hipchatd.sensu.framing import Decoder, Document, Framing, Rejected
+from hipchatd.sensu.framing import Decoder, Framing
 
 __all__ = ["ConnectionHandler", "Sink", "log_context", "reject", "serve_tcp", "serve_udp"]
 
 log = structlog.get_logger()
 
-#: sink(document, peer, transport): queue the document; must not block.
-Sink = Callable[[Document, str, str], None]
 #: Awaited between reads: returns at once unless accepted events are piling up.
 Room = Callable[[], Awaitable[None]]
 
@@ -88,20 +86,6 @@ _ACCEPT_SKIPPED = frozenset(
 _conn_ids = itertools.count(1)
 
 
-def log_context(key: str) -> ContextVar[Any]:
-    """The context variable :func:`structlog.contextvars.bind_contextvars` binds ``key`` in.
-
-    ``var.set(value)`` and ``var.reset(token)`` are what ``bind_contextvars``
-    and ``reset_contextvars`` do for one key, without their work per call (a
-    mapping of tokens, a name formatted and looked up per key): for what is
-    bound once per connection or per event.
-    """
-    token = bind_contextvars(**{key: None})[key]
-    var = token.var
-    var.reset(token)
-    return var
-
-
 _PEER = log_context("peer")
 _CONN_ID = log_context("conn_id")
 
@@ -117,35 +101,6 @@ def _peer_name(address: Any) -> str:
                 host = str(ip)
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
     return str(address) if address else "unknown"
-
-
-def reject(
-    metrics: Metrics,
-    key: RejectReason,
-    *,
-    peer: str,
-    transport: str,
-    nbytes: int,
-    reason: str,
-    **extra: Any,
-) -> None:
-    """Count and log one piece of input that is not used: one counter, one WARNING line.
-
-    ``key`` is the counter's label; ``reason`` says the same in words for the log.
-
-    The line is written only while the peer host's share of the log lasts
-    (:class:`hipchatd.ingest.peers.RejectLog`); the counter counts every rejection.
-    """
-    metrics.rejected[key].inc()
-    warn_limited(
-        metrics,
-        "input.rejected",
-        peer=peer,
-        transport=transport,
-        nbytes=nbytes,
-        reason=reason,
-        **extra,
-    )
 
 
 def _refused(
@@ -168,84 +123,6 @@ def _refused(
         reason="peer not in hipchatd.allow_from",
     )
     return True
-
-
-def _handle_frames(
-    frames: Sequence[Document | Rejected],
-    sink: Sink,
-    metrics: Metrics,
-    peer: str,
-    transport: str,
-) -> None:
-    """Hand each document to ``sink`` and reject the rest (:class:`_Frames`)."""
-    if not frames:
-        return
-    handle = _Frames(sink, metrics, peer, transport)
-    try:
-        for frame in frames:
-            handle(frame)
-    finally:
-        handle.count()
-
-
-class _Frames:
-    """Takes the frames of one connection or datagram: documents to ``sink``, the rest rejected.
-
-    Each frame is a fault boundary: an exception out of ``sink`` is a bug:
-    it is reported once (ERROR with the traceback,
-    ``hipchatd_internal_errors_total{where="frame"}``), that frame is
-    dropped, and the following frames are handled as usual.
-    """
-
-    __slots__ = ("handed", "metrics", "peer", "sink", "transport")
-
-    def __init__(self, sink: Sink, metrics: Metrics, peer: str, transport: str) -> None:
-        self.sink = sink
-        self.metrics = metrics
-        self.peer = peer
-        self.transport = transport
-        #: frames taken since the last :meth:`count`.
-        self.handed = 0
-
-    def __call__(self, frame: Document | Rejected) -> None:
-        self.handed += 1
-        if isinstance(frame, Document):
-            try:
-                self.sink(frame, self.peer, self.transport)
-            except Exception:
-                boundary.caught(
-                    self.metrics, "frame", transport=self.transport, nbytes=frame.nbytes
-                )
-        else:
-            reject(
-                self.metrics,
-                frame.kind,
-                peer=self.peer,
-                transport=self.transport,
-                nbytes=frame.nbytes,
-                reason=frame.reason,
-                preview=frame.preview,
-            )
-
-    def feed(self, decoder: Decoder, data: bytes) -> int:
-        """Decode ``data``, each frame handed on as it is cut; how many frames it held.
-
-        Raises what :meth:`Decoder.feed_each` raises; the frames before are counted.
-        """
-        try:
-            decoder.feed_each(data, self)
-        finally:
-            handed = self.count()
-        return handed
-
-    def count(self) -> int:
-        """Count the frames taken since the last call as received; how many they were."""
-        handed = self.handed
-        if handed:
-            # One addition per chunk: a stream brings dozens per receive.
-            self.metrics.received[self.transport].inc(handed)
-            self.handed = 0
-        return handed
 
 
 class _Slots:
@@ -471,7 +348,7 @@ class ConnectionHandler:
     async def _read(self, stream: trio.abc.ReceiveStream, peer: str) -> None:
         settings = self.settings
         decoder = Decoder(settings.framing, settings.max_frame_bytes)
-        frames = _Frames(self.sink, self.metrics, peer, "tcp")
+        frames = Frames(self.sink, self.metrics, peer, "tcp")
         received = 0
         if isinstance(stream, _Connection):
             ready = await self._read_ready(stream, decoder, frames, peer)
@@ -512,7 +389,7 @@ class ConnectionHandler:
             )
 
     async def _read_ready(
-        self, stream: _Connection, decoder: Decoder, frames: _Frames, peer: str
+        self, stream: _Connection, decoder: Decoder, frames: Frames, peer: str
     ) -> int | None:
         """Read what the connection holds already: None once it has ended, else the bytes read.
 
