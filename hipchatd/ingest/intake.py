@@ -183,14 +183,18 @@ class Intake:
         with, all of them at once: the event is accepted here.
         """
         batch: list[tuple[Entry, Ticket, Event | None]] = []
+        accepted = 0
         for submitted, entries in events:
             if isinstance(submitted, _Submitted):
                 ticket, event = submitted.ticket, submitted.event
                 batch.extend((entry, ticket, event) for entry in entries)
-                self._metrics.events_accepted.inc()
+                accepted += 1
             else:
                 # Re-queued from the dead-letter table by ``hipchatd spool retry``.
                 batch.extend((entry, _ticket_for(entry), None) for entry in entries)
+        if accepted:
+            # One addition per commit: a commit holds dozens of events under load.
+            self._metrics.events_accepted.inc(accepted)
         self._dispatcher.enqueue(batch)
 
     def refused(self, event: EventEntries) -> None:
