@@ -192,8 +192,8 @@ class Decoder:
     line terminator, or a length prefix. Empty and whitespace-only input gives
     no frames in every mode. A frame over ``max_frame_bytes`` raises
     :class:`FrameTooLarge`, whether it completed within one chunk or not.
-    Once ``close()`` has returned or ``FrameTooLarge`` was raised, both
-    methods raise ``RuntimeError``.
+    Once ``close()`` has returned or ``FrameTooLarge`` was raised, every
+    method raises ``RuntimeError``.
     """
 
     __slots__ = ("_buf", "_lifecycle", "_limit", "_mode", "_pos", "_text")
