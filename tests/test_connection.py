@@ -22,7 +22,7 @@ import trio
 import trio.testing
 
 from hipchatd.config import DaemonSettings
-from hipchatd.ingest.listeners import ConnectionHandler
+from hipchatd.ingest.listeners import ConnectionHandler, log_context
 from hipchatd.metrics import Metrics
 from hipchatd.sensu.framing import Document, Framing
 from tests.logcapture import capture_logs
@@ -425,3 +425,21 @@ async def test_each_connection_gets_a_new_conn_id() -> None:
     ids = [line["conn_id"] for line in logs if line["event"] == "input.rejected"]
     assert len(ids) == 3
     assert ids == sorted(set(ids))
+
+
+def test_log_context_is_the_variable_structlog_binds_the_key_in() -> None:
+    """Setting it binds the key for every line, as bind_contextvars does; its reset unbinds."""
+    var = log_context("conn_id")
+    assert var is log_context("conn_id")
+    token = var.set(7)
+    try:
+        assert structlog.contextvars.get_contextvars()["conn_id"] == 7
+        with capture_logs() as logs:
+            structlog.get_logger().info("probe.logged")
+        assert logs[0]["conn_id"] == 7
+    finally:
+        var.reset(token)
+    assert "conn_id" not in structlog.contextvars.get_contextvars()
+    tokens = structlog.contextvars.bind_contextvars(conn_id=8)
+    assert var.get() == 8
+    structlog.contextvars.reset_contextvars(**tokens)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import inspect
 import json
 import subprocess
 import sys
@@ -1115,6 +1117,55 @@ def test_events_exports_the_model_it_builds() -> None:
         "DEFAULT_HANDLE_WHEN_OCCURRENCES",
         "DEFAULT_HANDLE_WHEN_RESET",
         "UNKNOWN_STATUS",
+        "new_event",
     }
     for name in exported:
         assert getattr(events, name) is getattr(model, name), name
+
+
+def test_new_event_builds_what_the_dataclass_builds() -> None:
+    """``new_event`` takes Event's fields in order and gives an equal, frozen, hashable Event."""
+    fields = [field.name for field in dataclasses.fields(model.Event)]
+    assert list(inspect.signature(model.new_event).parameters) == fields
+    parsed_fixtures = 0
+    for name in ALL_FIXTURES:
+        try:
+            parsed = parse_event(load(name))
+        except EventError:
+            continue
+        parsed_fixtures += 1
+        values = {name: getattr(parsed, name) for name in fields}
+        built = model.new_event(**values)
+        assert type(built) is model.Event
+        assert built == model.Event(**values)
+        assert hash(built) == hash(model.Event(**values))
+        assert dataclasses.replace(built, id="other").id == "other"
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            built.id = "other"  # type: ignore[misc]
+    assert parsed_fixtures > 10
+
+
+_ATTRIBUTE_KEYS = ("hipchat", "hipchat_room", "contact", "contacts")
+_CHECK_KEYS = (*_ATTRIBUTE_KEYS, "handle_when", "notification", "playbook")
+
+
+@pytest.mark.parametrize(
+    ("make", "part", "key"),
+    [
+        *((classic, "check", key) for key in _CHECK_KEYS),
+        *((classic, "client", key) for key in _ATTRIBUTE_KEYS),
+        *((go, "check", key) for key in _CHECK_KEYS),
+        *((go, "entity", key) for key in _ATTRIBUTE_KEYS),
+    ],
+)
+def test_an_attribute_given_as_null_reads_as_one_not_given(make: Any, part: str, key: str) -> None:
+    """An object naming no attribute at all gives the defaults that null values give."""
+    given = make()
+    given[part][key] = None
+    assert parse_event(given) == parse_event(make())
+    # And one attribute that is set is read, whichever of them it is.
+    named = make()
+    named[part][key] = {"room": "ops"} if key == "hipchat" else "ops"
+    if key == "handle_when":
+        named[part][key] = {"occurrences": 3, "reset": 60}
+    assert parse_event(named) != parse_event(make())

@@ -14,8 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hipchatd import jsontext
 from hipchatd.errors import FrameTooLarge
 from hipchatd.reasons import RejectReason
+from hipchatd.sensu import framing
 from hipchatd.sensu.framing import Decoder, Document, Framing, Rejected, preview
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -793,3 +795,58 @@ def test_any_bytes_any_split_same_outcome(
         assert split == finest[: len(split)]
     else:
         assert whole == finest == split
+
+
+FEED_EACH_INPUTS = [
+    ("auto", CLASSIC + b"\n" + CLASSIC + b"\n" + b"nope\n" + CLASSIC + b"\n"),
+    ("auto", CLASSIC + GO_PRETTY + b'{"cut":'),
+    ("auto", length_prefixed(CLASSIC, b"", b"{bad")),
+    ("newline", CLASSIC + b"\r\n{bad\n" + CLASSIC + b"\n"),
+    ("eof", CLASSIC),
+]
+
+
+@pytest.mark.parametrize(("mode", "data"), FEED_EACH_INPUTS)
+@pytest.mark.parametrize("size", [1, 7, 100, 1 << 16])
+def test_feed_each_emits_what_feed_returns(mode: Framing, data: bytes, size: int) -> None:
+    """The same frames, in the same order, whatever the chunks."""
+    listed, each = Decoder(mode, LIMIT), Decoder(mode, LIMIT)
+    emitted: list[Frame] = []
+    expected: list[Frame] = []
+    for chunk in every(data, size):
+        expected += listed.feed(chunk)
+        each.feed_each(chunk, emitted.append)
+    assert emitted == expected
+    assert each.close() == listed.close()
+
+
+def test_feed_each_hands_each_document_on_before_it_decodes_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reader that handles each frame as it comes never holds a chunk's documents at once."""
+    steps: list[str] = []
+    real = jsontext.loads_utf8
+
+    def loads_utf8(data: bytes | bytearray, text: str) -> Any:
+        steps.append("decoded")
+        return real(data, text)
+
+    monkeypatch.setattr(framing, "loads_utf8", loads_utf8)
+    Decoder("auto", LIMIT).feed_each(
+        CLASSIC + b"\n" + CLASSIC + b"\n" + CLASSIC, lambda frame: steps.append("emitted")
+    )
+    assert steps == ["decoded", "emitted"] * 3
+
+
+def test_feed_each_past_the_limit_has_emitted_the_frames_before() -> None:
+    """The oversized frame raises; the frames before it were emitted, none ride on the error."""
+    emitted: list[Frame] = []
+    decoder = Decoder("auto", len(CLASSIC))
+    with pytest.raises(FrameTooLarge) as raised:
+        decoder.feed_each(
+            CLASSIC + b"\n" + CLASSIC + b" " * 3 + b"[" + CLASSIC + b"]\n", emitted.append
+        )
+    assert values(emitted) == [json.loads(CLASSIC)] * 2
+    assert raised.value.frames == []
+    with pytest.raises(RuntimeError):
+        decoder.feed_each(b"{}", emitted.append)

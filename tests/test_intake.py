@@ -131,6 +131,19 @@ async def test_entries_requeued_by_an_operator_are_not_counted_as_accepted() -> 
     assert metrics.value("hipchatd_events_accepted_total") == 0
 
 
+async def test_a_commit_counts_each_of_its_events_accepted_once() -> None:
+    """Several events in one commit, an operator's re-queued entries among them."""
+    intake, spool, dispatcher, metrics = _intake()
+    for n in range(3):
+        intake.accept(_document(_event("disk", f"evt-{n}", ["ops", "dev"])), PEER, "tcp")
+    requeued = Entry(9, 1.0, "{}", "web-01", "disk", make_target(name="ops"), 3, "boom")
+    intake.committed([*spool.committed(), (None, [requeued])])
+    assert metrics.value("hipchatd_events_accepted_total") == 3
+    assert len(dispatcher.enqueued) == 7
+    intake.committed([(None, [requeued])])
+    assert metrics.value("hipchatd_events_accepted_total") == 3
+
+
 async def test_an_event_the_spool_cannot_store_is_counted_as_refused() -> None:
     intake, spool, _, metrics = _intake()
     intake.accept(_document(_event("disk", "evt-1")), PEER, "tcp")

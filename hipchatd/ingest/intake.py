@@ -25,7 +25,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
-from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from hipchatd.clock import unix_now
 from hipchatd.config import Config
@@ -33,7 +32,7 @@ from hipchatd.delivery.routing import Router
 from hipchatd.delivery.spool import Entry, EventEntries, Spool
 from hipchatd.delivery.tickets import Feed, Ticket, tickets_for
 from hipchatd.errors import EventError
-from hipchatd.ingest.listeners import reject
+from hipchatd.ingest.frames import log_context, reject
 from hipchatd.ingest.skiplog import SkipLog, check_key
 from hipchatd.metrics import Metrics
 from hipchatd.reasons import RejectReason, SkipReason
@@ -53,6 +52,10 @@ MAX_NESTING = 100
 
 #: Characters of a refused document shown in its log line.
 _PREVIEW_CHARS = 120
+
+_EVENT_ID = log_context("event_id")
+_SOURCE = log_context("source")
+_CHECK = log_context("check")
 
 
 @dataclass(slots=True, eq=False)
@@ -86,7 +89,7 @@ class Intake:
         A document nested deeper than MAX_NESTING is refused before it is
         read; an event routed to more than ``max_targets_per_event`` targets
         notifies only the first that many. ``peer`` is the key of the
-        rejection log's share (:func:`hipchatd.ingest.listeners.reject`).
+        rejection log's share (:func:`hipchatd.ingest.frames.reject`).
         """
         try:
             too_deep = _too_deep(document)
@@ -105,11 +108,15 @@ class Intake:
             )
             return
         # Bound, not passed: every line logged about the event from here on names it.
-        tokens = bind_contextvars(event_id=event.id, source=event.source, check=event.check)
+        id_token = _EVENT_ID.set(event.id)
+        source_token = _SOURCE.set(event.source)
+        check_token = _CHECK.set(event.check)
         try:
             self._admit(event, document)
         finally:
-            reset_contextvars(**tokens)
+            _CHECK.reset(check_token)
+            _SOURCE.reset(source_token)
+            _EVENT_ID.reset(id_token)
 
     def _admit(self, event: Event, document: Document) -> None:
         config = self._config()
@@ -176,14 +183,18 @@ class Intake:
         with, all of them at once: the event is accepted here.
         """
         batch: list[tuple[Entry, Ticket, Event | None]] = []
+        accepted = 0
         for submitted, entries in events:
             if isinstance(submitted, _Submitted):
                 ticket, event = submitted.ticket, submitted.event
                 batch.extend((entry, ticket, event) for entry in entries)
-                self._metrics.events_accepted.inc()
+                accepted += 1
             else:
                 # Re-queued from the dead-letter table by ``hipchatd spool retry``.
                 batch.extend((entry, _ticket_for(entry), None) for entry in entries)
+        if accepted:
+            # One addition per commit: a commit holds dozens of events under load.
+            self._metrics.events_accepted.inc(accepted)
         self._dispatcher.enqueue(batch)
 
     def refused(self, event: EventEntries) -> None:

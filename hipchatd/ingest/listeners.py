@@ -28,22 +28,21 @@ from typing import Any
 
 import structlog
 import trio
-from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from hipchatd import boundary
 from hipchatd.config import DaemonSettings
 from hipchatd.errors import FrameTooLarge
+from hipchatd.ingest.frames import Frames, Sink, log_context, reject
+from hipchatd.ingest.frames import handle_frames as _handle_frames
 from hipchatd.ingest.peers import LOG_WINDOW, AllowFrom, allowed, peer_address, warn_limited
 from hipchatd.metrics import Metrics
 from hipchatd.reasons import RejectReason
-from hipchatd.sensu.framing import Decoder, Document, Framing, Rejected
+from hipchatd.sensu.framing import Decoder, Framing
 
-__all__ = ["ConnectionHandler", "Sink", "reject", "serve_tcp", "serve_udp"]
+__all__ = ["ConnectionHandler", "Sink", "log_context", "reject", "serve_tcp", "serve_udp"]
 
 log = structlog.get_logger()
 
-#: sink(document, peer, transport): queue the document; must not block.
-Sink = Callable[[Document, str, str], None]
 #: Awaited between reads: returns at once unless accepted events are piling up.
 Room = Callable[[], Awaitable[None]]
 
@@ -87,6 +86,10 @@ _ACCEPT_SKIPPED = frozenset(
 _conn_ids = itertools.count(1)
 
 
+_PEER = log_context("peer")
+_CONN_ID = log_context("conn_id")
+
+
 def _peer_name(address: Any) -> str:
     if isinstance(address, tuple) and len(address) >= 2:
         host, port = address[0], address[1]
@@ -98,35 +101,6 @@ def _peer_name(address: Any) -> str:
                 host = str(ip)
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
     return str(address) if address else "unknown"
-
-
-def reject(
-    metrics: Metrics,
-    key: RejectReason,
-    *,
-    peer: str,
-    transport: str,
-    nbytes: int,
-    reason: str,
-    **extra: Any,
-) -> None:
-    """Count and log one piece of input that is not used: one counter, one WARNING line.
-
-    ``key`` is the counter's label; ``reason`` says the same in words for the log.
-
-    The line is written only while the peer host's share of the log lasts
-    (:class:`hipchatd.ingest.peers.RejectLog`); the counter counts every rejection.
-    """
-    metrics.rejected[key].inc()
-    warn_limited(
-        metrics,
-        "input.rejected",
-        peer=peer,
-        transport=transport,
-        nbytes=nbytes,
-        reason=reason,
-        **extra,
-    )
 
 
 def _refused(
@@ -149,41 +123,6 @@ def _refused(
         reason="peer not in hipchatd.allow_from",
     )
     return True
-
-
-def _handle_frames(
-    frames: Sequence[Document | Rejected],
-    sink: Sink,
-    metrics: Metrics,
-    peer: str,
-    transport: str,
-) -> None:
-    """Hand each document to ``sink`` and reject the rest; a fault boundary per frame.
-
-    An exception out of ``sink`` is a bug: it is reported once (ERROR with
-    the traceback, ``hipchatd_internal_errors_total{where="frame"}``), that
-    frame is dropped, and the following frames are handled as usual.
-    """
-    if not frames:
-        return
-    # One addition for the chunk's frames: a stream brings dozens per receive.
-    metrics.received[transport].inc(len(frames))
-    for frame in frames:
-        if isinstance(frame, Document):
-            try:
-                sink(frame, peer, transport)
-            except Exception:
-                boundary.caught(metrics, "frame", transport=transport, nbytes=frame.nbytes)
-        else:
-            reject(
-                metrics,
-                frame.kind,
-                peer=peer,
-                transport=transport,
-                nbytes=frame.nbytes,
-                reason=frame.reason,
-                preview=frame.preview,
-            )
 
 
 class _Slots:
@@ -385,7 +324,8 @@ class ConnectionHandler:
         :func:`hipchatd.boundary.caught` and ends this connection only.
         """
         # Tokens, not bound_contextvars(): a connection per event makes this per-event work.
-        tokens = bind_contextvars(peer=peer, conn_id=next(_conn_ids))
+        peer_token = _PEER.set(peer)
+        conn_token = _CONN_ID.set(next(_conn_ids))
         self.active += 1
         if self._idle.is_set():
             self._idle = trio.Event()
@@ -402,14 +342,16 @@ class ConnectionHandler:
             try:
                 await stream.aclose()
             finally:
-                reset_contextvars(**tokens)
+                _CONN_ID.reset(conn_token)
+                _PEER.reset(peer_token)
 
     async def _read(self, stream: trio.abc.ReceiveStream, peer: str) -> None:
         settings = self.settings
         decoder = Decoder(settings.framing, settings.max_frame_bytes)
+        frames = Frames(self.sink, self.metrics, peer, "tcp")
         received = 0
         if isinstance(stream, _Connection):
-            ready = await self._read_ready(stream, decoder, peer)
+            ready = await self._read_ready(stream, decoder, frames, peer)
             if ready is None:
                 return
             received = ready
@@ -424,9 +366,7 @@ class ConnectionHandler:
                         return
                     received += len(data)
                     # bytes() of bytes is the same object: a copy only for a bytearray.
-                    frames = decoder.feed(bytes(data))
-                    if frames:
-                        _handle_frames(frames, self.sink, self.metrics, peer, "tcp")
+                    if frames.feed(decoder, bytes(data)):
                         # Waiting for the spool is not the peer being idle.
                         scope.deadline = math.inf
                         await self.room()
@@ -448,7 +388,9 @@ class ConnectionHandler:
                 reason="no complete event within idle_timeout",
             )
 
-    async def _read_ready(self, stream: _Connection, decoder: Decoder, peer: str) -> int | None:
+    async def _read_ready(
+        self, stream: _Connection, decoder: Decoder, frames: Frames, peer: str
+    ) -> int | None:
         """Read what the connection holds already: None once it has ended, else the bytes read.
 
         A Sensu-style sender has usually written its event and half-closed
@@ -468,9 +410,7 @@ class ConnectionHandler:
                     _handle_frames(decoder.close(), self.sink, self.metrics, peer, "tcp")
                     return None
                 received += len(data)
-                frames = decoder.feed(data)
-                if frames:
-                    _handle_frames(frames, self.sink, self.metrics, peer, "tcp")
+                if frames.feed(decoder, data):
                     await self.room()
         except FrameTooLarge as exc:
             self._too_large(exc, peer)
@@ -560,13 +500,15 @@ async def serve_udp(
             continue
         peer = _peer_name(address)
         # Reset before the next datagram: this task reads them all.
-        tokens = bind_contextvars(peer=peer, conn_id=next(_conn_ids))
+        peer_token = _PEER.set(peer)
+        conn_token = _CONN_ID.set(next(_conn_ids))
         try:
             _handle_datagram(data, peer, mode, settings, sink, metrics)
         except Exception:
             boundary.caught(metrics, "datagram", transport="udp", nbytes=len(data))
         finally:
-            reset_contextvars(**tokens)
+            _CONN_ID.reset(conn_token)
+            _PEER.reset(peer_token)
         await room()
 
 

@@ -54,10 +54,14 @@ from hipchatd.sensu.model import (
     Overrides,
     Repeat,
     Severity,
+    new_event,
     severity,
 )
 from hipchatd.sensu.readers import (
+    ATTRIBUTE_KEYS,
+    DEFAULT_HANDLE_WHEN,
     MAX_NAME_CHARS,
+    NO_OVERRIDES,
     attribute_contacts,
     attribute_overrides,
     first_timestamp,
@@ -108,6 +112,12 @@ JSON_ATTRIBUTES_ANNOTATION: Final = "sensu.io.json_attributes"
 #: Shared: most Go checks carry no Classic repeat attributes.
 _NO_REPEAT: Final = Repeat()
 _HANDLE_WHEN_REPEAT: Final = Repeat(handle_when_given=True)
+
+#: Every key the parsers read from a check as Classic-style attributes, ``check.occurrences``
+#: and ``check.refresh`` (Classic repeat attributes) aside.
+_CHECK_ATTRIBUTE_KEYS: Final = ATTRIBUTE_KEYS | {"handle_when", "notification", "playbook"}
+
+_NO_CONTACTS: Final[tuple[str, ...]] = ()
 
 _CLASSIC: Final = "Sensu Classic"
 _GO: Final = "Sensu Go"
@@ -198,16 +208,26 @@ def _parse_classic(doc: Mapping[str, Any]) -> Event:
     status = required_int(check, "status", "check.status", _CLASSIC)
     action = _classic_action(doc.get("action"))
     occurrences = occurrence_count(doc.get("occurrences"))
-    contacts = attribute_contacts(check) + attribute_contacts(client)
-    return Event(
+    if check.keys().isdisjoint(_CHECK_ATTRIBUTE_KEYS):
+        notification = playbook = None
+        handle_when = DEFAULT_HANDLE_WHEN
+        check_overrides, check_contacts = NO_OVERRIDES, _NO_CONTACTS
+    else:
+        notification = text_or_none(check.get("notification"))
+        playbook = text_or_none(check.get("playbook"))
+        handle_when = read_handle_when(check.get("handle_when"))
+        check_overrides, check_contacts = _attributes(check)
+    client_overrides, client_contacts = _attributes(client)
+    contacts = check_contacts + client_contacts
+    return new_event(
         id=string_or_empty(doc.get("id")),
         flavor="classic",
         source=text_or_none(check.get("source")) or client_name,
         check=check_name,
         status=status,
         output=string_or_empty(check.get("output")),
-        notification=text_or_none(check.get("notification")),
-        playbook=text_or_none(check.get("playbook")),
+        notification=notification,
+        playbook=playbook,
         action=action,
         occurrences=occurrences,
         occurrences_watermark=watermark(doc.get("occurrences_watermark"), occurrences),
@@ -217,13 +237,20 @@ def _parse_classic(doc: Mapping[str, Any]) -> Event:
         namespace=None,
         timestamp=first_timestamp(doc.get("timestamp"), check.get("executed")),
         handle=check.get("handle") is not False,
-        handle_when=read_handle_when(check.get("handle_when")),
-        check_overrides=attribute_overrides(check),
-        client_overrides=attribute_overrides(client),
+        handle_when=handle_when,
+        check_overrides=check_overrides,
+        client_overrides=client_overrides,
         contacts=unique(contacts) if contacts else (),
         client=client_name,
         repeat=read_repeat(check, None),
     )
+
+
+def _attributes(attrs: Mapping[str, Any]) -> tuple[Overrides, tuple[str, ...]]:
+    """The HipChat attributes and the contacts ``attrs`` names; most objects name neither."""
+    if attrs.keys().isdisjoint(ATTRIBUTE_KEYS):
+        return NO_OVERRIDES, _NO_CONTACTS
+    return attribute_overrides(attrs), attribute_contacts(attrs)
 
 
 def _classic_action(value: object) -> Action:
@@ -281,13 +308,18 @@ def _parse_go(doc: Mapping[str, Any]) -> Event:
     occurrences = occurrence_count(check.get("occurrences"))
 
     check_ann = _read_annotations(check_meta, _CHECK_ANNOTATIONS)
-    if check_ann is None:
+    if check_ann is None and check.keys().isdisjoint(_CHECK_ATTRIBUTE_KEYS):
+        check_attrs = check
+        notification = playbook = None
+        handle_when = DEFAULT_HANDLE_WHEN
+        check_overrides, check_contacts = NO_OVERRIDES, _NO_CONTACTS
+        repeat = _NO_REPEAT
+    elif check_ann is None:
         check_attrs = check
         notification = text_or_none(check.get("notification"))
         playbook = text_or_none(check.get("playbook"))
         handle_when = read_handle_when(check.get("handle_when"))
-        check_overrides = attribute_overrides(check)
-        check_contacts = attribute_contacts(check)
+        check_overrides, check_contacts = _attributes(check)
         repeat = _HANDLE_WHEN_REPEAT if is_mapping(check.get("handle_when")) else _NO_REPEAT
     else:
         extra = _json_attributes(check_ann)
@@ -314,8 +346,7 @@ def _parse_go(doc: Mapping[str, Any]) -> Event:
 
     entity_ann = _read_annotations(entity_meta, _ENTITY_ANNOTATIONS)
     if entity_ann is None:
-        client_overrides = attribute_overrides(entity)
-        entity_contacts = attribute_contacts(entity)
+        client_overrides, entity_contacts = _attributes(entity)
     else:
         entity_attrs = _with_json_attributes(entity, entity_ann)
         client_overrides = _annotation_overrides(entity_ann, attribute_overrides(entity_attrs))
@@ -323,7 +354,7 @@ def _parse_go(doc: Mapping[str, Any]) -> Event:
 
     contacts = check_contacts + entity_contacts
     silenced_ids = check.get("silenced")
-    return Event(
+    return new_event(
         id=string_or_empty(doc.get("id")),
         flavor="go",
         source=text_or_none(check.get("proxy_entity_name")) or entity_name,

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -47,7 +48,7 @@ from hipchatd.errors import FrameTooLarge
 from hipchatd.jsontext import loads_utf8
 from hipchatd.reasons import RejectReason
 
-__all__ = ["Decoder", "Document", "FrameTooLarge", "Framing", "Rejected", "preview"]
+__all__ = ["Decoder", "Document", "Emit", "FrameTooLarge", "Framing", "Rejected", "preview"]
 
 #: How a TCP stream is cut into frames (the ``hipchatd.framing`` setting).
 Framing = Literal["auto", "eof", "newline", "length"]
@@ -75,6 +76,10 @@ class Rejected:
     reason: str
     nbytes: int
     preview: str
+
+
+#: Takes each frame a :class:`Decoder` completes (:meth:`Decoder.feed_each`).
+Emit = Callable[[Document | Rejected], object]
 
 
 #: The four JSON whitespace characters (RFC 8259 §2); only these separate documents.
@@ -187,8 +192,8 @@ class Decoder:
     line terminator, or a length prefix. Empty and whitespace-only input gives
     no frames in every mode. A frame over ``max_frame_bytes`` raises
     :class:`FrameTooLarge`, whether it completed within one chunk or not.
-    Once ``close()`` has returned or ``FrameTooLarge`` was raised, both
-    methods raise ``RuntimeError``.
+    Once ``close()`` has returned or ``FrameTooLarge`` was raised, every
+    method raises ``RuntimeError``.
     """
 
     __slots__ = ("_buf", "_lifecycle", "_limit", "_mode", "_pos", "_text")
@@ -215,34 +220,51 @@ class Decoder:
         caller handles those and closes the connection. The decoder is
         unusable afterwards.
         """
+        out: list[Document | Rejected] = []
+        try:
+            self.feed_each(data, out.append)
+        except FrameTooLarge as exc:
+            # Frames the chunk completed before the oversized one are good input.
+            exc.frames = out
+            raise
+        return out
+
+    def feed_each(self, data: bytes, emit: Emit) -> None:
+        """Consume a chunk; hand each frame it completes to ``emit`` as soon as it is cut.
+
+        What :meth:`feed` returns, one frame at a time, before the next is
+        decoded: a reader that handles each frame in ``emit`` never holds a
+        chunk's decoded documents at once (a chunk of a stream holds dozens,
+        and the cyclic garbage collector would move them all to its older
+        generations). ``emit`` must not raise, nor use this decoder.
+
+        Raises FrameTooLarge as :meth:`feed` does; the frames before the
+        oversized one were emitted, and its ``frames`` is empty.
+        """
         self._check_open()
         if not data:
-            return []
+            return
         mode = self._mode
         if not mode:
             # A length prefix below 16 MiB starts with 0x00; JSON text never does.
             mode = self._mode = "length" if data[0] == 0 else "json"
-        out: list[Document | Rejected] = []
         try:
             if mode == "json":
                 text = self._text
                 if text is None:
                     text = self._text = _JsonText(self._limit)
-                text.feed(data, out)
+                text.feed(data, emit)
             elif mode == "length":
-                self._feed_length(data, out)
+                self._feed_length(data, emit)
             elif mode == "newline":
-                self._feed_newline(data, out)
+                self._feed_newline(data, emit)
             else:
                 self._feed_eof(data)
-        except FrameTooLarge as exc:
+        except FrameTooLarge:
             self._lifecycle = _FAILED
             self._buf = bytearray()
             self._text = None
-            # Frames the chunk completed before the oversized one are good input.
-            exc.frames = out
             raise
-        return out
 
     def close(self) -> list[Document | Rejected]:
         """The peer closed: return what the remaining bytes hold.
@@ -278,7 +300,7 @@ class Decoder:
         if len(self._buf) > self._limit:
             raise FrameTooLarge(len(self._buf), self._limit)
 
-    def _feed_newline(self, data: bytes, out: list[Document | Rejected]) -> None:
+    def _feed_newline(self, data: bytes, emit: Emit) -> None:
         buf = self._buf
         buf += data
         limit = self._limit
@@ -290,14 +312,14 @@ class Decoder:
                 raise FrameTooLarge(nl - start, limit)
             end = nl - 1 if nl > start and buf[nl - 1] == 0x0D else nl
             if _NON_WS.search(buf, start, end) is not None:
-                out.append(_decode(buf[start:end]))
+                emit(_decode(buf[start:end]))
             start = pos = nl + 1
         if len(buf) - start > limit:
             raise FrameTooLarge(len(buf) - start, limit)
         del buf[:start]
         self._pos = len(buf)
 
-    def _feed_length(self, data: bytes, out: list[Document | Rejected]) -> None:
+    def _feed_length(self, data: bytes, emit: Emit) -> None:
         buf = self._buf
         buf += data
         limit = self._limit
@@ -310,9 +332,9 @@ class Decoder:
             if end > n:
                 break
             if size:
-                out.append(_decode(buf[off + _PREFIX_BYTES : end]))
+                emit(_decode(buf[off + _PREFIX_BYTES : end]))
             else:
-                out.append(Rejected(RejectReason.TRUNCATED, "empty frame", 0, ""))
+                emit(Rejected(RejectReason.TRUNCATED, "empty frame", 0, ""))
             off = end
         del buf[:off]
 
@@ -337,8 +359,8 @@ class _JsonText:
         self._depth = 0
         self._in_string = False
 
-    def feed(self, data: bytes, out: list[Document | Rejected]) -> None:
-        """Consume a chunk; append the frames it completed to ``out``."""
+    def feed(self, data: bytes, emit: Emit) -> None:
+        """Consume a chunk; hand each frame it completes to ``emit``, in order."""
         # The fast path may read at most this many bytes in this call (module docstring).
         budget = 2 * len(data)
         buf = self._buf
@@ -348,14 +370,14 @@ class _JsonText:
             if m is None:
                 return
             budget -= len(data) - m.start()
-            stop = self._fast(data, m.start(), out)
+            stop = self._fast(data, m.start(), emit)
             if stop == len(data):
                 return
             buf += memoryview(data)[stop:]
             self._begin(0)
         else:
             buf += data
-        self._scan(out, budget)
+        self._scan(emit, budget)
 
     def _begin(self, start: int) -> None:
         """Start the slow path on a frame whose first byte is ``_buf[start]``."""
@@ -369,7 +391,7 @@ class _JsonText:
             self._state = _SCALAR
             self._pos = start
 
-    def _fast(self, src: bytes | bytearray, start: int, out: list[Document | Rejected]) -> int:
+    def _fast(self, src: bytes | bytearray, start: int, emit: Emit) -> int:
         """Parse whole frames from ``src[start:]``: whole-document lines, then the C parser.
 
         ``src[start]`` is not whitespace. Returns the offset of the first frame
@@ -398,14 +420,19 @@ class _JsonText:
             size = len(frame)
             if size > limit:
                 raise FrameTooLarge(size, limit)
-            out.append(Document(value, size, text))
-            m = _NON_WS.search(src, pos + size)
-            if m is None:
+            emit(Document(value, size, text))
+            # Only whitespace lies between the frame and its newline: the next line is next.
+            pos = nl + 1
+            if pos >= n:
                 return n
-            pos = m.start()
-        return self._parse(src, pos, out)
+            if src[pos] not in _OPENERS:
+                m = _NON_WS.search(src, pos)
+                if m is None:
+                    return n
+                pos = m.start()
+        return self._parse(src, pos, emit)
 
-    def _parse(self, src: bytes | bytearray, start: int, out: list[Document | Rejected]) -> int:
+    def _parse(self, src: bytes | bytearray, start: int, emit: Emit) -> int:
         """Parse whole frames from ``src[start:]`` with the C parser; returns as :meth:`_fast`."""
         limit = self._limit
         stop_byte = len(src)
@@ -429,7 +456,7 @@ class _JsonText:
                 size = end - idx if ascii_only else len(text[idx:end].encode())
                 if size > limit:
                     raise FrameTooLarge(size, limit)
-                out.append(Document(value, size, text[idx:end]))
+                emit(Document(value, size, text[idx:end]))
                 byte += size
                 idx = end
             else:
@@ -439,12 +466,12 @@ class _JsonText:
                 line = text[idx:nl].encode()
                 if len(line) > limit:
                     raise FrameTooLarge(len(line), limit)
-                out.append(_decode(line.rstrip(_JSON_WS)))
+                emit(_decode(line.rstrip(_JSON_WS)))
                 byte += len(line) + 1
                 idx = nl + 1
         return stop_byte
 
-    def _scan(self, out: list[Document | Rejected], budget: int) -> None:
+    def _scan(self, emit: Emit, budget: int) -> None:
         """The slow path over ``_buf``, resuming from the saved scanner state."""
         buf = self._buf
         n = len(buf)
@@ -460,7 +487,7 @@ class _JsonText:
                 start = m.start()
                 if n - start <= budget:
                     budget -= n - start
-                    start = self._fast(buf, start, out)
+                    start = self._fast(buf, start, emit)
                     if start == n:
                         pos = n
                         break
@@ -497,7 +524,7 @@ class _JsonText:
                     if depth == 0:
                         if pos - start > limit:
                             raise FrameTooLarge(pos - start, limit)
-                        out.append(_decode(buf[start:pos]))
+                        emit(_decode(buf[start:pos]))
                         state = _BETWEEN
             else:
                 nl = buf.find(b"\n", pos)
@@ -508,7 +535,7 @@ class _JsonText:
                     break
                 if nl - start > limit:
                     raise FrameTooLarge(nl - start, limit)
-                out.append(_decode(buf[start:nl].rstrip(_JSON_WS)))
+                emit(_decode(buf[start:nl].rstrip(_JSON_WS)))
                 state = _BETWEEN
                 pos = nl + 1
         # Drop consumed bytes: bytearray deletes from the front without moving the rest.

@@ -8,7 +8,7 @@ of Sensu's JSON, and re-exports this module's names.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, Generic, Literal, TypeVar
+from typing import Any, Final, Generic, Literal, TypeVar
 
 __all__ = [
     "DEFAULT_HANDLE_WHEN_OCCURRENCES",
@@ -22,6 +22,7 @@ __all__ = [
     "Overrides",
     "Repeat",
     "Severity",
+    "new_event",
     "severity",
 ]
 
@@ -157,6 +158,74 @@ class Event:
     def incident_key(self) -> tuple[str, str, str]:
         """(namespace, source, check): Go ids change every event, so incidents key by this."""
         return (self.namespace or "", self.source, self.check)
+
+
+class _Filling:
+    """An Event's slots without its frozen ``__setattr__``: :func:`new_event` fills one."""
+
+    __slots__ = Event.__slots__
+
+
+def new_event(
+    id: str,
+    flavor: Literal["classic", "go"],
+    source: str,
+    check: str,
+    status: int,
+    output: str,
+    notification: str | None,
+    playbook: str | None,
+    action: Action,
+    occurrences: int,
+    occurrences_watermark: int,
+    interval: int | None,
+    silenced: bool,
+    history: tuple[int, ...],
+    namespace: str | None,
+    timestamp: float,
+    handle: bool,
+    handle_when: HandleWhen,
+    check_overrides: Overrides,
+    client_overrides: Overrides,
+    contacts: tuple[str, ...],
+    client: str,
+    repeat: Repeat,
+) -> Event:
+    """``Event(...)`` of the same arguments: an equal, frozen Event, built without its ``__init__``.
+
+    A frozen dataclass's ``__init__`` sets each of Event's 23 fields through
+    ``object.__setattr__``; plain slot stores, then a class change between the
+    two identical slot layouts, take a third of the time, and the parser
+    builds an Event for every event received and every one read back.
+    """
+    # Any: mypy cannot see slots named by a tuple.
+    event: Any = _Filling()
+    event.id = id
+    event.flavor = flavor
+    event.source = source
+    event.check = check
+    event.status = status
+    event.output = output
+    event.notification = notification
+    event.playbook = playbook
+    event.action = action
+    event.occurrences = occurrences
+    event.occurrences_watermark = occurrences_watermark
+    event.interval = interval
+    event.silenced = silenced
+    event.history = history
+    event.namespace = namespace
+    event.timestamp = timestamp
+    event.handle = handle
+    event.handle_when = handle_when
+    event.check_overrides = check_overrides
+    event.client_overrides = client_overrides
+    event.contacts = contacts
+    event.client = client
+    event.repeat = repeat
+    event.__class__ = Event
+    made: Event = event
+    return made
 
 
 def severity(status: int) -> Severity:

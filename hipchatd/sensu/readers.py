@@ -35,7 +35,10 @@ _MISSING: Final = object()
 _JSON_NON_OBJECTS: Final = frozenset({type(None), bool, int, float, str, list})
 T = TypeVar("T")
 #: Shared: it is frozen, and most checks and entities name no HipChat attributes.
-_NO_OVERRIDES: Final = Overrides()
+NO_OVERRIDES: Final = Overrides()
+#: Every key :func:`attribute_overrides` and :func:`attribute_contacts` read: an object
+#: with none of them names no HipChat attributes and no contacts.
+ATTRIBUTE_KEYS: Final = frozenset({"hipchat", "hipchat_room", "contact", "contacts"})
 #: A lone UTF-16 surrogate: JSON's ``\ud800``-``\udfff`` escapes decode to one, and no
 #: UTF-8 encoder (log output, SQLite, HTTP) accepts it.
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
@@ -45,7 +48,7 @@ _SURROGATE: Final = re.compile("[\ud800-\udfff]")
 MAX_NAME_CHARS: Final = 100
 
 #: Shared: it is frozen, and most checks have no ``handle_when``.
-_DEFAULT_HANDLE_WHEN: Final = HandleWhen()
+DEFAULT_HANDLE_WHEN: Final = HandleWhen()
 #: Shared: most checks carry no repeat attributes.
 _NO_REPEAT: Final = Repeat()
 
@@ -58,7 +61,7 @@ def attribute_overrides(attrs: Mapping[str, Any]) -> Overrides:
     hipchat = attrs.get("hipchat")
     legacy_room = attrs.get("hipchat_room")
     if hipchat is None and legacy_room is None:
-        return _NO_OVERRIDES
+        return NO_OVERRIDES
     if not is_mapping(hipchat):
         return Overrides(room=read_names(legacy_room))
     room = read_names(hipchat.get("room"))
@@ -152,7 +155,7 @@ def attribute_contacts(attrs: Mapping[str, Any]) -> tuple[str, ...]:
 def read_handle_when(value: object) -> HandleWhen:
     """``value`` read key by key if it is an object; bad keys keep their default."""
     if not is_mapping(value):
-        return _DEFAULT_HANDLE_WHEN
+        return DEFAULT_HANDLE_WHEN
     occurrences = value.get("occurrences")
     reset = value.get("reset")
     return HandleWhen(
@@ -202,16 +205,16 @@ def required_object(
     parent: Mapping[str, Any], key: str, path: str, flavor: str
 ) -> Mapping[str, Any]:
     value = parent.get(key, _MISSING)
-    if not is_mapping(value):
-        raise _wrong(flavor, path, "an object", value)
-    return value
+    if type(value) is dict or is_mapping(value):
+        return value
+    raise _wrong(flavor, path, "an object", value)
 
 
 def required_name(parent: Mapping[str, Any], key: str, path: str, flavor: str) -> str:
     value = parent.get(key, _MISSING)
     if not isinstance(value, str) or not value:
         raise _wrong(flavor, path, "a non-empty string", value)
-    return utf8(value)
+    return value if value.isascii() else utf8(value)
 
 
 def required_int(parent: Mapping[str, Any], key: str, path: str, flavor: str) -> int:
@@ -268,12 +271,16 @@ def first_timestamp(*candidates: object) -> float:
 
 
 def string_or_empty(value: object) -> str:
-    return utf8(value) if isinstance(value, str) else ""
+    if isinstance(value, str):
+        return value if value.isascii() else utf8(value)
+    return ""
 
 
 def text_or_none(value: object) -> str | None:
     """A non-empty string, else None."""
-    return utf8(value) if isinstance(value, str) and value else None
+    if isinstance(value, str) and value:
+        return value if value.isascii() else utf8(value)
+    return None
 
 
 def utf8(text: str) -> str:
