@@ -227,8 +227,9 @@ class _Connection(trio.abc.ReceiveStream):
             self.sock.close()
 
     def __del__(self) -> None:
-        # trio.serve_listeners drops a stream it accepted when its handler nursery has
-        # already closed (a race of shutdown): the descriptor is closed here, not leaked.
+        # trio.serve_listeners drops a stream it accepted if its handler nursery has
+        # already closed. The daemon's nursery encloses the accept loops, so that cannot
+        # happen there; for any other caller, the descriptor is closed here, not leaked.
         if self.sock.fileno() != -1:
             self.sock.close()
 
