@@ -209,10 +209,13 @@ class GroupCommit(Generic[C]):
     def add(self, event: EventEntries) -> None:
         """Buffer one new event's entries (ids already set)."""
         count = len(event[1])
-        self._buffer.events.append(event)
-        self._buffer.entries += count
+        buffer = self._buffer
+        buffer.events.append(event)
+        buffer.entries += count
         self.unflushed += count
-        self._wake()
+        # Once work waits, the loop no longer waits for the alarm: only a full batch wakes it.
+        if not self._work.is_set() or buffer.entries + buffer.marks >= BATCH:
+            self._wake()
 
     def mark_delivered(self, ids: Iterable[int]) -> None:
         self._buffer.delivered.extend(ids)
