@@ -161,6 +161,8 @@ class _Batch:
 
     def cut(self, most: int) -> list[EventEntries]:
         """Keep whole events up to ``most`` entries (at least one event); the rest, removed."""
+        if self.entries <= most:
+            return []
         taken = entries = 0
         for _, event in self.events:
             if taken and entries + len(event) > most:
