@@ -9,6 +9,7 @@ count the waiting task as blocked and jump while the thread works.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -30,6 +31,7 @@ from trio.testing import MockClock
 
 from hipchatd.delivery.routing import Target
 from hipchatd.delivery.spool import Entry, EventEntries, Spool, SpoolError, SpoolReadError
+from hipchatd.delivery.spool.buffered import new_entries
 from hipchatd.delivery.spool.sqlite import (
     BATCH,
     RETRY_POLL,
@@ -148,6 +150,27 @@ async def test_committed_entries_come_back_in_acceptance_order(state_dir: str) -
         assert entries[0].source == "sensu.test.local"
         assert (entries[0].attempts, entries[0].last_error) == (0, None)
         assert spool.counts() == {"pending": 3, "dead": 0}
+
+
+def test_new_entries_are_the_entries_the_dataclass_builds() -> None:
+    """``submit`` fills entries slot by slot: equal, field for field, to ``Entry(...)``."""
+    built = new_entries(7, 1000.0, DOCUMENT, "sensu.test.local", "testing", [OPS, DEV, ONCALL])
+    assert built == [
+        Entry(7, 1000.0, DOCUMENT, "sensu.test.local", "testing", OPS, 0, None),
+        Entry(8, 1000.0, DOCUMENT, "sensu.test.local", "testing", DEV, 0, None),
+        Entry(9, 1000.0, DOCUMENT, "sensu.test.local", "testing", ONCALL, 0, None),
+    ]
+    assert all(type(entry) is Entry and entry.requeued is False for entry in built)
+    assert [dataclasses.astuple(entry) for entry in built] == [
+        dataclasses.astuple(entry)
+        for entry in (
+            Entry(n, 1000.0, DOCUMENT, "sensu.test.local", "testing", target, 0, None)
+            for n, target in ((7, OPS), (8, DEV), (9, ONCALL))
+        )
+    ]
+    assert new_entries(1, 1.0, DOCUMENT, "s", "c", []) == []
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built[0].attempts = 1  # type: ignore[misc]
 
 
 async def test_each_event_comes_back_with_its_own_handle(state_dir: str) -> None:

@@ -161,6 +161,8 @@ class _Batch:
 
     def cut(self, most: int) -> list[EventEntries]:
         """Keep whole events up to ``most`` entries (at least one event); the rest, removed."""
+        if self.entries <= most:
+            return []
         taken = entries = 0
         for _, event in self.events:
             if taken and entries + len(event) > most:
@@ -209,10 +211,13 @@ class GroupCommit(Generic[C]):
     def add(self, event: EventEntries) -> None:
         """Buffer one new event's entries (ids already set)."""
         count = len(event[1])
-        self._buffer.events.append(event)
-        self._buffer.entries += count
+        buffer = self._buffer
+        buffer.events.append(event)
+        buffer.entries += count
         self.unflushed += count
-        self._wake()
+        # Once work waits, the loop no longer waits for the alarm: only a full batch wakes it.
+        if not self._work.is_set() or buffer.entries + buffer.marks >= BATCH:
+            self._wake()
 
     def mark_delivered(self, ids: Iterable[int]) -> None:
         self._buffer.delivered.extend(ids)

@@ -13,11 +13,11 @@ import contextlib
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
-from itertools import chain
 from typing import Any, Final
 
 import structlog
 
+from hipchatd.delivery.routing import Target
 from hipchatd.delivery.spool import rows as stored
 from hipchatd.delivery.spool.group import BATCH, Marks
 from hipchatd.delivery.spool.rows import encode_target as _encode_target
@@ -208,26 +208,39 @@ def _insert_events(conn: sqlite3.Connection, batch: list[EventEntries]) -> int:
     # Every statement releases the GIL while SQLite works and must win it back from a busy
     # event loop (up to sys.getswitchinterval(), 5 ms, each time): so a whole batch is a few
     # statements, never one per row. Beside a busy thread, one per row managed 400 entries/s.
-    encode = _encode_target
-    documents = [(event[0].id, len(event), event[0].document) for _, event in batch]
-    entries = [
-        (e.id, e.accepted_at, e.source, e.check, encode(e.target), event[0].id)
-        for _, event in batch
-        for e in event
-    ]
-    _insert_rows(conn, INSERT_DOCUMENTS, documents)
-    return _insert_rows(conn, _INSERT_ENTRIES, entries)
+    # The values are gathered flat in one pass, with the GIL held. Routing hands events of
+    # one severity the same Target objects, so consecutive entries mostly share one: its
+    # text is looked up once per run of the same object (hashing a Target is a Python call).
+    # Measured: 0.45 us per entry instead of 0.95.
+    documents: list[Any] = []
+    values: list[Any] = []
+    add_document, add_entry = documents.extend, values.extend
+    target: Target | None = None
+    text = ""
+    for _, event in batch:
+        first = event[0]
+        document_id = first.id
+        add_document((document_id, len(event), first.document))
+        for entry in event:
+            if entry.target is not target:
+                target = entry.target
+                text = _encode_target(target)
+            add_entry((entry.id, entry.accepted_at, entry.source, entry.check, text, document_id))
+    _insert_rows(conn, INSERT_DOCUMENTS, 3, documents)
+    return _insert_rows(conn, _INSERT_ENTRIES, 6, values)
 
 
-def _insert_rows(conn: sqlite3.Connection, insert: str, rows: list[tuple[Any, ...]]) -> int:
-    """``rows`` through multi-row ``insert`` statements (a power of two rows each)."""
-    if not rows:
+def _insert_rows(conn: sqlite3.Connection, insert: str, columns: int, values: list[Any]) -> int:
+    """Rows of ``columns`` flat ``values`` through multi-row ``insert`` statements (a power of
+    two rows each)."""
+    if not values:
         return 0
-    columns = len(rows[0])
-    values = list(chain.from_iterable(rows))
     most = max(1, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // columns)
+    sizes = _insert_sizes(len(values) // columns, most)
+    if len(sizes) == 1:
+        return conn.execute(_insert_sql(insert, columns, sizes[0]), values).rowcount
     inserted = start = 0
-    for count in _insert_sizes(len(rows), most):
+    for count in sizes:
         stop = start + count * columns
         inserted += conn.execute(_insert_sql(insert, columns, count), values[start:stop]).rowcount
         start = stop
