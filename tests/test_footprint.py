@@ -1,0 +1,78 @@
+"""What a daemon loads: ``hipchatd serve`` with the defaults imports no library it does not use.
+
+Every module imported is memory the daemon keeps (idle and with 100,000
+pending alike), so a default daemon (SQLite spool, no template, no
+PostgreSQL, no built-in emulator) must not import the emulator, jinja2,
+psycopg, or the command line client httpx loads when its libraries are
+installed. The daemon runs as a real process with
+``PYTHONPROFILEIMPORTTIME``, which makes Python write one line for every
+module it imports, lazily imported ones included, and delivers one event to
+the real emulator over loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+from tests.processes import Child
+from tests.test_process import TOKEN, Cluster, Daemon, _event, cluster  # noqa: F401
+
+#: Top-level packages a default daemon never needs.
+UNUSED = (
+    # only with a template configured (config/sandbox.py)
+    "jinja2",
+    # only with a PostgreSQL spool (delivery/spool/postgresql/)
+    "psycopg",
+    "psycopg_binary",
+    # httpx's command line client (httpx/_main.py), never run by the daemon; not rich, whose
+    # import structlog tries (a line is written for a module that is not installed too)
+    "click",
+    "pygments",
+)
+
+
+def _imported(child: Child) -> set[str]:
+    """Modules named by the ``import time:`` lines of ``-X importtime`` (header excluded)."""
+    names = set()
+    for line in child.output.splitlines():
+        if line.startswith("import time:"):
+            names.add(line.rsplit("|", 1)[1].strip())
+    names.discard("imported package")
+    return names
+
+
+def test_a_default_daemon_imports_no_library_it_does_not_use(
+    cluster: Cluster,  # noqa: F811 (the fixture imported above)
+    tmp_path: Path,
+) -> None:
+    emulator = cluster.emulator()
+    config = {
+        "hipchat": {"api_token": TOKEN, "server_url": emulator.url, "room": "sensu"},
+        "hipchatd": {
+            "tcp": {"host": "127.0.0.1", "port": 0},
+            "udp": None,
+            "state_dir": str(cluster.state_dir),
+        },
+    }
+    path = tmp_path / "hipchatd.json"
+    path.write_text(json.dumps(config))
+    child = Child("serve", "--config", str(path), env={"PYTHONPROFILEIMPORTTIME": "1"})
+    cluster.children.append(child)
+    daemon = Daemon(child, cluster.state_dir)
+    daemon.send(_event("footprint"))
+    delivered = child.wait_logged("event.delivered")
+    assert delivered["rooms"] == ["sensu"]
+    daemon.signal(signal.SIGTERM)
+    assert child.wait_exit(30) == 0
+
+    imported = _imported(child)
+    # The lines are there: what the daemon does use is named.
+    assert {"hipchatd.app", "hipchatd.delivery.hipchat", "httpx", "sqlite3"} <= imported
+    unused = sorted(
+        name
+        for name in imported
+        if name.split(".")[0] in UNUSED or name.startswith("hipchatd.emulator")
+    )
+    assert unused == []
