@@ -2,12 +2,12 @@
 
 Every module imported is memory the daemon keeps (idle and with 100,000
 pending alike), so a default daemon (SQLite spool, no template, no
-PostgreSQL, no built-in emulator) must not import the emulator, jinja2,
-psycopg, or the command line client httpx loads when its libraries are
-installed. The daemon runs as a real process with
-``PYTHONPROFILEIMPORTTIME``, which makes Python write one line for every
-module it imports, lazily imported ones included, and delivers one event to
-the real emulator over loopback.
+PostgreSQL, no built-in emulator, no unknown key in its configuration) must
+not import the emulator, jinja2, psycopg, difflib, or the command line client
+httpx loads when its libraries are installed. The daemon runs as a real
+process with ``PYTHONPROFILEIMPORTTIME``, which makes Python write one line
+for every module it imports, lazily imported ones included, and delivers one
+event to the real emulator over loopback.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ UNUSED = (
     # import structlog tries (a line is written for a module that is not installed too)
     "click",
     "pygments",
+    # only to suggest a key for an unknown one (config/checker.py)
+    "difflib",
 )
 
 
