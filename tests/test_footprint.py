@@ -12,12 +12,12 @@ event to the real emulator over loopback.
 
 from __future__ import annotations
 
-import json
 import signal
-from pathlib import Path
+
+import pytest
 
 from tests.processes import Child
-from tests.test_process import TOKEN, Cluster, Daemon, _event, cluster  # noqa: F401
+from tests.test_process import Cluster, _event, cluster  # noqa: F401
 
 #: Top-level packages a default daemon never needs.
 UNUSED = (
@@ -47,22 +47,13 @@ def _imported(child: Child) -> set[str]:
 
 def test_a_default_daemon_imports_no_library_it_does_not_use(
     cluster: Cluster,  # noqa: F811 (the fixture imported above)
-    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     emulator = cluster.emulator()
-    config = {
-        "hipchat": {"api_token": TOKEN, "server_url": emulator.url, "room": "sensu"},
-        "hipchatd": {
-            "tcp": {"host": "127.0.0.1", "port": 0},
-            "udp": None,
-            "state_dir": str(cluster.state_dir),
-        },
-    }
-    path = tmp_path / "hipchatd.json"
-    path.write_text(json.dumps(config))
-    child = Child("serve", "--config", str(path), env={"PYTHONPROFILEIMPORTTIME": "1"})
-    cluster.children.append(child)
-    daemon = Daemon(child, cluster.state_dir)
+    # Read at interpreter start-up: the daemon started next writes the lines, not this process.
+    monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")
+    daemon = cluster.daemon(emulator)
+    child = daemon.child
     daemon.send(_event("footprint"))
     delivered = child.wait_logged("event.delivered")
     assert delivered["rooms"] == ["sensu"]
