@@ -52,6 +52,19 @@ def test_version() -> None:
     assert result.stdout.strip() == f"hipchatd {__version__}"
 
 
+def test_help_lists_the_emulator_as_its_package_does() -> None:
+    """Other commands leave the emulator's package unloaded; ``--help`` reads the same."""
+    assert cli._parser("serve").format_help() == cli._parser("emulator").format_help()
+    code = (
+        "import sys; from hipchatd import cli; cli._parser('serve'); "
+        "print(sorted(m for m in sys.modules if m.startswith('hipchatd.emulator')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
 def test_check_config_ok(tmp_path: Path) -> None:
     result = run("check-config", "--config", str(write_config(tmp_path / "a.json")))
     assert result.returncode == 0

@@ -40,11 +40,11 @@ import math
 import os
 import re
 import ssl
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
-import httpx
 import structlog
 import trio
 
@@ -67,6 +67,16 @@ from hipchatd.delivery.render import Message
 from hipchatd.delivery.routing import Target
 from hipchatd.errors import ConfigError
 from hipchatd.redaction import scrub
+
+# httpx's __init__ tries to import its command line client (click, then pygments, then
+# rich) and falls back on ImportError; whichever of them is installed stays loaded, though
+# the daemon never runs that client: about 2 MB of a daemon's memory where Flask's click and
+# pytest's pygments are installed (https://github.com/encode/httpx/blob/master/httpx/__init__.py).
+# A None in sys.modules makes that one import raise ModuleNotFoundError at once
+# (https://docs.python.org/3/reference/import.html#the-module-cache); typeshed types the
+# values as modules only.
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+import httpx  # noqa: E402
 
 __all__ = [
     "MAX_BODY_BYTES",
