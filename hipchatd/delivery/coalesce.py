@@ -46,7 +46,7 @@ arithmetically as events are added and built once per message.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from hipchatd.config import ApiVersion
@@ -65,7 +65,7 @@ from hipchatd.delivery.routing import Target
 from hipchatd.delivery.templated import Shaping, digest_text
 from hipchatd.sensu.events import Event
 
-__all__ = ["NAME_CHARS", "STATUS_ORDER", "SUMMARY_CHARS", "render_batch"]
+__all__ = ["NAME_CHARS", "STATUS_ORDER", "SUMMARY_CHARS", "FirstMessage", "render_batch"]
 
 #: Rendered characters of a line's summary: a chat line stays a line, and a
 #: message holds 40 or more checks even when every summary is this long.
@@ -200,7 +200,8 @@ def render_batch(
     The ranges are contiguous, in order, and cover every index exactly once;
     every message is at most MAX_MESSAGE_CHARS characters. One event gives
     exactly ``render(event, target, api_version)``; no events, no messages.
-    ``first_only`` stops after the first message (a lane sends one at a time).
+    ``first_only`` stops after the first message (a lane sends one at a time;
+    :class:`FirstMessage` packs it as the events come).
 
     With ``shaping``, its templates and documents (each event as Sensu sent
     it, by index) go to ``render``, and a message of several events uses
@@ -208,6 +209,10 @@ def render_batch(
     """
     if len(events) == 1:
         return [(_render_one(events, 0, target, api_version, shaping), range(1))]
+    if first_only:
+        first = FirstMessage(target, api_version, shaping)
+        first.add(events)
+        return [(first.message(), first.span)] if events else []
     as_html = sent_format(target) == "html"
     separator = len(_HTML_BREAK) if as_html else 1
     limit = MAX_MESSAGE_CHARS - len(mention_prefix(target))
@@ -219,14 +224,67 @@ def render_batch(
         item = _item(event, as_html, names)
         if not pack.add(item):
             packs.append(pack)
-            if first_only:
-                break
             pack = _Pack(index, separator, limit)
             pack.add(item)
-    if pack.stop > pack.start and not (first_only and packs):
+    if pack.stop > pack.start:
         packs.append(pack)
     sender = sender_name(target.username, api_version)
     return [(_message(p, events, target, api_version, sender, shaping), _span(p)) for p in packs]
+
+
+class FirstMessage:
+    """The first message of a target's pending events, packed as they are handed over.
+
+    A lane reads spilled events back in chunks until its next message is
+    full; each event is made a summary line once, however many chunks it
+    takes, and the text is built once, by :meth:`message`. Handed the same
+    events in any chunks, it gives ``render_batch(events, ..., first_only=True)[0]``.
+    """
+
+    __slots__ = ("_api_version", "_as_html", "_events", "_names", "_pack", "_shaping", "_target")
+
+    def __init__(
+        self, target: Target, api_version: ApiVersion, shaping: Shaping | None = None
+    ) -> None:
+        self._target = target
+        self._api_version = api_version
+        self._shaping = shaping
+        self._as_html = sent_format(target) == "html"
+        separator = len(_HTML_BREAK) if self._as_html else 1
+        self._pack = _Pack(0, separator, MAX_MESSAGE_CHARS - len(mention_prefix(target)))
+        self._events: list[Event] = []
+        # Name parts repeat across a storm (the same hosts, the same checks): cut each once.
+        self._names: dict[str, str] = {}
+
+    @property
+    def full(self) -> bool:
+        """An event handed over did not fit: the message takes no more."""
+        return self._pack.stop < len(self._events)
+
+    @property
+    def span(self) -> range:
+        """The indexes (in the order handed over) of the events the message shows."""
+        return _span(self._pack)
+
+    def add(self, events: Iterable[Event]) -> bool:
+        """Pack ``events`` after those handed over before; False once the message is full."""
+        if self.full:
+            return False
+        pack, handed = self._pack, self._events
+        for event in events:
+            handed.append(event)
+            if not pack.add(_item(event, self._as_html, self._names)):
+                return False
+        return True
+
+    def message(self) -> Message:
+        """The message for :attr:`span`; at least one event must have been handed over."""
+        if not self._events:
+            raise ValueError("no events to render")
+        sender = sender_name(self._target.username, self._api_version)
+        return _message(
+            self._pack, self._events, self._target, self._api_version, sender, self._shaping
+        )
 
 
 def _span(pack: _Pack) -> range:

@@ -47,7 +47,7 @@ from hipchatd.boundary import caught
 from hipchatd.clock import unix_now
 from hipchatd.config import HipChatSettings
 from hipchatd.delivery.budget import RateBudget
-from hipchatd.delivery.coalesce import render_batch
+from hipchatd.delivery.coalesce import FirstMessage
 from hipchatd.delivery.hipchat import HipChatClient, Outcome, OutcomeKind
 from hipchatd.delivery.routing import Target
 from hipchatd.delivery.spool import Entry, Spool, SpoolReadError
@@ -160,6 +160,8 @@ class Lane:
     waiting: trio.CancelScope | None = None
     #: That deadline passed: the oldest entry is expired, whatever float rounding says.
     expiry_due: bool = False
+    #: Entries the last full message held (0: none yet): about what the next one reads back.
+    fits: int = 0
 
     def add(self, pending: _Pending) -> None:
         """Queue one committed entry behind the others. Never blocks."""
@@ -271,13 +273,15 @@ class Lane:
         shared = self._shared
         settings = shared.settings()
         limit = min(len(self.items), MAX_BATCH)
-        size = min(limit, FIRST_CHUNK)
+        # As many as the last full message held, and a few more to find this one full.
+        size = min(limit, self.fits + self.fits // 8 + 1 if self.fits else FIRST_CHUNK)
         batch: list[_Pending] = []
-        events: list[Event] = []
         shaping = Shaping.of(settings, self.target)
+        first = FirstMessage(self.target, settings.api_version, shaping)
         while True:
             # Read back (and parse) only as many spilled entries as the first
             # message can hold: grow the batch while one message covers it all.
+            # Each event is packed once, however many reads it takes.
             more = [self.items[i] for i in range(len(batch), size)]
             try:
                 loaded = await _read_back(shared.spool, more)
@@ -301,15 +305,14 @@ class Lane:
                 grant.abandon()
                 return
             batch.extend(more)
-            events.extend(e for e in loaded if e is not None)
-            messages = render_batch(
-                events, self.target, settings.api_version, first_only=True, shaping=shaping
-            )
-            message, span = messages[0]
-            if span.stop < len(batch) or size >= limit:
+            if not first.add(e for e in loaded if e is not None):
+                self.fits = first.span.stop
+                break
+            if size >= limit:
                 break
             size = min(limit, size * 2)
-        covered = batch[span.start : span.stop]
+        message = first.message()
+        covered = batch[: first.span.stop]
         bind_contextvars(event_id=covered[0].ticket.event_id)
         with self._until_expiry() as waiting:
             await shared.limiter.acquire()
