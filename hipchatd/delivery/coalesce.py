@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from hipchatd.config import ApiVersion
 from hipchatd.delivery.mentions import finish_text, mention_prefix, sent_format
@@ -90,9 +90,12 @@ _NON_SPACE = re.compile(r"\S")
 _FIRST_LINE = re.compile(rf"\S[^\r\n]{{0,{SUMMARY_CHARS}}}")
 
 
-@dataclass(frozen=True, slots=True)
-class _Item:
-    """What a line needs of one event, rendered once."""
+class _Item(NamedTuple):
+    """What a line needs of one event, rendered once.
+
+    A named tuple: made once per event in a storm, it is built in C, where a
+    frozen dataclass sets each field through ``object.__setattr__``.
+    """
 
     key: tuple[str, str, str]
     #: index of the status word in STATUS_ORDER
