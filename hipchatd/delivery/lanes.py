@@ -372,7 +372,7 @@ class Lane:
             metrics.sent[settings.api_version].inc()
             for p in covered:
                 metrics.notification_latency.observe(max(0.0, now - p.accepted_at))
-                p.ticket.finish(self.target.name, None, p.attempts + 1)
+                p.ticket.finish(self.target.name, None, p.attempts + 1, now)
             if len(covered) > 1:
                 log.info("delivery.coalesced", room=self.target.name, events=len(covered), ms=ms)
             return
