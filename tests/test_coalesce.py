@@ -433,6 +433,21 @@ def test_first_message_packs_each_event_once_and_needs_one(
     assert first.message() == render_batch(events, HTML, "v2")[0][0]
 
 
+def test_first_message_room_is_what_lines_as_long_as_those_so_far_take() -> None:
+    events = [ev(f"check-{i:03}", output="x" * 900) for i in range(200)]
+    first = FirstMessage(HTML, "v2")
+    assert first.room() == 1
+    first.add(events[:10])
+    guess = 10 + first.room()
+    assert not first.add(events[10:])
+    # One past the last that fits: enough to find the message full, no more.
+    assert guess == first.span.stop + 1
+    # Updates of one check fold into its line: the room is far larger.
+    folded = FirstMessage(HTML, "v2")
+    folded.add([ev("check-disk", output="x" * 900)] * 10)
+    assert folded.room() > 5 * guess
+
+
 # --- mentions --------------------------------------------------------------------------------
 
 ZW = "\u200b"

@@ -269,6 +269,19 @@ class FirstMessage:
         """The indexes (in the order handed over) of the events the message shows."""
         return _span(self._pack)
 
+    def room(self) -> int:
+        """About how many more events the message takes (at least one), judged by those so far.
+
+        Exact for events whose lines are as long as the average so far; many
+        events folded into few lines make it large.
+        """
+        pack = self._pack
+        packed = pack.stop - pack.start
+        if not packed:
+            return 1
+        per_event = max(1.0, (pack.length - pack.header_length) / packed)
+        return int((pack.limit - pack.length) / per_event) + 1
+
     def add(self, events: Iterable[Event]) -> bool:
         """Pack ``events`` after those handed over before; False once the message is full."""
         if self.full:

@@ -68,8 +68,12 @@ BACKOFF_FACTOR = 2.0
 BACKOFF_CAP = 60.0
 #: Entries rendered for one attempt at most: bounds the work of one send after a long outage.
 MAX_BATCH = 2000
-#: Entries first considered for one message; doubled while one message still holds them all.
+#: Entries first considered for one message while the lane has not yet filled one; more
+#: are read while one message still holds them all, as many as its room looks to take.
 FIRST_CHUNK = 128
+#: Entries read past what the lane's last full message held: one to find the next one full,
+#: one for a line a little longer. A spilled entry read and not sent is read again later.
+FIT_SLACK = 2
 #: Seconds an empty lane waits for its target's next entry before its task ends and
 #: the lane is dropped: a burst to one room keeps its lane, while rooms named once in
 #: event data (about 4 KB of task and lane each) are held only this long.
@@ -273,8 +277,8 @@ class Lane:
         shared = self._shared
         settings = shared.settings()
         limit = min(len(self.items), MAX_BATCH)
-        # As many as the last full message held, and a few more to find this one full.
-        size = min(limit, self.fits + self.fits // 8 + 1 if self.fits else FIRST_CHUNK)
+        # As many as the last full message held, and a little more to find this one full.
+        size = min(limit, self.fits + FIT_SLACK if self.fits else FIRST_CHUNK)
         batch: list[_Pending] = []
         shaping = Shaping.of(settings, self.target)
         first = FirstMessage(self.target, settings.api_version, shaping)
@@ -310,7 +314,7 @@ class Lane:
                 break
             if size >= limit:
                 break
-            size = min(limit, size * 2)
+            size = min(limit, size + first.room())
         message = first.message()
         covered = batch[: first.span.stop]
         bind_contextvars(event_id=covered[0].ticket.event_id)
