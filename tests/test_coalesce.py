@@ -431,6 +431,16 @@ def test_first_message_packs_each_event_once_and_needs_one(
     # The lines so far, and the one that did not fit: each made once.
     assert made == events[: first.span.stop + 1]
     assert first.message() == render_batch(events, HTML, "v2")[0][0]
+    # A lone event is its normal message: no line is made for it.
+    made.clear()
+    lone = FirstMessage(HTML, "v2")
+    assert lone.add(events[:1])
+    assert (lone.message(), lone.span, lone.full) == (
+        render(events[0], HTML, "v2"),
+        range(1),
+        False,
+    )
+    assert made == []
 
 
 def test_first_message_room_is_what_lines_as_long_as_those_so_far_take() -> None:

@@ -147,7 +147,7 @@ class _Pack:
         #: status words with a non-zero count
         self.kinds = 0
         #: ``len(_header(...))``; "0 events: " while empty
-        self.header_length = len(_header(0, self.counts))
+        self.header_length = _EMPTY_HEADER_CHARS
         #: the whole message: the header, then separator and text per line
         self.length = self.header_length
         self.separator = separator
@@ -242,6 +242,7 @@ class FirstMessage:
     full; each event is made a summary line once, however many chunks it
     takes, and the text is built once, by :meth:`message`. Handed the same
     events in any chunks, it gives ``render_batch(events, ..., first_only=True)[0]``.
+    A lone event is its normal message: its line is made only once another comes.
     """
 
     __slots__ = ("_api_version", "_as_html", "_events", "_names", "_pack", "_shaping", "_target")
@@ -262,12 +263,18 @@ class FirstMessage:
     @property
     def full(self) -> bool:
         """An event handed over did not fit: the message takes no more."""
-        return self._pack.stop < len(self._events)
+        handed = len(self._events)
+        return handed > 1 and self._pack.stop < handed
 
     @property
     def span(self) -> range:
         """The indexes (in the order handed over) of the events the message shows."""
-        return _span(self._pack)
+        return range(1) if len(self._events) == 1 else _span(self._pack)
+
+    def _pack_lone(self) -> None:
+        """Make the line of the first event, handed over alone so far."""
+        if self._pack.stop == 0 and self._events:
+            self._pack.add(_item(self._events[0], self._as_html, self._names))
 
     def room(self) -> int:
         """About how many more events the message takes (at least one), judged by those so far.
@@ -275,6 +282,7 @@ class FirstMessage:
         Exact for events whose lines are as long as the average so far; many
         events folded into few lines make it large.
         """
+        self._pack_lone()
         pack = self._pack
         packed = pack.stop - pack.start
         if not packed:
@@ -289,6 +297,9 @@ class FirstMessage:
         pack, handed = self._pack, self._events
         for event in events:
             handed.append(event)
+            if len(handed) == 1:
+                continue
+            self._pack_lone()
             if not pack.add(_item(event, self._as_html, self._names)):
                 return False
         return True
@@ -297,6 +308,8 @@ class FirstMessage:
         """The message for :attr:`span`; at least one event must have been handed over."""
         if not self._events:
             raise ValueError("no events to render")
+        if len(self._events) == 1:
+            return _render_one(self._events, 0, self._target, self._api_version, self._shaping)
         sender = sender_name(self._target.username, self._api_version)
         return _message(
             self._pack, self._events, self._target, self._api_version, sender, self._shaping
@@ -338,6 +351,10 @@ def _message(
 def _header(total: int, counts: Sequence[int]) -> str:
     parts = [f"{n} {word.lower()}" for word, n in zip(STATUS_ORDER, counts, strict=True) if n]
     return f"{total} events: {', '.join(parts)}"
+
+
+#: ``len(_header(0, ...))`` with every count 0: where an empty message's length starts.
+_EMPTY_HEADER_CHARS = len(_header(0, [0] * len(STATUS_ORDER)))
 
 
 def _updates(count: int) -> str:
