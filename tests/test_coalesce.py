@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 from collections.abc import Sequence
@@ -12,7 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hipchatd.delivery.coalesce import NAME_CHARS, SUMMARY_CHARS, render_batch
+from hipchatd.delivery import coalesce
+from hipchatd.delivery.coalesce import NAME_CHARS, SUMMARY_CHARS, FirstMessage, render_batch
 from hipchatd.delivery.render import MAX_MESSAGE_CHARS, Message, render
 from hipchatd.delivery.routing import Target
 from hipchatd.sensu.events import Event
@@ -382,6 +384,78 @@ def test_first_only_gives_the_first_message_of_the_full_batch() -> None:
     full = render_batch(events, HTML, "v2")
     assert len(full) > 1
     assert render_batch(events, HTML, "v2", first_only=True) == full[:1]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    events=st.lists(events_strategy, min_size=1, max_size=60),
+    cuts=st.lists(st.integers(0, 60), max_size=4),
+    fmt=st.sampled_from(["html", "text"]),
+)
+def test_first_message_handed_events_in_chunks_is_the_first_of_the_batch(
+    events: list[Event], cuts: list[int], fmt: Any
+) -> None:
+    target = replace(HTML, message_format=fmt)
+    [(expected, span)] = render_batch(events, target, "v2", first_only=True)
+    first = FirstMessage(target, "v2")
+    bounds = [0, *sorted(min(cut, len(events)) for cut in cuts), len(events)]
+    taken = [first.add(events[a:b]) for a, b in itertools.pairwise(bounds)]
+    assert (first.message(), first.span) == (expected, span)
+    # Full exactly when an event did not fit, and then it takes no more.
+    assert first.full is (span.stop < len(events))
+    assert taken[-1] is not first.full
+    if first.full:
+        assert not first.add(events)
+        assert first.span == span
+
+
+def test_first_message_packs_each_event_once_and_needs_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made: list[Event] = []
+    real = coalesce._item
+
+    def counted(event: Event, *args: Any) -> Any:
+        made.append(event)
+        return real(event, *args)
+
+    monkeypatch.setattr(coalesce, "_item", counted)
+    events = [ev(f"check-{i}", output="x" * 900) for i in range(80)]
+    first = FirstMessage(HTML, "v2")
+    with pytest.raises(ValueError, match="no events"):
+        first.message()
+    assert first.add(events[:4])
+    assert first.add(events[4:8])
+    assert not first.add(events[8:])
+    assert not first.add(events)
+    # The lines so far, and the one that did not fit: each made once.
+    assert made == events[: first.span.stop + 1]
+    assert first.message() == render_batch(events, HTML, "v2")[0][0]
+    # A lone event is its normal message: no line is made for it.
+    made.clear()
+    lone = FirstMessage(HTML, "v2")
+    assert lone.add(events[:1])
+    assert (lone.message(), lone.span, lone.full) == (
+        render(events[0], HTML, "v2"),
+        range(1),
+        False,
+    )
+    assert made == []
+
+
+def test_first_message_room_is_what_lines_as_long_as_those_so_far_take() -> None:
+    events = [ev(f"check-{i:03}", output="x" * 900) for i in range(200)]
+    first = FirstMessage(HTML, "v2")
+    assert first.room() == 1
+    first.add(events[:10])
+    guess = 10 + first.room()
+    assert not first.add(events[10:])
+    # One past the last that fits: enough to find the message full, no more.
+    assert guess == first.span.stop + 1
+    # Updates of one check fold into its line: the room is far larger.
+    folded = FirstMessage(HTML, "v2")
+    folded.add([ev("check-disk", output="x" * 900)] * 10)
+    assert folded.room() > 5 * guess
 
 
 # --- mentions --------------------------------------------------------------------------------

@@ -154,6 +154,30 @@ async def test_v2_room_path_is_sent_byte_for_byte(name: str, segment: str) -> No
     assert recorder.only.url.raw_path == f"/v2/room/{segment}/notification".encode()
 
 
+async def test_request_urls_are_made_once_per_path_and_a_few_hundred_kept() -> None:
+    recorder = Recorder(204)
+    rooms = [f"room-{i}" for i in range(client_module._URLS_KEPT + 50)]
+    async with hipchat(recorder, server_url="https://hipchat.example/prefix/") as client:
+        for name in [*rooms, rooms[-1], rooms[0]]:
+            target = Target(
+                kind="room", name=name, notify=False, username="u", message_format="text"
+            )
+            assert (await client.send(target, MESSAGE)).kind is OutcomeKind.SENT
+        kept = dict(client._urls)
+        last = f"/v2/room/{rooms[-1]}/notification".encode()
+        # The same URL again for a room just sent to, not one made again.
+        assert client._url(last) is kept[last]
+    paths = [r.url.raw_path for r in recorder.requests]
+    assert paths == [
+        f"/prefix/v2/room/{n}/notification".encode() for n in [*rooms, rooms[-1], rooms[0]]
+    ]
+    assert {r.url.host for r in recorder.requests} == {"hipchat.example"}
+    # The oldest rooms were let go (room-0 came back last).
+    assert len(kept) == client_module._URLS_KEPT
+    assert b"/v2/room/room-0/notification" in kept
+    assert b"/v2/room/room-1/notification" not in kept
+
+
 # --- request shapes ----------------------------------------------------------
 
 

@@ -466,17 +466,17 @@ async def test_an_exception_before_sending_gives_the_grant_back(
     quick_clock: trio.testing.MockClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real = lanes.render_batch
     calls = 0
 
-    def render_once_broken(*args: Any, **kwargs: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise ValueError("a bug in rendering")
-        return real(*args, **kwargs)
+    class RenderOnceBroken(lanes.FirstMessage):
+        def message(self) -> Message:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise ValueError("a bug in rendering")
+            return super().message()
 
-    monkeypatch.setattr(lanes, "render_batch", render_once_broken)
+    monkeypatch.setattr(lanes, "FirstMessage", RenderOnceBroken)
     budget = BlockedBudget()
     budget.opened.set()
     with trio.fail_after(600), capture_logs() as logs:

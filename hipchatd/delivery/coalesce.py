@@ -46,8 +46,8 @@ arithmetically as events are added and built once per message.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 from hipchatd.config import ApiVersion
 from hipchatd.delivery.mentions import finish_text, mention_prefix, sent_format
@@ -65,7 +65,7 @@ from hipchatd.delivery.routing import Target
 from hipchatd.delivery.templated import Shaping, digest_text
 from hipchatd.sensu.events import Event
 
-__all__ = ["NAME_CHARS", "STATUS_ORDER", "SUMMARY_CHARS", "render_batch"]
+__all__ = ["NAME_CHARS", "STATUS_ORDER", "SUMMARY_CHARS", "FirstMessage", "render_batch"]
 
 #: Rendered characters of a line's summary: a chat line stays a line, and a
 #: message holds 40 or more checks even when every summary is this long.
@@ -90,9 +90,12 @@ _NON_SPACE = re.compile(r"\S")
 _FIRST_LINE = re.compile(rf"\S[^\r\n]{{0,{SUMMARY_CHARS}}}")
 
 
-@dataclass(frozen=True, slots=True)
-class _Item:
-    """What a line needs of one event, rendered once."""
+class _Item(NamedTuple):
+    """What a line needs of one event, rendered once.
+
+    A named tuple: made once per event in a storm, it is built in C, where a
+    frozen dataclass sets each field through ``object.__setattr__``.
+    """
 
     key: tuple[str, str, str]
     #: index of the status word in STATUS_ORDER
@@ -144,7 +147,7 @@ class _Pack:
         #: status words with a non-zero count
         self.kinds = 0
         #: ``len(_header(...))``; "0 events: " while empty
-        self.header_length = len(_header(0, self.counts))
+        self.header_length = _EMPTY_HEADER_CHARS
         #: the whole message: the header, then separator and text per line
         self.length = self.header_length
         self.separator = separator
@@ -200,7 +203,8 @@ def render_batch(
     The ranges are contiguous, in order, and cover every index exactly once;
     every message is at most MAX_MESSAGE_CHARS characters. One event gives
     exactly ``render(event, target, api_version)``; no events, no messages.
-    ``first_only`` stops after the first message (a lane sends one at a time).
+    ``first_only`` stops after the first message (a lane sends one at a time;
+    :class:`FirstMessage` packs it as the events come).
 
     With ``shaping``, its templates and documents (each event as Sensu sent
     it, by index) go to ``render``, and a message of several events uses
@@ -208,6 +212,10 @@ def render_batch(
     """
     if len(events) == 1:
         return [(_render_one(events, 0, target, api_version, shaping), range(1))]
+    if first_only:
+        first = FirstMessage(target, api_version, shaping)
+        first.add(events)
+        return [(first.message(), first.span)] if events else []
     as_html = sent_format(target) == "html"
     separator = len(_HTML_BREAK) if as_html else 1
     limit = MAX_MESSAGE_CHARS - len(mention_prefix(target))
@@ -219,14 +227,93 @@ def render_batch(
         item = _item(event, as_html, names)
         if not pack.add(item):
             packs.append(pack)
-            if first_only:
-                break
             pack = _Pack(index, separator, limit)
             pack.add(item)
-    if pack.stop > pack.start and not (first_only and packs):
+    if pack.stop > pack.start:
         packs.append(pack)
     sender = sender_name(target.username, api_version)
     return [(_message(p, events, target, api_version, sender, shaping), _span(p)) for p in packs]
+
+
+class FirstMessage:
+    """The first message of a target's pending events, packed as they are handed over.
+
+    A lane reads spilled events back in chunks until its next message is
+    full; each event is made a summary line once, however many chunks it
+    takes, and the text is built once, by :meth:`message`. Handed the same
+    events in any chunks, it gives ``render_batch(events, ..., first_only=True)[0]``.
+    A lone event is its normal message: its line is made only once another comes.
+    """
+
+    __slots__ = ("_api_version", "_as_html", "_events", "_names", "_pack", "_shaping", "_target")
+
+    def __init__(
+        self, target: Target, api_version: ApiVersion, shaping: Shaping | None = None
+    ) -> None:
+        self._target = target
+        self._api_version = api_version
+        self._shaping = shaping
+        self._as_html = sent_format(target) == "html"
+        separator = len(_HTML_BREAK) if self._as_html else 1
+        self._pack = _Pack(0, separator, MAX_MESSAGE_CHARS - len(mention_prefix(target)))
+        self._events: list[Event] = []
+        # Name parts repeat across a storm (the same hosts, the same checks): cut each once.
+        self._names: dict[str, str] = {}
+
+    @property
+    def full(self) -> bool:
+        """An event handed over did not fit: the message takes no more."""
+        handed = len(self._events)
+        return handed > 1 and self._pack.stop < handed
+
+    @property
+    def span(self) -> range:
+        """The indexes (in the order handed over) of the events the message shows."""
+        return range(1) if len(self._events) == 1 else _span(self._pack)
+
+    def _pack_lone(self) -> None:
+        """Make the line of the first event, handed over alone so far."""
+        if self._pack.stop == 0 and self._events:
+            self._pack.add(_item(self._events[0], self._as_html, self._names))
+
+    def room(self) -> int:
+        """About how many more events the message takes (at least one), judged by those so far.
+
+        Exact for events whose lines are as long as the average so far; many
+        events folded into few lines make it large.
+        """
+        self._pack_lone()
+        pack = self._pack
+        packed = pack.stop - pack.start
+        if not packed:
+            return 1
+        per_event = max(1.0, (pack.length - pack.header_length) / packed)
+        return int((pack.limit - pack.length) / per_event) + 1
+
+    def add(self, events: Iterable[Event]) -> bool:
+        """Pack ``events`` after those handed over before; False once the message is full."""
+        if self.full:
+            return False
+        pack, handed = self._pack, self._events
+        for event in events:
+            handed.append(event)
+            if len(handed) == 1:
+                continue
+            self._pack_lone()
+            if not pack.add(_item(event, self._as_html, self._names)):
+                return False
+        return True
+
+    def message(self) -> Message:
+        """The message for :attr:`span`; at least one event must have been handed over."""
+        if not self._events:
+            raise ValueError("no events to render")
+        if len(self._events) == 1:
+            return _render_one(self._events, 0, self._target, self._api_version, self._shaping)
+        sender = sender_name(self._target.username, self._api_version)
+        return _message(
+            self._pack, self._events, self._target, self._api_version, sender, self._shaping
+        )
 
 
 def _span(pack: _Pack) -> range:
@@ -264,6 +351,10 @@ def _message(
 def _header(total: int, counts: Sequence[int]) -> str:
     parts = [f"{n} {word.lower()}" for word, n in zip(STATUS_ORDER, counts, strict=True) if n]
     return f"{total} events: {', '.join(parts)}"
+
+
+#: ``len(_header(0, ...))`` with every count 0: where an empty message's length starts.
+_EMPTY_HEADER_CHARS = len(_header(0, [0] * len(STATUS_ORDER)))
 
 
 def _updates(count: int) -> str:

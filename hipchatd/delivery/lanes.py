@@ -47,7 +47,7 @@ from hipchatd.boundary import caught
 from hipchatd.clock import unix_now
 from hipchatd.config import HipChatSettings
 from hipchatd.delivery.budget import RateBudget
-from hipchatd.delivery.coalesce import render_batch
+from hipchatd.delivery.coalesce import FirstMessage
 from hipchatd.delivery.hipchat import HipChatClient, Outcome, OutcomeKind
 from hipchatd.delivery.routing import Target
 from hipchatd.delivery.spool import Entry, Spool, SpoolReadError
@@ -68,8 +68,12 @@ BACKOFF_FACTOR = 2.0
 BACKOFF_CAP = 60.0
 #: Entries rendered for one attempt at most: bounds the work of one send after a long outage.
 MAX_BATCH = 2000
-#: Entries first considered for one message; doubled while one message still holds them all.
+#: Entries first considered for one message while the lane has not yet filled one; more
+#: are read while one message still holds them all, as many as its room looks to take.
 FIRST_CHUNK = 128
+#: Entries read past what the lane's last full message held: one to find the next one full,
+#: one for a line a little longer. A spilled entry read and not sent is read again later.
+FIT_SLACK = 2
 #: Seconds an empty lane waits for its target's next entry before its task ends and
 #: the lane is dropped: a burst to one room keeps its lane, while rooms named once in
 #: event data (about 4 KB of task and lane each) are held only this long.
@@ -160,6 +164,8 @@ class Lane:
     waiting: trio.CancelScope | None = None
     #: That deadline passed: the oldest entry is expired, whatever float rounding says.
     expiry_due: bool = False
+    #: Entries the last full message held (0: none yet): about what the next one reads back.
+    fits: int = 0
 
     def add(self, pending: _Pending) -> None:
         """Queue one committed entry behind the others. Never blocks."""
@@ -271,13 +277,15 @@ class Lane:
         shared = self._shared
         settings = shared.settings()
         limit = min(len(self.items), MAX_BATCH)
-        size = min(limit, FIRST_CHUNK)
+        # As many as the last full message held, and a little more to find this one full.
+        size = min(limit, self.fits + FIT_SLACK if self.fits else FIRST_CHUNK)
         batch: list[_Pending] = []
-        events: list[Event] = []
         shaping = Shaping.of(settings, self.target)
+        first = FirstMessage(self.target, settings.api_version, shaping)
         while True:
             # Read back (and parse) only as many spilled entries as the first
             # message can hold: grow the batch while one message covers it all.
+            # Each event is packed once, however many reads it takes.
             more = [self.items[i] for i in range(len(batch), size)]
             try:
                 loaded = await _read_back(shared.spool, more)
@@ -301,15 +309,14 @@ class Lane:
                 grant.abandon()
                 return
             batch.extend(more)
-            events.extend(e for e in loaded if e is not None)
-            messages = render_batch(
-                events, self.target, settings.api_version, first_only=True, shaping=shaping
-            )
-            message, span = messages[0]
-            if span.stop < len(batch) or size >= limit:
+            if not first.add(e for e in loaded if e is not None):
+                self.fits = first.span.stop
                 break
-            size = min(limit, size * 2)
-        covered = batch[span.start : span.stop]
+            if size >= limit:
+                break
+            size = min(limit, size + first.room())
+        message = first.message()
+        covered = batch[: first.span.stop]
         bind_contextvars(event_id=covered[0].ticket.event_id)
         with self._until_expiry() as waiting:
             await shared.limiter.acquire()
@@ -369,7 +376,7 @@ class Lane:
             metrics.sent[settings.api_version].inc()
             for p in covered:
                 metrics.notification_latency.observe(max(0.0, now - p.accepted_at))
-                p.ticket.finish(self.target.name, None, p.attempts + 1)
+                p.ticket.finish(self.target.name, None, p.attempts + 1, now)
             if len(covered) > 1:
                 log.info("delivery.coalesced", room=self.target.name, events=len(covered), ms=ms)
             return

@@ -340,7 +340,10 @@ def clip(value: str, cap: int, as_html: bool) -> str:
     most ``cap`` characters of ``value`` are read, so a megabyte costs no more
     than a short text.
     """
-    if not _rendered_len_at_least(value, cap + 1, as_html):
-        return _render_piece(value, as_html)
+    if len(value) <= cap:
+        # Every character renders to at least one: only a value this short may fit whole.
+        rendered = _render_piece(value, as_html)
+        if len(rendered) <= cap:
+            return rendered
     keep = _fit_prefix(value, cap - len(_ELLIPSIS), as_html)
     return _render_piece(value[:keep], as_html) + _ELLIPSIS

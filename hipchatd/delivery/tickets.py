@@ -37,8 +37,14 @@ class Ticket:
     failures: list[str] | None = None
     attempts: int = 1
 
-    def finish(self, room: str, failure: str | None, attempts: int) -> None:
-        """One target is done (``failure`` None: sent); the last one logs the event's summary."""
+    def finish(
+        self, room: str, failure: str | None, attempts: int, now: float | None = None
+    ) -> None:
+        """One target is done (``failure`` None: sent); the last one logs the event's summary.
+
+        ``now``: the Unix time it was done, when the caller has it (one attempt
+        finishes many events at once); else the time now.
+        """
         if self.rooms is None:
             self.rooms = []
         self.rooms.append(room)
@@ -56,7 +62,7 @@ class Ticket:
             "source": self.source,
             "check": self.check,
             "rooms": self.rooms,
-            "ms": round((unix_now() - self.accepted_at) * 1000, 1),
+            "ms": round(((unix_now() if now is None else now) - self.accepted_at) * 1000, 1),
         }
         if self.attempts > 1:
             fields["attempts"] = self.attempts
