@@ -187,6 +187,8 @@ class Request:
     at: float
     target: str
     body: bytes
+    #: header names (lower case) -> values, as sent
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -263,11 +265,12 @@ class HostileHipChat:
         head = bytes(buffer[:end]).decode("latin-1")
         del buffer[:end]
         request_line, *header_lines = head.split("\r\n")
-        length = 0
+        headers = {}
         for line in header_lines:
             name, _, value = line.partition(":")
-            if name.strip().lower() == "content-length":
-                length = int(value)
+            if name:
+                headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "0"))
         while len(buffer) < length:
             data = await stream.receive_some(CHUNK)
             if not data:
@@ -275,4 +278,5 @@ class HostileHipChat:
             buffer += data
         body = bytes(buffer[:length])
         del buffer[:length]
-        return Request(at=trio.current_time(), target=request_line.split(" ")[1], body=body)
+        target = request_line.split(" ")[1]
+        return Request(at=trio.current_time(), target=target, body=body, headers=headers)

@@ -51,6 +51,7 @@ from hipchatd.delivery.hipchat import (
 from hipchatd.delivery.render import Message
 from hipchatd.delivery.routing import Target
 from hipchatd.errors import ConfigError
+from tests.hostile_hipchat import HostileHipChat, answer
 
 # "+", "/" and "=" make the URL-encoded forms of the token differ from the token.
 TOKEN = "s3cr3tT0ken+abc/def=="
@@ -1204,6 +1205,40 @@ async def test_make_http_client_configuration() -> None:
         pool = http._transport._pool  # type: ignore[attr-defined]
         assert pool._max_connections == 7
         assert pool._max_keepalive_connections == 7
+
+
+async def test_the_daemons_client_keeps_no_cookie_and_sends_compact_json(
+    nursery: trio.Nursery,
+) -> None:
+    # HipChat authenticates every request by its token: a cookie a server (or a
+    # balancer in front of it) sets is never sent back.
+    server = HostileHipChat()
+    server.then(answer(204, [("Set-Cookie", "session=abc; Path=/")]))
+    await nursery.start(server.serve)
+    async with make_http_client(settings(server_url=server.url), concurrency=1) as http:
+        client = HipChatClient(settings(server_url=server.url), http)
+        outcomes = [await client.send(ROOM, MESSAGE) for _ in range(2)]
+        assert not http.cookies
+    assert [o.kind for o in outcomes] == [OutcomeKind.SENT, OutcomeKind.SENT]
+    assert [r.headers.get("cookie") for r in server.requests] == [None, None]
+    sent = server.requests[1]
+    assert sent.headers["content-type"] == "application/json"
+    assert sent.headers["authorization"] == f"Bearer {TOKEN}"
+    compact = json.dumps(server.delivered[-1], separators=(",", ":"), ensure_ascii=False)
+    assert sent.body == compact.encode()
+
+
+async def test_the_daemons_client_once_closed_sends_nothing(nursery: trio.Nursery) -> None:
+    server = HostileHipChat()
+    await nursery.start(server.serve)
+    async with make_http_client(settings(server_url=server.url), concurrency=1) as http:
+        client = HipChatClient(settings(server_url=server.url), http)
+    with capture_logs() as logs:
+        outcome = await client.send(ROOM, MESSAGE)
+    assert outcome.kind is OutcomeKind.TRANSPORT_ERROR
+    assert outcome.error == "unexpected RuntimeError: the HTTP client is closed"
+    assert [line["event"] for line in logs] == ["hipchat.request_failed"]
+    assert server.requests == []
 
 
 @pytest.mark.parametrize("content", [None, "not a certificate\n"])

@@ -66,6 +66,7 @@ from hipchatd.delivery.outcome import (
 from hipchatd.delivery.render import Message
 from hipchatd.delivery.routing import Target
 from hipchatd.errors import ConfigError
+from hipchatd.jsontext import dumps
 from hipchatd.redaction import scrub
 
 # httpx's __init__ tries to import its command line client (click, then pygments, then
@@ -173,7 +174,10 @@ def make_http_client(settings: HipChatSettings, concurrency: int) -> httpx.Async
     """
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     verify = _ssl_context(settings.ca_file)
-    return httpx.AsyncClient(
+    # The transport httpx would make itself when every request goes direct.
+    direct = httpx.AsyncHTTPTransport(verify=verify, trust_env=False, limits=limits)
+    return _Client(
+        _egress(settings.proxy, verify, limits) or direct,
         headers={
             "User-Agent": f"hipchatd/{__version__}",
             "Accept": "application/json",
@@ -184,8 +188,19 @@ def make_http_client(settings: HipChatSettings, concurrency: int) -> httpx.Async
         verify=verify,
         trust_env=False,
         follow_redirects=False,
-        transport=_egress(settings.proxy, verify, limits),
     )
+
+
+class _Client(httpx.AsyncClient):
+    """An AsyncClient that builds requests for :class:`HipChatClient` to send through ``transport``.
+
+    ``AsyncClient.send`` adds what the API never uses: auth and redirect flows,
+    and cookies (about a sixth of a request's CPU). Every request carries the token.
+    """
+
+    def __init__(self, transport: httpx.AsyncBaseTransport, **settings: Any) -> None:
+        super().__init__(transport=transport, **settings)
+        self.transport = transport
 
 
 def _egress(
@@ -254,6 +269,7 @@ class HipChatClient:
     def __init__(self, settings: HipChatSettings, http: httpx.AsyncClient) -> None:
         self._settings = settings
         self._http = http
+        self._direct = http.transport if isinstance(http, _Client) else None
         self._api_version: ApiVersion = settings.api_version
         base = httpx.URL(settings.server_url)
         self._origin = base.copy_with(raw_path=b"/", fragment=None)
@@ -346,9 +362,8 @@ class HipChatClient:
 
     async def _post_json(self, path: bytes, body: dict[str, Any]) -> Outcome:
         token = self._settings.api_token.reveal()
-        return await self._post(
-            path, token, headers={"Authorization": f"Bearer {token}"}, json_body=body
-        )
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        return await self._post(path, token, headers=headers, content=dumps(body))
 
     async def _post_form(self, fields: dict[str, str]) -> Outcome:
         token = self._settings.api_token.reveal()
@@ -362,15 +377,20 @@ class HipChatClient:
         token: str,
         *,
         headers: dict[str, str] | None = None,
-        json_body: dict[str, Any] | None = None,
+        content: bytes | None = None,
         form: dict[str, str] | None = None,
     ) -> Outcome:
         try:
             url = self._url(path)
             request = self._http.build_request(
-                "POST", url, headers=headers, json=json_body, data=form
+                "POST", url, headers=headers, content=content, data=form
             )
-            response = await self._http.send(request, stream=True)
+            if self._direct is None:
+                response = await self._http.send(request, stream=True)
+            elif self._http.is_closed:
+                raise RuntimeError("the HTTP client is closed")
+            else:
+                response = await self._direct.handle_async_request(request)
         except httpx.TimeoutException as exc:
             # Only with a client that has httpx timeouts (ours has none).
             return Outcome(OutcomeKind.TIMEOUT, error=_clean(_describe(exc), token))
