@@ -14,6 +14,10 @@ from typing import Any
 
 __all__ = ["markdown", "plot", "targets", "write"]
 
+#: The goals of the ingest targets: the daemon's rate over the bare trio server's.
+INGEST_GOAL = 0.7
+STREAM_GOAL = 0.5
+
 
 def _n(value: float | None, unit: str = "", digits: int = 0) -> str:
     if value is None:
@@ -106,10 +110,12 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     if ingest:
         spool = results["meta"].get("spool_available")
         note = "" if spool else "spool not available yet: measured without it"
-        out.append(_against_bare("Sensu-style ingest, spool on, vs bare trio", ingest, 0.7, note))
+        out.append(
+            _against_bare("Sensu-style ingest, spool on, vs bare trio", ingest, INGEST_GOAL, note)
+        )
     stream = _get(results, "stream")
     if stream:
-        out.append(_against_bare("NDJSON streams vs bare trio", stream, 0.5))
+        out.append(_against_bare("NDJSON streams vs bare trio", stream, STREAM_GOAL))
     delivery = _get(results, "delivery")
     if delivery:
         d, c, r = delivery["daemon"]["rate"], delivery["ceiling"]["rate"], delivery["ratio"]
@@ -214,7 +220,22 @@ def _ingest_rows(results: dict[str, Any]) -> list[Measurement]:
             ratio = (v["rate"] or 0) / c["rate"]
             note = f"ratio {_ratio(ratio)}; {_n(v['sent'])} events{_cpu_notes(v)}"
             rows.append((label, _n(v["rate"], "ev/s") + _cpu(v), "bare trio (above)", note))
+    undelivered = _get(results, "ingest_undelivered")
+    if undelivered:
+        label = "1. Sensu-style ingest, HipChat unreachable (spooled, not delivered)"
+        rows.append(_stage_row(label, undelivered))
     return rows
+
+
+def _stage_row(label: str, stage: dict[str, Any]) -> Measurement:
+    """A stage of ingest against the bare-server phase run just before it."""
+    d, c = stage["daemon"], stage["ceiling"]
+    return (
+        label,
+        _n(d["rate"], "ev/s") + _cpu(d),
+        _n(c["rate"], "ev/s") + _cpu(c) + " bare trio, run just before",
+        f"ratio {_ratio(stage['ratio'])}; {_n(d['sent'])} events{_cpu_notes(d, stage)}",
+    )
 
 
 def _stream_rows(results: dict[str, Any]) -> list[Measurement]:
@@ -234,6 +255,12 @@ def _stream_rows(results: dict[str, Any]) -> list[Measurement]:
                 f"ratio {_ratio(stream['ratio'])}{_cpu_notes(d, stream)}",
             )
         )
+        for key, what in (
+            ("filtered", "events filtered (status 0)"),
+            ("undelivered", "HipChat unreachable (spooled, not delivered)"),
+        ):
+            if stream.get(key):
+                rows.append(_stage_row(f"2. NDJSON stream ingest, {what}", stream[key]))
     udp = _get(results, "udp")
     if udp:
         c = udp.get("ceiling_blast", {})
@@ -420,6 +447,64 @@ def _pg_rows(results: dict[str, Any]) -> list[Measurement]:
     return rows
 
 
+#: One stage of ingest: its name, its ratio to the bare server, the daemon's run.
+Stage = tuple[str, float | None, dict[str, Any]]
+
+
+def _stages(label: str, scenario: dict[str, Any], goal: float, staged: list[Stage]) -> str:
+    """From the cheapest stage to the whole path, each one's ratio to the bare server and the
+    daemon's CPU per event; empty when no stage was measured (results from before them)."""
+    if not staged:
+        return ""
+    parts = [f"{name} {_ratio(ratio)}{_us(run)}" for name, ratio, run in staged]
+    parts.append(f"full {_ratio(scenario['ratio'])}{_us(scenario['daemon'])}")
+    return f"- {label} (target >= {goal:.2f}): " + " · ".join(parts)
+
+
+def _us(run: dict[str, Any]) -> str:
+    value = run.get("cpu_us_per_event")
+    return "" if value is None else f" ({_n(value, 'µs')} CPU/event)"
+
+
+def _breakdown(results: dict[str, Any]) -> list[str]:
+    """One line per ingest scenario: what each stage of ingest reaches of the bare server."""
+    lines = []
+    stream = _get(results, "stream")
+    if stream:
+        staged: list[Stage] = [
+            (name, stream[key]["ratio"], stream[key]["daemon"])
+            for key, name in (("filtered", "filtered"), ("undelivered", "spooled, not delivered"))
+            if stream.get(key)
+        ]
+        lines.append(_stages("NDJSON stream", stream, STREAM_GOAL, staged))
+    ingest = _get(results, "ingest")
+    if ingest:
+        staged = []
+        filtered = _get(results, "ingest_filtered")
+        rate = ingest["ceiling"]["rate"]
+        if filtered and rate:
+            staged.append(("filtered", (filtered["rate"] or 0) / rate, filtered))
+        undelivered = _get(results, "ingest_undelivered")
+        if undelivered:
+            staged.append(("spooled, not delivered", undelivered["ratio"], undelivered["daemon"]))
+        lines.append(_stages("Sensu-style ingest", ingest, INGEST_GOAL, staged))
+    lines = [line for line in lines if line]
+    if not lines:
+        return []
+    return [
+        "",
+        "## Ingest by stage",
+        "",
+        "Each stage's rate over the bare trio server's: *filtered*, every event an OK the "
+        "filters skip (read, framed, parsed, filtered); *spooled, not delivered*, a daemon "
+        "whose HipChat is unreachable (also committed to the spool); *full*, the target's "
+        "figure (also delivered). Each stage is measured against a bare-server phase of its "
+        "own run just before it, except Sensu-style *filtered*, against scenario 1's.",
+        "",
+        *lines,
+    ]
+
+
 def _measurements(results: dict[str, Any]) -> list[Measurement]:
     return [
         *_ingest_rows(results),
@@ -458,6 +543,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {_esc(t['target'])} | {t['measured']} | {_esc(t['reference'])} | "
             f"{_ratio(t['ratio'])} | {t['goal']} | {t['result']}{_esc(note)} |"
         )
+    lines += _breakdown(results)
     lines += [
         "",
         "## Measurements",

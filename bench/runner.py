@@ -135,6 +135,16 @@ class _Run:
         print(f"bench: {name} done in {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
         return value
 
+    def start(self, name: str, fn: Callable[[], procs.Daemon]) -> procs.Daemon | None:
+        """Start a daemon that several scenarios share; None, its error recorded, if not."""
+        try:
+            return fn()
+        except (HarnessError, OSError) as exc:
+            detail = "".join(traceback.format_exception_only(exc)).strip()
+            self.results["errors"][name] = detail
+            print(f"bench: {name} failed: {detail}", file=sys.stderr, flush=True)
+            return None
+
 
 def _run_postgresql(ctx: Context, run: _Run) -> None:
     with cluster.private_server(ctx) as server:
@@ -195,7 +205,28 @@ def _run_all(ctx: Context, results: dict[str, Any], *, postgresql_only: bool = F
             'state_dir file vs ":memory:" not compared: the daemon has no spool yet'
         )
 
-    run.step("stream", lambda: scenarios.scenario_stream(ctx, daemon, emulator))
+    # Intake and spool commit without delivery: HipChat is a loopback port nothing listens
+    # on. Started only now and stopped right after its phases, so that its lane's retries
+    # never run beside another scenario.
+    undelivered = run.start(
+        "daemon-undelivered",
+        lambda: children.daemon(
+            "daemon-undelivered",
+            emulator=emulator,
+            settings=big,
+            hipchat={"server_url": f"http://127.0.0.1:{procs.free_port()}"},
+        ),
+    )
+    try:
+        run.step("stream", lambda: scenarios.scenario_stream(ctx, daemon, emulator, undelivered))
+        if undelivered is not None:
+            run.step(
+                "ingest_undelivered",
+                lambda: scenarios.scenario_ingest_undelivered(ctx, undelivered, emulator),
+            )
+    finally:
+        if undelivered is not None:
+            children.stop(undelivered)
     ingest_rate = (ingest or {}).get("daemon", {}).get("rate")
     paced = round(ingest_rate / 2) if ingest_rate else None
     run.step("udp", lambda: scenarios.scenario_udp(ctx, daemon, emulator, paced))

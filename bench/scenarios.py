@@ -203,6 +203,18 @@ def _cpu_ratio(daemon: dict[str, Any], ceiling: dict[str, Any]) -> float | None:
     return round(d / c, 2) if d and c else None
 
 
+def _versus(ceiling: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+    """A daemon phase beside the bare-server phase run just before it, and their ratios."""
+    ceiling.pop("bins", None)
+    run.pop("bins", None)
+    return {
+        "ceiling": ceiling,
+        "daemon": run,
+        "ratio": (run["rate"] or 0) / ceiling["rate"] if ceiling["rate"] else None,
+        "cpu_ratio": _cpu_ratio(run, ceiling),
+    }
+
+
 def _rate(count: int, seconds: float | None) -> float | None:
     if not count or not seconds or seconds <= 0:
         return None
@@ -357,6 +369,7 @@ def ingest_daemon(
     count: int,
     *,
     kind: str = "ingest",
+    drain: bool = True,
     **kw: Any,
 ) -> dict[str, Any]:
     """One ingest phase against the daemon; then waits for the deliveries it causes.
@@ -367,7 +380,9 @@ def ingest_daemon(
     ``cpu_us_per_event`` is the daemon's CPU over the generator's phase per
     event sent (what it delivers meanwhile included); ``cpu_us_per_event_done``
     runs on until the events are processed and, for ``kind="ingest"``,
-    delivered (the benchmark's ``/metrics`` polls included).
+    delivered (the benchmark's ``/metrics`` polls included). ``drain=False``
+    does not wait for deliveries: for a daemon whose HipChat is unreachable on
+    purpose, whose spool would never drain.
     """
     emulator.reset()
     before = daemon.metrics()
@@ -392,7 +407,7 @@ def ingest_daemon(
     out["cpu_us_per_event"] = _per_event(result["cpu"][daemon.name], result["sent"])
     out["generator"] = ctx.generator[-1]
     out["bins"] = result["bins"]
-    if kind == "ingest":
+    if kind == "ingest" and drain:
         drained = _drain(emulator, result["sent"], ctx.sizes.phase_cap, ctx.sizes.quiet, daemon)
         messages = emulator.messages()
         out["delivery"] = {
@@ -447,25 +462,61 @@ def scenario_ingest_variant(
     return result
 
 
+def scenario_ingest_undelivered(ctx: Context, daemon: Daemon, emulator: Emulator) -> dict[str, Any]:
+    """Scenario 1 on a daemon whose HipChat is unreachable: intake and spool commit only.
+
+    ``daemon`` delivers to a loopback port nothing listens on, so each event
+    is read, parsed, filtered and committed to the spool, and none is
+    delivered during the phase (its lane backs off after the first refused
+    connection). Against a bare-server phase of the same size run just before
+    it, like every stage of the breakdown: the machine drifts within minutes.
+    With ``ingest`` (everything) and ``ingest_filtered`` (nothing spooled) it
+    shows what the spool costs and what delivery costs.
+    """
+    s = ctx.sizes
+    kw: dict[str, Any] = {"senders": s.senders}
+    ceiling = ingest_ceiling(ctx, "conn", s.ingest_variant, **kw)
+    run = ingest_daemon(ctx, daemon, emulator, "conn", s.ingest_variant, drain=False, **kw)
+    return {"senders": s.senders, "events": s.ingest_variant, **_versus(ceiling, run)}
+
+
 # --- 2. stream ingest: NDJSON and UDP ------------------------------------------------------------
 
 
-def scenario_stream(ctx: Context, daemon: Daemon, emulator: Emulator) -> dict[str, Any]:
-    """Scenario 2a: NDJSON over a few persistent connections, vs the ceiling."""
+def scenario_stream(
+    ctx: Context, daemon: Daemon, emulator: Emulator, undelivered: Daemon | None = None
+) -> dict[str, Any]:
+    """Scenario 2a: NDJSON over a few persistent connections, vs the ceiling; and its stages.
+
+    ``ceiling``, ``daemon`` and ``ratio`` are the whole path: read, frame,
+    parse, filter, spool commit, delivery. Two stages of it follow, each
+    against a bare-server phase of its own run just before it (the machine
+    drifts within minutes, so a ratio against an earlier ceiling would drift
+    with it), which together show which stage sets the ceiling:
+
+    - ``filtered``: the same daemon, every event an OK the filters skip:
+      reading, framing, parsing and filtering only, nothing spooled or sent;
+    - ``undelivered``: ``undelivered``, a daemon whose HipChat is a loopback
+      port nothing listens on: intake and the durable spool commit, no
+      delivery during the phase (its lane backs off after the first refusal).
+    """
     s = ctx.sizes
     kw: dict[str, Any] = {"connections": s.stream_connections}
-    ceiling = ingest_ceiling(ctx, "stream", s.stream, **kw)
-    run = ingest_daemon(ctx, daemon, emulator, "stream", s.stream, **kw)
-    ceiling.pop("bins", None)
-    run.pop("bins", None)
-    return {
+
+    def stage(target: Daemon, kind: str, *, drain: bool = True) -> dict[str, Any]:
+        ceiling = ingest_ceiling(ctx, "stream", s.stream, **kw)
+        run = ingest_daemon(ctx, target, emulator, "stream", s.stream, kind=kind, drain=drain, **kw)
+        return _versus(ceiling, run)
+
+    out: dict[str, Any] = {
         "connections": s.stream_connections,
         "events": s.stream,
-        "ceiling": ceiling,
-        "daemon": run,
-        "ratio": (run["rate"] or 0) / ceiling["rate"] if ceiling["rate"] else None,
-        "cpu_ratio": _cpu_ratio(run, ceiling),
+        **stage(daemon, "ingest"),
     }
+    out["filtered"] = stage(daemon, "ok")
+    if undelivered is not None:
+        out["undelivered"] = stage(undelivered, "ingest", drain=False)
+    return out
 
 
 def scenario_udp(

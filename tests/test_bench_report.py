@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from bench import report
+
+RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results"
 
 
 def _run(rate: float, cpu: float | None, **more: Any) -> dict[str, Any]:
@@ -12,6 +16,27 @@ def _run(rate: float, cpu: float | None, **more: Any) -> dict[str, Any]:
     if cpu is not None:
         run["cpu_us_per_event"] = cpu
     return run
+
+
+def _stage(rate: float, cpu: float, ceiling: float, ceiling_cpu: float) -> dict[str, Any]:
+    """A stage of ingest beside the bare-server phase run just before it."""
+    return {
+        "daemon": _run(rate, cpu, cpu_us_per_event_done=cpu + 1),
+        "ceiling": _run(ceiling, ceiling_cpu),
+        "ratio": rate / ceiling,
+        "cpu_ratio": round(cpu / ceiling_cpu, 2),
+    }
+
+
+def _with_stages(results: dict[str, Any]) -> dict[str, Any]:
+    """``results`` as a run that also measured ingest by stage."""
+    scenarios = results["scenarios"]
+    scenarios["stream"]["filtered"] = _stage(36000.0, 31.0, 59000.0, 15.0)
+    scenarios["stream"]["undelivered"] = _stage(21000.0, 50.0, 58000.0, 15.0)
+    scenarios["ingest_undelivered"] = {"senders": 50, "events": 1000}
+    scenarios["ingest_undelivered"].update(_stage(5700.0, 250.0, 6000.0, 160.0))
+    results["targets"] = report.targets(results)
+    return results
 
 
 def _results(cpu: bool) -> dict[str, Any]:
@@ -97,3 +122,66 @@ def test_results_without_cpu_figures_still_render() -> None:
     assert "CPU/event" not in text
     assert "daemon/bare" not in text
     assert "| 2,000 ev/s | 6,000 ev/s bare trio |" in _row(text, "1. Sensu-style ingest, 50")
+
+
+def test_ingest_by_stage_shows_each_stage_and_the_full_path_with_its_target() -> None:
+    text = report.markdown(_with_stages(_results(cpu=True)))
+    stream = next(line for line in text.splitlines() if line.startswith("- NDJSON stream"))
+    assert stream == (
+        "- NDJSON stream (target >= 0.50): filtered 0.61 (31 µs CPU/event) · spooled, not "
+        "delivered 0.36 (50 µs CPU/event) · full 0.23 (98 µs CPU/event)"
+    )
+    ingest = next(line for line in text.splitlines() if line.startswith("- Sensu-style"))
+    assert ingest == (
+        "- Sensu-style ingest (target >= 0.70): filtered 0.67 (210 µs CPU/event) · spooled, "
+        "not delivered 0.95 (250 µs CPU/event) · full 0.33 (412 µs CPU/event)"
+    )
+
+
+def test_each_stage_is_a_measurement_against_the_bare_server_run_just_before_it() -> None:
+    text = report.markdown(_with_stages(_results(cpu=True)))
+    filtered = _row(text, "2. NDJSON stream ingest, events filtered")
+    assert "| 36,000 ev/s, 31 µs CPU/event | 59,000 ev/s, 15 µs CPU/event bare trio, run " in (
+        filtered
+    )
+    assert "ratio 0.61; 1,000 events; CPU per event daemon/bare 2.07; CPU until processed" in (
+        filtered
+    )
+    spooled = _row(text, "2. NDJSON stream ingest, HipChat unreachable")
+    assert "| 21,000 ev/s, 50 µs CPU/event | 58,000 ev/s, 15 µs CPU/event bare trio" in spooled
+    sensu = _row(text, "1. Sensu-style ingest, HipChat unreachable (spooled, not delivered)")
+    assert "| 5,700 ev/s, 250 µs CPU/event | 6,000 ev/s, 160 µs CPU/event bare trio" in sensu
+    assert "ratio 0.95; 1,000 events; CPU per event daemon/bare 1.56" in sensu
+
+
+def test_stages_leave_the_targets_and_their_judgement_as_they_are() -> None:
+    plain = _results(cpu=True)
+    staged = _with_stages(_results(cpu=True))
+    assert staged["targets"] == plain["targets"]
+    stream = _row(report.markdown(staged), "NDJSON streams vs bare trio")
+    assert stream.endswith("| 0.23 | >= 0.50 | MISS |")
+
+
+def test_results_without_stages_render_without_their_lines() -> None:
+    results = _results(cpu=True)
+    del results["scenarios"]["ingest_filtered"]
+    text = report.markdown(results)
+    assert "Ingest by stage" not in text
+    assert "HipChat unreachable" not in text
+    assert "2. NDJSON stream ingest, events filtered" not in text
+    # A run from before the stages still shows the one stage it had: Sensu-style filtered.
+    text = report.markdown(_results(cpu=True))
+    assert "- NDJSON stream" not in text
+    line = next(line for line in text.splitlines() if line.startswith("- Sensu-style"))
+    assert line == (
+        "- Sensu-style ingest (target >= 0.70): filtered 0.67 (210 µs CPU/event) · full 0.33 "
+        "(412 µs CPU/event)"
+    )
+
+
+def test_saved_results_from_before_the_stages_still_render() -> None:
+    paths = sorted(RESULTS.glob("*.json"))
+    assert paths
+    for path in paths:
+        text = report.markdown(json.loads(path.read_text()))
+        assert "## Measurements" in text, path.name
