@@ -207,7 +207,8 @@ def _serve(args: argparse.Namespace) -> int:
     failures: list[HipchatdError] = []
     try:
         trio.run(
-            partial(app.serve, config, with_emulator=args.emulator, inherited=inherited, load=load)
+            partial(app.serve, config, with_emulator=args.emulator, inherited=inherited, load=load),
+            instruments=[logconfig.LineFlush()],
         )
     except* _FATAL as group:
         failures = _leaves(group)

@@ -5,14 +5,16 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import TextIO
+from typing import Any, TextIO
 from urllib.parse import quote, quote_plus
 
 import pytest
 import structlog
+import trio
 
 from hipchatd.config import Config, DaemonSettings, ProxyUrl, Secret, SpoolSettings
 from hipchatd.ops import logconfig
@@ -375,3 +377,104 @@ def test_a_redactor_finds_a_secret_in_a_json_line(value: str) -> None:
 def test_a_redactor_finds_nothing_without_a_secret() -> None:
     assert not Redactor().in_json(b'{"event":"x","value":"anything"}')
     assert not Redactor("secret-one").in_json(b'{"event":"x","value":"secret-two"}')
+
+
+class _Writes(io.BytesIO):
+    """A binary stream that keeps each write apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: Any) -> int:
+        self.writes.append(bytes(data))
+        return super().write(data)
+
+
+@pytest.fixture
+def writes() -> Iterator[_Writes]:
+    raw = _Writes()
+    with _logging_to(io.TextIOWrapper(raw, encoding="utf-8", write_through=True)):
+        yield raw
+
+
+def _events(raw: io.BytesIO) -> list[str]:
+    return [json.loads(line)["event"] for line in raw.getvalue().splitlines()]
+
+
+def test_a_runs_lines_are_written_together_when_it_next_waits(writes: _Writes) -> None:
+    log = structlog.get_logger()
+
+    async def main() -> None:
+        for n in range(3):
+            log.info("event.delivered", n=n)
+        assert writes.writes == []
+        await trio.lowlevel.checkpoint()
+        assert len(writes.writes) == 1
+        log.info("last.logged")
+
+    trio.run(main, instruments=[logconfig.LineFlush()])
+    assert _events(writes) == [*["event.delivered"] * 3, "last.logged"]
+    # The last line went out when the run ended.
+    assert len(writes.writes) == 2
+
+
+def test_lines_outside_a_run_are_written_at_once(writes: _Writes) -> None:
+    trio.run(trio.lowlevel.checkpoint, instruments=[logconfig.LineFlush()])
+    structlog.get_logger().info("after.run")
+    structlog.get_logger().info("again")
+    assert len(writes.writes) == 2
+
+
+def test_another_threads_line_is_written_at_once_after_those_held(writes: _Writes) -> None:
+    log = structlog.get_logger()
+
+    async def main() -> None:
+        log.info("held")
+        thread = threading.Thread(target=log.info, args=("from.thread",))
+        thread.start()
+        thread.join()
+        assert len(writes.writes) == 1
+        log.info("held.again")
+        assert len(writes.writes) == 1
+
+    trio.run(main, instruments=[logconfig.LineFlush()])
+    assert _events(writes) == ["held", "from.thread", "held.again"]
+
+
+def test_a_stdlib_line_follows_the_lines_held_before_it(writes: _Writes) -> None:
+    async def main() -> None:
+        structlog.get_logger().warning("first.logged")
+        logging.getLogger("httpx").warning("second")
+        structlog.get_logger().warning("third.logged")
+
+    trio.run(main, instruments=[logconfig.LineFlush()])
+    assert _events(writes) == ["first.logged", "second", "third.logged"]
+
+
+def test_lines_held_past_the_limit_are_written_at_once(writes: _Writes) -> None:
+    log = structlog.get_logger()
+
+    async def main() -> None:
+        while not writes.writes:
+            log.info("big", text="x" * 1000)
+        assert 64 * 1024 <= len(writes.getvalue()) < 64 * 1024 + 2 * 1100
+
+    trio.run(main, instruments=[logconfig.LineFlush()])
+
+
+class _Broken(io.BytesIO):
+    def write(self, data: Any) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_stream_that_fails_stops_lines_being_held() -> None:
+    lines = logconfig._Lines(_Broken())
+    lines.holder = threading.get_ident()
+    lines.msg(b"held")
+    with pytest.raises(BrokenPipeError):
+        lines.flush()
+    assert lines.holder is None
+    # As without holding: the line fails where it is logged.
+    with pytest.raises(BrokenPipeError):
+        lines.msg(b"next")

@@ -26,6 +26,9 @@ stream's binary layer (structlog's ``BytesLogger``), and searched for the
 secrets' forms once, as a whole (:func:`render_json`); only a line that
 may hold one has its values redacted and is written again. The console
 renderer (a TTY) gets values already redacted (:func:`redact_secrets`).
+The daemon's trio run holds its JSON lines and writes them together when it
+next waits for I/O (:class:`LineFlush`): one system call for a round's lines,
+not two per line; a line waits at most one scheduling round.
 """
 
 from __future__ import annotations
@@ -34,11 +37,13 @@ import functools
 import io
 import logging
 import sys
+import threading
 import time
 from collections.abc import MutableMapping
 from typing import Any, BinaryIO, TextIO, cast
 
 import structlog
+import trio
 
 from hipchatd.config import Config, ProxyUrl
 from hipchatd.jsontext import dumps
@@ -47,6 +52,7 @@ from hipchatd.redaction import REDACTED, Redactor, scrub, secret_forms
 __all__ = [
     "REDACTED",
     "SECRETS",
+    "LineFlush",
     "configure",
     "redact",
     "redact_secrets",
@@ -259,6 +265,97 @@ def _binary(out: TextIO) -> BinaryIO:
     return cast(BinaryIO, buffer)
 
 
+#: Bytes of lines held for the next round's write at most: past it they are written at once.
+_MAX_HELD = 64 * 1024
+
+
+class _Lines(structlog.BytesLogger):
+    """The one logger of every JSON line: written at once, or held for :class:`LineFlush`.
+
+    Lines logged on the thread of a trio run that :class:`LineFlush`
+    instruments are held and written together when the run next waits for
+    I/O. A line's ``write`` and ``flush`` are system calls that let the
+    spool's worker thread take the interpreter: a delivered message's dozens
+    of ``event.delivered`` lines are one. Lines from any other thread, or
+    outside that run, are written at once, after those held.
+    """
+
+    __slots__ = ("_held", "_size", "holder")
+
+    def __init__(self, file: BinaryIO) -> None:
+        super().__init__(file)
+        self._held: list[bytes] = []
+        self._size = 0
+        #: the thread whose lines wait for :meth:`flush`; None: every line is written at once.
+        self.holder: int | None = None
+
+    def msg(self, message: bytes) -> None:
+        with self._lock:
+            self._held.append(message)
+            self._size += len(message)
+            if self.holder != threading.get_ident() or self._size >= _MAX_HELD:
+                self._write_held()
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+    def flush(self) -> None:
+        """Write the lines held, if any."""
+        if self._held:
+            with self._lock:
+                if self._held:
+                    self._write_held()
+
+    def _write_held(self) -> None:
+        held, self._held, self._size = self._held, [], 0
+        held.append(b"")
+        try:
+            self._write(b"\n".join(held))
+            self._flush()
+        except BaseException:
+            # A stream that fails: each later line is written, and fails, where it is logged.
+            self.holder = None
+            raise
+
+
+#: The configured JSON logger; None on a console (its lines are written at once).
+_LINES: _Lines | None = None
+
+
+class LineFlush(trio.abc.Instrument):
+    """For ``trio.run(..., instruments=[LineFlush()])``: the run's lines go out once per round.
+
+    A line logged in the run waits at most until the tasks that run with it
+    have run, when the run waits for I/O; the rest are written when the run ends.
+    """
+
+    def before_run(self) -> None:
+        if _LINES is not None:
+            _LINES.holder = threading.get_ident()
+
+    def before_io_wait(self, timeout: float) -> None:
+        if _LINES is not None:
+            _LINES.flush()
+
+    def after_run(self) -> None:
+        if _LINES is not None:
+            _LINES.holder = None
+            _LINES.flush()
+
+
+def _the(lines: _Lines, *args: Any) -> _Lines:
+    return lines
+
+
+class _StdlibHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stdlib line is written after the JSON lines held before it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if _LINES is not None:
+            _LINES.flush()
+        super().emit(record)
+
+
 def configure(
     level: str = "info",
     *,
@@ -279,6 +376,10 @@ def configure(
     if json is None:
         json = not out.isatty()
     numeric = logging.getLevelNamesMapping()[level.upper()]
+    global _LINES
+    if _LINES is not None:
+        _LINES.flush()
+    _LINES = None
     if json:
         # structlog's advice for throughput: cached filtering loggers, and
         # bytes from a fast serializer straight to the binary stream
@@ -286,7 +387,9 @@ def configure(
         chain = _shared_processors()
         final: list[Any] = [render_json]
         stdlib_final: list[Any] = [_render_json_text]
-        factory: Any = structlog.BytesLoggerFactory(file=_binary(out))
+        _LINES = _Lines(_binary(out))
+        # One logger for every module: the lines held are one sequence.
+        factory: Any = functools.partial(_the, _LINES)
     else:
         chain = [*_shared_processors(), redact_secrets]
         final = stdlib_final = [structlog.dev.ConsoleRenderer(colors=out.isatty())]
@@ -297,7 +400,7 @@ def configure(
         logger_factory=factory,
         cache_logger_on_first_use=cache,
     )
-    handler = logging.StreamHandler(out)
+    handler = _StdlibHandler(out)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[structlog.stdlib.add_logger_name, *chain],
