@@ -6,6 +6,7 @@ import errno
 import gc
 import io
 import json
+import logging
 import os
 import signal
 import socket
@@ -24,6 +25,7 @@ from hipchatd import __version__, cli
 from hipchatd import app as app_module
 from hipchatd.config import LoadResult
 from hipchatd.errors import ConfigError, StartupError
+from hipchatd.ops import logconfig
 from tests.conftest import FIXTURES, free_port, make_config, wait_until
 from tests.processes import STARTUP, Child
 
@@ -232,6 +234,30 @@ def _fails_to_start(*args: str) -> dict[str, Any]:
     # Nothing but JSON log lines: no stray output beside the one line.
     assert all(line.startswith("{") for line in child.output.splitlines()), child.output
     return errors[0]
+
+
+def test_serve_runs_the_daemon_with_its_line_flush_and_switch_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict[str, Any] = {}
+
+    def run(fn: Any, *args: Any, instruments: Any = ()) -> None:
+        seen["instruments"] = [type(instrument) for instrument in instruments]
+        seen["switch_interval"] = sys.getswitchinterval()
+
+    monkeypatch.setattr(cli.trio, "run", run)
+    before = sys.getswitchinterval()
+    try:
+        code = cli.main(["serve", "--config", str(_serve_config(tmp_path))])
+    finally:
+        sys.setswitchinterval(before)
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+    assert code == cli.EXIT_OK
+    assert seen == {
+        "instruments": [logconfig.LineFlush],
+        "switch_interval": cli.GIL_SWITCH_INTERVAL,
+    }
 
 
 @pytest.fixture
