@@ -174,10 +174,12 @@ def make_http_client(settings: HipChatSettings, concurrency: int) -> httpx.Async
     """
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     verify = _ssl_context(settings.ca_file)
-    # The transport httpx would make itself when every request goes direct.
-    direct = httpx.AsyncHTTPTransport(verify=verify, trust_env=False, limits=limits)
+    # Direct: the transport httpx would make itself.
+    transport = _egress(settings.proxy, verify, limits) or httpx.AsyncHTTPTransport(
+        verify=verify, trust_env=False, limits=limits
+    )
     return _Client(
-        _egress(settings.proxy, verify, limits) or direct,
+        transport,
         headers={
             "User-Agent": f"hipchatd/{__version__}",
             "Accept": "application/json",

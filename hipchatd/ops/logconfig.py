@@ -347,7 +347,7 @@ def _the(lines: _Lines, *args: Any) -> _Lines:
     return lines
 
 
-class _StdlibHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _StdlibHandler(logging.StreamHandler[TextIO]):
     """A stdlib line is written after the JSON lines held before it."""
 
     def emit(self, record: logging.LogRecord) -> None:
