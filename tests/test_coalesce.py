@@ -379,11 +379,13 @@ def test_batches_partition_the_events_and_respect_the_limit(
             assert len(render_batch(grown, target, "v2")) == 2
 
 
-def test_first_only_gives_the_first_message_of_the_full_batch() -> None:
+def test_the_first_message_all_at_once_is_the_first_of_the_full_batch() -> None:
     events = [ev(f"check-{i}", output="x" * 900) for i in range(60)]
     full = render_batch(events, HTML, "v2")
     assert len(full) > 1
-    assert render_batch(events, HTML, "v2", first_only=True) == full[:1]
+    first = FirstMessage(HTML, "v2")
+    first.add(events)
+    assert [(first.message(), first.span)] == full[:1]
 
 
 @settings(max_examples=100, deadline=None)
@@ -396,7 +398,7 @@ def test_first_message_handed_events_in_chunks_is_the_first_of_the_batch(
     events: list[Event], cuts: list[int], fmt: Any
 ) -> None:
     target = replace(HTML, message_format=fmt)
-    [(expected, span)] = render_batch(events, target, "v2", first_only=True)
+    expected, span = render_batch(events, target, "v2")[0]
     first = FirstMessage(target, "v2")
     bounds = [0, *sorted(min(cut, len(events)) for cut in cuts), len(events)]
     taken = [first.add(events[a:b]) for a, b in itertools.pairwise(bounds)]

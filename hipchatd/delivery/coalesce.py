@@ -195,7 +195,6 @@ def render_batch(
     target: Target,
     api_version: ApiVersion,
     *,
-    first_only: bool = False,
     shaping: Shaping | None = None,
 ) -> list[tuple[Message, range]]:
     """The messages for ``events`` (one target's, in acceptance order), each with its slice.
@@ -203,8 +202,8 @@ def render_batch(
     The ranges are contiguous, in order, and cover every index exactly once;
     every message is at most MAX_MESSAGE_CHARS characters. One event gives
     exactly ``render(event, target, api_version)``; no events, no messages.
-    ``first_only`` stops after the first message (a lane sends one at a time;
-    :class:`FirstMessage` packs it as the events come).
+    A lane sends one message at a time: :class:`FirstMessage` packs the first
+    as the events come.
 
     With ``shaping``, its templates and documents (each event as Sensu sent
     it, by index) go to ``render``, and a message of several events uses
@@ -212,10 +211,6 @@ def render_batch(
     """
     if len(events) == 1:
         return [(_render_one(events, 0, target, api_version, shaping), range(1))]
-    if first_only:
-        first = FirstMessage(target, api_version, shaping)
-        first.add(events)
-        return [(first.message(), first.span)] if events else []
     as_html = sent_format(target) == "html"
     separator = len(_HTML_BREAK) if as_html else 1
     limit = MAX_MESSAGE_CHARS - len(mention_prefix(target))
@@ -241,7 +236,7 @@ class FirstMessage:
     A lane reads spilled events back in chunks until its next message is
     full; each event is made a summary line once, however many chunks it
     takes, and the text is built once, by :meth:`message`. Handed the same
-    events in any chunks, it gives ``render_batch(events, ..., first_only=True)[0]``.
+    events in any chunks, it gives ``render_batch(events, ...)[0]``.
     A lone event is its normal message: its line is made only once another comes.
     """
 

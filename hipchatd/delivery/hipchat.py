@@ -185,9 +185,7 @@ def make_http_client(settings: HipChatSettings, concurrency: int) -> httpx.Async
             "Accept": "application/json",
             "Accept-Encoding": "identity",
         },
-        limits=limits,
         timeout=httpx.Timeout(None),
-        verify=verify,
         trust_env=False,
         follow_redirects=False,
     )
